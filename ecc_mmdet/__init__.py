@@ -1,0 +1,12 @@
+"""ecc_mmdet: edge-cloud collaborative object detection for MMDetection 3.x.
+
+Importing the package registers its components into MMDetection's own registries (so configs find
+them by bare name under ``default_scope='mmdet'``) and lets torch >= 2.6 load mmengine checkpoints.
+Configs load it with ``custom_imports = dict(imports=['ecc_mmdet'], allow_failed_imports=False)``.
+"""
+from .version import __version__
+from .utils import allow_mmengine_checkpoints
+
+allow_mmengine_checkpoints()
+
+__all__ = ['__version__']

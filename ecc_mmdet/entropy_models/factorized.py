@@ -1,0 +1,335 @@
+"""Factorized (per-channel, non-parametric) entropy model of Ballé et al. 2018.
+
+The design follows CompressAI's ``EntropyBottleneck`` (which cannot be imported here): each
+channel has its own small monotone MLP (``filters=(3, 3, 3)``) giving a cumulative density,
+whose differences over unit bins are the likelihoods of the quantised latent; ``quantiles``
+track the median and the ``tail_mass`` tails through :meth:`aux_loss`.
+
+Differences from CompressAI, and why:
+
+* The coding tables are integer *frequencies* (pmf, total ``2**table_precision``, every
+  in-support symbol >= 1, one overflow bin) computed in float64 on the CPU, coded with
+  ``constriction`` by :mod:`ecc_mmdet.codecs.range_coding`; out-of-support values are escaped
+  and coded exactly, so compression is lossless for any finite latent.
+* The tables live in buffers (``_pmf_table``, ``_pmf_length``, ``_offset``) that
+  ``_load_from_state_dict`` resizes to the checkpoint's shapes -- CompressAI's classic "size
+  mismatch for _quantized_cdf" trap. A checkpoint without tables also loads (they are derived
+  data) and is recomputed on ``eval()``.
+* A fingerprint of the parameters is stored with the tables. ``eval()`` recomputes stale
+  tables automatically; ``compress``/``decompress`` refuse missing or stale tables rather than
+  silently coding with tables the other side may not have.
+* The tail-mass of each channel is taken at that channel's own last support symbol (CompressAI
+  reads the padded last column).
+
+Tables are shipped in the checkpoint: edge and cloud must use bit-identical tables, and float
+maths may differ across platforms, so the cloud should load them rather than recompute them.
+"""
+from __future__ import annotations
+
+import hashlib
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..codecs.range_coding import decode_with_cdf_tables, encode_with_cdf_tables
+
+__all__ = ['FactorizedEntropyModel']
+
+_TABLE_BUFFERS = ('_offset', '_pmf_length', '_pmf_table', '_tables_fingerprint')
+
+
+class _LowerBound(torch.autograd.Function):
+    """max(x, bound) that still lets gradients through when they would raise x.
+
+    Without this, likelihoods stuck at the bound get zero gradient and can never recover.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, bound: float) -> Tensor:
+        ctx.save_for_backward(x)
+        ctx.bound = bound
+        return torch.clamp(x, min=bound)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        (x, ) = ctx.saved_tensors
+        passthrough = (x >= ctx.bound) | (grad < 0)
+        return grad * passthrough.to(grad.dtype), None
+
+
+def _quantize_pmf(probs: np.ndarray, precision: int) -> np.ndarray:
+    """float64 probabilities -> int64 frequencies >= 1 summing exactly to 2**precision.
+
+    Each entry gets 1 plus its share of the remaining mass (floor), and the leftover units go to
+    the largest remainders (stable order). Deterministic for identical float64 input.
+    """
+    total = 1 << precision
+    n = probs.size
+    p = np.where(np.isfinite(probs) & (probs > 0), probs, 0.0)
+    p = p / p.sum() if p.sum() > 0 else np.full(n, 1.0 / n)
+    share = p * (total - n)
+    freq = np.floor(share).astype(np.int64) + 1
+    deficit = int(total - freq.sum())
+    if deficit > 0:
+        order = np.argsort(-(share - np.floor(share)), kind='stable')
+        freq[order[:deficit]] += 1
+    return freq
+
+
+class FactorizedEntropyModel(nn.Module):
+    """Per-channel learned density for a latent ``y`` of shape (N, C, ...).
+
+    Args:
+        channels: number of latent channels C.
+        filters: hidden widths of each channel's cumulative-density MLP.
+        init_scale: initial scale of the density (and of the tail quantiles).
+        tail_mass: probability mass left outside the coding tables.
+        likelihood_bound: lower bound on likelihoods (keeps log2 finite).
+        quantization: training-time quantisation proxy. 'noise': y + U(-0.5, 0.5) everywhere.
+            'ste': the returned y_hat is round(y - median) + median with a straight-through
+            gradient, while the likelihoods use the noisy y (the "mixed" scheme of Minnen &
+            Singh 2020: the decoder sees true quantisation, the rate stays smooth).
+        table_precision: bits of the integer coding tables (total frequency 2**precision).
+        max_support: most in-support symbols per channel (wider tails are escape-coded).
+    """
+
+    def __init__(self, channels: int, filters: Sequence[int] = (3, 3, 3),
+                 init_scale: float = 10.0, tail_mass: float = 1e-9,
+                 likelihood_bound: float = 1e-9, quantization: str = 'noise',
+                 table_precision: int = 16, max_support: int = 4096):
+        super().__init__()
+        if quantization not in ('noise', 'ste'):
+            raise ValueError(f"quantization must be 'noise' or 'ste', got {quantization!r}")
+        if not 8 <= table_precision <= 24:
+            raise ValueError('table_precision must be in 8..24 (constriction uses 24 bits)')
+        if not 1 <= max_support < (1 << table_precision) // 2:
+            raise ValueError('max_support must be in [1, 2**table_precision / 2)')
+        self.channels = int(channels)
+        self.filters = tuple(int(f) for f in filters)
+        self.init_scale = float(init_scale)
+        self.tail_mass = float(tail_mass)
+        self.likelihood_bound = float(likelihood_bound)
+        self.quantization = quantization
+        self.table_precision = int(table_precision)
+        self.max_support = int(max_support)
+
+        dims = (1, ) + self.filters + (1, )
+        scale = self.init_scale**(1 / (len(self.filters) + 1))
+        self.matrices = nn.ParameterList()
+        self.biases = nn.ParameterList()
+        self.factors = nn.ParameterList()
+        for i in range(len(self.filters) + 1):
+            init = float(np.log(np.expm1(1 / scale / dims[i + 1])))
+            self.matrices.append(nn.Parameter(torch.full((channels, dims[i + 1], dims[i]), init)))
+            bias = torch.empty(channels, dims[i + 1], 1).uniform_(-0.5, 0.5)
+            self.biases.append(nn.Parameter(bias))
+            if i < len(self.filters):
+                self.factors.append(nn.Parameter(torch.zeros(channels, dims[i + 1], 1)))
+        init = torch.tensor([-self.init_scale, 0.0, self.init_scale])
+        self.quantiles = nn.Parameter(init.repeat(channels, 1, 1))  # (C, 1, 3)
+        target = float(np.log(2 / self.tail_mass - 1))
+        self.register_buffer('target', torch.tensor([-target, 0.0, target]), persistent=False)
+
+        self.register_buffer('_offset', torch.zeros(0, dtype=torch.int32))
+        self.register_buffer('_pmf_length', torch.zeros(0, dtype=torch.int32))
+        self.register_buffer('_pmf_table', torch.zeros(0, 0, dtype=torch.int32))
+        self.register_buffer('_tables_fingerprint', torch.zeros(0, dtype=torch.int64))
+
+    # ------------------------------------------------------------------ density
+    def _logits_cumulative(self, x: Tensor, stop_gradient: bool,
+                           params: Optional[List[Tensor]] = None) -> Tensor:
+        """Cumulative logits of x with shape (C, 1, M) -> (C, 1, M)."""
+        if params is None:
+            params = [*self.matrices, *self.biases, *self.factors]
+            if stop_gradient:
+                params = [p.detach() for p in params]
+        k = len(self.filters) + 1
+        matrices, biases, factors = params[:k], params[k:2 * k], params[2 * k:]
+        logits = x
+        for i in range(k):
+            logits = torch.matmul(F.softplus(matrices[i]), logits) + biases[i]
+            if i < len(factors):
+                logits = logits + torch.tanh(factors[i]) * torch.tanh(logits)
+        return logits
+
+    def _likelihood(self, x: Tensor, params: Optional[List[Tensor]] = None
+                    ) -> Tuple[Tensor, Tensor, Tensor]:
+        lower = self._logits_cumulative(x - 0.5, False, params)
+        upper = self._logits_cumulative(x + 0.5, False, params)
+        # Evaluate in whichever tail is numerically safer (difference of small sigmoids).
+        sign = -torch.sign(lower + upper).detach()
+        return (torch.abs(torch.sigmoid(sign * upper) - torch.sigmoid(sign * lower)), lower, upper)
+
+    def _medians(self) -> Tensor:
+        return self.quantiles[:, 0, 1].detach()
+
+    def forward(self, y: Tensor, training: Optional[bool] = None) -> Tuple[Tensor, Tensor]:
+        """-> (y_hat, likelihoods), both shaped like y (N, C, ...)."""
+        if training is None:
+            training = self.training
+        if y.dim() < 2 or y.shape[1] != self.channels:
+            raise ValueError(f'expected (N, {self.channels}, ...) latent, got {tuple(y.shape)}')
+        medians = self._medians().to(y.dtype).view(1, -1, *([1] * (y.dim() - 2)))
+        if training:
+            noisy = y + torch.empty_like(y).uniform_(-0.5, 0.5)
+            if self.quantization == 'noise':
+                y_hat = noisy
+            else:
+                y_hat = y + (torch.round(y - medians) + medians - y).detach()
+        else:
+            y_hat = noisy = torch.round(y - medians) + medians
+        # (N, C, ...) -> (C, 1, N*...) so each channel's MLP sees all its values at once.
+        perm = (1, 0, *range(2, y.dim()))
+        values = noisy.permute(*perm).reshape(self.channels, 1, -1)
+        # The density is evaluated in >= float32 (under AMP or a half-precision model too).
+        dtype = torch.promote_types(self.quantiles.dtype, torch.float32)
+        params = None if self.quantiles.dtype == dtype else [
+            p.to(dtype) for p in [*self.matrices, *self.biases, *self.factors]]
+        with torch.autocast(device_type=y.device.type, enabled=False):
+            lik, _, _ = self._likelihood(values.to(dtype), params)
+            if self.likelihood_bound > 0:
+                lik = _LowerBound.apply(lik, self.likelihood_bound)
+        shape_cf = noisy.permute(*perm).shape
+        inv = (1, 0, *range(2, y.dim()))
+        likelihoods = lik.reshape(shape_cf).permute(*inv).contiguous()
+        return y_hat, likelihoods
+
+    def aux_loss(self) -> Tensor:
+        """Pull ``quantiles`` to the tail_mass/2, median, 1-tail_mass/2 points of the density.
+
+        Only ``quantiles`` gets gradient (density parameters are detached).
+        """
+        logits = self._logits_cumulative(self.quantiles, stop_gradient=True)
+        return torch.abs(logits - self.target).sum()
+
+    @staticmethod
+    def bits(likelihoods: Tensor) -> Tensor:
+        """Estimated bits per image: -sum(log2 p) over all but the batch dim -> (N,)."""
+        return -torch.log2(likelihoods).reshape(likelihoods.shape[0], -1).sum(dim=1)
+
+    # ------------------------------------------------------------------- tables
+    def _fingerprint(self) -> int:
+        h = hashlib.blake2b(digest_size=8)
+        for p in [*self.matrices, *self.biases, *self.factors, self.quantiles]:
+            t = p.detach().cpu().contiguous()
+            h.update(str((tuple(t.shape), str(t.dtype))).encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())  # any dtype, incl. bf16
+        h.update(repr((self.table_precision, self.max_support)).encode())
+        return int.from_bytes(h.digest(), 'little', signed=True)
+
+    def tables_ready(self) -> bool:
+        """True when coding tables exist and match the current parameters."""
+        return (self._pmf_table.numel() > 0 and self._tables_fingerprint.numel() == 1
+                and int(self._tables_fingerprint.item()) == self._fingerprint())
+
+    @torch.no_grad()
+    def update(self, force: bool = False) -> bool:
+        """(Re)compute the integer coding tables; returns False if they were already current."""
+        if not force and self.tables_ready():
+            return False
+        params = [p.detach().cpu().double() for p in
+                  [*self.matrices, *self.biases, *self.factors]]
+        q = self.quantiles.detach().cpu().double()[:, 0, :]
+        medians = q[:, 1]
+        minima = torch.clamp(torch.ceil(medians - q[:, 0]), min=0).long()
+        maxima = torch.clamp(torch.ceil(q[:, 2] - medians), min=0).long()
+        half = self.max_support // 2
+        minima = torch.clamp(minima, max=half)
+        maxima = torch.minimum(maxima, self.max_support - 1 - minima)
+        lengths = minima + maxima + 1  # in-support symbols per channel
+        max_len = int(lengths.max()) if lengths.numel() else 1
+        samples = (torch.arange(max_len, dtype=torch.float64)[None, :] +
+                   (medians - minima)[:, None]).unsqueeze(1)  # (C, 1, L)
+        pmf, lower, upper = self._likelihood(samples, params)
+        # Mass outside each channel's own support -> its overflow bin.
+        tail = (torch.sigmoid(lower[:, 0, 0]) +
+                torch.sigmoid(-upper[:, 0].gather(1, (lengths - 1)[:, None])[:, 0])).numpy()
+        pmf = pmf[:, 0].numpy()
+        table = np.zeros((self.channels, max_len + 1), dtype=np.int32)
+        for c in range(self.channels):
+            n = int(lengths[c])
+            table[c, :n + 1] = _quantize_pmf(np.append(pmf[c, :n], tail[c]), self.table_precision)
+        device = self.quantiles.device
+        self._offset = (-minima).to(torch.int32).to(device)
+        self._pmf_length = lengths.to(torch.int32).to(device)
+        self._pmf_table = torch.from_numpy(table).to(device)
+        self._tables_fingerprint = torch.tensor([self._fingerprint()], dtype=torch.int64,
+                                                device=device)
+        return True
+
+    def train(self, mode: bool = True):
+        """Entering eval mode refreshes the coding tables if the parameters changed."""
+        super().train(mode)
+        if not mode and not self.tables_ready():
+            self.update(force=True)
+        return self
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        # Resize the table buffers to the checkpoint's shapes (they depend on the learned
+        # tails), instead of failing with "size mismatch" as CompressAI does.
+        for name in _TABLE_BUFFERS:
+            key = prefix + name
+            if key in state_dict and getattr(self, name).shape != state_dict[key].shape:
+                buf = getattr(self, name)
+                self._buffers[name] = torch.empty(state_dict[key].shape, dtype=buf.dtype,
+                                                  device=buf.device)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+        # Tables are derived data: a checkpoint without (all of) them loads with no tables,
+        # and eval()/update() recomputes them.
+        missing = [prefix + n for n in _TABLE_BUFFERS if prefix + n in missing_keys]
+        if missing:
+            for key in missing:
+                missing_keys.remove(key)
+            self._reset_tables()
+
+    def _reset_tables(self) -> None:
+        for name in _TABLE_BUFFERS:
+            buf = getattr(self, name)
+            self._buffers[name] = buf.new_zeros((0, 0) if name == '_pmf_table' else (0, ))
+
+    # --------------------------------------------------------------- coding
+    def _tables_numpy(self):
+        if self._pmf_table.numel() == 0:
+            raise RuntimeError('FactorizedEntropyModel has no coding tables: call update() or '
+                               'eval() (or load a checkpoint saved after update()) first')
+        if not self.tables_ready():
+            raise RuntimeError('FactorizedEntropyModel coding tables are stale (parameters '
+                               'changed since update()): call update(force=True) or eval()')
+        return (self._pmf_table.cpu().numpy(), self._offset.cpu().numpy(),
+                self._pmf_length.cpu().numpy().astype(np.int64) + 1)
+
+    @torch.no_grad()
+    def compress(self, y: Tensor) -> List[bytes]:
+        """(N, C, H, W) latent -> one range-coded body per image (symbols round(y - median))."""
+        table, offset, lengths = self._tables_numpy()
+        if y.dim() != 4 or y.shape[1] != self.channels:
+            raise ValueError(f'expected (N, {self.channels}, H, W) latent, got {tuple(y.shape)}')
+        medians = self._medians().to(y.dtype).view(1, -1, 1, 1)
+        sym = torch.round(y - medians)
+        if not torch.isfinite(sym).all() or sym.numel() and sym.double().abs().max() >= 2**31:
+            raise ValueError('latent has non-finite values or values beyond the int32 range')
+        sym = sym.reshape(y.shape[0], self.channels, -1).to(torch.int32).cpu().numpy()
+        return [encode_with_cdf_tables(s, table, offset, lengths) for s in sym]
+
+    @torch.no_grad()
+    def decompress(self, bodies: Sequence[bytes], shape: Sequence[int],
+                   dtype: Optional[torch.dtype] = None) -> Tensor:
+        """Bodies from :meth:`compress` + spatial (H, W) -> y_hat (N, C, H, W).
+
+        Equal bit for bit to ``forward``'s eval-mode y_hat for a latent of ``dtype`` (default:
+        the parameters' dtype). Raises CorruptedBitstreamError on undecodable bodies.
+        """
+        table, offset, lengths = self._tables_numpy()
+        h, w = (int(v) for v in shape)
+        out = np.zeros((len(bodies), self.channels, h * w), dtype=np.int32)
+        for i, body in enumerate(bodies):
+            out[i] = decode_with_cdf_tables(body, h * w, table, offset, lengths)
+        medians = self._medians()
+        medians = medians.to(dtype or medians.dtype).view(1, -1, 1, 1)
+        sym = torch.from_numpy(out.reshape(len(bodies), self.channels, h, w))
+        return sym.to(device=medians.device, dtype=medians.dtype) + medians

@@ -1,0 +1,6 @@
+from .checkpoint_compat import allow_mmengine_checkpoints
+from .config_checks import (ConfigError, DatasetNotFoundError, check_config, check_custom_imports,
+                            check_dataset_paths)
+
+__all__ = ['allow_mmengine_checkpoints', 'ConfigError', 'DatasetNotFoundError', 'check_config',
+           'check_custom_imports', 'check_dataset_paths']

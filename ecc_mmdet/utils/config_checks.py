@@ -1,0 +1,130 @@
+"""Checks run on a config before a Runner is built, so mistakes surface as clear messages.
+
+MMDetection would otherwise fail late and deep (a KeyError from the registry, a FileNotFoundError
+from pycocotools after the model is built). ``tools/train.py`` and ``tools/test.py`` call
+:func:`check_config`; user code can call it too.
+"""
+import os.path as osp
+
+from mmengine.config import Config, ConfigDict
+
+SYNTHETIC_HINT = ('To create the synthetic dataset, run:\n'
+                  '    python tools/make_synthetic_coco.py --out {root}\n')
+COCO_HINT = ('For COCO 2017, put it at data/coco/ (annotations/instances_{{train,val}}2017.json, '
+             'train2017/, val2017/)\nor point the config at your copy, e.g. --cfg-options '
+             'train_dataloader.dataset.data_root=/path/to/coco/ ...\n')
+
+
+class ConfigError(ValueError):
+    """A config is inconsistent or incomplete; the message says what to change."""
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """A dataset path in the config does not exist; the message says how to get the data."""
+
+
+def ecc_type_names():
+    """Type names that ``import ecc_mmdet`` registers into mmdet's registries."""
+    from mmdet import registry
+    names = set()
+    for reg in (registry.MODELS, registry.HOOKS, registry.METRICS, registry.TRANSFORMS,
+                registry.DATASETS, registry.LOOPS):
+        for name, obj in reg.module_dict.items():
+            if getattr(obj, '__module__', '').startswith('ecc_mmdet.'):
+                names.add(name)
+    return names
+
+
+def _iter_types(node):
+    if isinstance(node, dict):
+        t = node.get('type')
+        if isinstance(t, str):
+            yield t
+        for v in node.values():
+            yield from _iter_types(v)
+    elif isinstance(node, (list, tuple)):
+        for v in node:
+            yield from _iter_types(v)
+
+
+def check_custom_imports(cfg: Config):
+    """A config that uses our components must load the plugin itself.
+
+    Our own tools import ``ecc_mmdet``, so the config would work here and then fail with
+    MMDetection's tools or a bare Runner; we reject it here instead with a message naming the fix.
+    """
+    used = sorted(set(_iter_types(cfg.to_dict())) & ecc_type_names())
+    if not used:
+        return
+    imports = (cfg.get('custom_imports') or {}).get('imports', [])
+    if isinstance(imports, str):
+        imports = [imports]
+    if not any(i == 'ecc_mmdet' or str(i).startswith('ecc_mmdet.') for i in imports):
+        raise ConfigError(
+            f'The config uses ecc_mmdet components ({", ".join(used)}) but does not load the '
+            "plugin. Add this line to the config:\n    custom_imports = dict(imports=['ecc_mmdet'], "
+            'allow_failed_imports=False)')
+
+
+def _datasets(dataset_cfg):
+    """Leaf dataset configs inside wrappers (RepeatDataset, ConcatDataset, ClassBalanced...)."""
+    if dataset_cfg is None:
+        return
+    if 'datasets' in dataset_cfg:
+        for d in dataset_cfg['datasets']:
+            yield from _datasets(d)
+    elif 'dataset' in dataset_cfg:
+        yield from _datasets(dataset_cfg['dataset'])
+    else:
+        yield dataset_cfg
+
+
+def _is_local(path):
+    return isinstance(path, str) and '://' not in path
+
+
+def _missing_error(what, path, data_root):
+    root = data_root or osp.dirname(osp.dirname(path)) or '.'
+    return DatasetNotFoundError(f'{what} not found: {path}\n'
+                                f'{SYNTHETIC_HINT.format(root=root)}{COCO_HINT}')
+
+
+def check_dataset_paths(cfg: Config, loaders=('train_dataloader', 'val_dataloader'),
+                        evaluators=('val_evaluator',)):
+    """Every local annotation file / image folder / evaluator ann_file named by the config exists."""
+    for key in loaders:
+        loader = cfg.get(key)
+        if not loader:
+            continue
+        for ds in _datasets(loader.get('dataset')):
+            if ds.get('backend_args'):
+                continue  # remote storage: cannot check here
+            root = ds.get('data_root') or ''
+            ann = ds.get('ann_file')
+            if _is_local(ann) and ann:
+                ann_path = osp.join(root, ann)
+                if not osp.isfile(ann_path):
+                    raise _missing_error(f'Annotation file of {key}', ann_path, root)
+            img_dir = (ds.get('data_prefix') or {}).get('img')
+            if _is_local(img_dir) and img_dir is not None:
+                img_path = osp.join(root, img_dir)
+                if not osp.isdir(img_path):
+                    raise _missing_error(f'Image folder of {key}', img_path, root)
+    for key in evaluators:
+        ev = cfg.get(key)
+        for e in (ev if isinstance(ev, (list, tuple)) else [ev]):
+            if isinstance(e, (dict, ConfigDict)) and _is_local(e.get('ann_file')) \
+                    and not e.get('backend_args') and not osp.isfile(e['ann_file']):
+                raise _missing_error(f'Annotation file of {key} ({e.get("type")})', e['ann_file'],
+                                     None)
+
+
+def check_config(cfg: Config, mode: str = 'train'):
+    """All pre-flight checks for ``mode`` in {'train', 'test'}."""
+    check_custom_imports(cfg)
+    if mode == 'train':
+        val = cfg.get('val_cfg') is not None
+        check_dataset_paths(cfg, ('train_dataloader', 'val_dataloader') if val else
+                            ('train_dataloader',), ('val_evaluator',) if val else ())
+    else:
+        check_dataset_paths(cfg, ('test_dataloader',), ('test_evaluator',))

@@ -1,0 +1,242 @@
+"""Tests of the deterministic synthetic COCO-format dataset generator."""
+import importlib.util
+import itertools
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from pycocotools.coco import COCO
+
+from ecc_mmdet.datasets import (SYNTHETIC_CLASSES, ensure_synthetic_coco,
+                                generate_synthetic_coco, render_synthetic_image)
+from ecc_mmdet.datasets import synthetic_coco as sc
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SMALL = dict(num_train=8, num_val=4, image_size=64, progress=False)
+
+
+def _gen(out, **kw):
+    args = dict(SMALL)
+    args.update(kw)
+    return generate_synthetic_coco(out, **args)
+
+
+def _load(path):
+    with open(path, 'rb') as f:
+        return json.loads(f.read())
+
+
+def _pixels(summary, split):
+    coco = _load(summary['ann_files'][split])
+    img_dir = Path(summary['img_dirs'][split])
+    return [cv2.imread(str(img_dir / im['file_name']), cv2.IMREAD_UNCHANGED)
+            for im in coco['images']]
+
+
+@pytest.fixture(scope='module')
+def small_set(tmp_path_factory):
+    return _gen(tmp_path_factory.mktemp('synth') / 'ds', seed=0)
+
+
+def test_deterministic_by_seed(tmp_path, small_set):
+    again = _gen(tmp_path / 'again', seed=0)
+    other = _gen(tmp_path / 'other', seed=1)
+    for split in ('train', 'val'):
+        a = Path(small_set['ann_files'][split]).read_bytes()
+        b = Path(again['ann_files'][split]).read_bytes()
+        assert a == b
+        pa, pb, po = _pixels(small_set, split), _pixels(again, split), _pixels(other, split)
+        assert len(pa) == len(pb) == len(po) > 0
+        for x, y in zip(pa, pb):
+            assert x.dtype == np.uint8 and np.array_equal(x, y)
+        # another seed gives other images (every one of them)
+        assert all(not np.array_equal(x, z) for x, z in zip(pa, po))
+    assert (Path(small_set['ann_files']['train']).read_bytes() !=
+            Path(other['ann_files']['train']).read_bytes())
+
+
+def test_images_independent_of_count(tmp_path, small_set):
+    fewer = _gen(tmp_path / 'fewer', seed=0, num_train=3, num_val=1)
+    for split, n in (('train', 3), ('val', 1)):
+        for x, y in zip(_pixels(fewer, split), _pixels(small_set, split)[:n]):
+            assert np.array_equal(x, y)
+        full = _load(small_set['ann_files'][split])
+        part = _load(fewer['ann_files'][split])
+        keep = [a for a in full['annotations'] if a['image_id'] <= n]
+        assert [a['bbox'] for a in part['annotations']] == [a['bbox'] for a in keep]
+
+
+def test_pycocotools_loads_expected_counts(small_set):
+    for split, n_img in (('train', 8), ('val', 4)):
+        coco = COCO(small_set['ann_files'][split])
+        assert len(coco.getCatIds()) == len(SYNTHETIC_CLASSES)
+        assert [c['name'] for c in coco.loadCats(coco.getCatIds())] == list(SYNTHETIC_CLASSES)
+        assert sorted(coco.getCatIds()) == list(range(1, len(SYNTHETIC_CLASSES) + 1))
+        assert len(coco.getImgIds()) == n_img == small_set['num_images'][split]
+        n_ann = len(coco.getAnnIds())
+        assert n_ann == small_set['num_annotations'][split] > 0
+        assert sum(len(coco.getAnnIds(imgIds=[i])) for i in coco.getImgIds()) == n_ann
+        assert sum(len(coco.getAnnIds(catIds=[c])) for c in coco.getCatIds()) == n_ann
+        anns = coco.loadAnns(coco.getAnnIds())
+        assert len({a['id'] for a in anns}) == n_ann
+        assert all(a['iscrowd'] == 0 for a in anns)
+
+
+def test_boxes_inside_images_and_files_match(small_set):
+    for split in ('train', 'val'):
+        coco = _load(small_set['ann_files'][split])
+        img_dir = Path(small_set['img_dirs'][split])
+        images = {im['id']: im for im in coco['images']}
+        for im in coco['images']:
+            path = img_dir / im['file_name']
+            assert path.is_file()
+            arr = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+            assert arr.shape == (im['height'], im['width'], 3) == (64, 64, 3)
+        for a in coco['annotations']:
+            im = images[a['image_id']]
+            x, y, w, h = a['bbox']
+            assert x >= 0 and y >= 0 and w > 0 and h > 0
+            assert x + w <= im['width'] and y + h <= im['height']
+            assert min(w, h) >= sc.MIN_BOX_SIZE
+            assert 0 < a['area'] <= w * h
+
+
+def test_area_is_visible_pixel_count_and_matches_files(small_set):
+    coco = _load(small_set['ann_files']['train'])
+    img_dir = Path(small_set['img_dirs']['train'])
+    for idx in range(3):
+        image, anns, masks = render_synthetic_image(seed=0, split='train', index=idx,
+                                                    image_size=64, return_masks=True)
+        on_disk = cv2.imread(str(img_dir / f'{idx:06d}.png'), cv2.IMREAD_UNCHANGED)
+        assert np.array_equal(image, on_disk)  # png is lossless
+        file_anns = [a for a in coco['annotations'] if a['image_id'] == idx + 1]
+        assert len(file_anns) == len(anns) == len(masks)
+        for fa, a, m in zip(file_anns, anns, masks):
+            ys, xs = np.nonzero(m)
+            assert fa['area'] == a['area'] == m.sum()
+            assert fa['bbox'] == [xs.min(), ys.min(), xs.max() - xs.min() + 1,
+                                  ys.max() - ys.min() + 1]
+            assert a['visible_fraction'] >= sc.MIN_VISIBLE_FRACTION
+            assert fa['category_id'] == SYNTHETIC_CLASSES.index(a['category']) + 1
+        # visible masks of different instances never share a pixel
+        for m1, m2 in itertools.combinations(masks, 2):
+            assert not (m1 & m2).any()
+
+
+def test_category_subset_and_image_size(tmp_path):
+    cats = ['star', 'circle', 'cross']
+    s = _gen(tmp_path / 'sub', seed=3, image_size=(48, 80), categories=cats, num_train=6,
+             num_val=2, max_objects=4)
+    assert s['categories'] == cats and s['image_size'] == (48, 80)
+    for split in ('train', 'val'):
+        coco = COCO(s['ann_files'][split])
+        assert [c['name'] for c in coco.loadCats(coco.getCatIds())] == cats
+        assert {a['category_id'] for a in coco.loadAnns(coco.getAnnIds())} <= {1, 2, 3}
+        for im in coco.loadImgs(coco.getImgIds()):
+            assert (im['height'], im['width']) == (48, 80)
+            arr = cv2.imread(os.path.join(s['img_dirs'][split], im['file_name']))
+            assert arr.shape == (48, 80, 3)
+        for a in coco.loadAnns(coco.getAnnIds()):
+            x, y, w, h = a['bbox']
+            assert x + w <= 80 and y + h <= 48
+    with pytest.raises(ValueError, match='unknown synthetic category'):
+        _gen(tmp_path / 'bad', categories=['hexagon'])
+
+
+def test_jpg_format(tmp_path):
+    s = _gen(tmp_path / 'jpg', image_format='jpg', num_train=2, num_val=1)
+    coco = _load(s['ann_files']['train'])
+    assert all(im['file_name'].endswith('.jpg') for im in coco['images'])
+    assert cv2.imread(os.path.join(s['img_dirs']['train'], coco['images'][0]['file_name'])
+                      ).shape == (64, 64, 3)
+
+
+def test_ensure_reuses_and_regenerates(tmp_path):
+    out = tmp_path / 'ens'
+    first = ensure_synthetic_coco(out, **SMALL)
+    assert first['generated']
+    ann = Path(first['ann_files']['train'])
+    img = Path(first['img_dirs']['train']) / '000000.png'
+    meta = Path(first['meta_file'])
+    # push the mtimes into the past so that any rewrite is visible
+    for p in (ann, img, meta):
+        os.utime(p, ns=(1_000_000_000, 1_000_000_000))
+    again = ensure_synthetic_coco(out, **SMALL)
+    assert not again['generated']
+    assert again['num_images'] == first['num_images']
+    assert again['num_annotations'] == first['num_annotations']
+    for p in (ann, img, meta):
+        assert p.stat().st_mtime_ns == 1_000_000_000
+
+    # different arguments -> regenerated
+    changed = ensure_synthetic_coco(out, **dict(SMALL, seed=5))
+    assert changed['generated'] and ann.stat().st_mtime_ns != 1_000_000_000
+    assert json.loads(meta.read_text())['seed'] == 5
+
+    # an interrupted run (annotations written, meta.json missing) is detected
+    meta.unlink()
+    assert ensure_synthetic_coco(out, **dict(SMALL, seed=5))['generated']
+    # a missing image is detected
+    (Path(first['img_dirs']['val']) / '000001.png').unlink()
+    assert ensure_synthetic_coco(out, **dict(SMALL, seed=5))['generated']
+    assert ensure_synthetic_coco(out, **dict(SMALL, seed=5))['generated'] is False
+    # force regenerates anyway
+    assert ensure_synthetic_coco(out, force=True, **dict(SMALL, seed=5))['generated']
+
+
+def test_occlusion_and_multiple_scales(tmp_path):
+    s = generate_synthetic_coco(tmp_path / 'big', num_train=40, num_val=0, image_size=128,
+                                progress=False)
+    coco = _load(s['ann_files']['train'])
+    by_img = {}
+    for a in coco['annotations']:
+        by_img.setdefault(a['image_id'], []).append(a['bbox'])
+
+    def overlap(b1, b2):
+        return (min(b1[0] + b1[2], b2[0] + b2[2]) > max(b1[0], b2[0])
+                and min(b1[1] + b1[3], b2[1] + b2[3]) > max(b1[1], b2[1]))
+
+    n_overlaps = sum(
+        overlap(b1, b2) for boxes in by_img.values()
+        for b1, b2 in itertools.combinations(boxes, 2))
+    assert n_overlaps > 0
+    sizes = [max(b[2], b[3]) for a in coco['annotations'] for b in [a['bbox']]]
+    assert max(sizes) > 4 * min(sizes)
+    # all categories occur, and some annotated shapes are partly hidden
+    assert {a['category_id'] for a in coco['annotations']} == set(range(1, 7))
+    occluded = [a for idx in range(10)
+                for a in render_synthetic_image(seed=0, index=idx, image_size=128)[1]
+                if a['visible_fraction'] < 0.95]
+    assert occluded
+
+
+def test_cli_main_and_tool_script(tmp_path, capsys):
+    out = tmp_path / 'cli'
+    rc = sc.main(['--out', str(out), '--num-train', '3', '--num-val', '2', '--image-size', '40',
+                  '56', '--seed', '2', '--categories', 'ring', 'triangle', '--quiet'])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert 'generated' in printed and 'train' in printed
+    coco = COCO(str(out / 'annotations' / 'instances_val.json'))
+    assert len(coco.getImgIds()) == 2
+    assert [c['name'] for c in coco.loadCats(coco.getCatIds())] == ['ring', 'triangle']
+    assert coco.loadImgs(1)[0]['height'] == 40 and coco.loadImgs(1)[0]['width'] == 56
+
+    # the thin wrapper is importable and runs from the repository root
+    spec = importlib.util.spec_from_file_location('make_synthetic_coco',
+                                                  REPO_ROOT / 'tools' / 'make_synthetic_coco.py')
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.main is sc.main
+    res = subprocess.run([
+        sys.executable, 'tools/make_synthetic_coco.py', '--out', str(out), '--num-train', '3',
+        '--num-val', '2', '--image-size', '40', '56', '--seed', '2', '--categories', 'ring',
+        'triangle'
+    ], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert 'reused' in res.stdout
