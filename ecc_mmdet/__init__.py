@@ -9,4 +9,8 @@ from .utils import allow_mmengine_checkpoints
 
 allow_mmengine_checkpoints()
 
-__all__ = ['__version__']
+from . import models  # noqa: E402,F401  (split detectors, compressors)
+from .datasets.transforms import JPEGCompressImage, add_jpeg_baseline  # noqa: E402,F401
+from .evaluation import CommunicationMetric  # noqa: E402,F401
+
+__all__ = ['__version__', 'CommunicationMetric', 'JPEGCompressImage', 'add_jpeg_baseline']

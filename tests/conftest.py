@@ -21,12 +21,8 @@ def tiny_coco(tmp_path_factory):
 
 
 def data_options(root):
-    """--cfg-options that point every dataloader and evaluator of a synthetic config at ``root``."""
-    root = root.rstrip('/') + '/'
-    ann = root + 'annotations/instances_val.json'
-    return [f'train_dataloader.dataset.data_root={root}', f'val_dataloader.dataset.data_root={root}',
-            f'test_dataloader.dataset.data_root={root}', f'val_evaluator.ann_file={ann}',
-            f'test_evaluator.ann_file={ann}']
+    """Arguments that point every dataloader and evaluator of a config at ``root``."""
+    return ['--data-root', str(root)]
 
 
 def run_tool(tool, *args, check=True, timeout=600):

@@ -16,7 +16,7 @@ from mmengine.config import Config, DictAction
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
-from ecc_mmdet.utils import ConfigError, DatasetNotFoundError, check_config
+from ecc_mmdet.utils import ConfigError, DatasetNotFoundError, check_config, set_data_root
 
 
 def parse_args(argv=None):
@@ -27,6 +27,9 @@ def parse_args(argv=None):
     parser.add_argument('--out', type=str,
                         help='dump predictions to a pickle file for offline evaluation')
     parser.add_argument('--show-dir', help='save painted predictions under work_dir/timestamp/DIR')
+    parser.add_argument(
+        '--data-root', help='dataset root for every dataloader and evaluator (ecc_mmdet '
+        'extension; same as overriding each data_root / ann_file with --cfg-options)')
     parser.add_argument(
         '--cfg-options', nargs='+', action=DictAction,
         help='override settings in the config, key=value')
@@ -48,6 +51,8 @@ def build_cfg(args):
         raise ConfigError(f'--out must be a .pkl file, got {args.out}')
     cfg = Config.fromfile(args.config)
     cfg.launcher = args.launcher
+    if args.data_root:
+        set_data_root(cfg, args.data_root)
     if args.cfg_options is not None:
         cfg.merge_from_dict(args.cfg_options)
     if args.work_dir is not None:

@@ -16,7 +16,7 @@ from mmengine.config import Config, DictAction
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
-from ecc_mmdet.utils import ConfigError, DatasetNotFoundError, check_config
+from ecc_mmdet.utils import ConfigError, DatasetNotFoundError, check_config, set_data_root
 
 
 def parse_args(argv=None):
@@ -31,6 +31,9 @@ def parse_args(argv=None):
         '--resume', nargs='?', type=str, const='auto',
         help='resume from the given checkpoint, or (no value) from the latest checkpoint in '
         'the work directory')
+    parser.add_argument(
+        '--data-root', help='dataset root for every dataloader and evaluator (ecc_mmdet '
+        'extension; same as overriding each data_root / ann_file with --cfg-options)')
     parser.add_argument(
         '--cfg-options', nargs='+', action=DictAction,
         help='override settings in the config, key=value (e.g. train_cfg.max_epochs=2)')
@@ -48,6 +51,8 @@ def build_cfg(args):
         raise ConfigError(f'Config file not found: {args.config}')
     cfg = Config.fromfile(args.config)
     cfg.launcher = args.launcher
+    if args.data_root:
+        set_data_root(cfg, args.data_root)
     if args.cfg_options is not None:
         cfg.merge_from_dict(args.cfg_options)
     if args.work_dir is not None:

@@ -15,9 +15,8 @@ FAST = ['train_dataloader.batch_size=4', 'default_hooks.checkpoint.interval=1',
 
 def test_train_resume_test_round_trip(tiny_coco, tmp_path):
     work = tmp_path / 'work'
-    opts = data_options(tiny_coco) + FAST
-    run_tool('train', BASELINE_CFG, '--work-dir', work, '--cfg-options',
-             'train_cfg.max_epochs=1', *opts)
+    run_tool('train', BASELINE_CFG, '--work-dir', work, *data_options(tiny_coco),
+             '--cfg-options', 'train_cfg.max_epochs=1', *FAST)
     ckpt1 = work / 'epoch_1.pth'
     assert ckpt1.is_file()
 
@@ -28,8 +27,8 @@ def test_train_resume_test_round_trip(tiny_coco, tmp_path):
     assert 'optimizer' in state and 'backbone.conv1.weight' in state['state_dict']
 
     # --resume (auto): continues from epoch_1 to epoch 2 rather than starting over.
-    proc = run_tool('train', BASELINE_CFG, '--work-dir', work, '--resume', '--cfg-options',
-                    'train_cfg.max_epochs=2', *opts)
+    proc = run_tool('train', BASELINE_CFG, '--work-dir', work, '--resume',
+                    *data_options(tiny_coco), '--cfg-options', 'train_cfg.max_epochs=2', *FAST)
     log = proc.stdout + proc.stderr
     assert 'resumed epoch: 1' in log
     assert 'Epoch(train) [1]' not in log.split('resumed epoch: 1')[1]
@@ -44,7 +43,7 @@ def test_train_resume_test_round_trip(tiny_coco, tmp_path):
     out = tmp_path / 'preds.pkl'
     test_work = tmp_path / 'test'
     run_tool('test', BASELINE_CFG, work / 'epoch_2.pth', '--work-dir', test_work, '--out', out,
-             '--cfg-options', *data_options(tiny_coco))
+             *data_options(tiny_coco))
     preds = pickle.load(open(out, 'rb'))
     assert len(preds) == 4
     assert {'img_id', 'pred_instances'} <= set(preds[0])
@@ -58,11 +57,11 @@ def test_train_resume_test_round_trip(tiny_coco, tmp_path):
 def test_load_from_checkpoint(tiny_coco, tmp_path):
     """load_from (fine-tuning start point) takes a checkpoint the project wrote."""
     work = tmp_path / 'a'
-    opts = data_options(tiny_coco) + FAST
-    run_tool('train', BASELINE_CFG, '--work-dir', work, '--cfg-options',
-             'train_cfg.max_epochs=1', *opts)
-    proc = run_tool('train', BASELINE_CFG, '--work-dir', tmp_path / 'b', '--cfg-options',
-                    'train_cfg.max_epochs=1', f'load_from={work / "epoch_1.pth"}', *opts)
+    run_tool('train', BASELINE_CFG, '--work-dir', work, *data_options(tiny_coco),
+             '--cfg-options', 'train_cfg.max_epochs=1', *FAST)
+    proc = run_tool('train', BASELINE_CFG, '--work-dir', tmp_path / 'b', *data_options(tiny_coco),
+                    '--cfg-options', 'train_cfg.max_epochs=1', f'load_from={work / "epoch_1.pth"}',
+                    *FAST)
     log = proc.stdout + proc.stderr
     assert 'Load checkpoint from' in log
     assert osp.isfile(tmp_path / 'b' / 'epoch_1.pth')

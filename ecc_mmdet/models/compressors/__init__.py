@@ -1,0 +1,14 @@
+"""Feature-compression necks at the edge/cloud split point.
+
+Importing this package registers (into ``mmdet.registry.MODELS``, flat names):
+``EntropyBottleneckNeck``, ``QuantizeNeck``, ``Float16Neck``, ``Float32Neck``.
+"""
+from .base import BaseFeatureCompressor
+from .entropy_bottleneck import EntropyBottleneckNeck
+from .passthrough import Float16Neck, Float32Neck
+from .quantize import QuantizeNeck
+
+__all__ = [
+    'BaseFeatureCompressor', 'EntropyBottleneckNeck', 'QuantizeNeck', 'Float16Neck',
+    'Float32Neck'
+]

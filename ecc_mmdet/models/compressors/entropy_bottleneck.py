@@ -1,0 +1,225 @@
+"""Learned entropy bottleneck at the split point (Entropic Student / Ballé et al. 2018 style).
+
+Edge: ``y = g_a(F)`` (three 3x3 convs, the first with stride ``downsample``), ``y_hat =
+round(y - median) + median`` per channel, range-coded with the
+:class:`~ecc_mmdet.entropy_models.FactorizedEntropyModel`'s integer tables. Cloud: the same
+entropy model decodes ``y_hat``, ``F_hat = g_s(y_hat)`` (3x3 conv, 2x transposed conv when
+``downsample == 2``, 3x3 conv back to ``in_channels``) cropped to the original (H, W) -- a
+stride-2 encoder maps H to ceil(H / 2), the decoder back to 2 * ceil(H / 2) >= H, so odd sizes
+need the crop, and the decoder must know (H, W).
+
+Payload parts of one image:
+
+* codec_params: ``u32 H, u32 W`` (little-endian) -- the feature map's size, for the crop;
+* body: the entropy model's range-coded symbols (see :mod:`ecc_mmdet.codecs.range_coding`);
+* latent_shape: ``(latent_channels, ceil(H / downsample), ceil(W / downsample))``, checked
+  against (H, W) on decode.
+
+Losses of ``forward`` (training):
+
+* ``loss_rate = beta * rate`` with ``rate`` the batch mean of ``bits = -sum(log2 p(y_tilde))``
+  per image divided by a per-image size that depends on ``rate_unit``:
+
+  - ``'bpp'`` (default): bits per pixel of the network input. The detector passes
+    ``num_pixels`` (pixels of the padded batch input); without it the pixel count is estimated as
+    ``H * W * feature_stride**2`` (``feature_stride=4``: a split after ResNet's first stage).
+  - ``'bits_per_element'``: bits per element of the input feature map (C * H * W);
+  - ``'bits'``: raw bits per image (scale ``beta`` accordingly).
+
+* ``loss_aux = aux_weight * entropy_model.aux_loss()``: fits the entropy model's tail quantiles
+  (only the ``quantiles`` parameter receives its gradient; the rate and task losses never touch
+  ``quantiles``). ``aux_weight=1`` works with the detector's optimiser; give ``quantiles`` no
+  weight decay (``paramwise_cfg=dict(custom_keys={'quantiles': dict(decay_mult=0.)})``).
+
+Eval ``forward`` returns exactly ``decompress(compress(x))``: the decoder runs image by image
+(as ``decompress`` does, with batch 1), so batch-size-dependent convolution algorithms cannot make
+the two paths differ. The entropy model's coding tables are (re)built on ``eval()`` and saved
+in the state dict; ``compress``/``decompress`` refuse stale tables (RuntimeError).
+"""
+from __future__ import annotations
+
+import struct
+from typing import Dict, List, Optional, Tuple
+
+import torch
+from mmcv.cnn import build_activation_layer
+from mmdet.registry import MODELS
+from torch import Tensor, nn
+
+from ...codecs.bitstream import CodecId, CorruptedBitstreamError
+from ...entropy_models import FactorizedEntropyModel
+from .base import MAX_DECODED_ELEMENTS, BaseFeatureCompressor, CompressedImage, _as_bytes
+
+__all__ = ['EntropyBottleneckNeck']
+
+_RATE_UNITS = ('bpp', 'bits_per_element', 'bits')
+_PARAMS = struct.Struct('<2I')
+
+
+@MODELS.register_module()
+class EntropyBottleneckNeck(BaseFeatureCompressor):
+    """Encoder + factorized entropy model + decoder at the split point.
+
+    Args:
+        in_channels: channels C of the split feature map.
+        latent_channels: channels of the coded latent.
+        hidden_channels: width of the hidden convs of g_a and g_s (default: latent_channels,
+            which keeps the edge encoder at a few % of a detector's FLOPs).
+        downsample: stride of the encoder, 1 or 2.
+        beta: weight of the rate term.
+        rate_unit: 'bpp', 'bits_per_element' or 'bits' (see the module docstring).
+        feature_stride: stride of the split feature map w.r.t. the input image; only used to
+            estimate the pixel count for 'bpp' when ``forward`` gets no ``num_pixels``.
+        quantization: training proxy, 'noise' (additive uniform noise) or 'ste' (rounding with a
+            straight-through gradient for the decoder, noise for the rate).
+        entropy_model: extra kwargs of :class:`FactorizedEntropyModel` (filters, init_scale,
+            tail_mass, ...); default ``dict(filters=(3, 3, 3))``.
+        aux_weight: weight of ``loss_aux``.
+        act_cfg: activation between convs (mmcv config).
+        init_cfg: mmengine init config (default: PyTorch's default initialisation).
+    """
+
+    codec_id = CodecId.ENTROPY_BOTTLENECK
+    codec_name = 'entropy_bottleneck'
+
+    def __init__(self, in_channels: int, latent_channels: int = 64,
+                 hidden_channels: Optional[int] = None, downsample: int = 2, beta: float = 0.01,
+                 rate_unit: str = 'bpp', feature_stride: int = 4, quantization: str = 'noise',
+                 entropy_model: Optional[dict] = None, aux_weight: float = 1.0,
+                 act_cfg: Optional[dict] = None, init_cfg=None):
+        super().__init__(in_channels, init_cfg=init_cfg)
+        if downsample not in (1, 2):
+            raise ValueError('EntropyBottleneckNeck: downsample must be 1 or 2, '
+                             f'got {downsample!r}')
+        if rate_unit not in _RATE_UNITS:
+            raise ValueError(f'EntropyBottleneckNeck: rate_unit must be one of {_RATE_UNITS}, '
+                             f'got {rate_unit!r}')
+        if quantization not in ('noise', 'ste'):
+            raise ValueError("EntropyBottleneckNeck: quantization must be 'noise' or 'ste', "
+                             f'got {quantization!r}')
+        for name, value in (('latent_channels', latent_channels),
+                            ('hidden_channels', hidden_channels or latent_channels),
+                            ('feature_stride', feature_stride)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f'EntropyBottleneckNeck: {name} must be a positive int, '
+                                 f'got {value!r}')
+        em_cfg = dict(filters=(3, 3, 3))
+        em_cfg.update(entropy_model or {})
+        if em_cfg.setdefault('quantization', quantization) != quantization:
+            raise ValueError('EntropyBottleneckNeck: entropy_model.quantization='
+                             f"{em_cfg['quantization']!r} contradicts "
+                             f'quantization={quantization!r}')
+        self.latent_channels = int(latent_channels)
+        self.hidden_channels = int(hidden_channels or latent_channels)
+        self.downsample = int(downsample)
+        self.beta = float(beta)
+        self.rate_unit = rate_unit
+        self.feature_stride = int(feature_stride)
+        self.quantization = quantization
+        self.aux_weight = float(aux_weight)
+        act_cfg = act_cfg or dict(type='LeakyReLU', negative_slope=0.1)
+
+        c, h, z = self.in_channels, self.hidden_channels, self.latent_channels
+        self.g_a = nn.Sequential(
+            nn.Conv2d(c, h, 3, stride=self.downsample, padding=1), build_activation_layer(act_cfg),
+            nn.Conv2d(h, h, 3, padding=1), build_activation_layer(act_cfg),
+            nn.Conv2d(h, z, 3, padding=1))
+        up = (nn.ConvTranspose2d(h, h, 4, stride=2, padding=1) if self.downsample == 2 else
+              nn.Conv2d(h, h, 3, padding=1))
+        self.g_s = nn.Sequential(
+            nn.Conv2d(z, h, 3, padding=1), build_activation_layer(act_cfg),
+            up, build_activation_layer(act_cfg),
+            nn.Conv2d(h, c, 3, padding=1))
+        self.entropy_model = FactorizedEntropyModel(z, **em_cfg)
+
+    # ------------------------------------------------------------------ helpers
+    def latent_size(self, h: int, w: int) -> Tuple[int, int]:
+        """Spatial size of the latent of an (h, w) feature map."""
+        d = self.downsample
+        return (h + d - 1) // d, (w + d - 1) // d
+
+    def _decode(self, y_hat: Tensor, h: int, w: int) -> Tensor:
+        return self.g_s(y_hat)[..., :h, :w]
+
+    def _rate(self, bits: Tensor, x: Tensor, num_pixels) -> Tensor:
+        """bits (N,) -> rate per image in ``rate_unit``."""
+        if self.rate_unit == 'bits':
+            return bits
+        if self.rate_unit == 'bits_per_element':
+            return bits / float(x[0].numel())
+        if num_pixels is None:
+            num_pixels = x.shape[-2] * x.shape[-1] * self.feature_stride**2
+        if isinstance(num_pixels, Tensor):
+            num_pixels = num_pixels.to(device=bits.device, dtype=bits.dtype)
+            if not bool((num_pixels > 0).all()):
+                raise ValueError('num_pixels must be positive')
+        elif not num_pixels > 0:
+            raise ValueError(f'num_pixels must be positive, got {num_pixels!r}')
+        return bits / num_pixels
+
+    # --------------------------------------------------------------- interface
+    def forward(self, x: Tensor, num_pixels=None) -> Tuple[Tensor, Dict[str, Tensor]]:
+        """-> (x_hat, dict(loss_rate=beta * rate, loss_aux=aux_weight * aux_loss))."""
+        self._check_input(x)
+        h, w = x.shape[-2:]
+        y = self.g_a(x)
+        y_hat, likelihoods = self.entropy_model(y)
+        if self.training:
+            x_hat = self._decode(y_hat, h, w)
+        else:  # batch 1 per image, exactly as decompress runs
+            x_hat = torch.cat([self._decode(y_hat[i:i + 1], h, w) for i in range(x.shape[0])])
+        rate = self._rate(self.entropy_model.bits(likelihoods), x, num_pixels)
+        losses = dict(loss_rate=self.beta * rate.mean(),
+                      loss_aux=self.aux_weight * self.entropy_model.aux_loss())
+        return x_hat, losses
+
+    @torch.no_grad()
+    def estimate_bits(self, x: Tensor) -> Tensor:
+        """-sum(log2 p(y_hat)) per image under the (continuous) entropy model -> (N,)."""
+        self._check_input(x)
+        _, likelihoods = self.entropy_model(self.g_a(x), training=False)
+        return self.entropy_model.bits(likelihoods).float()
+
+    @torch.no_grad()
+    def compress(self, x: Tensor) -> List[CompressedImage]:
+        self._check_input(x)
+        h, w = (int(v) for v in x.shape[-2:])
+        y = self.g_a(x)
+        bodies = self.entropy_model.compress(y)
+        params = _PARAMS.pack(h, w)
+        latent_shape = tuple(int(d) for d in y.shape[1:])
+        return [(params, body, latent_shape) for body in bodies]
+
+    @torch.no_grad()
+    def decompress(self, codec_params: bytes, body: bytes, latent_shape) -> Tensor:
+        params = _as_bytes(codec_params, 'codec_params')
+        body = _as_bytes(body, 'body')
+        if len(params) != _PARAMS.size:
+            raise CorruptedBitstreamError(
+                f'EntropyBottleneckNeck: codec_params must be {_PARAMS.size} bytes (u32 H, u32 W '
+                f'of the feature map), got {len(params)}')
+        h, w = _PARAMS.unpack(params)
+        if h < 1 or w < 1 or self.in_channels * h * w > MAX_DECODED_ELEMENTS:
+            raise CorruptedBitstreamError(
+                f'EntropyBottleneckNeck: impossible feature map size {h}x{w} in codec_params')
+        shape = self._check_latent_shape(latent_shape, self.latent_channels)
+        if shape[1:] != self.latent_size(h, w):
+            raise CorruptedBitstreamError(
+                f'EntropyBottleneckNeck: latent_shape {shape} does not match a {h}x{w} feature '
+                f'map (expected spatial size {self.latent_size(h, w)} at downsample '
+                f'{self.downsample})')
+        y_hat = self.entropy_model.decompress([body], shape[1:])
+        return self._decode(y_hat.to(self.device), h, w).float()
+
+    def edge_modules(self) -> List[nn.Module]:
+        """Encoder and entropy model (the edge codes with the entropy model's tables)."""
+        return [self.g_a, self.entropy_model]
+
+    def cloud_modules(self) -> List[nn.Module]:
+        """Entropy model (decoding needs the same tables -- it is listed on both sides) and
+        decoder."""
+        return [self.entropy_model, self.g_s]
+
+    def extra_repr(self) -> str:
+        return (f'in_channels={self.in_channels}, latent_channels={self.latent_channels}, '
+                f'downsample={self.downsample}, beta={self.beta}, rate_unit={self.rate_unit!r}')

@@ -1,0 +1,200 @@
+"""What every edge/cloud split detector shares: the split, the codec round trip, the accounting.
+
+A split detector is an ordinary mmdet detector whose ``extract_feat`` runs
+``edge half -> compressor -> cloud half -> neck``. Training and tensor mode use the compressor's
+differentiable path; ``predict`` goes through the deployment path, real bytes included:
+
+    encode(images, samples)           -> [payload bytes]      (edge: stem + stages[:k] + encoder
+                                                                + entropy coder + framing)
+    decode_and_predict(payloads, ...) -> [DetDataSample]      (cloud: validate + decode + rest)
+
+so what is evaluated is what would be deployed. Each predicted sample carries a
+:class:`~ecc_mmdet.codecs.accounting.CommRecord` for :class:`CommunicationMetric`.
+"""
+import time
+from abc import abstractmethod
+from typing import Dict, List, Optional, Sequence
+
+import torch
+from mmdet.registry import MODELS
+from mmdet.structures import DetDataSample
+from torch import Tensor
+from torch.utils.flop_counter import FlopCounterMode
+
+from ...codecs import accounting
+from ...codecs.accounting import CommRecord
+from ...codecs.bitstream import CorruptedBitstreamError, ImageMeta, Payload, pack, unpack
+from ...utils.config_checks import ConfigError
+from ..split import BackboneSplitter
+
+
+def _count_params(modules) -> int:
+    seen, total = set(), 0
+    for m in modules:
+        for p in m.parameters():
+            if id(p) not in seen:
+                seen.add(id(p))
+                total += p.numel()
+    return total
+
+
+class EdgeCloudDetectorMixin:
+    """Mixed in *before* an mmdet detector class; subclasses implement ``predict_from_features``.
+
+    Args (besides the detector's own):
+        split_after: residual stages on the edge (0 = stem only); see ``BackboneSplitter``.
+        compressor: config of a feature-compression neck (``EntropyBottleneckNeck``,
+            ``QuantizeNeck``, ``Float16Neck``, ``Float32Neck``); ``in_channels`` defaults to the
+            channels at the split point.
+        measure_flops: count edge/cloud FLOPs (torch.utils.flop_counter) once per input shape
+            during ``predict``; custom mmcv ops (RoIAlign, NMS) are not counted.
+    """
+
+    def _init_edge_cloud(self, split_after: int, compressor: dict, measure_flops: bool = True):
+        if compressor is None or 'type' not in compressor:
+            raise ConfigError('An edge/cloud detector needs compressor=dict(type=...), e.g. '
+                              "dict(type='EntropyBottleneckNeck') or dict(type='QuantizeNeck', "
+                              'n_bits=8)')
+        self.splitter = BackboneSplitter(self.backbone, split_after)
+        channels = self.splitter.split_channels()
+        compressor = dict(compressor)
+        if compressor.setdefault('in_channels', channels) != channels:
+            raise ConfigError(f'compressor.in_channels={compressor["in_channels"]} but the '
+                              f'backbone has {channels} channels after stage {split_after}; '
+                              'remove in_channels from the compressor config to infer it')
+        self.compressor = MODELS.build(compressor)
+        self.measure_flops = measure_flops
+        self._pending_losses: Dict[str, Tensor] = {}
+        self._flops_cache: Dict[tuple, tuple] = {}
+
+    # ---- differentiable path (training, tensor mode, FLOP counting of the whole graph) ----
+    def extract_feat(self, batch_inputs: Tensor):
+        f = self.splitter.forward_edge(batch_inputs)
+        num_pixels = batch_inputs.shape[-2] * batch_inputs.shape[-1]
+        f_hat, losses = self.compressor(f, num_pixels=num_pixels)
+        if self.training:
+            self._pending_losses = losses
+        return self._cloud_features(f_hat)
+
+    def _cloud_features(self, f_hat: Tensor):
+        x = self.splitter.forward_cloud(f_hat)
+        return self.neck(x) if self.with_neck else x
+
+    def loss(self, batch_inputs: Tensor, batch_data_samples):
+        losses = super().loss(batch_inputs, batch_data_samples)
+        losses.update(self._pending_losses)  # loss_rate (x beta), loss_aux of the compressor
+        self._pending_losses = {}
+        return losses
+
+    # ---- deployment path ----
+    @torch.no_grad()
+    def encode(self, batch_inputs: Tensor, batch_data_samples: Sequence[DetDataSample]
+               ) -> List[bytes]:
+        """Edge side: preprocessed image batch -> one self-contained payload per image."""
+        return self._encode(batch_inputs, batch_data_samples)[0]
+
+    def _encode(self, batch_inputs, batch_data_samples):
+        n = batch_inputs.shape[0]
+        t0 = time.perf_counter()
+        f = self.splitter.forward_edge(batch_inputs)
+        t1 = time.perf_counter()
+        parts = self.compressor.compress(f)
+        t2 = time.perf_counter()
+        payloads = [
+            pack(Payload(self.compressor.codec_id, tuple(shape),
+                         ImageMeta.from_metainfo(ds.metainfo), params, body))
+            for (params, body, shape), ds in zip(parts, batch_data_samples)
+        ]
+        est_bits = self.compressor.estimate_bits(f).tolist()
+        # edge time includes encoding; codec time is reported on its own as well
+        stats = [dict(edge_time_s=(t2 - t0) / n, codec_time_s=(t2 - t1) / n,
+                      estimated_bits=float(b), body_bytes=len(body))
+                 for b, (_, body, _) in zip(est_bits, parts)]
+        return payloads, stats
+
+    @torch.no_grad()
+    def decode_and_predict(self, payloads: Sequence[bytes],
+                           batch_data_samples: Optional[Sequence[DetDataSample]] = None,
+                           rescale: bool = True) -> List[DetDataSample]:
+        """Cloud side: payloads -> detections in original-image coordinates.
+
+        Raises a :class:`~ecc_mmdet.codecs.bitstream.BitstreamError` subclass for a truncated,
+        corrupted, wrong-version or wrong-codec payload. ``batch_data_samples`` (optional) are
+        the samples to fill (evaluation keeps ids and ground truth on them); their image meta is
+        replaced by what the payload carries, as in deployment.
+        """
+        if batch_data_samples is None:
+            batch_data_samples = [DetDataSample() for _ in payloads]
+        if len(batch_data_samples) != len(payloads):
+            raise ValueError(f'{len(payloads)} payloads but {len(batch_data_samples)} samples')
+        device = next(self.parameters()).device
+        t0 = time.perf_counter()
+        feats, body_sizes = [], []
+        for data, sample in zip(payloads, batch_data_samples):
+            p = unpack(data, expected_codec=self.compressor.codec_id)
+            body_sizes.append(len(p.body))
+            sample.set_metainfo(p.meta.to_metainfo())
+            feats.append(self.compressor.decompress(p.codec_params, p.body, p.latent_shape)
+                         .to(device))
+        shapes = {tuple(f.shape) for f in feats}
+        if len(shapes) != 1:
+            raise CorruptedBitstreamError(
+                f'payloads of one batch decode to different feature shapes {sorted(shapes)}; '
+                'send images padded to the same batch_input_shape together, or one at a time')
+        f_hat = torch.cat(feats)
+        t1 = time.perf_counter()
+        x = self._cloud_features(f_hat)
+        results = self.predict_from_features(x, list(batch_data_samples), rescale)
+        t2 = time.perf_counter()
+        n = len(payloads)
+        for data, body, sample in zip(payloads, body_sizes, results):
+            accounting.attach(sample, CommRecord(
+                payload_bytes=len(data), header_bytes=len(data) - body,
+                codec=self.compressor.codec_name, offloaded=True,
+                cloud_time_s=(t2 - t0) / n, codec_time_s=(t1 - t0) / n))
+        return results
+
+    @abstractmethod
+    def predict_from_features(self, x, batch_data_samples, rescale: bool = True):
+        """Cloud heads on neck features; implemented by the two- and single-stage subclasses."""
+
+    def predict(self, batch_inputs: Tensor, batch_data_samples, rescale: bool = True):
+        """The deployed round trip: encode on the edge, decode and detect on the cloud."""
+        flops = self._flops(batch_inputs, batch_data_samples)
+        payloads, edge_stats = self._encode(batch_inputs, batch_data_samples)
+        results = self.decode_and_predict(payloads, batch_data_samples, rescale)
+        edge_params = self.edge_param_count()
+        for sample, st in zip(results, edge_stats):
+            rec = accounting.read(sample)
+            rec.edge_time_s = st['edge_time_s']
+            rec.codec_time_s = (rec.codec_time_s or 0.0) + st['codec_time_s']
+            rec.estimated_bits = st['estimated_bits']
+            rec.edge_params = edge_params
+            if flops is not None:
+                rec.edge_flops, rec.cloud_flops = flops
+            accounting.attach(sample, rec)
+        return results
+
+    # ---- compute accounting ----
+    def edge_param_count(self) -> int:
+        return _count_params(self.splitter.edge_modules() + list(self.compressor.edge_modules()))
+
+    def _flops(self, batch_inputs, batch_data_samples):
+        """(edge, cloud) FLOPs per image, measured once per input shape on the deployment path."""
+        if not self.measure_flops:
+            return None
+        key = tuple(batch_inputs.shape[1:])
+        if key not in self._flops_cache:
+            x = batch_inputs[:1]
+            samples = [batch_data_samples[0].clone()]
+            with torch.no_grad():
+                with FlopCounterMode(display=False) as edge:
+                    f = self.splitter.forward_edge(x)
+                    parts = self.compressor.compress(f)
+                params, body, shape = parts[0]
+                with FlopCounterMode(display=False) as cloud:
+                    f_hat = self.compressor.decompress(params, body, shape).to(f.device)
+                    self.predict_from_features(self._cloud_features(f_hat), samples)
+            self._flops_cache[key] = (float(edge.get_total_flops()),
+                                      float(cloud.get_total_flops()))
+        return self._flops_cache[key]

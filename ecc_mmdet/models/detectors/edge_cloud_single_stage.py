@@ -1,0 +1,20 @@
+"""Single-stage (RetinaNet, FCOS, ATSS, ...) detector split into an edge and a cloud part."""
+from mmdet.models.detectors import SingleStageDetector
+from mmdet.registry import MODELS
+
+from .edge_cloud_base import EdgeCloudDetectorMixin
+
+
+@MODELS.register_module()
+class EdgeCloudSingleStageDetector(EdgeCloudDetectorMixin, SingleStageDetector):
+    """Any ``SingleStageDetector`` config becomes a split one by changing ``type`` and adding
+    ``split_after`` and ``compressor`` (see :class:`EdgeCloudDetectorMixin`)."""
+
+    def __init__(self, split_after: int = 1, compressor: dict = None,
+                 measure_flops: bool = True, **kwargs):
+        super().__init__(**kwargs)
+        self._init_edge_cloud(split_after, compressor, measure_flops)
+
+    def predict_from_features(self, x, batch_data_samples, rescale: bool = True):
+        results_list = self.bbox_head.predict(x, batch_data_samples, rescale=rescale)
+        return self.add_pred_to_datasample(batch_data_samples, results_list)

@@ -1,0 +1,38 @@
+"""Point every dataloader and evaluator of a config at another dataset root in one step."""
+import os.path as osp
+
+from mmengine.config import Config
+
+from .config_checks import _datasets
+
+LOADERS = ('train_dataloader', 'val_dataloader', 'test_dataloader')
+EVALUATORS = ('val_evaluator', 'test_evaluator')
+
+
+def set_data_root(cfg: Config, data_root: str) -> Config:
+    """Replace ``data_root`` of every (wrapped) dataset and re-root the evaluators' ann_file.
+
+    An evaluator's ann_file under a dataset's old root moves with it (``data/coco/annotations/x``
+    -> ``<new>/annotations/x``). Saves the five ``--cfg-options`` that the same change needs.
+    """
+    new = data_root.rstrip('/') + '/'
+    old_roots = set()
+    for key in LOADERS:
+        loader = cfg.get(key)
+        if not loader:
+            continue
+        for ds in _datasets(loader.get('dataset')):
+            if ds.get('data_root'):
+                old_roots.add(ds['data_root'].rstrip('/') + '/')
+            ds['data_root'] = new
+    for key in EVALUATORS:
+        ev = cfg.get(key)
+        for e in (ev if isinstance(ev, (list, tuple)) else [ev]):
+            ann = e.get('ann_file') if hasattr(e, 'get') else None
+            if not isinstance(ann, str):
+                continue
+            for old in old_roots:
+                if ann.startswith(old):
+                    e['ann_file'] = osp.join(new, ann[len(old):])
+                    break
+    return cfg

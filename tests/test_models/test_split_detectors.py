@@ -1,0 +1,186 @@
+"""Split detectors: equivalence with the unsplit detector, edge/cloud API, checkpoints, errors."""
+import copy
+import os.path as osp
+
+import pytest
+import torch
+from mmengine.config import Config
+from mmengine.runner import load_checkpoint, save_checkpoint
+from mmdet.registry import MODELS
+from mmdet.structures import DetDataSample
+
+import ecc_mmdet  # noqa: F401
+from ecc_mmdet.codecs.accounting import read as read_comm
+from ecc_mmdet.codecs.bitstream import BitstreamError, CodecMismatchError
+from ecc_mmdet.utils import ConfigError
+
+REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+TINY_FRCNN = osp.join(REPO, 'configs', '_base_', 'models', 'faster_rcnn_r18_fpn_tiny.py')
+TINY_RETINA = osp.join(REPO, 'configs', '_base_', 'models', 'retinanet_r18_fpn_tiny.py')
+
+
+def tiny_model_cfg(path, width=16):
+    """The project's tiny model config, narrowed further (base_channels) for test speed."""
+    cfg = copy.deepcopy(Config.fromfile(path).model)
+    cfg.backbone.base_channels = width
+    cfg.neck.in_channels = [width * 2**i for i in range(4)]
+    return cfg
+
+
+def split_cfg(cfg, split_after=1, compressor=None, two_stage=True):
+    cfg = copy.deepcopy(cfg)
+    cfg.type = 'EdgeCloudTwoStageDetector' if two_stage else 'EdgeCloudSingleStageDetector'
+    cfg.split_after = split_after
+    cfg.compressor = compressor or dict(type='Float32Neck')
+    return cfg
+
+
+def fake_batch(model, n=2, size=96, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    imgs = [torch.randint(0, 256, (3, size, size), generator=g, dtype=torch.uint8) for _ in range(n)]
+    samples = []
+    for i in range(n):
+        s = DetDataSample(metainfo=dict(img_id=i, ori_shape=(size, size), img_shape=(size, size),
+                                        scale_factor=(1.0, 1.0)))
+        samples.append(s)
+    data = model.data_preprocessor(dict(inputs=imgs, data_samples=samples), False)
+    return data['inputs'], data['data_samples']
+
+
+def predictions(model, inputs, samples):
+    with torch.no_grad():
+        return [r.pred_instances for r in model.predict(inputs, copy.deepcopy(samples))]
+
+
+@pytest.fixture(scope='module')
+def frcnn_pair():
+    torch.manual_seed(0)
+    cfg = tiny_model_cfg(TINY_FRCNN)
+    unsplit = MODELS.build(cfg).eval()
+    split = MODELS.build(split_cfg(cfg, 1)).eval()
+    missing = split.load_state_dict(unsplit.state_dict(), strict=False)
+    assert not missing.unexpected_keys
+    return unsplit, split
+
+
+@pytest.mark.parametrize('split_after', [0, 1])
+def test_lossless_split_gives_same_detections(split_after):
+    torch.manual_seed(0)
+    cfg = tiny_model_cfg(TINY_FRCNN)
+    unsplit = MODELS.build(cfg).eval()
+    split = MODELS.build(split_cfg(cfg, split_after)).eval()
+    split.load_state_dict(unsplit.state_dict(), strict=False)
+    inputs, samples = fake_batch(unsplit)
+    ref, got = predictions(unsplit, inputs, samples), predictions(split, inputs, samples)
+    assert sum(len(r) for r in ref) > 0, 'untrained detector should still emit boxes'
+    for r, g in zip(ref, got):
+        assert torch.equal(r.labels, g.labels)
+        torch.testing.assert_close(g.bboxes, r.bboxes, rtol=0, atol=1e-4)
+        torch.testing.assert_close(g.scores, r.scores, rtol=0, atol=1e-6)
+
+
+def test_single_stage_lossless_split_and_comm_record():
+    torch.manual_seed(0)
+    cfg = tiny_model_cfg(TINY_RETINA)
+    unsplit = MODELS.build(cfg).eval()
+    split = MODELS.build(split_cfg(cfg, 1, two_stage=False)).eval()
+    split.load_state_dict(unsplit.state_dict(), strict=False)
+    inputs, samples = fake_batch(unsplit)
+    ref, got = predictions(unsplit, inputs, samples), predictions(split, inputs, samples)
+    assert sum(len(r) for r in ref) > 0
+    for r, g in zip(ref, got):
+        assert torch.equal(r.labels, g.labels)
+        torch.testing.assert_close(g.bboxes, r.bboxes, rtol=0, atol=1e-4)
+    results = split.predict(inputs, copy.deepcopy(samples))
+    rec = read_comm(results[0])
+    # float32 latent of layer1: 2*width channels at stride 4 -> 32 x 24 x 24 floats + framing
+    c, h = 16, 96 // 4
+    assert rec.payload_bytes == rec.header_bytes + c * h * h * 4
+    assert rec.edge_flops > 0 and rec.cloud_flops > rec.edge_flops
+    assert rec.edge_params == split.edge_param_count() > 0
+
+
+def test_encode_then_decode_and_predict_without_runner(frcnn_pair):
+    unsplit, split = frcnn_pair
+    inputs, samples = fake_batch(unsplit, seed=3)
+    payloads = split.encode(inputs, samples)
+    assert all(isinstance(p, bytes) for p in payloads)
+    # the cloud sees nothing but the bytes: no data samples passed in
+    results = split.decode_and_predict(payloads)
+    ref = predictions(unsplit, inputs, samples)
+    for r, res in zip(ref, results):
+        assert res.ori_shape == (96, 96) and res.img_shape == (96, 96)
+        torch.testing.assert_close(res.pred_instances.bboxes, r.bboxes, rtol=0, atol=1e-4)
+        assert read_comm(res).payload_bytes == len(payloads[results.index(res)])
+
+
+def test_decode_rejects_bad_payloads(frcnn_pair):
+    unsplit, split = frcnn_pair
+    inputs, samples = fake_batch(unsplit, n=1)
+    payload = split.encode(inputs, samples)[0]
+    with pytest.raises(BitstreamError):
+        split.decode_and_predict([payload[:-7]])
+    flipped = bytearray(payload)
+    flipped[len(flipped) // 2] ^= 0x10
+    with pytest.raises(BitstreamError):
+        split.decode_and_predict([bytes(flipped)])
+    other = MODELS.build(split_cfg(tiny_model_cfg(TINY_FRCNN), 1,
+                                   dict(type='QuantizeNeck', n_bits=8))).eval()
+    with pytest.raises(CodecMismatchError):
+        other.decode_and_predict([payload])
+
+
+def test_unsplit_checkpoint_loads_into_split_model(tmp_path):
+    torch.manual_seed(1)
+    cfg = tiny_model_cfg(TINY_FRCNN)
+    unsplit = MODELS.build(cfg)
+    ckpt = str(tmp_path / 'unsplit.pth')
+    save_checkpoint({'state_dict': unsplit.state_dict(), 'meta': {}}, ckpt)
+    split = MODELS.build(split_cfg(cfg, 1, dict(type='EntropyBottleneckNeck',
+                                                latent_channels=8)))
+    load_checkpoint(split, ckpt, map_location='cpu')
+    ref = unsplit.state_dict()
+    got = split.state_dict()
+    for k, v in ref.items():
+        assert torch.equal(got[k], v), k
+    assert all(k in ref or k.startswith('compressor.') for k in got)
+
+
+def test_unsupported_backbone_and_bad_split_points():
+    cfg = tiny_model_cfg(TINY_FRCNN)
+    with pytest.raises(ConfigError, match='ResNet family'):
+        bad = split_cfg(cfg)
+        bad.backbone = dict(type='MobileNetV2', out_indices=(1, 2, 4, 7))
+        bad.neck.in_channels = [24, 32, 96, 1280]
+        MODELS.build(bad)
+    with pytest.raises(ConfigError, match=r'split_after must be an int in \[0, 4\]'):
+        MODELS.build(split_cfg(cfg, 5))
+    with pytest.raises(ConfigError, match='computed on the edge before the split'):
+        MODELS.build(split_cfg(cfg, 2))  # FPN wants layer1's output, which stays on the edge
+    with pytest.raises(ConfigError, match='needs compressor'):
+        c = split_cfg(cfg)
+        c.compressor = None
+        MODELS.build(c)
+
+
+@pytest.mark.parametrize('backbone', [
+    dict(type='ResNetV1d', depth=18, base_channels=8),
+    dict(type='ResNeXt', depth=50, groups=4, base_width=4, base_channels=8),
+    dict(type='RegNet', arch='regnetx_400mf'),
+    dict(type='Res2Net', depth=50, base_channels=8, scales=2, base_width=4),
+])
+def test_resnet_family_split_matches_backbone(backbone):
+    """Edge + cloud halves reproduce backbone.forward for every supported family member."""
+    from ecc_mmdet.models.split import BackboneSplitter
+    torch.manual_seed(0)
+    bb = MODELS.build(dict(backbone, out_indices=(0, 1, 2, 3)))
+    bb.eval()  # mmdet's ResNet.train() returns None, so no chaining
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        ref = bb(x)
+        for k in (0, 1):
+            sp = BackboneSplitter(bb, k)
+            got = sp.forward_cloud(sp.forward_edge(x))
+            assert len(got) == len(ref)
+            for a, b in zip(ref, got):
+                assert torch.equal(a, b)
