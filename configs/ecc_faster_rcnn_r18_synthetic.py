@@ -9,8 +9,6 @@ model = dict(
     type='EdgeCloudTwoStageDetector',
     split_after=1,  # edge = stem + layer1 (64 channels at stride 4)
     compressor=dict(type='EntropyBottleneckNeck', latent_channels=32, downsample=2, beta=0.05))
-# the entropy model's quantiles are fitted by loss_aux: keep weight decay off them
-optim_wrapper = dict(paramwise_cfg=dict(custom_keys={'quantiles': dict(decay_mult=0.0)}))
 
 # COCO mAP and the communication cost side by side; latency is modelled per uplink bandwidth.
 val_evaluator = [

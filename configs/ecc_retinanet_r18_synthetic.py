@@ -12,7 +12,6 @@ model = dict(
     type='EdgeCloudSingleStageDetector',
     split_after=1,
     compressor=dict(type='EntropyBottleneckNeck', latent_channels=32, downsample=2, beta=0.05))
-optim_wrapper = dict(paramwise_cfg=dict(custom_keys={'quantiles': dict(decay_mult=0.0)}))
 default_hooks = dict(
     logger=dict(type='LoggerHook', interval=20),
     checkpoint=dict(type='CheckpointHook', interval=4, max_keep_ckpts=2),

@@ -3,7 +3,7 @@
 The design follows CompressAI's ``EntropyBottleneck`` (which cannot be imported here): each
 channel has its own small monotone MLP (``filters=(3, 3, 3)``) giving a cumulative density,
 whose differences over unit bins are the likelihoods of the quantised latent; ``quantiles``
-track the median and the ``tail_mass`` tails through :meth:`aux_loss`.
+(the median and the ``tail_mass`` tails) are found by bisection in :meth:`update`.
 
 Differences from CompressAI, and why:
 
@@ -128,8 +128,12 @@ class FactorizedEntropyModel(nn.Module):
             self.biases.append(nn.Parameter(bias))
             if i < len(self.filters):
                 self.factors.append(nn.Parameter(torch.zeros(channels, dims[i + 1], 1)))
+        # (C, 1, 3): the tail_mass/2, median and 1 - tail_mass/2 points of each channel's
+        # density. Derived data, found by bisection in update() -- not learned with an auxiliary
+        # loss as in CompressAI, whose large gradients would swamp the detector's gradient
+        # clipping and need a second optimiser.
         init = torch.tensor([-self.init_scale, 0.0, self.init_scale])
-        self.quantiles = nn.Parameter(init.repeat(channels, 1, 1))  # (C, 1, 3)
+        self.register_buffer('quantiles', init.repeat(channels, 1, 1))
         target = float(np.log(2 / self.tail_mass - 1))
         self.register_buffer('target', torch.tensor([-target, 0.0, target]), persistent=False)
 
@@ -197,13 +201,31 @@ class FactorizedEntropyModel(nn.Module):
         likelihoods = lik.reshape(shape_cf).permute(*inv).contiguous()
         return y_hat, likelihoods
 
-    def aux_loss(self) -> Tensor:
-        """Pull ``quantiles`` to the tail_mass/2, median, 1-tail_mass/2 points of the density.
+    @torch.no_grad()
+    def fit_quantiles(self, params: Optional[List[Tensor]] = None, iters: int = 80) -> Tensor:
+        """Bisection for the points where each channel's cumulative logits hit ``target``.
 
-        Only ``quantiles`` gets gradient (density parameters are detached).
+        The cumulative density is monotonic in x, so 80 float64 halvings of a bracket that is
+        first widened until it contains the target give the quantiles to ~1e-12.
         """
-        logits = self._logits_cumulative(self.quantiles, stop_gradient=True)
-        return torch.abs(logits - self.target).sum()
+        if params is None:
+            params = [p.detach().cpu().double() for p in
+                      [*self.matrices, *self.biases, *self.factors]]
+        target = self.target.detach().cpu().double().view(1, 1, 3)
+        span = torch.full((self.channels, 1, 3), max(self.init_scale, 1.0), dtype=torch.float64)
+        for _ in range(60):  # widen the bracket [-span, span] until it contains the target
+            lo_ok = self._logits_cumulative(-span, True, params) <= target
+            hi_ok = self._logits_cumulative(span, True, params) >= target
+            if bool((lo_ok & hi_ok).all()):
+                break
+            span = torch.where(lo_ok & hi_ok, span, span * 2)
+        lo, hi = -span, span.clone()
+        for _ in range(iters):
+            mid = (lo + hi) / 2
+            below = self._logits_cumulative(mid, True, params) < target
+            lo = torch.where(below, mid, lo)
+            hi = torch.where(below, hi, mid)
+        return (lo + hi) / 2
 
     @staticmethod
     def bits(likelihoods: Tensor) -> Tensor:
@@ -213,7 +235,7 @@ class FactorizedEntropyModel(nn.Module):
     # ------------------------------------------------------------------- tables
     def _fingerprint(self) -> int:
         h = hashlib.blake2b(digest_size=8)
-        for p in [*self.matrices, *self.biases, *self.factors, self.quantiles]:
+        for p in [*self.matrices, *self.biases, *self.factors]:
             t = p.detach().cpu().contiguous()
             h.update(str((tuple(t.shape), str(t.dtype))).encode())
             h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())  # any dtype, incl. bf16
@@ -232,7 +254,9 @@ class FactorizedEntropyModel(nn.Module):
             return False
         params = [p.detach().cpu().double() for p in
                   [*self.matrices, *self.biases, *self.factors]]
-        q = self.quantiles.detach().cpu().double()[:, 0, :]
+        fitted = self.fit_quantiles(params)
+        self.quantiles.copy_(fitted.to(self.quantiles))
+        q = fitted[:, 0, :]
         medians = q[:, 1]
         minima = torch.clamp(torch.ceil(medians - q[:, 0]), min=0).long()
         maxima = torch.clamp(torch.ceil(q[:, 2] - medians), min=0).long()

@@ -47,13 +47,13 @@ def build(type_, **kwargs):
 
 
 def _fit_bottleneck(neck, x, steps=100, lr=1e-2):
-    """Adam on MSE + rate + aux for a fixed feature map (single optimiser, as the detector)."""
+    """Adam on MSE + rate for a fixed feature map (single optimiser, as the detector)."""
     torch.manual_seed(1)
     opt = torch.optim.Adam(neck.parameters(), lr=lr)
     neck.train()
     for _ in range(steps):
         x_hat, losses = neck(x)
-        loss = F.mse_loss(x_hat, x) + losses['loss_rate'] + losses['loss_aux']
+        loss = F.mse_loss(x_hat, x) + losses['loss_rate']
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -332,17 +332,13 @@ def test_bottleneck_training_forward_gradients():
     x = smooth_features(2, C, 13, 17, seed=15)
     x_hat, losses = neck(x, num_pixels=13 * 17 * 16)
     assert x_hat.shape == x.shape
-    assert set(losses) == {'loss_rate', 'loss_aux'}
+    assert set(losses) == {'loss_rate'}
     assert torch.isfinite(losses['loss_rate']) and losses['loss_rate'] > 0
     losses['loss_rate'].backward(retain_graph=True)
     assert neck.g_a[0].weight.grad.abs().sum() > 0
     assert neck.entropy_model.matrices[0].grad.abs().sum() > 0
-    assert neck.entropy_model.quantiles.grad is None  # rate does not move the quantiles
     assert neck.g_s[0].weight.grad is None  # rate does not depend on the decoder
     neck.zero_grad()
-    losses['loss_aux'].backward(retain_graph=True)
-    assert neck.entropy_model.quantiles.grad.abs().sum() > 0
-    assert neck.g_a[0].weight.grad is None
     F.mse_loss(x_hat, x).backward()
     assert neck.g_s[-1].weight.grad.abs().sum() > 0 and neck.g_a[0].weight.grad.abs().sum() > 0
 

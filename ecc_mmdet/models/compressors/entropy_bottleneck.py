@@ -26,10 +26,9 @@ Losses of ``forward`` (training):
   - ``'bits_per_element'``: bits per element of the input feature map (C * H * W);
   - ``'bits'``: raw bits per image (scale ``beta`` accordingly).
 
-* ``loss_aux = aux_weight * entropy_model.aux_loss()``: fits the entropy model's tail quantiles
-  (only the ``quantiles`` parameter receives its gradient; the rate and task losses never touch
-  ``quantiles``). ``aux_weight=1`` works with the detector's optimiser; give ``quantiles`` no
-  weight decay (``paramwise_cfg=dict(custom_keys={'quantiles': dict(decay_mult=0.)})``).
+* No auxiliary loss: the entropy model finds its tail quantiles by bisection when its tables
+  are built (``eval()``/``update()``), so the detector's single optimiser and gradient clipping
+  see only the task, rate and distillation losses.
 
 Eval ``forward`` returns exactly ``decompress(compress(x))``: the decoder runs image by image
 (as ``decompress`` does, with batch 1), so batch-size-dependent convolution algorithms cannot make
@@ -74,7 +73,6 @@ class EntropyBottleneckNeck(BaseFeatureCompressor):
             straight-through gradient for the decoder, noise for the rate).
         entropy_model: extra kwargs of :class:`FactorizedEntropyModel` (filters, init_scale,
             tail_mass, ...); default ``dict(filters=(3, 3, 3))``.
-        aux_weight: weight of ``loss_aux``.
         act_cfg: activation between convs (mmcv config).
         init_cfg: mmengine init config (default: PyTorch's default initialisation).
     """
@@ -85,7 +83,7 @@ class EntropyBottleneckNeck(BaseFeatureCompressor):
     def __init__(self, in_channels: int, latent_channels: int = 64,
                  hidden_channels: Optional[int] = None, downsample: int = 2, beta: float = 0.01,
                  rate_unit: str = 'bpp', feature_stride: int = 4, quantization: str = 'noise',
-                 entropy_model: Optional[dict] = None, aux_weight: float = 1.0,
+                 entropy_model: Optional[dict] = None,
                  act_cfg: Optional[dict] = None, init_cfg=None):
         super().__init__(in_channels, init_cfg=init_cfg)
         if downsample not in (1, 2):
@@ -116,7 +114,6 @@ class EntropyBottleneckNeck(BaseFeatureCompressor):
         self.rate_unit = rate_unit
         self.feature_stride = int(feature_stride)
         self.quantization = quantization
-        self.aux_weight = float(aux_weight)
         act_cfg = act_cfg or dict(type='LeakyReLU', negative_slope=0.1)
 
         c, h, z = self.in_channels, self.hidden_channels, self.latent_channels
@@ -159,7 +156,7 @@ class EntropyBottleneckNeck(BaseFeatureCompressor):
 
     # --------------------------------------------------------------- interface
     def forward(self, x: Tensor, num_pixels=None) -> Tuple[Tensor, Dict[str, Tensor]]:
-        """-> (x_hat, dict(loss_rate=beta * rate, loss_aux=aux_weight * aux_loss))."""
+        """-> (x_hat, dict(loss_rate=beta * rate))."""
         self._check_input(x)
         h, w = x.shape[-2:]
         y = self.g_a(x)
@@ -169,8 +166,7 @@ class EntropyBottleneckNeck(BaseFeatureCompressor):
         else:  # batch 1 per image, exactly as decompress runs
             x_hat = torch.cat([self._decode(y_hat[i:i + 1], h, w) for i in range(x.shape[0])])
         rate = self._rate(self.entropy_model.bits(likelihoods), x, num_pixels)
-        losses = dict(loss_rate=self.beta * rate.mean(),
-                      loss_aux=self.aux_weight * self.entropy_model.aux_loss())
+        losses = dict(loss_rate=self.beta * rate.mean())
         return x_hat, losses
 
     @torch.no_grad()

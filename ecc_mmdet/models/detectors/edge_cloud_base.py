@@ -65,16 +65,31 @@ class EdgeCloudDetectorMixin:
         self.compressor = MODELS.build(compressor)
         self.measure_flops = measure_flops
         self._pending_losses: Dict[str, Tensor] = {}
+        self._train_intermediates: Dict[str, object] = {}
         self._flops_cache: Dict[tuple, tuple] = {}
+        self.attach_distiller(None)
+
+    def attach_distiller(self, distiller):
+        """Install ``distiller(model, inputs, samples, losses, intermediates) -> losses``.
+
+        Called by :class:`KnowledgeAdaptationHook`. Stored outside ``nn.Module``'s registries so
+        whatever it holds (the frozen teacher) never enters this model's parameters, state_dict
+        or optimizer. ``None`` removes it.
+        """
+        object.__setattr__(self, 'distiller', distiller)
 
     # ---- differentiable path (training, tensor mode, FLOP counting of the whole graph) ----
     def extract_feat(self, batch_inputs: Tensor):
         f = self.splitter.forward_edge(batch_inputs)
         num_pixels = batch_inputs.shape[-2] * batch_inputs.shape[-1]
         f_hat, losses = self.compressor(f, num_pixels=num_pixels)
-        if self.training:
+        backbone_outs = self.splitter.forward_cloud(f_hat)
+        x = self.neck(backbone_outs) if self.with_neck else backbone_outs
+        if self.training:  # kept for loss(): compressor losses and distillation inputs
             self._pending_losses = losses
-        return self._cloud_features(f_hat)
+            self._train_intermediates = dict(split_feature=f, decoded_feature=f_hat,
+                                             backbone_outs=backbone_outs, neck_outs=x)
+        return x
 
     def _cloud_features(self, f_hat: Tensor):
         x = self.splitter.forward_cloud(f_hat)
@@ -82,8 +97,11 @@ class EdgeCloudDetectorMixin:
 
     def loss(self, batch_inputs: Tensor, batch_data_samples):
         losses = super().loss(batch_inputs, batch_data_samples)
-        losses.update(self._pending_losses)  # loss_rate (x beta), loss_aux of the compressor
-        self._pending_losses = {}
+        losses.update(self._pending_losses)  # the compressor's loss_rate (x beta)
+        if self.distiller is not None:
+            losses = self.distiller(self, batch_inputs, batch_data_samples, losses,
+                                    self._train_intermediates)
+        self._pending_losses, self._train_intermediates = {}, {}
         return losses
 
     # ---- deployment path ----

@@ -1,0 +1,75 @@
+"""Build models and data outside the Runner, for the benchmark tools and the edge/cloud apps."""
+import copy
+import os.path as osp
+from typing import Iterator, Optional, Tuple
+
+import torch
+from mmengine.config import Config
+from mmengine.dataset import pseudo_collate
+from mmengine.runner import load_checkpoint
+
+from ..utils.config_checks import ConfigError, check_dataset_paths
+from ..utils.data_root import set_data_root
+
+_SPLIT_TYPES = {'EdgeCloudTwoStageDetector': 'TwoStageDetector',
+                'EdgeCloudSingleStageDetector': 'SingleStageDetector'}
+
+
+def load_config(config, data_root: Optional[str] = None, cfg_options: Optional[dict] = None
+                ) -> Config:
+    if isinstance(config, Config):
+        cfg = copy.deepcopy(config)
+    else:
+        if not osp.isfile(config):
+            raise ConfigError(f'Config file not found: {config}')
+        cfg = Config.fromfile(config)
+    if data_root:
+        set_data_root(cfg, data_root)
+    if cfg_options:
+        cfg.merge_from_dict(cfg_options)
+    return cfg
+
+
+def unsplit_model_cfg(model_cfg) -> dict:
+    """The ordinary detector a split config was made from (same weights, no compressor)."""
+    cfg = copy.deepcopy(model_cfg)
+    base = _SPLIT_TYPES.get(cfg['type'])
+    if base is not None:
+        # FasterRCNN/RetinaNet etc. are thin subclasses of these two; the base class runs the same
+        cfg['type'] = base
+        for k in ('split_after', 'compressor', 'measure_flops'):
+            cfg.pop(k, None)
+    return cfg
+
+
+def build_detector(model_cfg, checkpoint: Optional[str] = None, device: str = 'cpu'):
+    """Build a detector (registering mmdet's modules), load ``checkpoint``, put it in eval mode."""
+    from mmdet.registry import MODELS
+    from mmdet.utils import register_all_modules
+    register_all_modules(init_default_scope=True)
+    model = MODELS.build(copy.deepcopy(model_cfg))
+    if checkpoint is not None:
+        if not osp.isfile(checkpoint):
+            raise ConfigError(f'Checkpoint not found: {checkpoint}')
+        load_checkpoint(model, checkpoint, map_location='cpu', logger='silent')
+    return model.to(device).eval()
+
+
+def build_test_dataset(cfg: Config, pipeline=None):
+    """The config's test dataset (optionally with another test pipeline)."""
+    from mmdet.registry import DATASETS
+    check_dataset_paths(cfg, ('test_dataloader',), ())
+    ds_cfg = copy.deepcopy(cfg.test_dataloader.dataset)
+    if pipeline is not None:
+        ds_cfg.pipeline = pipeline
+    return DATASETS.build(ds_cfg)
+
+
+def iter_batches(model, dataset, num_images: Optional[int] = None, batch_size: int = 1
+                 ) -> Iterator[Tuple[torch.Tensor, list]]:
+    """Preprocessed (inputs, data_samples) batches of the dataset, as the Runner would feed."""
+    n = len(dataset) if num_images is None else min(num_images, len(dataset))
+    for start in range(0, n, batch_size):
+        items = [dataset[i] for i in range(start, min(n, start + batch_size))]
+        data = model.data_preprocessor(pseudo_collate(items), False)
+        yield data['inputs'], data['data_samples']
