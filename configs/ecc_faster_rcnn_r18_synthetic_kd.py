@@ -1,18 +1,19 @@
 # Split Faster R-CNN on the synthetic dataset, trained by knowledge adaptation from the unsplit
 # baseline (the teacher) -- the Entropic-Student recipe in two stages:
 #   epochs [0, 4): "bottleneck": only the compressor (encoder, entropy model, decoder) learns, to
-#                  reproduce the teacher's backbone features (loss_kd_feat) at a low rate;
+#                  reproduce the teacher's backbone features (loss_kd_feat) at a low rate
+#                  (loss_rate);
 #   epochs [4, 8): "fine-tune": the edge is frozen as deployed (tables fixed, rounding), the cloud
 #                  side (decoder, layer2-4, FPN, heads) learns from the labels + the teacher's
 #                  RoI class distributions (loss_kd_resp).
 # The student starts from the teacher's weights. Train the teacher first, then the student:
-#   python tools/demo.py            (or: python tools/train.py configs/faster_rcnn_r18_fpn_synthetic.py
-#                                          --work-dir work_dirs/demo/baseline)
+#   python tools/demo.py    (trains it into work_dirs/demo/baseline/epoch_12.pth), or by hand:
+#   python tools/train.py configs/faster_rcnn_r18_fpn_synthetic.py \
+#       --work-dir work_dirs/demo/baseline
 #   python tools/train.py configs/ecc_faster_rcnn_r18_synthetic_kd.py \
 #       [--cfg-options teacher_checkpoint=work_dirs/demo/baseline/epoch_12.pth]
 _base_ = './ecc_faster_rcnn_r18_synthetic.py'
-# 'ecc_mmdet.engine' registers KnowledgeAdaptationHook
-custom_imports = dict(imports=['ecc_mmdet', 'ecc_mmdet.engine'], allow_failed_imports=False)
+custom_imports = dict(imports=['ecc_mmdet'], allow_failed_imports=False)
 
 # The teacher. The hook reads these two top-level values (its own teacher_config /
 # teacher_checkpoint arguments are left unset), so --cfg-options teacher_checkpoint=... works.
@@ -43,6 +44,4 @@ param_scheduler = [
     dict(type='CosineAnnealingLR', by_epoch=True, begin=bottleneck_epochs, end=max_epochs,
          eta_min=1e-5, convert_to_iter_based=True),
 ]
-optim_wrapper = dict(
-    optimizer=dict(type='AdamW', lr=1e-3, weight_decay=1e-4),
-    paramwise_cfg=dict(custom_keys={'quantiles': dict(decay_mult=0.0)}))
+optim_wrapper = dict(optimizer=dict(type='AdamW', lr=1e-3, weight_decay=1e-4))

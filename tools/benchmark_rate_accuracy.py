@@ -90,9 +90,7 @@ def train_students(args, data_root):
         print(f'- training KD student beta={beta:g} -> {work}', flush=True)
         ckpt = train_stage(KD_CONFIG, work, data_root, [
             f'model.compressor.beta={beta}', f'teacher_config={args.teacher_config}',
-            f'teacher_checkpoint={args.teacher_checkpoint}',
-            f'custom_hooks.0.teacher_config={args.teacher_config}',
-            f'custom_hooks.0.teacher_checkpoint={args.teacher_checkpoint}'], echo_every=5)
+            f'teacher_checkpoint={args.teacher_checkpoint}'], echo_every=5)
         out.append((f'beta={beta:g}', KD_CONFIG, ckpt))
     return out
 

@@ -37,7 +37,7 @@ def unsplit_model_cfg(model_cfg) -> dict:
     if base is not None:
         # FasterRCNN/RetinaNet etc. are thin subclasses of these two; the base class runs the same
         cfg['type'] = base
-        for k in ('split_after', 'compressor', 'measure_flops'):
+        for k in ('split_after', 'compressor', 'measure_flops', 'estimate_rate'):
             cfg.pop(k, None)
     return cfg
 

@@ -113,6 +113,20 @@ def _normalise_tables(pmf_tables, offsets, lengths) -> Tuple[list, np.ndarray]:
     return out, offsets
 
 
+class CodingTables:
+    """Validated tables with their constriction models built once (reused for every image)."""
+
+    def __init__(self, pmf_tables, offsets, lengths: Optional[Sequence[int]] = None):
+        self.tables, self.offsets = _normalise_tables(pmf_tables, offsets, lengths)
+        self.models = [_categorical(t) for t in self.tables]
+
+
+def _prepared(pmf_tables, offsets, lengths) -> CodingTables:
+    if isinstance(pmf_tables, CodingTables):
+        return pmf_tables
+    return CodingTables(pmf_tables, offsets, lengths)
+
+
 def _check_int32(symbols: np.ndarray) -> np.ndarray:
     symbols = np.asarray(symbols)
     if symbols.size and not np.issubdtype(symbols.dtype, np.integer):
@@ -146,9 +160,12 @@ def encode_with_cdf_tables(symbols: np.ndarray, pmf_tables, offsets,
 
     ``pmf_tables``: C 1-D integer arrays (support frequencies then the overflow bin), or a
     padded (C, Lmax) array plus ``lengths`` (entries used per row, overflow bin included).
-    ``offsets[c]`` is the symbol value of row c's first entry.
+    ``offsets[c]`` is the symbol value of row c's first entry. A :class:`CodingTables` may be
+    passed as ``pmf_tables`` (``offsets``/``lengths`` are then ignored) to skip rebuilding the
+    models for every call.
     """
-    tables, offsets = _normalise_tables(pmf_tables, offsets, lengths)
+    prep = _prepared(pmf_tables, offsets, lengths)
+    tables, offsets = prep.tables, prep.offsets
     symbols = _check_int32(symbols)
     if symbols.ndim != 2 or symbols.shape[0] != len(tables):
         raise ValueError(f'symbols must have shape (C={len(tables)}, N), got {symbols.shape}')
@@ -160,7 +177,7 @@ def encode_with_cdf_tables(symbols: np.ndarray, pmf_tables, offsets,
         support = table.size - 1
         idx = symbols[c] - offsets[c]
         esc = (idx < 0) | (idx >= support)
-        enc.encode(np.where(esc, support, idx).astype(np.int32), _categorical(table))
+        enc.encode(np.where(esc, support, idx).astype(np.int32), prep.models[c])
         if esc.any():
             v = idx[esc]
             below = v < 0
@@ -185,7 +202,8 @@ def decode_with_cdf_tables(data: bytes, num_symbols_per_channel: int, pmf_tables
     with these tables (``verify`` adds the canonical re-encode check, see module docstring).
     """
     data = _as_bytes(data)
-    tables, offsets = _normalise_tables(pmf_tables, offsets, lengths)
+    prep = _prepared(pmf_tables, offsets, lengths)
+    tables, offsets = prep.tables, prep.offsets
     n_sym = int(num_symbols_per_channel)
     if n_sym < 0:
         raise ValueError('num_symbols_per_channel must be >= 0')
@@ -200,7 +218,7 @@ def decode_with_cdf_tables(data: bytes, num_symbols_per_channel: int, pmf_tables
         esc_channels = []
         for c, table in enumerate(tables):
             support = table.size - 1
-            idx = dec.decode(_categorical(table), n_sym).astype(np.int64)
+            idx = dec.decode(prep.models[c], n_sym).astype(np.int64)
             out[c] = idx + offsets[c]
             esc = idx == support
             if esc.any():
@@ -227,7 +245,7 @@ def decode_with_cdf_tables(data: bytes, num_symbols_per_channel: int, pmf_tables
     if out.min() < _INT32_MIN or out.max() > _INT32_MAX:
         raise CorruptedBitstreamError('decoded escape value outside int32')
     out = out.astype(np.int32)
-    if verify and encode_with_cdf_tables(out, tables, offsets) != data:
+    if verify and encode_with_cdf_tables(out, prep, None) != data:
         raise CorruptedBitstreamError('range-coded body is not a valid encoding of its symbols')
     return out
 

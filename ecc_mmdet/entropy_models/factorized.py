@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..codecs.range_coding import decode_with_cdf_tables, encode_with_cdf_tables
+from ..codecs.range_coding import CodingTables, decode_with_cdf_tables, encode_with_cdf_tables
 
 __all__ = ['FactorizedEntropyModel']
 
@@ -234,6 +234,18 @@ class FactorizedEntropyModel(nn.Module):
 
     # ------------------------------------------------------------------- tables
     def _fingerprint(self) -> int:
+        # Parameters change only through autograd-visible in-place ops (optimiser steps,
+        # load_state_dict's copy_), which bump each tensor's _version: hash only when one moved.
+        params = [*self.matrices, *self.biases, *self.factors]
+        key = tuple((id(p), p._version, p.data_ptr()) for p in params)
+        cached = self.__dict__.get('_fingerprint_cache')
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        value = self._hash_parameters()
+        self.__dict__['_fingerprint_cache'] = (key, value)
+        return value
+
+    def _hash_parameters(self) -> int:
         h = hashlib.blake2b(digest_size=8)
         for p in [*self.matrices, *self.biases, *self.factors]:
             t = p.detach().cpu().contiguous()
@@ -324,13 +336,18 @@ class FactorizedEntropyModel(nn.Module):
         if not self.tables_ready():
             raise RuntimeError('FactorizedEntropyModel coding tables are stale (parameters '
                                'changed since update()): call update(force=True) or eval()')
-        return (self._pmf_table.cpu().numpy(), self._offset.cpu().numpy(),
-                self._pmf_length.cpu().numpy().astype(np.int64) + 1)
+        fp = int(self._tables_fingerprint.item())
+        cached = self.__dict__.get('_coding_tables')
+        if cached is None or cached[0] != fp:
+            tables = CodingTables(self._pmf_table.cpu().numpy(), self._offset.cpu().numpy(),
+                                  self._pmf_length.cpu().numpy().astype(np.int64) + 1)
+            self.__dict__['_coding_tables'] = cached = (fp, tables)
+        return cached[1]
 
     @torch.no_grad()
     def compress(self, y: Tensor) -> List[bytes]:
         """(N, C, H, W) latent -> one range-coded body per image (symbols round(y - median))."""
-        table, offset, lengths = self._tables_numpy()
+        tables = self._tables_numpy()
         if y.dim() != 4 or y.shape[1] != self.channels:
             raise ValueError(f'expected (N, {self.channels}, H, W) latent, got {tuple(y.shape)}')
         medians = self._medians().to(y.dtype).view(1, -1, 1, 1)
@@ -338,7 +355,7 @@ class FactorizedEntropyModel(nn.Module):
         if not torch.isfinite(sym).all() or sym.numel() and sym.double().abs().max() >= 2**31:
             raise ValueError('latent has non-finite values or values beyond the int32 range')
         sym = sym.reshape(y.shape[0], self.channels, -1).to(torch.int32).cpu().numpy()
-        return [encode_with_cdf_tables(s, table, offset, lengths) for s in sym]
+        return [encode_with_cdf_tables(s, tables, None) for s in sym]
 
     @torch.no_grad()
     def decompress(self, bodies: Sequence[bytes], shape: Sequence[int],
@@ -348,11 +365,11 @@ class FactorizedEntropyModel(nn.Module):
         Equal bit for bit to ``forward``'s eval-mode y_hat for a latent of ``dtype`` (default:
         the parameters' dtype). Raises CorruptedBitstreamError on undecodable bodies.
         """
-        table, offset, lengths = self._tables_numpy()
+        tables = self._tables_numpy()
         h, w = (int(v) for v in shape)
         out = np.zeros((len(bodies), self.channels, h * w), dtype=np.int32)
         for i, body in enumerate(bodies):
-            out[i] = decode_with_cdf_tables(body, h * w, table, offset, lengths)
+            out[i] = decode_with_cdf_tables(body, h * w, tables, None)
         medians = self._medians()
         medians = medians.to(dtype or medians.dtype).view(1, -1, 1, 1)
         sym = torch.from_numpy(out.reshape(len(bodies), self.channels, h, w))

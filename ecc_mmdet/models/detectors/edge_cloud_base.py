@@ -48,9 +48,13 @@ class EdgeCloudDetectorMixin:
             channels at the split point.
         measure_flops: count edge/cloud FLOPs (torch.utils.flop_counter) once per input shape
             during ``predict``; custom mmcv ops (RoIAlign, NMS) are not counted.
+        estimate_rate: also report the entropy model's bit estimate per image (an extra
+            likelihood pass on the edge; accounting only, not part of deployment). Benchmarks of
+            inference speed turn it and ``measure_flops`` off.
     """
 
-    def _init_edge_cloud(self, split_after: int, compressor: dict, measure_flops: bool = True):
+    def _init_edge_cloud(self, split_after: int, compressor: dict, measure_flops: bool = True,
+                         estimate_rate: bool = True):
         if compressor is None or 'type' not in compressor:
             raise ConfigError('An edge/cloud detector needs compressor=dict(type=...), e.g. '
                               "dict(type='EntropyBottleneckNeck') or dict(type='QuantizeNeck', "
@@ -64,6 +68,7 @@ class EdgeCloudDetectorMixin:
                               'remove in_channels from the compressor config to infer it')
         self.compressor = MODELS.build(compressor)
         self.measure_flops = measure_flops
+        self.estimate_rate = estimate_rate
         self._pending_losses: Dict[str, Tensor] = {}
         self._train_intermediates: Dict[str, object] = {}
         self._flops_cache: Dict[tuple, tuple] = {}
@@ -117,16 +122,17 @@ class EdgeCloudDetectorMixin:
         f = self.splitter.forward_edge(batch_inputs)
         t1 = time.perf_counter()
         parts = self.compressor.compress(f)
-        t2 = time.perf_counter()
         payloads = [
             pack(Payload(self.compressor.codec_id, tuple(shape),
                          ImageMeta.from_metainfo(ds.metainfo), params, body))
             for (params, body, shape), ds in zip(parts, batch_data_samples)
         ]
-        est_bits = self.compressor.estimate_bits(f).tolist()
-        # edge time includes encoding; codec time is reported on its own as well
+        t2 = time.perf_counter()
+        est_bits = (self.compressor.estimate_bits(f).tolist() if self.estimate_rate
+                    else [None] * n)
+        # edge time includes encoding and framing; codec time is reported on its own as well
         stats = [dict(edge_time_s=(t2 - t0) / n, codec_time_s=(t2 - t1) / n,
-                      estimated_bits=float(b), body_bytes=len(body))
+                      estimated_bits=None if b is None else float(b), body_bytes=len(body))
                  for b, (_, body, _) in zip(est_bits, parts)]
         return payloads, stats
 
@@ -195,7 +201,11 @@ class EdgeCloudDetectorMixin:
 
     # ---- compute accounting ----
     def edge_param_count(self) -> int:
-        return _count_params(self.splitter.edge_modules() + list(self.compressor.edge_modules()))
+        """Parameters that run on the edge (counted once; the architecture does not change)."""
+        if '_edge_params' not in self.__dict__:
+            self.__dict__['_edge_params'] = _count_params(
+                self.splitter.edge_modules() + list(self.compressor.edge_modules()))
+        return self.__dict__['_edge_params']
 
     def _flops(self, batch_inputs, batch_data_samples):
         """(edge, cloud) FLOPs per image, measured once per input shape on the deployment path."""

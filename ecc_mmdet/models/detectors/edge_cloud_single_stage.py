@@ -11,9 +11,9 @@ class EdgeCloudSingleStageDetector(EdgeCloudDetectorMixin, SingleStageDetector):
     ``split_after`` and ``compressor`` (see :class:`EdgeCloudDetectorMixin`)."""
 
     def __init__(self, split_after: int = 1, compressor: dict = None,
-                 measure_flops: bool = True, **kwargs):
+                 measure_flops: bool = True, estimate_rate: bool = True, **kwargs):
         super().__init__(**kwargs)
-        self._init_edge_cloud(split_after, compressor, measure_flops)
+        self._init_edge_cloud(split_after, compressor, measure_flops, estimate_rate)
 
     def predict_from_features(self, x, batch_data_samples, rescale: bool = True):
         results_list = self.bbox_head.predict(x, batch_data_samples, rescale=rescale)

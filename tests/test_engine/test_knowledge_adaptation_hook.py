@@ -1,0 +1,442 @@
+"""KnowledgeAdaptationHook: frozen teacher outside the student, two-stage freezing, losses, errors.
+
+Tiny models (ResNet-18 at base width 8, 64 px images) keep every test to a few seconds; one test
+drives the hook through a real mmengine Runner (fresh start, then resume into stage 2).
+"""
+import copy
+import math
+import os.path as osp
+import types
+
+import pytest
+import torch
+from mmengine.config import Config
+from mmengine.hooks import Hook
+from mmengine.logging import MMLogger
+from mmengine.runner import Runner, save_checkpoint
+from mmdet.registry import HOOKS, MODELS
+from mmdet.structures import DetDataSample
+from mmengine.structures import InstanceData
+
+import ecc_mmdet  # noqa: F401
+import ecc_mmdet.engine  # noqa: F401  (registers KnowledgeAdaptationHook)
+from ecc_mmdet.engine import KnowledgeAdaptationHook
+from ecc_mmdet.utils import ConfigError, set_data_root
+
+REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+TINY_FRCNN = osp.join(REPO, 'configs', '_base_', 'models', 'faster_rcnn_r18_fpn_tiny.py')
+TINY_RETINA = osp.join(REPO, 'configs', '_base_', 'models', 'retinanet_r18_fpn_tiny.py')
+KD_CFG = osp.join(REPO, 'configs', 'ecc_faster_rcnn_r18_synthetic_kd.py')
+COCO_CFG = osp.join(REPO, 'configs', 'ecc_faster_rcnn.py')
+TABLES = ('_pmf_table', '_pmf_length', '_offset', '_tables_fingerprint', 'quantiles')  # update()
+BOTTLENECK = dict(type='EntropyBottleneckNeck', latent_channels=8, beta=0.05)
+
+
+def tiny_model_cfg(path=TINY_FRCNN, width=8, norm_eval=False):
+    cfg = copy.deepcopy(Config.fromfile(path).model)
+    cfg.backbone.base_channels = width
+    cfg.backbone.norm_eval = norm_eval
+    cfg.neck.in_channels = [width * 2**i for i in range(4)]
+    return cfg
+
+
+def split_cfg(cfg, compressor=BOTTLENECK, two_stage=True):
+    cfg = copy.deepcopy(cfg)
+    cfg.type = 'EdgeCloudTwoStageDetector' if two_stage else 'EdgeCloudSingleStageDetector'
+    cfg.split_after = 1
+    cfg.compressor = copy.deepcopy(compressor)
+    cfg.measure_flops = False
+    return cfg
+
+
+def fake_batch(model, n=2, size=64, seed=0):
+    """n random images with 2 GT boxes each, preprocessed by the model."""
+    g = torch.Generator().manual_seed(seed)
+    imgs = [torch.randint(0, 256, (3, size, size), generator=g, dtype=torch.uint8)
+            for _ in range(n)]
+    samples = []
+    for i in range(n):
+        s = DetDataSample(metainfo=dict(img_id=i, ori_shape=(size, size), img_shape=(size, size),
+                                        scale_factor=(1.0, 1.0), pad_shape=(size, size)))
+        s.gt_instances = InstanceData(
+            bboxes=torch.tensor([[4.0, 6.0, 30.0, 34.0], [28.0, 20.0, 60.0, 58.0]]),
+            labels=torch.tensor([i % 6, (i + 3) % 6]))
+        samples.append(s)
+    data = model.data_preprocessor(dict(inputs=imgs, data_samples=samples), True)
+    return data['inputs'], data['data_samples']
+
+
+def save_model(model, path):
+    save_checkpoint({'state_dict': model.state_dict(), 'meta': {}}, str(path))
+    return str(path)
+
+
+LOGGER = MMLogger.get_instance('test_kd_hook', log_level='WARNING')
+
+
+class FakeRunner:
+    """The attributes of mmengine's Runner the hook reads, for driving it step by step."""
+
+    def __init__(self, model, cfg=None, epoch=0, it=0, max_epochs=2):
+        self.model, self.cfg = model, Config(cfg or {})
+        self.epoch, self.iter = epoch, it
+        self.logger = LOGGER
+        self.train_loop = types.SimpleNamespace(max_epochs=max_epochs)
+        self._has_loaded = False
+
+
+def train_steps(model, hook, runner, inputs, samples, optim, n):
+    history = []
+    model.train()
+    for _ in range(n):
+        hook.before_train_iter(runner, 0)
+        losses = model.loss(inputs, copy.deepcopy(samples))
+        loss, log = model.parse_losses(losses)
+        optim.zero_grad(set_to_none=True)
+        loss.backward()
+        optim.step()
+        history.append({k: v.item() for k, v in log.items()})
+    return history
+
+
+def snapshot(module):
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def changed_keys(before, after):
+    return {k for k in before if not torch.equal(before[k], after[k])}
+
+
+@pytest.fixture(scope='module')
+def teacher_ckpt(tmp_path_factory):
+    """An untrained tiny Faster R-CNN whose RoI classifier has opinions: a fresh head outputs
+    near-uniform scores, which any student matches already."""
+    torch.manual_seed(0)
+    teacher = MODELS.build(tiny_model_cfg())
+    torch.nn.init.normal_(teacher.roi_head.bbox_head.fc_cls.bias, std=2.0)
+    return save_model(teacher, tmp_path_factory.mktemp('t') / 't.pth')
+
+
+# ---------------------------------------------------------------- direct drive: stages, losses
+def test_stages_freeze_exactly_and_distillation_losses_fall(teacher_ckpt):
+    torch.manual_seed(1)
+    student = MODELS.build(split_cfg(tiny_model_cfg()))
+    hook = KnowledgeAdaptationHook(teacher_config=tiny_model_cfg(), teacher_checkpoint=teacher_ckpt,
+                                   bottleneck_epochs=1, init_student_from_teacher=False)
+    runner = FakeRunner(student)
+    hook.before_train(runner)
+    teacher = hook.teacher
+    teacher_before = snapshot(teacher)
+    # the teacher is frozen and nowhere in the student
+    assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
+    assert not any(m is teacher for m in student.modules())
+    assert set(student.state_dict()) == set(MODELS.build(split_cfg(tiny_model_cfg())).state_dict())
+    teacher_ids = {id(p) for p in teacher.parameters()}
+    assert not teacher_ids & {id(p) for p in student.parameters()}
+
+    inputs, samples = fake_batch(student)
+    # big weight decay: frozen parameters must not move even so
+    optim = torch.optim.AdamW(student.parameters(), lr=1e-3, weight_decay=0.1)
+    assert not teacher_ids & {id(p) for g in optim.param_groups for p in g['params']}
+
+    # ---- stage 1: only the compressor (g_a, g_s, entropy model) learns
+    before = snapshot(student)
+    h1 = train_steps(student, hook, runner, inputs, samples, optim, 30)
+    after1 = snapshot(student)
+    changed = changed_keys(before, after1)
+    comp_params = {'compressor.' + k for k, _ in student.compressor.named_parameters()}
+    assert changed == comp_params, sorted(changed ^ comp_params)[:10]
+    assert {k.split('.')[1] for k in changed} == {'g_a', 'g_s', 'entropy_model'}
+    assert {'loss_kd_feat', 'loss_rate'} <= set(h1[0])
+    assert not any(k.startswith(('loss_rpn', 'loss_cls', 'loss_bbox')) for k in h1[0])
+    feat = [h['loss_kd_feat'] for h in h1]
+    assert all(math.isfinite(v) for v in feat)
+    assert feat[-1] < 0.7 * feat[0], feat
+
+    # ---- stage 2: edge frozen (tables fixed), the cloud side learns
+    runner.epoch = 1
+    for group in optim.param_groups:  # fine-tuning lr, as in the kd config's schedule
+        group['lr'] = 2e-4
+    hook.before_train_iter(runner, 0)
+    em = student.compressor.entropy_model
+    assert hook.stage == 2 and not em.training and em.tables_ready()
+    tables = {k: v.clone() for k, v in em.state_dict().items() if k in TABLES}
+    before = snapshot(student)
+    h2 = train_steps(student, hook, runner, inputs, samples, optim, 30)
+    after2 = snapshot(student)
+    changed = changed_keys(before, after2)
+    edge = ('backbone.conv1.', 'backbone.bn1.', 'backbone.layer1.', 'compressor.g_a.',
+            'compressor.entropy_model.')
+    assert not {k for k in changed if k.startswith(edge)}, 'the edge moved in stage 2'
+    assert all(torch.equal(v, em.state_dict()[k]) for k, v in tables.items())
+    cloud = {k for k, _ in student.named_parameters() if not k.startswith(edge)}
+    assert cloud <= changed, sorted(cloud - changed)[:10]
+    assert {k.split('.')[0] for k in cloud} == {'backbone', 'neck', 'rpn_head', 'roi_head',
+                                                  'compressor'}
+    assert any(k.startswith('compressor.g_s.') for k in cloud)
+    assert 'loss_rate' not in h2[0] and h2[0]['rate'] > 0
+    assert {'loss_kd_resp', 'loss_rpn_cls', 'loss_cls', 'loss_bbox'} <= set(h2[0])
+    resp = [h['loss_kd_resp'] for h in h2]
+    assert all(math.isfinite(v) for v in resp)
+    assert resp[-1] < 0.7 * resp[0], resp
+    # the teacher never changed, BN running statistics included
+    assert not changed_keys(teacher_before, snapshot(teacher))
+    print(f'\nloss_kd_feat {feat[0]:.4f} -> {feat[-1]:.4f}; '
+          f'loss_kd_resp {resp[0]:.4f} -> {resp[-1]:.4f}; '
+          f'loss_cls {h2[0]["loss_cls"]:.4f} -> {h2[-1]["loss_cls"]:.4f}')
+
+    hook.after_train(runner)
+    assert student.distiller is None
+
+
+@pytest.mark.parametrize('two_stage', [True, False])
+def test_lossless_student_from_teacher_has_zero_response_loss(teacher_ckpt, tmp_path, two_stage):
+    """Float32Neck + init from the teacher = the teacher: loss_kd_resp is 0 until heads differ."""
+    base = tiny_model_cfg(TINY_FRCNN if two_stage else TINY_RETINA, norm_eval=True)
+    ckpt = teacher_ckpt
+    if not two_stage:
+        torch.manual_seed(0)
+        ckpt = save_model(MODELS.build(base), tmp_path / 'retina.pth')
+    student = MODELS.build(split_cfg(base, dict(type='Float32Neck'), two_stage))
+    hook = KnowledgeAdaptationHook(teacher_config=base, teacher_checkpoint=ckpt,
+                                   bottleneck_epochs=0, temperature=2.0)
+    runner = FakeRunner(student)
+    hook.before_train(runner)
+    assert hook.stage == 2 and hook.num_copied == len(hook.teacher.state_dict())
+    student.train()
+    hook.before_train_iter(runner, 0)
+    inputs, samples = fake_batch(student)
+    losses = student.loss(inputs, copy.deepcopy(samples))
+    assert float(losses['loss_kd_resp']) < 1e-6
+    head = student.roi_head.bbox_head.fc_cls if two_stage else student.bbox_head.retina_cls
+    with torch.no_grad():
+        head.bias.add_(torch.linspace(-1, 1, head.bias.numel()))
+    losses = student.loss(inputs, copy.deepcopy(samples))
+    assert float(losses['loss_kd_resp']) > 1e-3
+    losses['loss_kd_resp'].backward()
+    assert head.bias.grad is not None and head.bias.grad.abs().sum() > 0
+
+
+def test_single_stage_student_both_stages(tmp_path):
+    base = tiny_model_cfg(TINY_RETINA)
+    torch.manual_seed(0)
+    ckpt = save_model(MODELS.build(base), tmp_path / 'retina.pth')
+    student = MODELS.build(split_cfg(base, BOTTLENECK, two_stage=False))
+    hook = KnowledgeAdaptationHook(base, ckpt, bottleneck_epochs=1)
+    runner = FakeRunner(student)
+    hook.before_train(runner)
+    inputs, samples = fake_batch(student)
+    optim = torch.optim.AdamW(student.parameters(), lr=1e-3, weight_decay=0.1)
+    before = snapshot(student)
+    h1 = train_steps(student, hook, runner, inputs, samples, optim, 3)
+    assert changed_keys(before, snapshot(student)) == {
+        'compressor.' + k for k, _ in student.compressor.named_parameters()}
+    assert set(h1[0]) == {'loss', 'loss_rate', 'loss_kd_feat', 'kd_stage'}
+    assert h1[0]['loss_kd_feat'] > 0  # decoder output vs the teacher's layer1..3 outputs
+    runner.epoch = 1
+    before = snapshot(student)
+    h2 = train_steps(student, hook, runner, inputs, samples, optim, 3)
+    changed = changed_keys(before, snapshot(student))
+    assert {k for k in changed if k.startswith('bbox_head.')} and not {
+        k for k in changed if k.startswith(('backbone.layer1.', 'compressor.g_a.'))}
+    assert {'loss_cls', 'loss_bbox', 'loss_kd_resp', 'rate'} <= set(h2[0])
+    assert all(math.isfinite(h['loss_kd_resp']) and h['loss_kd_resp'] > 0 for h in h2)
+
+
+# ---------------------------------------------------------------- real Runner, fresh + resume
+class Recorder(Hook):
+    """Runs after the KD hook (priority LOW): snapshots and per-iteration observations."""
+    priority = 'LOW'
+
+    def __init__(self):
+        self.outputs, self.modes = [], []
+
+    def before_train(self, runner):
+        self.teacher = next(h for h in runner.hooks
+                            if isinstance(h, KnowledgeAdaptationHook)).teacher
+        self.teacher_start = snapshot(self.teacher)
+        self.start = snapshot(runner.model)
+        self.requires_grad = {k: p.requires_grad for k, p in runner.model.named_parameters()}
+
+    def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
+        self.outputs.append({k: float(v) for k, v in outputs.items()})
+        m = runner.model
+        self.modes.append(dict(entropy=m.compressor.entropy_model.training,
+                               edge_bn=m.backbone.layer1[0].bn1.training,
+                               cloud_bn=m.backbone.layer3[0].bn1.training))
+
+    def after_train(self, runner):
+        self.end = snapshot(runner.model)
+        self.teacher_end = snapshot(self.teacher)
+
+
+def make_runner(tiny_coco, work_dir, teacher_ckpt, max_epochs, resume=False):
+    cfg = Config.fromfile(KD_CFG)
+    set_data_root(cfg, tiny_coco)
+    cfg.model = split_cfg(tiny_model_cfg(), BOTTLENECK)
+    cfg.teacher_config = tiny_model_cfg()  # top-level values, as --cfg-options would set them
+    cfg.teacher_checkpoint = teacher_ckpt
+    cfg.custom_hooks[0].bottleneck_epochs = 1
+    cfg.train_cfg = dict(type='EpochBasedTrainLoop', max_epochs=max_epochs, val_interval=100)
+    cfg.val_cfg = cfg.val_dataloader = cfg.val_evaluator = None
+    cfg.test_cfg = cfg.test_dataloader = cfg.test_evaluator = None
+    cfg.param_scheduler = None
+    cfg.train_dataloader.batch_size = 2
+    cfg.train_dataloader.dataset.pipeline[2].scale = (64, 64)
+    cfg.default_hooks.logger.interval = 1
+    cfg.default_hooks.checkpoint.interval = 1
+    cfg.work_dir = str(work_dir)
+    cfg.resume = resume
+    cfg.log_level = 'INFO'
+    runner = Runner.from_cfg(cfg)
+    rec = Recorder()
+    runner.register_hook(rec, priority='LOW')
+    return runner, rec
+
+
+def read_log(runner):
+    return open(osp.join(runner.log_dir, f'{runner.timestamp}.log')).read()
+
+
+def test_real_runner_fresh_start_then_resume_into_stage2(tiny_coco, tmp_path, teacher_ckpt):
+    work = tmp_path / 'work'
+    # ---- run A: fresh, one bottleneck epoch (4 iterations)
+    runner, rec = make_runner(tiny_coco, work, teacher_ckpt, max_epochs=1)
+    runner.train()
+    kd = next(h for h in runner.hooks if isinstance(h, KnowledgeAdaptationHook))
+    teacher = kd.teacher
+    log = read_log(runner)
+    assert 'student initialised from the teacher: copied' in log and 'stage 1/2' in log
+    t_state = teacher.state_dict()
+    shared = [k for k in rec.start if k in t_state]
+    assert len(shared) == kd.num_copied > 50
+    assert all(torch.equal(rec.start[k], t_state[k]) for k in shared)
+    assert {k for k, g in rec.requires_grad.items() if g} == {
+        'compressor.' + k for k, _ in runner.model.compressor.named_parameters()}
+    changed = changed_keys(rec.start, rec.end)
+    assert changed and all(k.startswith('compressor.') for k in changed)
+    assert all(o['kd_stage'] == 1 and math.isfinite(o['loss_kd_feat']) for o in rec.outputs)
+    assert all(not m['edge_bn'] and not m['cloud_bn'] and m['entropy'] for m in rec.modes)
+    # the teacher: frozen, in eval mode, outside the student, its optimizer and checkpoint
+    assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
+    assert not changed_keys(rec.teacher_start, rec.teacher_end)  # BN statistics included
+    assert runner.model.distiller is None  # detached after training
+    opt_ids = {id(p) for g in runner.optim_wrapper.optimizer.param_groups for p in g['params']}
+    assert not opt_ids & {id(p) for p in teacher.parameters()}
+    ckpt = torch.load(work / 'epoch_1.pth', map_location='cpu')
+    assert set(ckpt['state_dict']) == set(rec.start)
+
+    # ---- run B: resume (epoch 1 -> 2) with ANOTHER teacher: resumed weights must survive
+    torch.manual_seed(5)
+    teacher2 = save_model(MODELS.build(tiny_model_cfg()), tmp_path / 't2.pth')
+    runner, rec = make_runner(tiny_coco, work, teacher2, max_epochs=2, resume=True)
+    runner.train()
+    log = read_log(runner)
+    assert 'not initialised from the teacher' in log and 'stage 2/2' in log
+    assert 'copied' not in log
+    # the stage-1 losses (restored with the message hub) no longer show up in the log
+    stage2_lines = [ln for ln in log.splitlines() if 'Epoch(train) [2]' in ln]
+    assert stage2_lines and not any('loss_kd_feat' in ln or 'loss_rate' in ln
+                                    for ln in stage2_lines)
+    assert all('loss_kd_resp' in ln and 'rate' in ln for ln in stage2_lines)
+    for k, v in ckpt['state_dict'].items():
+        if not k.endswith(TABLES):
+            assert torch.equal(rec.start[k], v), k
+    assert not torch.equal(rec.start['backbone.layer2.0.conv1.weight'],
+                           torch.load(teacher2)['state_dict']['backbone.layer2.0.conv1.weight'])
+    changed = changed_keys(rec.start, rec.end)
+    edge = ('backbone.conv1.', 'backbone.bn1.', 'backbone.layer1.', 'compressor.g_a.',
+            'compressor.entropy_model.')
+    assert not [k for k in changed if k.startswith(edge)]
+    trainable = {k for k, g in rec.requires_grad.items() if g}
+    assert trainable == {k for k in rec.requires_grad if not k.startswith(edge)}
+    assert trainable <= changed  # every cloud parameter moved; cloud BN statistics too
+    assert 'backbone.layer3.0.bn1.running_mean' in changed
+    assert all(o['kd_stage'] == 2 and math.isfinite(o['loss_kd_resp']) and 'loss_rate' not in o
+               and o['rate'] > 0 for o in rec.outputs)
+    assert all(not m['edge_bn'] and m['cloud_bn'] and not m['entropy'] for m in rec.modes)
+    assert not changed_keys(rec.teacher_start, rec.teacher_end)
+
+
+def test_iteration_schedule_and_default_length(teacher_ckpt):
+    student = MODELS.build(split_cfg(tiny_model_cfg()))
+    hook = KnowledgeAdaptationHook(tiny_model_cfg(), teacher_ckpt, bottleneck_iters=3)
+    runner = FakeRunner(student)
+    hook.before_train(runner)
+    stages = []
+    for it in range(5):
+        runner.iter = it
+        hook.before_train_iter(runner, it)
+        stages.append(hook.stage)
+    assert stages == [1, 1, 1, 2, 2]
+    hook = KnowledgeAdaptationHook(tiny_model_cfg(), teacher_ckpt)  # default: half of training
+    runner = FakeRunner(student, epoch=2, max_epochs=4)
+    runner._has_loaded = True  # as after a resume: the student's weights are kept
+    before = snapshot(student)
+    hook.before_train(runner)
+    assert hook.stage == 2 and hook.num_copied == 0
+    assert not {k for k in changed_keys(before, snapshot(student)) if not k.endswith(TABLES)}
+
+
+# ---------------------------------------------------------------- errors and configs
+def test_missing_teacher_files_say_how_to_fix(teacher_ckpt, tmp_path):
+    student = MODELS.build(split_cfg(tiny_model_cfg()))
+    hook = KnowledgeAdaptationHook(teacher_config='configs/faster_rcnn_r18_fpn_synthetic.py',
+                                   teacher_checkpoint=str(tmp_path / 'nope.pth'),
+                                   bottleneck_epochs=1)
+    with pytest.raises(FileNotFoundError, match='Train the teacher first: python tools/train.py '
+                       'configs/faster_rcnn_r18_fpn_synthetic.py'):
+        hook.before_train(FakeRunner(student))
+    hook = KnowledgeAdaptationHook(teacher_config='configs/no_such_teacher.py',
+                                   teacher_checkpoint=teacher_ckpt, bottleneck_epochs=1)
+    with pytest.raises(FileNotFoundError, match="'configs/no_such_teacher.py' does not exist"):
+        hook.before_train(FakeRunner(student))
+    assert student.distiller is None
+
+
+def test_checkpoint_that_does_not_fit_the_teacher_config(tmp_path):
+    student = MODELS.build(split_cfg(tiny_model_cfg()))
+    wide = save_model(MODELS.build(tiny_model_cfg(width=16)), tmp_path / 'wide.pth')
+    hook = KnowledgeAdaptationHook(tiny_model_cfg(), wide, bottleneck_epochs=1)
+    with pytest.raises(ConfigError, match=r'does not fit .*shape mismatch: backbone\.conv1'):
+        hook.before_train(FakeRunner(student))
+    split_ckpt = save_model(student, tmp_path / 'student.pth')
+    hook = KnowledgeAdaptationHook(tiny_model_cfg(), split_ckpt, bottleneck_epochs=1)
+    with pytest.raises(ConfigError, match=r'unexpected: compressor\..*split \(student\)'):
+        hook.before_train(FakeRunner(student))
+    retina = save_model(MODELS.build(tiny_model_cfg(TINY_RETINA)), tmp_path / 'retina.pth')
+    hook = KnowledgeAdaptationHook(tiny_model_cfg(), retina, bottleneck_epochs=1)
+    with pytest.raises(ConfigError, match=r'missing: .*rpn_head'):
+        hook.before_train(FakeRunner(student))
+
+
+def test_non_split_student_and_codec_without_parameters(teacher_ckpt):
+    plain = MODELS.build(tiny_model_cfg())
+    hook = KnowledgeAdaptationHook(tiny_model_cfg(), teacher_ckpt, bottleneck_epochs=1)
+    with pytest.raises(ConfigError, match='split edge/cloud student.*FasterRCNN'):
+        hook.before_train(FakeRunner(plain))
+    f32 = MODELS.build(split_cfg(tiny_model_cfg(), dict(type='Float32Neck')))
+    with pytest.raises(ConfigError, match='no trainable parameters.*bottleneck_epochs=0'):
+        hook.before_train(FakeRunner(f32))
+    with pytest.raises(ConfigError, match='not both'):
+        KnowledgeAdaptationHook(bottleneck_epochs=1, bottleneck_iters=10)
+
+
+def test_configs_declare_the_hook_and_teacher_paths(teacher_ckpt):
+    kd = Config.fromfile(KD_CFG)
+    assert kd.custom_hooks[0].type == 'KnowledgeAdaptationHook'
+    assert kd.teacher_config == 'configs/faster_rcnn_r18_fpn_synthetic.py'
+    assert kd.teacher_checkpoint == 'work_dirs/demo/baseline/epoch_12.pth'
+    assert kd.custom_hooks[0].bottleneck_epochs < kd.train_cfg.max_epochs
+    assert isinstance(HOOKS.build(kd.custom_hooks[0]), KnowledgeAdaptationHook)
+    coco = Config.fromfile(COCO_CFG)
+    assert coco.custom_hooks[0].type == 'KnowledgeAdaptationHook'
+    assert coco.teacher_checkpoint.endswith('faster_rcnn_r50_fpn_1x_coco_20200130-047c8118.pth')
+    path = KnowledgeAdaptationHook._resolve_path(coco.teacher_config)
+    assert Config.fromfile(path).model.type == 'FasterRCNN'
+    # the COCO checkpoint is only needed once training starts; without it, a clear message
+    student = MODELS.build(split_cfg(tiny_model_cfg()))
+    runner = FakeRunner(student, cfg=dict(teacher_config=coco.teacher_config,
+                                          teacher_checkpoint='checkpoints/none.pth'))
+    with pytest.raises(FileNotFoundError, match='model zoo'):
+        HOOKS.build(coco.custom_hooks[0]).before_train(runner)
