@@ -1,94 +1,99 @@
-"""The main job on the embedded default: data -> train the baseline -> COCO evaluation -> table.
+"""The main job on the embedded default: the whole edge-cloud story in one command.
 
-    python tools/demo.py [--work-dir work_dirs/demo] [--data data/synthetic_coco] [--epochs 12]
+    python tools/demo.py [--work-dir work_dirs/demo] [--data data/synthetic_coco] [--bandwidth 1]
 
-Each stage is skipped when its result already exists (the dataset, the final checkpoint, the
-metrics file), so a re-run only redoes what is missing. The underlying commands are printed so
-that every step can be reproduced by hand with tools/train.py and tools/test.py.
+1. creates the synthetic COCO-format dataset if it is missing;
+2. trains the unsplit teacher (Faster R-CNN R18-FPN), or reuses its checkpoint;
+3. trains the split student with knowledge adaptation from the teacher (KnowledgeAdaptationHook),
+   or reuses its checkpoint;
+4. evaluates the teacher, cloud-only JPEG at several qualities, 8-bit features and the student
+   with CocoMetric + CommunicationMetric, prints one comparison table and saves the plot.
+
+Every stage is skipped when its result exists, and a half-finished training resumes. The exact
+commands are printed, so each step can be re-run by hand with tools/train.py.
 """
 import argparse
-import glob
 import json
 import os
 import os.path as osp
-import re
-import subprocess
 import sys
 import time
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
-sys.path.insert(0, REPO)
+try:
+    import ecc_mmdet  # noqa: F401
+except ImportError:
+    sys.path.insert(0, REPO)
+    import ecc_mmdet  # noqa: F401
 
+from ecc_mmdet.apis.workflow import train_stage  # noqa: E402
 from ecc_mmdet.datasets.synthetic_coco import ensure_synthetic_coco  # noqa: E402
 
-BASELINE_CFG = 'configs/faster_rcnn_r18_fpn_synthetic.py'
-PROGRESS = re.compile(r'Epoch\((train|val|test)\)|bbox_mAP_copypaste|Error|error:|Traceback')
+TEACHER_CFG = 'configs/faster_rcnn_r18_fpn_synthetic.py'
+STUDENT_CFG = 'configs/ecc_faster_rcnn_r18_synthetic_kd.py'
+JPEG_QUALITIES = (10, 30, 60, 90)
 
 
-def run_logged(cmd, log_file):
-    """Run a tool, keep its full log in ``log_file`` and echo only progress lines."""
-    print('$ ' + ' '.join(cmd), flush=True)
-    with open(log_file, 'w') as log:
-        proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True, env=dict(os.environ, PYTHONUNBUFFERED='1'))
-        for line in proc.stdout:
-            log.write(line)
-            if PROGRESS.search(line):
-                print('  ' + line.rstrip()[:160], flush=True)
-        rc = proc.wait()
-    if rc != 0:
-        sys.exit(f'command failed (exit {rc}); full log: {log_file}')
+def compare(args, teacher_ckpt, student_ckpt):
+    from mmengine.config import Config
 
-
-def latest_metrics(work_dir):
-    files = sorted(glob.glob(osp.join(work_dir, '*', '*.json')), key=osp.getmtime)
-    return json.load(open(files[-1])) if files else None
+    from ecc_mmdet.apis.rate_accuracy import plot, run_rate_accuracy, summarize, table
+    out = osp.join(args.work_dir, 'comparison.json')
+    newest_input = max(osp.getmtime(teacher_ckpt), osp.getmtime(student_ckpt))
+    if osp.isfile(out) and osp.getmtime(out) > newest_input:
+        print(f'  reusing {out}', flush=True)
+        res = json.load(open(out))
+        if res.get('bandwidth_mbps') == args.bandwidth:
+            return res['rows'], res['summary']
+    scfg = Config.fromfile(STUDENT_CFG)
+    beta = scfg.model.compressor.get('beta')
+    rows = run_rate_accuracy(
+        TEACHER_CFG, teacher_ckpt, [(f'KD student (beta={beta:g})', STUDENT_CFG, student_ckpt)],
+        jpeg_qualities=JPEG_QUALITIES, quantize_bits=(8, ), split_after=scfg.model.split_after,
+        data_root=args.data, bandwidth=args.bandwidth)
+    summary = summarize(rows)
+    with open(out, 'w') as f:
+        json.dump(dict(rows=rows, summary=summary, bandwidth_mbps=args.bandwidth), f, indent=2)
+    plot(rows, osp.join(args.work_dir, 'rate_accuracy.png'))
+    with open(osp.join(args.work_dir, 'comparison.txt'), 'w') as f:
+        f.write(table(rows, summary, args.bandwidth) + '\n')
+    return rows, summary
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--work-dir', default='work_dirs/demo')
     parser.add_argument('--data', default='data/synthetic_coco')
-    parser.add_argument('--epochs', type=int, default=12)
+    parser.add_argument('--bandwidth', type=float, default=1.0,
+                        help='uplink Mbit/s for the modelled latency column (default 1)')
     args = parser.parse_args(argv)
     os.chdir(REPO)
     t_start = time.time()
-    py = sys.executable
 
-    print('[1/3] synthetic COCO dataset', flush=True)
+    print('[1/4] synthetic COCO dataset', flush=True)
     summary = ensure_synthetic_coco(args.data, progress=True)
     print(f"  {'generated' if summary['generated'] else 'reused'} {args.data}: "
           f"{summary['num_images']['train']} train / {summary['num_images']['val']} val images",
           flush=True)
 
-    teacher_dir = osp.join(args.work_dir, 'baseline')
-    ckpt = osp.join(teacher_dir, f'epoch_{args.epochs}.pth')
-    print(f'[2/3] train the baseline Faster R-CNN R18 ({args.epochs} epochs)', flush=True)
-    if osp.isfile(ckpt):
-        print(f'  reusing {ckpt}', flush=True)
-    else:
-        os.makedirs(teacher_dir, exist_ok=True)
-        resume = ['--resume'] if glob.glob(osp.join(teacher_dir, 'epoch_*.pth')) else []
-        run_logged([py, 'tools/train.py', BASELINE_CFG, '--work-dir', teacher_dir, *resume,
-                    '--data-root', args.data, '--cfg-options',
-                    f'train_cfg.max_epochs={args.epochs}'], osp.join(teacher_dir, 'train.log'))
+    print(f'[2/4] teacher: unsplit Faster R-CNN R18-FPN ({TEACHER_CFG})', flush=True)
+    teacher = train_stage(TEACHER_CFG, osp.join(args.work_dir, 'baseline'), args.data)
 
-    print('[3/3] evaluate with CocoMetric', flush=True)
-    test_dir = osp.join(args.work_dir, 'baseline_test')
-    run_logged([py, 'tools/test.py', BASELINE_CFG, ckpt, '--work-dir', test_dir,
-                '--data-root', args.data], osp.join(args.work_dir, 'test.log'))
-    m = latest_metrics(test_dir)
-    rows = [('bbox mAP', 'coco/bbox_mAP'), ('bbox mAP@50', 'coco/bbox_mAP_50'),
-            ('bbox mAP@75', 'coco/bbox_mAP_75'), ('bbox mAP small', 'coco/bbox_mAP_s'),
-            ('bbox mAP medium', 'coco/bbox_mAP_m')]
-    print('\nBaseline Faster R-CNN R18-FPN on the synthetic validation set')
-    print('-' * 40)
-    for name, key in rows:
-        print(f'{name:<20}{100 * m[key]:>8.1f}')
-    print('-' * 40)
-    print(f'wall time {time.time() - t_start:.0f} s; logs and checkpoints in {args.work_dir}')
+    print(f'[3/4] student: split detector trained from the teacher ({STUDENT_CFG})', flush=True)
+    student = train_stage(STUDENT_CFG, osp.join(args.work_dir, 'student'), args.data,
+                          [f'teacher_config={TEACHER_CFG}', f'teacher_checkpoint={teacher}'])
+
+    print('[4/4] evaluate teacher, cloud-only JPEG, 8-bit features and the student', flush=True)
+    from ecc_mmdet.apis.rate_accuracy import table
+    rows, res = compare(args, teacher, student)
+    print('\nSynthetic validation set (100 images, 128x128), COCO bbox mAP 0-100; latency is '
+          f'modelled at a {args.bandwidth:g} Mbit/s uplink with this machine\'s compute times')
+    print(table(rows, res, args.bandwidth))
+    wall = time.time() - t_start
+    print(f'\nwall time {wall:.0f} s; logs, checkpoints, comparison.json and rate_accuracy.png in '
+          f'{args.work_dir}')
     with open(osp.join(args.work_dir, 'summary.json'), 'w') as f:
-        json.dump({'baseline': m, 'wall_time_s': time.time() - t_start}, f, indent=2)
+        json.dump(dict(rows=rows, summary=res, wall_time_s=wall), f, indent=2)
 
 
 if __name__ == '__main__':

@@ -1,0 +1,68 @@
+"""The benchmark tools run end to end on a handful of images and write what they promise."""
+import json
+import os.path as osp
+
+import torch
+from mmengine.config import Config
+from mmengine.runner import save_checkpoint
+
+from conftest import REPO, run_tool
+
+TEACHER = osp.join(REPO, 'configs', 'faster_rcnn_r18_fpn_synthetic.py')
+STUDENT = osp.join(REPO, 'configs', 'ecc_faster_rcnn_r18_synthetic_kd.py')
+
+
+def _checkpoints(tmp_path):
+    """A teacher checkpoint and a student initialised from it (as the KD hook would start)."""
+    import ecc_mmdet  # noqa: F401
+    from ecc_mmdet.apis.inference import build_detector
+    torch.manual_seed(0)
+    teacher = build_detector(Config.fromfile(TEACHER).model)
+    student = build_detector(Config.fromfile(STUDENT).model)
+    student.load_state_dict(teacher.state_dict(), strict=False)
+    student.eval()  # builds the entropy model's tables, saved with the checkpoint
+    t, s = str(tmp_path / 'teacher.pth'), str(tmp_path / 'student.pth')
+    save_checkpoint({'state_dict': teacher.state_dict(), 'meta': {}}, t)
+    save_checkpoint({'state_dict': student.state_dict(), 'meta': {}}, s)
+    return t, s
+
+
+def test_rate_accuracy_benchmark_end_to_end(tiny_coco, tmp_path):
+    teacher, student = _checkpoints(tmp_path)
+    out = tmp_path / 'ra' / 'rate_accuracy.json'
+    run_tool('benchmark_rate_accuracy', '--teacher-config', TEACHER, '--teacher-checkpoint',
+             teacher, '--student', 'beta=x', STUDENT, student, '--jpeg-qualities', '10', '90',
+             '--quantize-bits', '8', '4', '--split-after', '0', '--data-root', tiny_coco,
+             '--num-images', '3', '--out', out)
+    res = json.load(open(out))
+    methods = [(r['method'], r['setting']) for r in res['rows']]
+    assert methods == [('teacher', 'original image'), ('cloud-only JPEG', 'q=10'),
+                       ('cloud-only JPEG', 'q=90'), ('8-bit features', 'split_after=0'),
+                       ('4-bit features', 'split_after=0'), ('learned bottleneck', 'beta=x')]
+    rows = {m: r for m, r in zip(methods, res['rows'])}
+    jpeg10, jpeg90 = rows[('cloud-only JPEG', 'q=10')], rows[('cloud-only JPEG', 'q=90')]
+    assert 0 < jpeg10['bytes_per_image'] < jpeg90['bytes_per_image']
+    q8, q4 = rows[('8-bit features', 'split_after=0')], rows[('4-bit features', 'split_after=0')]
+    assert q4['bytes_per_image'] < q8['bytes_per_image']
+    learned = rows[('learned bottleneck', 'beta=x')]
+    assert learned['bytes_per_image'] > 0 and 0 < learned['edge_flops_fraction'] < 0.15
+    assert all(0 <= r['bbox_mAP'] <= 100 for r in res['rows'])
+    assert 'targets' in res['summary'] and 'teacher_mAP' in res['summary']
+    assert osp.getsize(str(out).replace('.json', '.png')) > 1000
+    assert 'BD-rate' in open(str(out).replace('.json', '.txt')).read() or \
+        res['summary'].get('bd_rate_learned_vs_jpeg') is None
+
+
+def test_codec_benchmark_end_to_end(tiny_coco, tmp_path):
+    _, student = _checkpoints(tmp_path)
+    out = tmp_path / 'codec.json'
+    proc = run_tool('benchmark_codec', STUDENT, student, '--data-root', tiny_coco,
+                    '--num-images', '3', '--warmup', '1', '--out', out)
+    res = json.load(open(out))
+    assert res['num_images'] == 3 and res['codec'] == 'entropy_bottleneck'
+    assert res['payload_bytes_mean'] == res['header_bytes_mean'] + res['body_bytes_mean']
+    assert 0.5 < res['real_to_est_body_ratio'] < 2.0
+    assert res['split_ms_per_image'] > 0 and res['unsplit_ms_per_image'] > 0
+    assert set(res['targets']) == {'codec_share_le_10pct', 'throughput_ratio_ge_0p9',
+                                   'real_within_3pct_of_estimate'}
+    assert 'real / estimated body' in proc.stdout
