@@ -3,8 +3,7 @@
 # Any ResNet-family mmdet config becomes a split one with the same three lines in `model`.
 #   python tools/train.py configs/ecc_faster_rcnn.py      (data in data/coco/, see README)
 _base_ = 'mmdet::faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py'
-# 'ecc_mmdet.engine' registers KnowledgeAdaptationHook
-custom_imports = dict(imports=['ecc_mmdet', 'ecc_mmdet.engine'], allow_failed_imports=False)
+custom_imports = dict(imports=['ecc_mmdet'], allow_failed_imports=False)
 
 model = dict(
     type='EdgeCloudTwoStageDetector',

@@ -184,3 +184,13 @@ def test_resnet_family_split_matches_backbone(backbone):
             assert len(got) == len(ref)
             for a, b in zip(ref, got):
                 assert torch.equal(a, b)
+
+
+def test_checkpoint_of_another_compressor_is_refused(tmp_path):
+    cfg = tiny_model_cfg(TINY_FRCNN)
+    trained = MODELS.build(split_cfg(cfg, 1, dict(type='EntropyBottleneckNeck', latent_channels=8)))
+    ckpt = str(tmp_path / 'student.pth')
+    save_checkpoint({'state_dict': trained.state_dict(), 'meta': {}}, ckpt)
+    other = MODELS.build(split_cfg(cfg, 1, dict(type='EntropyBottleneckNeck', latent_channels=4)))
+    with pytest.raises(ValueError, match='does not match this config'):
+        load_checkpoint(other, ckpt, map_location='cpu')

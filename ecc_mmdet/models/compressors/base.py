@@ -68,6 +68,30 @@ class BaseFeatureCompressor(BaseModule):
         # Non-persistent, empty: tells which device/dtype the module lives on even when it has no
         # parameters (float/quantize necks), and never shows up in a state_dict.
         self.register_buffer('_device_anchor', torch.zeros(0), persistent=False)
+        self._register_load_state_dict_pre_hook(self._check_checkpoint_shapes)
+
+    #: derived buffers whose size legitimately differs between checkpoints (resized on load)
+    _RESIZABLE = ('_pmf_table', '_offset', '_pmf_length', '_tables_fingerprint')
+
+    def _check_checkpoint_shapes(self, state_dict, prefix, *args):
+        """Refuse a checkpoint whose compressor has another architecture.
+
+        mmengine loads non-strictly and only *warns* on a size mismatch, which would leave a
+        randomly initialised encoder/decoder behind and produce garbage bitstreams.
+        """
+        mismatched = []
+        for name, value in self.state_dict().items():
+            key = prefix + name
+            if key in state_dict and name.rsplit('.', 1)[-1] not in self._RESIZABLE \
+                    and tuple(state_dict[key].shape) != tuple(value.shape):
+                mismatched.append(f'{key}: checkpoint {tuple(state_dict[key].shape)} vs model '
+                                  f'{tuple(value.shape)}')
+        if mismatched:
+            raise ValueError(
+                f'The checkpoint\'s {type(self).__name__} does not match this config '
+                f'(it was trained with other compressor settings, e.g. latent_channels, or by '
+                f'another version of ecc_mmdet):\n  ' + '\n  '.join(mismatched[:8]) +
+                '\nUse the config the checkpoint was trained with.')
 
     # ------------------------------------------------------------------ helpers
     @property
