@@ -118,10 +118,11 @@ def _fmt(v, spec):
 
 
 def table(rows, summary, bandwidth) -> str:
-    lines = [f"{'method':<20}{'setting':<18}{'KB/image':>10}{'bbox mAP':>10}{'mAP@50':>8}"
+    width = max([18] + [len(r['setting']) + 2 for r in rows])
+    lines = [f"{'method':<20}{'setting':<{width}}{'KB/image':>10}{'bbox mAP':>10}{'mAP@50':>8}"
              f"{'edge GFLOPs':>12}{f'latency ms @{bandwidth:g}Mb/s':>22}"]
     for r in rows:
-        lines.append(f"{r['method']:<20}{r['setting']:<18}"
+        lines.append(f"{r['method']:<20}{r['setting']:<{width}}"
                      f"{_fmt(r['bytes_per_image'] / 1000, '10.2f')}{r['bbox_mAP']:>10.1f}"
                      f"{r['bbox_mAP_50']:>8.1f}{_fmt(r['edge_gflops'], '12.3f')}"
                      f"{_fmt(r['latency_ms'], '22.1f')}")
