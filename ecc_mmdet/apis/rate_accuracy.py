@@ -148,6 +148,8 @@ def plot(rows, path):
         pts = sorted((r['bytes_per_image'], r['bbox_mAP']) for r in rows if r['method'] == method)
         ax.plot([p[0] for p in pts], [p[1] for p in pts], styles.get(method, 'x-'), label=method)
     ax.set_xscale('log')
+    from matplotlib.ticker import NullFormatter
+    ax.xaxis.set_minor_formatter(NullFormatter())  # labels only at decades: no overlap
     ax.set_xlabel('uplink bytes per image (log scale)')
     ax.set_ylabel('bbox mAP (COCO, 0-100)')
     ax.grid(True, which='both', alpha=0.3)
