@@ -10,6 +10,7 @@ latent_shape: (C, H, W). Neither has learned parts (``losses == {}``, no edge/cl
 """
 from __future__ import annotations
 
+from abc import abstractmethod
 from typing import Dict, List, Tuple
 
 import numpy as np
@@ -29,9 +30,9 @@ class _RawFloatNeck(BaseFeatureCompressor):
     _np_dtype: str = None  # little-endian numpy dtype of the body
     _bits: int = None
 
+    @abstractmethod
     def _to_wire(self, x: Tensor) -> Tensor:
         """The values the body carries, as float32 (differentiable)."""
-        raise NotImplementedError
 
     def forward(self, x: Tensor, num_pixels=None) -> Tuple[Tensor, Dict[str, Tensor]]:
         self._check_input(x)
