@@ -18,6 +18,10 @@ import os
 import os.path as osp
 import sys
 import time
+import warnings
+
+# mmengine imports pkg_resources to resolve 'mmdet::' config paths; its deprecation notice is noise
+warnings.filterwarnings('ignore', message='pkg_resources is deprecated')
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 try:

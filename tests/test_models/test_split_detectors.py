@@ -157,6 +157,11 @@ def test_unsupported_backbone_and_bad_split_points():
         MODELS.build(split_cfg(cfg, 5))
     with pytest.raises(ConfigError, match='computed on the edge before the split'):
         MODELS.build(split_cfg(cfg, 2))  # FPN wants layer1's output, which stays on the edge
+    with pytest.raises(ConfigError, match="use type='EdgeCloudSingleStageDetector'"):
+        retina = split_cfg(tiny_model_cfg(TINY_RETINA))  # two-stage type on a RetinaNet config
+        MODELS.build(retina)
+    with pytest.raises(ConfigError, match="use type='EdgeCloudTwoStageDetector'"):
+        MODELS.build(split_cfg(cfg, two_stage=False))
     with pytest.raises(ConfigError, match='needs compressor'):
         c = split_cfg(cfg)
         c.compressor = None

@@ -2,6 +2,7 @@
 from mmdet.models.detectors import TwoStageDetector
 from mmdet.registry import MODELS
 
+from ...utils.config_checks import ConfigError
 from .edge_cloud_base import EdgeCloudDetectorMixin
 
 
@@ -12,6 +13,9 @@ class EdgeCloudTwoStageDetector(EdgeCloudDetectorMixin, TwoStageDetector):
 
     def __init__(self, split_after: int = 1, compressor: dict = None,
                  measure_flops: bool = True, estimate_rate: bool = True, **kwargs):
+        if 'bbox_head' in kwargs:
+            raise ConfigError('EdgeCloudTwoStageDetector got a single-stage config (bbox_head); '
+                              "use type='EdgeCloudSingleStageDetector' for it")
         super().__init__(**kwargs)
         self._init_edge_cloud(split_after, compressor, measure_flops, estimate_rate)
 
