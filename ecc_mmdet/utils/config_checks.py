@@ -79,6 +79,24 @@ def _datasets(dataset_cfg):
         yield dataset_cfg
 
 
+def iter_datasets(cfg: Config, loaders):
+    """(loader key, leaf dataset config) for every dataset the given dataloaders use."""
+    for key in loaders:
+        loader = cfg.get(key)
+        if loader:
+            for ds in _datasets(loader.get('dataset')):
+                yield key, ds
+
+
+def iter_evaluators(cfg: Config, keys):
+    """(evaluator key, metric config) for single and list-valued evaluators."""
+    for key in keys:
+        ev = cfg.get(key)
+        for e in (ev if isinstance(ev, (list, tuple)) else [ev]):
+            if isinstance(e, (dict, ConfigDict)):
+                yield key, e
+
+
 def _is_local(path):
     return isinstance(path, str) and '://' not in path
 
@@ -92,31 +110,25 @@ def _missing_error(what, path, data_root):
 def check_dataset_paths(cfg: Config, loaders=('train_dataloader', 'val_dataloader'),
                         evaluators=('val_evaluator',)):
     """Every local annotation file / image folder / evaluator ann_file named by the config exists."""
-    for key in loaders:
-        loader = cfg.get(key)
-        if not loader:
-            continue
-        for ds in _datasets(loader.get('dataset')):
-            if ds.get('backend_args'):
-                continue  # remote storage: cannot check here
-            root = ds.get('data_root') or ''
-            ann = ds.get('ann_file')
-            if _is_local(ann) and ann:
-                ann_path = osp.join(root, ann)
-                if not osp.isfile(ann_path):
-                    raise _missing_error(f'Annotation file of {key}', ann_path, root)
-            img_dir = (ds.get('data_prefix') or {}).get('img')
-            if _is_local(img_dir) and img_dir is not None:
-                img_path = osp.join(root, img_dir)
-                if not osp.isdir(img_path):
-                    raise _missing_error(f'Image folder of {key}', img_path, root)
-    for key in evaluators:
-        ev = cfg.get(key)
-        for e in (ev if isinstance(ev, (list, tuple)) else [ev]):
-            if isinstance(e, (dict, ConfigDict)) and _is_local(e.get('ann_file')) \
-                    and not e.get('backend_args') and not osp.isfile(e['ann_file']):
-                raise _missing_error(f'Annotation file of {key} ({e.get("type")})', e['ann_file'],
-                                     None)
+    for key, ds in iter_datasets(cfg, loaders):
+        if ds.get('backend_args'):
+            continue  # remote storage: cannot check here
+        root = ds.get('data_root') or ''
+        ann = ds.get('ann_file')
+        if _is_local(ann) and ann:
+            ann_path = osp.join(root, ann)
+            if not osp.isfile(ann_path):
+                raise _missing_error(f'Annotation file of {key}', ann_path, root)
+        img_dir = (ds.get('data_prefix') or {}).get('img')
+        if _is_local(img_dir) and img_dir is not None:
+            img_path = osp.join(root, img_dir)
+            if not osp.isdir(img_path):
+                raise _missing_error(f'Image folder of {key}', img_path, root)
+    for key, e in iter_evaluators(cfg, evaluators):
+        if _is_local(e.get('ann_file')) and not e.get('backend_args') \
+                and not osp.isfile(e['ann_file']):
+            raise _missing_error(f'Annotation file of {key} ({e.get("type")})', e['ann_file'],
+                                 None)
 
 
 def check_config(cfg: Config, mode: str = 'train'):

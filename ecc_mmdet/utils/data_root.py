@@ -3,7 +3,7 @@ import os.path as osp
 
 from mmengine.config import Config
 
-from .config_checks import _datasets
+from .config_checks import iter_datasets, iter_evaluators
 
 LOADERS = ('train_dataloader', 'val_dataloader', 'test_dataloader')
 EVALUATORS = ('val_evaluator', 'test_evaluator')
@@ -17,22 +17,16 @@ def set_data_root(cfg: Config, data_root: str) -> Config:
     """
     new = data_root.rstrip('/') + '/'
     old_roots = set()
-    for key in LOADERS:
-        loader = cfg.get(key)
-        if not loader:
+    for _, ds in iter_datasets(cfg, LOADERS):
+        if ds.get('data_root'):
+            old_roots.add(ds['data_root'].rstrip('/') + '/')
+        ds['data_root'] = new
+    for _, e in iter_evaluators(cfg, EVALUATORS):
+        ann = e.get('ann_file')
+        if not isinstance(ann, str):
             continue
-        for ds in _datasets(loader.get('dataset')):
-            if ds.get('data_root'):
-                old_roots.add(ds['data_root'].rstrip('/') + '/')
-            ds['data_root'] = new
-    for key in EVALUATORS:
-        ev = cfg.get(key)
-        for e in (ev if isinstance(ev, (list, tuple)) else [ev]):
-            ann = e.get('ann_file') if hasattr(e, 'get') else None
-            if not isinstance(ann, str):
-                continue
-            for old in old_roots:
-                if ann.startswith(old):
-                    e['ann_file'] = osp.join(new, ann[len(old):])
-                    break
+        for old in old_roots:
+            if ann.startswith(old):
+                e['ann_file'] = osp.join(new, ann[len(old):])
+                break
     return cfg
