@@ -21,7 +21,7 @@ custom_imports = dict(imports=['ecc_mmdet'], allow_failed_imports=False)
 
 # The teacher. The hook reads these two top-level values (its own teacher_config /
 # teacher_checkpoint arguments are left unset), so --cfg-options teacher_checkpoint=... works.
-teacher_config = 'configs/faster_rcnn_r18_fpn_synthetic.py'
+teacher_config = '{{fileDirname}}/faster_rcnn_r18_fpn_synthetic.py'  # next to this file
 teacher_checkpoint = 'work_dirs/demo/baseline/epoch_12.pth'
 
 max_epochs = 12

@@ -11,8 +11,8 @@ allow_mmengine_checkpoints()
 
 from . import models  # noqa: E402,F401  (split detectors, compressors)
 from .datasets.transforms import JPEGCompressImage, add_jpeg_baseline  # noqa: E402,F401
-from .engine import KnowledgeAdaptationHook  # noqa: E402,F401
+from .engine import CloudOnlyAccountingHook, KnowledgeAdaptationHook  # noqa: E402,F401
 from .evaluation import CommunicationMetric  # noqa: E402,F401
 
-__all__ = ['__version__', 'CommunicationMetric', 'JPEGCompressImage', 'KnowledgeAdaptationHook',
-           'add_jpeg_baseline']
+__all__ = ['__version__', 'CloudOnlyAccountingHook', 'CommunicationMetric', 'JPEGCompressImage',
+           'KnowledgeAdaptationHook', 'add_jpeg_baseline']

@@ -1,4 +1,6 @@
-"""Shared fixtures: a tiny seeded synthetic COCO set and helpers to run the real CLI tools."""
+"""Shared fixtures: a tiny seeded synthetic COCO set, tiny models and seeded batches, and
+helpers to run the real CLI tools."""
+import copy
 import os
 import os.path as osp
 import subprocess
@@ -8,6 +10,52 @@ import pytest
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 BASELINE_CFG = osp.join(REPO, 'configs', 'faster_rcnn_r18_fpn_synthetic.py')
+TINY_FRCNN = osp.join(REPO, 'configs', '_base_', 'models', 'faster_rcnn_r18_fpn_tiny.py')
+TINY_RETINA = osp.join(REPO, 'configs', '_base_', 'models', 'retinanet_r18_fpn_tiny.py')
+# the repository's tools share code in tools/ecc_tools (not part of the installed package)
+sys.path.insert(0, osp.join(REPO, 'tools'))
+
+
+def tiny_model_cfg(path=TINY_FRCNN, width=16, norm_eval=None):
+    """The project's tiny model config, narrowed further (base_channels) for test speed."""
+    from mmengine.config import Config
+    cfg = copy.deepcopy(Config.fromfile(path).model)
+    cfg.backbone.base_channels = width
+    if norm_eval is not None:
+        cfg.backbone.norm_eval = norm_eval
+    cfg.neck.in_channels = [width * 2**i for i in range(4)]
+    return cfg
+
+
+def split_cfg(cfg, split_after=1, compressor=None, two_stage=True, measure_flops=True):
+    """``cfg`` as a split detector (lossless Float32Neck unless ``compressor`` is given)."""
+    cfg = copy.deepcopy(cfg)
+    cfg.type = 'EdgeCloudTwoStageDetector' if two_stage else 'EdgeCloudSingleStageDetector'
+    cfg.split_after = split_after
+    cfg.compressor = copy.deepcopy(compressor or dict(type='Float32Neck'))
+    cfg.measure_flops = measure_flops
+    return cfg
+
+
+def fake_batch(model, n=2, size=96, seed=0, with_gt=False, training=False):
+    """n seeded random uint8 images preprocessed by ``model``; ``with_gt``: 2 GT boxes each."""
+    import torch
+    from mmdet.structures import DetDataSample
+    from mmengine.structures import InstanceData
+    g = torch.Generator().manual_seed(seed)
+    imgs = [torch.randint(0, 256, (3, size, size), generator=g, dtype=torch.uint8)
+            for _ in range(n)]
+    samples = []
+    for i in range(n):
+        s = DetDataSample(metainfo=dict(img_id=i, ori_shape=(size, size), img_shape=(size, size),
+                                        scale_factor=(1.0, 1.0), pad_shape=(size, size)))
+        if with_gt:
+            s.gt_instances = InstanceData(
+                bboxes=torch.tensor([[4.0, 6.0, 30.0, 34.0], [28.0, 20.0, 60.0, 58.0]]),
+                labels=torch.tensor([i % 6, (i + 3) % 6]))
+        samples.append(s)
+    data = model.data_preprocessor(dict(inputs=imgs, data_samples=samples), training)
+    return data['inputs'], data['data_samples']
 
 
 @pytest.fixture(scope='session')

@@ -26,7 +26,7 @@ import torch
 
 from ecc_mmdet.apis.inference import (build_detector, build_test_dataset, iter_batches,
                                       load_config, unsplit_model_cfg)
-from ecc_mmdet.codecs.accounting import read as read_comm
+from ecc_mmdet.structures import read as read_comm
 
 
 def parse_args(argv=None):

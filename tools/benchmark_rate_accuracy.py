@@ -30,7 +30,7 @@ except ImportError:
     sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
     import ecc_mmdet  # noqa: F401
 
-from ecc_mmdet.apis.rate_accuracy import plot, run_rate_accuracy, summarize, table
+from ecc_tools.rate_accuracy import plot, run_rate_accuracy, summarize, table
 
 KD_CONFIG = 'configs/ecc_faster_rcnn_r18_synthetic_kd.py'
 
@@ -56,7 +56,7 @@ def parse_args(argv=None):
 
 
 def train_students(args, data_root):
-    from ecc_mmdet.apis.workflow import train_stage
+    from ecc_tools.workflow import train_stage
     out = []
     for beta in args.train_betas:
         work = osp.join(args.students_dir, f'beta_{beta:g}')

@@ -30,7 +30,7 @@ except ImportError:
     sys.path.insert(0, REPO)
     import ecc_mmdet  # noqa: F401
 
-from ecc_mmdet.apis.workflow import train_stage  # noqa: E402
+from ecc_tools.workflow import train_stage  # noqa: E402
 from ecc_mmdet.datasets.synthetic_coco import ensure_synthetic_coco  # noqa: E402
 
 TEACHER_CFG = 'configs/faster_rcnn_r18_fpn_synthetic.py'
@@ -41,7 +41,7 @@ JPEG_QUALITIES = (10, 30, 60, 90)
 def compare(args, teacher_ckpt, student_ckpt):
     from mmengine.config import Config
 
-    from ecc_mmdet.apis.rate_accuracy import plot, run_rate_accuracy, summarize, table
+    from ecc_tools.rate_accuracy import plot, run_rate_accuracy, summarize, table
     out = osp.join(args.work_dir, 'comparison.json')
     newest_input = max(osp.getmtime(teacher_ckpt), osp.getmtime(student_ckpt))
     if osp.isfile(out) and osp.getmtime(out) > newest_input:
@@ -88,7 +88,7 @@ def main(argv=None):
                           [f'teacher_config={TEACHER_CFG}', f'teacher_checkpoint={teacher}'])
 
     print('[4/4] evaluate teacher, cloud-only JPEG, 8-bit features and the student', flush=True)
-    from ecc_mmdet.apis.rate_accuracy import table
+    from ecc_tools.rate_accuracy import table
     rows, res = compare(args, teacher, student)
     print('\nSynthetic validation set (100 images, 128x128), COCO bbox mAP 0-100; latency is '
           f'modelled at a {args.bandwidth:g} Mbit/s uplink with this machine\'s compute times')

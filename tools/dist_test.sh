@@ -1,19 +1,23 @@
 #!/usr/bin/env bash
-# Multi-GPU testing with mmengine's launcher:  bash tools/dist_test.sh CONFIG CKPT GPUS [test.py args]
+# Several processes with torchrun and mmengine's launcher:
+#   bash tools/dist_test.sh CONFIG CKPT NPROC [test.py args]
+# GPUs where there are some, else CPU processes with gloo. PYTHON picks the interpreter.
+set -euo pipefail
 CONFIG=$1
 CHECKPOINT=$2
-GPUS=$3
+NPROC=$3
 NNODES=${NNODES:-1}
 NODE_RANK=${NODE_RANK:-0}
 PORT=${PORT:-29500}
 MASTER_ADDR=${MASTER_ADDR:-"127.0.0.1"}
+PYTHON=${PYTHON:-python}
 
-PYTHONPATH="$(dirname "$0")/..":$PYTHONPATH \
-torchrun \
+PYTHONPATH="$(dirname "$0")/..":${PYTHONPATH:-} \
+"$PYTHON" -m torch.distributed.run \
     --nnodes="$NNODES" \
     --node_rank="$NODE_RANK" \
     --master_addr="$MASTER_ADDR" \
-    --nproc_per_node="$GPUS" \
+    --nproc_per_node="$NPROC" \
     --master_port="$PORT" \
     "$(dirname "$0")/test.py" \
     "$CONFIG" \

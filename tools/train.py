@@ -1,9 +1,10 @@
 """Train a detector: MMDetection's tools/train.py with the ecc_mmdet plugin loaded.
 
     python tools/train.py CONFIG [--work-dir DIR] [--resume [CKPT]] [--amp] [--cfg-options k=v ...]
+
+Several processes (GPUs, or CPUs with gloo): ``bash tools/dist_train.sh CONFIG N [args]``.
 """
 import argparse
-import os
 import os.path as osp
 import sys
 
@@ -12,17 +13,14 @@ try:
 except ImportError:  # running from a checkout that is not pip-installed
     sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
     import ecc_mmdet  # noqa: F401
-from mmengine.config import Config, DictAction
-from mmengine.registry import RUNNERS
-from mmengine.runner import Runner
+from ecc_tools.cli import add_common_args, base_cfg, build_runner, parse
 
-from ecc_mmdet.utils import ConfigError, DatasetNotFoundError, check_config, set_data_root
+from ecc_mmdet.utils import ConfigError, check_config
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description='Train a detector (ecc_mmdet)')
     parser.add_argument('config', help='train config file path')
-    parser.add_argument('--work-dir', help='the dir to save logs and models')
     parser.add_argument('--amp', action='store_true', default=False,
                         help='enable automatic-mixed-precision training')
     parser.add_argument('--auto-scale-lr', action='store_true',
@@ -31,34 +29,12 @@ def parse_args(argv=None):
         '--resume', nargs='?', type=str, const='auto',
         help='resume from the given checkpoint, or (no value) from the latest checkpoint in '
         'the work directory')
-    parser.add_argument(
-        '--data-root', help='dataset root for every dataloader and evaluator (ecc_mmdet '
-        'extension; same as overriding each data_root / ann_file with --cfg-options)')
-    parser.add_argument(
-        '--cfg-options', nargs='+', action=DictAction,
-        help='override settings in the config, key=value (e.g. train_cfg.max_epochs=2)')
-    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
-                        default='none', help='job launcher')
-    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
-    args = parser.parse_args(argv)
-    if 'LOCAL_RANK' not in os.environ:
-        os.environ['LOCAL_RANK'] = str(args.local_rank)
-    return args
+    add_common_args(parser)
+    return parse(parser, argv)
 
 
 def build_cfg(args):
-    if not osp.isfile(args.config):
-        raise ConfigError(f'Config file not found: {args.config}')
-    cfg = Config.fromfile(args.config)
-    cfg.launcher = args.launcher
-    if args.data_root:
-        set_data_root(cfg, args.data_root)
-    if args.cfg_options is not None:
-        cfg.merge_from_dict(args.cfg_options)
-    if args.work_dir is not None:
-        cfg.work_dir = args.work_dir
-    elif cfg.get('work_dir', None) is None:
-        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
+    cfg = base_cfg(args)
     if args.amp:
         cfg.optim_wrapper.type = 'AmpOptimWrapper'
         cfg.optim_wrapper.loss_scale = 'dynamic'
@@ -82,12 +58,9 @@ def build_cfg(args):
 
 def main(argv=None):
     args = parse_args(argv)
-    try:
-        cfg = build_cfg(args)
-    except (ConfigError, DatasetNotFoundError) as e:
-        print(f'error: {e}', file=sys.stderr)
+    runner = build_runner(build_cfg, args)
+    if runner is None:
         return 2
-    runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
     runner.train()
     return 0
 

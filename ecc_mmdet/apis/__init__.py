@@ -1,5 +1,11 @@
-from .inference import (build_detector, build_test_dataset, iter_batches, load_config,
-                        unsplit_model_cfg)
+"""What a user imports to run models outside the Runner: build, load, feed and evaluate.
 
-__all__ = ['build_detector', 'build_test_dataset', 'iter_batches', 'load_config',
-           'unsplit_model_cfg']
+Orchestration (training stages as subprocesses, benchmark targets, tables, plots) lives with the
+tools in the repository, not here: this package works from a plain ``pip install``.
+"""
+from .evaluation import evaluate_detector
+from .inference import (build_detector, build_test_dataset, iter_batches, load_config,
+                        split_model_cfg, unsplit_model_cfg)
+
+__all__ = ['build_detector', 'build_test_dataset', 'evaluate_detector', 'iter_batches',
+           'load_config', 'split_model_cfg', 'unsplit_model_cfg']

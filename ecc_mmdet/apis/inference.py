@@ -42,6 +42,20 @@ def unsplit_model_cfg(model_cfg) -> dict:
     return cfg
 
 
+def split_model_cfg(model_cfg, split_after: int, compressor: dict) -> dict:
+    """An ordinary detector's model config turned into a split one (inverse of the above).
+
+    The weights of the ordinary detector load into the result unchanged (the compressor's are
+    new), e.g. to evaluate training-free codecs such as ``QuantizeNeck`` on a trained model.
+    """
+    cfg = copy.deepcopy(model_cfg)
+    two_stage = 'roi_head' in cfg
+    cfg['type'] = next(k for k, v in _SPLIT_TYPES.items()
+                       if v == ('TwoStageDetector' if two_stage else 'SingleStageDetector'))
+    cfg.update(split_after=split_after, compressor=compressor)
+    return cfg
+
+
 def build_detector(model_cfg, checkpoint: Optional[str] = None, device: str = 'cpu'):
     """Build a detector (registering mmdet's modules), load ``checkpoint``, put it in eval mode."""
     from mmdet.registry import MODELS

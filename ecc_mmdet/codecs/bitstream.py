@@ -85,7 +85,6 @@ class CodecId(enum.IntEnum):
     QUANTIZE = 2
     FLOAT16 = 3
     FLOAT32 = 4  # lossless identity, for tests
-    JPEG = 5  # reserved for the cloud-only baseline
 
 
 _FLIP_CODES = {None: 0, 'horizontal': 1, 'vertical': 2, 'diagonal': 3}
@@ -246,12 +245,21 @@ class _Reader:
         return _U32.unpack(self.take(4, what))[0]
 
 
+def as_bytes(data, what: str = 'data') -> bytes:
+    """``bytes(data)`` for bytes-like input; ``TypeError`` naming ``what`` for anything else.
+
+    Every reader of untrusted bytes (framing, range decoders, compressors) goes through this, so
+    a str, an int or a tensor is refused the same way everywhere instead of being coerced.
+    """
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise TypeError(f'{what} must be bytes-like, got {type(data).__name__}')
+    return bytes(data)
+
+
 def unpack(data: Union[bytes, bytearray, memoryview],
            expected_codec: Optional[CodecId] = None) -> Payload:
     """Parse and validate a payload; raises only BitstreamError subclasses on bad bytes."""
-    if not isinstance(data, (bytes, bytearray, memoryview)):
-        raise TypeError(f'unpack expects bytes-like data, got {type(data).__name__}')
-    data = bytes(data)
+    data = as_bytes(data, 'unpack: the payload')
     if data[:len(MAGIC)] != MAGIC[:len(data)]:
         raise CorruptedBitstreamError(f'bad magic {data[:4]!r}, expected {MAGIC!r}')
     r = _Reader(data)

@@ -42,7 +42,7 @@ from typing import Optional, Sequence, Tuple
 import constriction
 import numpy as np
 
-from .bitstream import CorruptedBitstreamError
+from .bitstream import CorruptedBitstreamError, as_bytes
 
 __all__ = [
     'encode_with_cdf_tables', 'decode_with_cdf_tables', 'encode_with_histogram',
@@ -70,12 +70,6 @@ def _bytes_to_words(data: bytes, what: str) -> np.ndarray:
     if len(data) % 4:
         raise CorruptedBitstreamError(f'{what}: {len(data)} bytes is not a whole number of words')
     return np.frombuffer(data, dtype='<u4').astype(np.uint32)
-
-
-def _as_bytes(data) -> bytes:
-    if not isinstance(data, (bytes, bytearray, memoryview)):
-        raise TypeError(f'expected bytes-like data, got {type(data).__name__}')
-    return bytes(data)
 
 
 def _categorical(freq: np.ndarray) -> Categorical:
@@ -201,7 +195,7 @@ def decode_with_cdf_tables(data: bytes, num_symbols_per_channel: int, pmf_tables
     Raises CorruptedBitstreamError when ``data`` cannot be the encoding of C x N symbols
     with these tables (``verify`` adds the canonical re-encode check, see module docstring).
     """
-    data = _as_bytes(data)
+    data = as_bytes(data, 'the range-coded body')
     prep = _prepared(pmf_tables, offsets, lengths)
     tables, offsets = prep.tables, prep.offsets
     n_sym = int(num_symbols_per_channel)
@@ -320,7 +314,7 @@ def encode_with_histogram(symbols: np.ndarray, alphabet_size: int) -> bytes:
 def decode_with_histogram(data: bytes, num_symbols: int, alphabet_size: int,
                           verify: bool = True) -> np.ndarray:
     """Inverse of :func:`encode_with_histogram` -> 1-D int32 array of ``num_symbols``."""
-    data = _as_bytes(data)
+    data = as_bytes(data, 'the range-coded body')
     a = _check_alphabet(alphabet_size)
     n = int(num_symbols)
     if n < 0:

@@ -1,7 +1,8 @@
-"""Training-time components: hooks that drive the edge/cloud training schedules.
+"""Runner components: the distillation schedule and the accounting of cloud-only baselines.
 
-Importing it registers ``KnowledgeAdaptationHook`` into ``mmdet.registry.HOOKS``.
+Importing it registers ``KnowledgeAdaptationHook`` and ``CloudOnlyAccountingHook`` into
+``mmdet.registry.HOOKS``.
 """
-from .hooks import KnowledgeAdaptationHook
+from .hooks import CloudOnlyAccountingHook, KnowledgeAdaptationHook
 
-__all__ = ['KnowledgeAdaptationHook']
+__all__ = ['CloudOnlyAccountingHook', 'KnowledgeAdaptationHook']

@@ -38,8 +38,6 @@ from ..codecs.range_coding import CodingTables, decode_with_cdf_tables, encode_w
 
 __all__ = ['FactorizedEntropyModel']
 
-_TABLE_BUFFERS = ('_offset', '_pmf_length', '_pmf_table', '_tables_fingerprint')
-
 
 class _LowerBound(torch.autograd.Function):
     """max(x, bound) that still lets gradients through when they would raise x.
@@ -95,6 +93,11 @@ class FactorizedEntropyModel(nn.Module):
         table_precision: bits of the integer coding tables (total frequency 2**precision).
         max_support: most in-support symbols per channel (wider tails are escape-coded).
     """
+
+    #: buffers holding the integer coding tables. Derived from the parameters by ``update()``,
+    #: their sizes depend on the learned tails, so a checkpoint's may differ from a fresh
+    #: model's; loading resizes them. Owners that check checkpoint shapes skip these names.
+    DERIVED_BUFFERS = ('_offset', '_pmf_length', '_pmf_table', '_tables_fingerprint')
 
     def __init__(self, channels: int, filters: Sequence[int] = (3, 3, 3),
                  init_scale: float = 10.0, tail_mass: float = 1e-9,
@@ -307,7 +310,7 @@ class FactorizedEntropyModel(nn.Module):
                               unexpected_keys, error_msgs):
         # Resize the table buffers to the checkpoint's shapes (they depend on the learned
         # tails), instead of failing with "size mismatch" as CompressAI does.
-        for name in _TABLE_BUFFERS:
+        for name in self.DERIVED_BUFFERS:
             key = prefix + name
             if key in state_dict and getattr(self, name).shape != state_dict[key].shape:
                 buf = getattr(self, name)
@@ -317,14 +320,14 @@ class FactorizedEntropyModel(nn.Module):
                                       unexpected_keys, error_msgs)
         # Tables are derived data: a checkpoint without (all of) them loads with no tables,
         # and eval()/update() recomputes them.
-        missing = [prefix + n for n in _TABLE_BUFFERS if prefix + n in missing_keys]
+        missing = [prefix + n for n in self.DERIVED_BUFFERS if prefix + n in missing_keys]
         if missing:
             for key in missing:
                 missing_keys.remove(key)
             self._reset_tables()
 
     def _reset_tables(self) -> None:
-        for name in _TABLE_BUFFERS:
+        for name in self.DERIVED_BUFFERS:
             buf = getattr(self, name)
             self._buffers[name] = buf.new_zeros((0, 0) if name == '_pmf_table' else (0, ))
 

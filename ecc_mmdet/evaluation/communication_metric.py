@@ -7,7 +7,7 @@ Sits beside ``CocoMetric`` in a list-valued evaluator::
         dict(type='CommunicationMetric', bandwidth_mbps=[1.0, 10.0], rtt_ms=20.0),
     ]
 
-It reads the :class:`~ecc_mmdet.codecs.accounting.CommRecord` that the producer (an EdgeCloud
+It reads the :class:`~ecc_mmdet.structures.CommRecord` that the producer (an EdgeCloud
 detector, or the :class:`~ecc_mmdet.datasets.transforms.JPEGCompressImage` baseline) stored in
 every data sample's metainfo under ``'ecc_comm'``, and reports (with mmengine's ``comm/`` prefix):
 
@@ -62,7 +62,7 @@ from mmengine.logging import MMLogger
 
 from mmdet.registry import METRICS
 
-from ..codecs import accounting
+from ..structures import comm_record as accounting
 
 _MISSING_RECORD_MSG = (
     'CommunicationMetric: data sample {which} carries no communication record (metainfo key '
@@ -142,7 +142,6 @@ class CommunicationMetric(BaseMetric):
                     if hasattr(meta, 'get') else '<unknown>'
                 raise MissingCommRecordError(_MISSING_RECORD_MSG.format(which=repr(which)))
             d = record.to_dict()
-            d.pop('extra', None)
             self.results.append(d)
 
     # ------------------------------------------------------------------ reduction

@@ -2,6 +2,7 @@ from .checkpoint_compat import allow_mmengine_checkpoints
 from .config_checks import (ConfigError, DatasetNotFoundError, check_config, check_custom_imports,
                             check_dataset_paths)
 from .data_root import set_data_root
+from .dist import setup_cpu_distributed
 
 __all__ = ['allow_mmengine_checkpoints', 'ConfigError', 'DatasetNotFoundError', 'check_config',
-           'check_custom_imports', 'check_dataset_paths', 'set_data_root']
+           'check_custom_imports', 'check_dataset_paths', 'set_data_root', 'setup_cpu_distributed']

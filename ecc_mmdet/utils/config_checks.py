@@ -131,6 +131,31 @@ def check_dataset_paths(cfg: Config, loaders=('train_dataloader', 'val_dataloade
                                  None)
 
 
+#: pipeline transforms that make an unsplit detector a cloud-only ("send the image") baseline
+CLOUD_ONLY_TRANSFORMS = ('JPEGCompressImage', )
+
+
+def check_cloud_only_accounting(cfg: Config, loader: str = 'test_dataloader',
+                                evaluator: str = 'test_evaluator'):
+    """A cloud-only baseline evaluated with CommunicationMetric needs CloudOnlyAccountingHook.
+
+    Without it the records hold the image's bytes but not the cloud's time and FLOPs, and the
+    report would silently lack ``comm/cloud_gflops`` and every modelled latency.
+    """
+    metrics = {e.get('type') for _, e in iter_evaluators(cfg, (evaluator, ))}
+    if 'CommunicationMetric' not in metrics:
+        return
+    transforms = {t for _, ds in iter_datasets(cfg, (loader, ))
+                  for t in _iter_types(list(ds.get('pipeline') or []))}
+    used = sorted(transforms & set(CLOUD_ONLY_TRANSFORMS))
+    hooks = {h.get('type') for h in cfg.get('custom_hooks') or [] if isinstance(h, dict)}
+    if used and 'CloudOnlyAccountingHook' not in hooks:
+        raise ConfigError(
+            f'{loader} sends the image ({", ".join(used)}) and {evaluator} has '
+            'CommunicationMetric, but the cloud\'s time and FLOPs are not measured. Add to the '
+            "config:\n    custom_hooks = [dict(type='CloudOnlyAccountingHook')]")
+
+
 def check_config(cfg: Config, mode: str = 'train'):
     """All pre-flight checks for ``mode`` in {'train', 'test'}."""
     check_custom_imports(cfg)
@@ -138,5 +163,8 @@ def check_config(cfg: Config, mode: str = 'train'):
         val = cfg.get('val_cfg') is not None
         check_dataset_paths(cfg, ('train_dataloader', 'val_dataloader') if val else
                             ('train_dataloader',), ('val_evaluator',) if val else ())
+        if val:
+            check_cloud_only_accounting(cfg, 'val_dataloader', 'val_evaluator')
     else:
         check_dataset_paths(cfg, ('test_dataloader',), ('test_evaluator',))
+        check_cloud_only_accounting(cfg)

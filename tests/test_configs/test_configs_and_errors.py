@@ -100,7 +100,7 @@ def test_coco_config_builds_and_runs_800x1333():
     from mmdet.registry import MODELS
     from mmdet.structures import DetDataSample
     from mmdet.utils import register_all_modules
-    from ecc_mmdet.codecs.accounting import read
+    from ecc_mmdet.structures import read
     register_all_modules()
     cfg = Config.fromfile(osp.join(REPO, 'configs', 'ecc_faster_rcnn.py'))
     assert cfg.model.backbone.depth == 50 and cfg.model.split_after == 1

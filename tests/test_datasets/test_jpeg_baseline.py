@@ -10,7 +10,7 @@ from mmengine.registry import init_default_scope
 from mmdet.datasets.transforms import PackDetInputs
 from mmdet.registry import TRANSFORMS
 
-from ecc_mmdet.codecs import accounting
+from ecc_mmdet.structures import comm_record as accounting
 from ecc_mmdet.datasets.transforms import JPEGCompressImage, add_jpeg_baseline
 
 

@@ -4,6 +4,7 @@ Tiny models (ResNet-18 at base width 8, 64 px images) keep every test to a few s
 drives the hook through a real mmengine Runner (fresh start, then resume into stage 2).
 """
 import copy
+import functools
 import math
 import os.path as osp
 import types
@@ -15,55 +16,28 @@ from mmengine.hooks import Hook
 from mmengine.logging import MMLogger
 from mmengine.runner import Runner, save_checkpoint
 from mmdet.registry import HOOKS, MODELS
-from mmdet.structures import DetDataSample
-from mmengine.structures import InstanceData
 
 import ecc_mmdet  # noqa: F401
 import ecc_mmdet.engine  # noqa: F401  (registers KnowledgeAdaptationHook)
 from ecc_mmdet.engine import KnowledgeAdaptationHook
 from ecc_mmdet.utils import ConfigError, set_data_root
 
-REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-TINY_FRCNN = osp.join(REPO, 'configs', '_base_', 'models', 'faster_rcnn_r18_fpn_tiny.py')
-TINY_RETINA = osp.join(REPO, 'configs', '_base_', 'models', 'retinanet_r18_fpn_tiny.py')
+import conftest  # noqa: E402
+from conftest import REPO, TINY_FRCNN, TINY_RETINA  # noqa: E402
+
 KD_CFG = osp.join(REPO, 'configs', 'ecc_faster_rcnn_r18_synthetic_kd.py')
 COCO_CFG = osp.join(REPO, 'configs', 'ecc_faster_rcnn.py')
 TABLES = ('_pmf_table', '_pmf_length', '_offset', '_tables_fingerprint', 'quantiles')  # update()
 BOTTLENECK = dict(type='EntropyBottleneckNeck', latent_channels=8, beta=0.05)
 
-
-def tiny_model_cfg(path=TINY_FRCNN, width=8, norm_eval=False):
-    cfg = copy.deepcopy(Config.fromfile(path).model)
-    cfg.backbone.base_channels = width
-    cfg.backbone.norm_eval = norm_eval
-    cfg.neck.in_channels = [width * 2**i for i in range(4)]
-    return cfg
+# narrower still (width 8), BN statistics training, 64 px images with GT boxes, train-mode batches
+tiny_model_cfg = functools.partial(conftest.tiny_model_cfg, width=8, norm_eval=False)
+fake_batch = functools.partial(conftest.fake_batch, size=64, with_gt=True, training=True)
 
 
-def split_cfg(cfg, compressor=BOTTLENECK, two_stage=True):
-    cfg = copy.deepcopy(cfg)
-    cfg.type = 'EdgeCloudTwoStageDetector' if two_stage else 'EdgeCloudSingleStageDetector'
-    cfg.split_after = 1
-    cfg.compressor = copy.deepcopy(compressor)
-    cfg.measure_flops = False
-    return cfg
-
-
-def fake_batch(model, n=2, size=64, seed=0):
-    """n random images with 2 GT boxes each, preprocessed by the model."""
-    g = torch.Generator().manual_seed(seed)
-    imgs = [torch.randint(0, 256, (3, size, size), generator=g, dtype=torch.uint8)
-            for _ in range(n)]
-    samples = []
-    for i in range(n):
-        s = DetDataSample(metainfo=dict(img_id=i, ori_shape=(size, size), img_shape=(size, size),
-                                        scale_factor=(1.0, 1.0), pad_shape=(size, size)))
-        s.gt_instances = InstanceData(
-            bboxes=torch.tensor([[4.0, 6.0, 30.0, 34.0], [28.0, 20.0, 60.0, 58.0]]),
-            labels=torch.tensor([i % 6, (i + 3) % 6]))
-        samples.append(s)
-    data = model.data_preprocessor(dict(inputs=imgs, data_samples=samples), True)
-    return data['inputs'], data['data_samples']
+def student_cfg(cfg, compressor=BOTTLENECK, two_stage=True):
+    """A split-after-layer1 student of ``cfg`` (no FLOP counting: these tests only train)."""
+    return conftest.split_cfg(cfg, 1, compressor, two_stage, measure_flops=False)
 
 
 def save_model(model, path):
@@ -120,7 +94,7 @@ def teacher_ckpt(tmp_path_factory):
 # ---------------------------------------------------------------- direct drive: stages, losses
 def test_stages_freeze_exactly_and_distillation_losses_fall(teacher_ckpt):
     torch.manual_seed(1)
-    student = MODELS.build(split_cfg(tiny_model_cfg()))
+    student = MODELS.build(student_cfg(tiny_model_cfg()))
     hook = KnowledgeAdaptationHook(teacher_config=tiny_model_cfg(), teacher_checkpoint=teacher_ckpt,
                                    bottleneck_epochs=1, init_student_from_teacher=False)
     runner = FakeRunner(student)
@@ -130,7 +104,7 @@ def test_stages_freeze_exactly_and_distillation_losses_fall(teacher_ckpt):
     # the teacher is frozen and nowhere in the student
     assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
     assert not any(m is teacher for m in student.modules())
-    assert set(student.state_dict()) == set(MODELS.build(split_cfg(tiny_model_cfg())).state_dict())
+    assert set(student.state_dict()) == set(MODELS.build(student_cfg(tiny_model_cfg())).state_dict())
     teacher_ids = {id(p) for p in teacher.parameters()}
     assert not teacher_ids & {id(p) for p in student.parameters()}
 
@@ -197,7 +171,7 @@ def test_lossless_student_from_teacher_has_zero_response_loss(teacher_ckpt, tmp_
     if not two_stage:
         torch.manual_seed(0)
         ckpt = save_model(MODELS.build(base), tmp_path / 'retina.pth')
-    student = MODELS.build(split_cfg(base, dict(type='Float32Neck'), two_stage))
+    student = MODELS.build(student_cfg(base, dict(type='Float32Neck'), two_stage))
     hook = KnowledgeAdaptationHook(teacher_config=base, teacher_checkpoint=ckpt,
                                    bottleneck_epochs=0, temperature=2.0)
     runner = FakeRunner(student)
@@ -221,7 +195,7 @@ def test_single_stage_student_both_stages(tmp_path):
     base = tiny_model_cfg(TINY_RETINA)
     torch.manual_seed(0)
     ckpt = save_model(MODELS.build(base), tmp_path / 'retina.pth')
-    student = MODELS.build(split_cfg(base, BOTTLENECK, two_stage=False))
+    student = MODELS.build(student_cfg(base, BOTTLENECK, two_stage=False))
     hook = KnowledgeAdaptationHook(base, ckpt, bottleneck_epochs=1)
     runner = FakeRunner(student)
     hook.before_train(runner)
@@ -273,7 +247,7 @@ class Recorder(Hook):
 def make_runner(tiny_coco, work_dir, teacher_ckpt, max_epochs, resume=False):
     cfg = Config.fromfile(KD_CFG)
     set_data_root(cfg, tiny_coco)
-    cfg.model = split_cfg(tiny_model_cfg(), BOTTLENECK)
+    cfg.model = student_cfg(tiny_model_cfg(), BOTTLENECK)
     cfg.teacher_config = tiny_model_cfg()  # top-level values, as --cfg-options would set them
     cfg.teacher_checkpoint = teacher_ckpt
     cfg.custom_hooks[0].bottleneck_epochs = 1
@@ -359,7 +333,7 @@ def test_real_runner_fresh_start_then_resume_into_stage2(tiny_coco, tmp_path, te
 
 
 def test_iteration_schedule_and_default_length(teacher_ckpt):
-    student = MODELS.build(split_cfg(tiny_model_cfg()))
+    student = MODELS.build(student_cfg(tiny_model_cfg()))
     hook = KnowledgeAdaptationHook(tiny_model_cfg(), teacher_ckpt, bottleneck_iters=3)
     runner = FakeRunner(student)
     hook.before_train(runner)
@@ -380,13 +354,17 @@ def test_iteration_schedule_and_default_length(teacher_ckpt):
 
 # ---------------------------------------------------------------- errors and configs
 def test_missing_teacher_files_say_how_to_fix(teacher_ckpt, tmp_path):
-    student = MODELS.build(split_cfg(tiny_model_cfg()))
-    hook = KnowledgeAdaptationHook(teacher_config='configs/faster_rcnn_r18_fpn_synthetic.py',
+    student = MODELS.build(student_cfg(tiny_model_cfg()))
+    teacher_cfg = osp.join(REPO, 'configs', 'faster_rcnn_r18_fpn_synthetic.py')
+    hook = KnowledgeAdaptationHook(teacher_config=teacher_cfg,
                                    teacher_checkpoint=str(tmp_path / 'nope.pth'),
                                    bottleneck_epochs=1)
-    with pytest.raises(FileNotFoundError, match='Train the teacher first: python tools/train.py '
-                       'configs/faster_rcnn_r18_fpn_synthetic.py'):
+    with pytest.raises(FileNotFoundError) as err:
         hook.before_train(FakeRunner(student))
+    msg = str(err.value)
+    assert 'nope.pth' in msg and f'Train the teacher first (an ordinary MMDetection training ' \
+        f'of {teacher_cfg}' in msg and 'teacher_checkpoint=PATH' in msg
+    assert 'demo' not in msg and 'work_dirs' not in msg  # a library error names no repo paths
     hook = KnowledgeAdaptationHook(teacher_config='configs/no_such_teacher.py',
                                    teacher_checkpoint=teacher_ckpt, bottleneck_epochs=1)
     with pytest.raises(FileNotFoundError, match="'configs/no_such_teacher.py' does not exist"):
@@ -395,7 +373,7 @@ def test_missing_teacher_files_say_how_to_fix(teacher_ckpt, tmp_path):
 
 
 def test_checkpoint_that_does_not_fit_the_teacher_config(tmp_path):
-    student = MODELS.build(split_cfg(tiny_model_cfg()))
+    student = MODELS.build(student_cfg(tiny_model_cfg()))
     wide = save_model(MODELS.build(tiny_model_cfg(width=16)), tmp_path / 'wide.pth')
     hook = KnowledgeAdaptationHook(tiny_model_cfg(), wide, bottleneck_epochs=1)
     with pytest.raises(ConfigError, match=r'does not fit .*shape mismatch: backbone\.conv1'):
@@ -415,7 +393,7 @@ def test_non_split_student_and_codec_without_parameters(teacher_ckpt):
     hook = KnowledgeAdaptationHook(tiny_model_cfg(), teacher_ckpt, bottleneck_epochs=1)
     with pytest.raises(ConfigError, match='split edge/cloud student.*FasterRCNN'):
         hook.before_train(FakeRunner(plain))
-    f32 = MODELS.build(split_cfg(tiny_model_cfg(), dict(type='Float32Neck')))
+    f32 = MODELS.build(student_cfg(tiny_model_cfg(), dict(type='Float32Neck')))
     with pytest.raises(ConfigError, match='no trainable parameters.*bottleneck_epochs=0'):
         hook.before_train(FakeRunner(f32))
     with pytest.raises(ConfigError, match='not both'):
@@ -425,7 +403,8 @@ def test_non_split_student_and_codec_without_parameters(teacher_ckpt):
 def test_configs_declare_the_hook_and_teacher_paths(teacher_ckpt):
     kd = Config.fromfile(KD_CFG)
     assert kd.custom_hooks[0].type == 'KnowledgeAdaptationHook'
-    assert kd.teacher_config == 'configs/faster_rcnn_r18_fpn_synthetic.py'
+    # {{fileDirname}}: the teacher next to the KD config, found from any working directory
+    assert kd.teacher_config == osp.join(REPO, 'configs', 'faster_rcnn_r18_fpn_synthetic.py')
     assert kd.teacher_checkpoint == 'work_dirs/demo/baseline/epoch_12.pth'
     assert kd.custom_hooks[0].bottleneck_epochs < kd.train_cfg.max_epochs
     assert isinstance(HOOKS.build(kd.custom_hooks[0]), KnowledgeAdaptationHook)
@@ -435,7 +414,7 @@ def test_configs_declare_the_hook_and_teacher_paths(teacher_ckpt):
     path = KnowledgeAdaptationHook._resolve_path(coco.teacher_config)
     assert Config.fromfile(path).model.type == 'FasterRCNN'
     # the COCO checkpoint is only needed once training starts; without it, a clear message
-    student = MODELS.build(split_cfg(tiny_model_cfg()))
+    student = MODELS.build(student_cfg(tiny_model_cfg()))
     runner = FakeRunner(student, cfg=dict(teacher_config=coco.teacher_config,
                                           teacher_checkpoint='checkpoints/none.pth'))
     with pytest.raises(FileNotFoundError, match='model zoo'):

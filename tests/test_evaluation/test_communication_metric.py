@@ -9,8 +9,8 @@ from mmengine.structures import InstanceData
 from mmdet.registry import METRICS
 from mmdet.structures import DetDataSample
 
-from ecc_mmdet.codecs import accounting
-from ecc_mmdet.codecs.accounting import CommRecord
+from ecc_mmdet.structures import comm_record as accounting
+from ecc_mmdet.structures import CommRecord
 from ecc_mmdet.evaluation import CommunicationMetric, MissingCommRecordError, bandwidth_key
 
 PAYLOADS = [100, 200, 300, 400, 1000]  # offloaded images

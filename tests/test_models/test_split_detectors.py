@@ -1,51 +1,18 @@
 """Split detectors: equivalence with the unsplit detector, edge/cloud API, checkpoints, errors."""
 import copy
-import os.path as osp
 
 import pytest
 import torch
-from mmengine.config import Config
 from mmengine.runner import load_checkpoint, save_checkpoint
 from mmdet.registry import MODELS
-from mmdet.structures import DetDataSample
 
 import ecc_mmdet  # noqa: F401
-from ecc_mmdet.codecs.accounting import read as read_comm
-from ecc_mmdet.codecs.bitstream import BitstreamError, CodecMismatchError
+from ecc_mmdet.structures import read as read_comm
+from ecc_mmdet.codecs.bitstream import BitstreamError, CodecMismatchError, CorruptedBitstreamError
 from ecc_mmdet.utils import ConfigError
+from ecc_mmdet.utils.flops import FlopCache
 
-REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-TINY_FRCNN = osp.join(REPO, 'configs', '_base_', 'models', 'faster_rcnn_r18_fpn_tiny.py')
-TINY_RETINA = osp.join(REPO, 'configs', '_base_', 'models', 'retinanet_r18_fpn_tiny.py')
-
-
-def tiny_model_cfg(path, width=16):
-    """The project's tiny model config, narrowed further (base_channels) for test speed."""
-    cfg = copy.deepcopy(Config.fromfile(path).model)
-    cfg.backbone.base_channels = width
-    cfg.neck.in_channels = [width * 2**i for i in range(4)]
-    return cfg
-
-
-def split_cfg(cfg, split_after=1, compressor=None, two_stage=True):
-    cfg = copy.deepcopy(cfg)
-    cfg.type = 'EdgeCloudTwoStageDetector' if two_stage else 'EdgeCloudSingleStageDetector'
-    cfg.split_after = split_after
-    cfg.compressor = compressor or dict(type='Float32Neck')
-    return cfg
-
-
-def fake_batch(model, n=2, size=96, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    imgs = [torch.randint(0, 256, (3, size, size), generator=g, dtype=torch.uint8) for _ in range(n)]
-    samples = []
-    for i in range(n):
-        s = DetDataSample(metainfo=dict(img_id=i, ori_shape=(size, size), img_shape=(size, size),
-                                        scale_factor=(1.0, 1.0)))
-        samples.append(s)
-    data = model.data_preprocessor(dict(inputs=imgs, data_samples=samples), False)
-    return data['inputs'], data['data_samples']
-
+from conftest import TINY_FRCNN, TINY_RETINA, fake_batch, split_cfg, tiny_model_cfg
 
 def predictions(model, inputs, samples):
     with torch.no_grad():
@@ -199,3 +166,49 @@ def test_checkpoint_of_another_compressor_is_refused(tmp_path):
     other = MODELS.build(split_cfg(cfg, 1, dict(type='EntropyBottleneckNeck', latent_channels=4)))
     with pytest.raises(ValueError, match='does not match this config'):
         load_checkpoint(other, ckpt, map_location='cpu')
+
+
+def test_decode_refuses_a_batch_of_mixed_feature_shapes(frcnn_pair):
+    """Payloads of differently sized images cannot be stacked: a clear error, not a torch one."""
+    unsplit, split = frcnn_pair
+    small = split.encode(*fake_batch(unsplit, n=1, size=64, seed=1))[0]
+    large = split.encode(*fake_batch(unsplit, n=1, size=96, seed=2))[0]
+    with pytest.raises(CorruptedBitstreamError, match=r'different feature shapes .*one at a time'):
+        split.decode_and_predict([small, large])
+    # each alone decodes, and into boxes inside its own image
+    for payload, size in ((small, 64), (large, 96)):
+        res = split.decode_and_predict([payload])[0]
+        assert res.metainfo['ori_shape'] == (size, size)
+        assert float(res.pred_instances.bboxes.max()) <= size
+
+
+def test_flop_counts_are_cached_per_input_shape_and_bounded(frcnn_pair):
+    unsplit, split = frcnn_pair
+    model = copy.deepcopy(split)
+    model._flops_cache = FlopCache(max_entries=2)
+    counts = {}
+    for size in (64, 96, 64, 128):
+        inputs, samples = fake_batch(unsplit, n=1, size=size)
+        rec = read_comm(model.predict(inputs, samples)[0])
+        counts.setdefault(size, set()).add((rec.edge_flops, rec.cloud_flops))
+    # measured once per shape: 64 (reused on its second use), 96, 128
+    assert model._flops_cache.measurements == 3
+    # bounded at 2: 96 went out when 128 came in (64 had been used more recently)
+    assert len(model._flops_cache) == 2
+    assert (3, 64, 64) in model._flops_cache and (3, 96, 96) not in model._flops_cache
+    assert all(len(v) == 1 for v in counts.values())
+    (e64, c64), = counts[64]
+    (e128, c128), = counts[128]
+    assert e128 == pytest.approx(4 * e64, rel=0.05)  # convolutions scale with the pixels
+    assert c128 > c64 > 0
+
+
+def test_flop_cache_is_least_recently_used():
+    cache = FlopCache(max_entries=2)
+    calls = []
+    for key in ('a', 'b', 'a', 'c', 'a', 'b'):
+        cache.get(key, lambda: calls.append(key) or len(calls))
+    assert calls == ['a', 'b', 'c', 'b']  # 'b' was evicted by 'c' ('a' had just been used)
+    assert cache.get('a', lambda: -1) == 1 and len(cache) == 2
+    with pytest.raises(ValueError, match='max_entries'):
+        FlopCache(0)

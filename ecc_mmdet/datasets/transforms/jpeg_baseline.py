@@ -14,7 +14,7 @@ from mmcv.transforms import BaseTransform
 
 from mmdet.registry import TRANSFORMS
 
-from ...codecs.accounting import COMM_KEY, CommRecord
+from ...structures.comm_record import COMM_KEY, CommRecord
 
 #: pipeline step types after which :func:`add_jpeg_baseline` inserts the transform
 _LOAD_TYPES = ('LoadImageFromFile', 'LoadImageFromNDArray')

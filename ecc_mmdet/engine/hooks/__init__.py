@@ -1,4 +1,5 @@
-"""Training hooks of ecc_mmdet (registered into ``mmdet.registry.HOOKS``)."""
+"""Hooks of ecc_mmdet (registered into ``mmdet.registry.HOOKS``)."""
+from .cloud_only_accounting_hook import CloudOnlyAccountingHook
 from .knowledge_adaptation_hook import KnowledgeAdaptationHook
 
-__all__ = ['KnowledgeAdaptationHook']
+__all__ = ['CloudOnlyAccountingHook', 'KnowledgeAdaptationHook']

@@ -66,12 +66,13 @@ from mmdet.registry import HOOKS, MODELS
 from mmdet.structures.bbox import bbox2roi, get_box_tensor
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _NormBase
+from torch.nn.parallel import DistributedDataParallel
 
 from ...utils.config_checks import ConfigError
+from ...utils.modules import unique_parameters
 
 __all__ = ['KnowledgeAdaptationHook']
 
-_PROJECT_ROOT = osp.dirname(osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 _MODEL_ZOO = 'https://mmdetection.readthedocs.io/en/latest/model_zoo.html'
 
 
@@ -79,18 +80,16 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return model.module if is_model_wrapper(model) else model
 
 
-def _params(modules) -> List[nn.Parameter]:
-    seen, out = set(), []
-    for m in modules:
-        for p in m.parameters():
-            if id(p) not in seen:
-                seen.add(id(p))
-                out.append(p)
-    return out
-
-
 def _softmax_kd(student: Tensor, teacher: Tensor, temperature: float) -> Tensor:
-    """KL(teacher || student) of softmax(logits / T) over the last dim, mean over rows, x T^2."""
+    """KL(teacher || student) of softmax(logits / T) over the last dim, mean over rows, x T^2.
+
+    The KL divergence is a *sum* over the classes (Hinton et al. 2015). mmdet's
+    ``knowledge_distillation_kl_div_loss`` (LD, ``KnowledgeDistillationKLDivLoss``) averages over
+    the class dimension instead, i.e. returns this value divided by the number of classes
+    (+ background): 81 on COCO, 7 on the synthetic set. The sum keeps ``response_loss_weight``
+    meaning the same on any dataset; to reproduce an mmdet LD weight ``w``, use
+    ``response_loss_weight = w / num_logits``.
+    """
     log_ps = F.log_softmax(student.float() / temperature, dim=-1)
     log_pt = F.log_softmax(teacher.float() / temperature, dim=-1)
     kl = (log_pt.exp() * (log_pt - log_ps)).sum(-1)
@@ -133,7 +132,7 @@ class KnowledgeAdaptationHook(Hook):
             ``'mmdet::faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py'``), a full config (dict with a
             ``model`` key) or a model config dict. ``None`` (default): the training config's
             top-level ``teacher_config`` variable, so ``--cfg-options teacher_config=...`` works.
-            Relative paths are tried from the working directory, then from the project root.
+            Relative paths are read from the working directory.
         teacher_checkpoint: checkpoint of that teacher (path, same lookup as teacher_config, or
             a URL mmengine can load). ``None`` (default): the config's top-level
             ``teacher_checkpoint``.
@@ -212,8 +211,15 @@ class KnowledgeAdaptationHook(Hook):
                 'KnowledgeAdaptationHook distils a split edge/cloud student, but the model is '
                 f'a {type(model).__name__} (no attach_distiller). Use an '
                 "EdgeCloudTwoStageDetector / EdgeCloudSingleStageDetector: set model.type and "
-                'add split_after and compressor (see configs/ecc_faster_rcnn_r18_synthetic.py), '
+                'add split_after and compressor (the README shows a complete config), '
                 'or remove the hook from custom_hooks.')
+        if isinstance(runner.model, DistributedDataParallel) and \
+                not runner.model.find_unused_parameters:
+            raise ConfigError(
+                'KnowledgeAdaptationHook freezes a different part of the model in each stage, so '
+                'DDP must tolerate parameters without gradients. Add to the config: '
+                'find_unused_parameters = True (or model_wrapper_cfg=dict('
+                "type='MMDistributedDataParallel', find_unused_parameters=True)).")
         self._resolve_schedule(runner)
         cfg = getattr(runner, 'cfg', None) or {}
         teacher_config = (self.teacher_config if self.teacher_config is not None else
@@ -258,18 +264,19 @@ class KnowledgeAdaptationHook(Hook):
 
     @staticmethod
     def _resolve_path(path: str) -> str:
-        """Existing file for ``path`` (cwd first, then the project root), or ''."""
+        """Existing file for ``path`` (relative paths from the working directory), or ''.
+
+        Configs that ship a teacher next to themselves can write
+        ``teacher_config = '{{fileDirname}}/teacher.py'`` (mmengine expands it to the config's own
+        directory), which works from any working directory.
+        """
         if '::' in path:  # mmdet::faster_rcnn/... (an installed package's config)
             try:
                 return Config._get_cfg_path(path, '')[0]
             except Exception as e:  # noqa: BLE001 -- shown to the user with the cause
                 raise FileNotFoundError(
                     f'KnowledgeAdaptationHook: cannot resolve teacher_config {path!r}: {e}') from e
-        candidates = [path] if osp.isabs(path) else [path, osp.join(_PROJECT_ROOT, path)]
-        for c in candidates:
-            if osp.isfile(c):
-                return c
-        return ''
+        return path if osp.isfile(path) else ''
 
     def _build_teacher(self, teacher_config, teacher_checkpoint) -> nn.Module:
         if teacher_config is None:
@@ -281,9 +288,10 @@ class KnowledgeAdaptationHook(Hook):
             if not path:
                 raise FileNotFoundError(
                     f'KnowledgeAdaptationHook: teacher_config {teacher_config!r} does not exist '
-                    f'(looked in {os.getcwd()} and {_PROJECT_ROOT}). Pass the config of the '
-                    'unsplit detector the student is distilled from, e.g. '
-                    '--cfg-options teacher_config=configs/faster_rcnn_r18_fpn_synthetic.py')
+                    f'(relative paths are read from the working directory {os.getcwd()}). Set '
+                    'teacher_config to the config of the unsplit detector the student is '
+                    'distilled from: an absolute path, a path relative to where you run '
+                    "training, or an 'mmdet::...' config.")
             model_cfg = Config.fromfile(path).get('model')
             name = teacher_config
         else:
@@ -299,7 +307,7 @@ class KnowledgeAdaptationHook(Hook):
             if not found:
                 raise FileNotFoundError(
                     f'KnowledgeAdaptationHook: teacher checkpoint {teacher_checkpoint!r} not '
-                    f'found (looked in {os.getcwd()} and {_PROJECT_ROOT}). '
+                    f'found (relative paths are read from the working directory {os.getcwd()}). '
                     + self._how_to_get_teacher(teacher_config))
             teacher_checkpoint = found
         teacher = MODELS.build(ConfigDict(model_cfg))
@@ -320,11 +328,9 @@ class KnowledgeAdaptationHook(Hook):
         if isinstance(teacher_config, str) and teacher_config.startswith('mmdet::'):
             return ('Download the checkpoint of that MMDetection model from its model zoo '
                     f'({_MODEL_ZOO}) and pass it with --cfg-options teacher_checkpoint=PATH.')
-        cfg = teacher_config if isinstance(teacher_config, str) else \
-            'configs/faster_rcnn_r18_fpn_synthetic.py'
-        return (f'Train the teacher first: python tools/train.py {cfg} '
-                '(python tools/demo.py trains the synthetic baseline into '
-                'work_dirs/demo/baseline/), then pass its checkpoint with --cfg-options '
+        cfg = teacher_config if isinstance(teacher_config, str) else 'the teacher config'
+        return (f'Train the teacher first (an ordinary MMDetection training of {cfg}, e.g. '
+                'with tools/train.py), then pass its checkpoint with --cfg-options '
                 'teacher_checkpoint=PATH.')
 
     @staticmethod
@@ -351,9 +357,8 @@ class KnowledgeAdaptationHook(Hook):
         raise ConfigError(
             f'KnowledgeAdaptationHook: teacher_checkpoint {teacher_checkpoint!r} does not fit '
             f'teacher_config {teacher_config if isinstance(teacher_config, str) else "(dict)"}'
-            f' -- {"; ".join(parts)}. {hint}Use the checkpoint trained with exactly that config '
-            '(e.g. python tools/train.py configs/faster_rcnn_r18_fpn_synthetic.py for the '
-            'synthetic teacher).')
+            f' -- {"; ".join(parts)}. {hint}Use a checkpoint trained with exactly that config, '
+            'or set teacher_config to the config the checkpoint was trained with.')
 
     def _check_compatible(self, model, teacher) -> None:
         two_stage = getattr(model, 'with_roi_head', False)
@@ -412,7 +417,8 @@ class KnowledgeAdaptationHook(Hook):
         Stage 1: the compressor trains, every other child module is frozen. Stage 2: the edge
         (``splitter.edge_modules()``, ``compressor.edge_modules()``, the entropy model) is
         frozen and everything else trains -- decoder g_s (``compressor.cloud_modules()`` minus
-        the entropy model), ``splitter.cloud_modules()``, neck, rpn_head/roi_head or bbox_head.
+        the entropy model), the backbone stages after the split, neck, rpn_head/roi_head or
+        bbox_head.
         """
         comp = model.compressor
         if stage == 1:
@@ -422,7 +428,7 @@ class KnowledgeAdaptationHook(Hook):
         em = self._entropy_model(model)
         if em is not None:
             edge.append(em)
-        edge_ids = {id(p) for p in _params(edge)}
+        edge_ids = {id(p) for p in unique_parameters(edge)}
         return {id(p) for p in model.parameters() if id(p) not in edge_ids}, edge
 
     def _enter_stage(self, model, stage: int, runner=None) -> None:

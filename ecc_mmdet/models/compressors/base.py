@@ -40,12 +40,6 @@ CompressedImage = Tuple[bytes, bytes, Tuple[int, ...]]
 MAX_DECODED_ELEMENTS = 2**28
 
 
-def _as_bytes(data, what: str) -> bytes:
-    if not isinstance(data, (bytes, bytearray, memoryview)):
-        raise TypeError(f'{what} must be bytes-like, got {type(data).__name__}')
-    return bytes(data)
-
-
 class BaseFeatureCompressor(BaseModule):
     """Base class of the feature-compression necks.
 
@@ -70,19 +64,20 @@ class BaseFeatureCompressor(BaseModule):
         self.register_buffer('_device_anchor', torch.zeros(0), persistent=False)
         self._register_load_state_dict_pre_hook(self._check_checkpoint_shapes)
 
-    #: derived buffers whose size legitimately differs between checkpoints (resized on load)
-    _RESIZABLE = ('_pmf_table', '_offset', '_pmf_length', '_tables_fingerprint')
-
     def _check_checkpoint_shapes(self, state_dict, prefix, *args):
         """Refuse a checkpoint whose compressor has another architecture.
 
         mmengine loads non-strictly and only *warns* on a size mismatch, which would leave a
         randomly initialised encoder/decoder behind and produce garbage bitstreams.
         """
+        # submodules declare buffers whose size legitimately varies (the entropy model's tables)
+        resizable = {f'{mod_name}.{b}' if mod_name else b
+                     for mod_name, mod in self.named_modules()
+                     for b in getattr(mod, 'DERIVED_BUFFERS', ())}
         mismatched = []
         for name, value in self.state_dict().items():
             key = prefix + name
-            if key in state_dict and name.rsplit('.', 1)[-1] not in self._RESIZABLE \
+            if key in state_dict and name not in resizable \
                     and tuple(state_dict[key].shape) != tuple(value.shape):
                 mismatched.append(f'{key}: checkpoint {tuple(state_dict[key].shape)} vs model '
                                   f'{tuple(value.shape)}')

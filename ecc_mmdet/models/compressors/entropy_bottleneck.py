@@ -45,9 +45,9 @@ from mmcv.cnn import build_activation_layer
 from mmdet.registry import MODELS
 from torch import Tensor, nn
 
-from ...codecs.bitstream import CodecId, CorruptedBitstreamError
+from ...codecs.bitstream import CodecId, CorruptedBitstreamError, as_bytes
 from ...entropy_models import FactorizedEntropyModel
-from .base import MAX_DECODED_ELEMENTS, BaseFeatureCompressor, CompressedImage, _as_bytes
+from .base import MAX_DECODED_ELEMENTS, BaseFeatureCompressor, CompressedImage
 
 __all__ = ['EntropyBottleneckNeck']
 
@@ -188,8 +188,8 @@ class EntropyBottleneckNeck(BaseFeatureCompressor):
 
     @torch.no_grad()
     def decompress(self, codec_params: bytes, body: bytes, latent_shape) -> Tensor:
-        params = _as_bytes(codec_params, 'codec_params')
-        body = _as_bytes(body, 'body')
+        params = as_bytes(codec_params, 'codec_params')
+        body = as_bytes(body, 'body')
         if len(params) != _PARAMS.size:
             raise CorruptedBitstreamError(
                 f'EntropyBottleneckNeck: codec_params must be {_PARAMS.size} bytes (u32 H, u32 W '

@@ -18,8 +18,8 @@ import torch
 from mmdet.registry import MODELS
 from torch import Tensor
 
-from ...codecs.bitstream import CodecId, CorruptedBitstreamError
-from .base import BaseFeatureCompressor, CompressedImage, _as_bytes
+from ...codecs.bitstream import CodecId, CorruptedBitstreamError, as_bytes
+from .base import BaseFeatureCompressor, CompressedImage
 
 __all__ = ['Float16Neck', 'Float32Neck']
 
@@ -53,8 +53,8 @@ class _RawFloatNeck(BaseFeatureCompressor):
     @torch.no_grad()
     def decompress(self, codec_params: bytes, body: bytes, latent_shape) -> Tensor:
         name = type(self).__name__
-        params = _as_bytes(codec_params, 'codec_params')
-        body = _as_bytes(body, 'body')
+        params = as_bytes(codec_params, 'codec_params')
+        body = as_bytes(body, 'body')
         if params:
             raise CorruptedBitstreamError(
                 f'{name}: codec_params must be empty, got {len(params)} bytes')

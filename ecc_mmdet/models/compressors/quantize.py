@@ -31,9 +31,9 @@ import torch
 from mmdet.registry import MODELS
 from torch import Tensor
 
-from ...codecs.bitstream import CodecId, CorruptedBitstreamError
+from ...codecs.bitstream import CodecId, CorruptedBitstreamError, as_bytes
 from ...codecs.range_coding import decode_with_histogram, encode_with_histogram
-from .base import BaseFeatureCompressor, CompressedImage, _as_bytes
+from .base import BaseFeatureCompressor, CompressedImage
 
 __all__ = ['QuantizeNeck']
 
@@ -154,8 +154,8 @@ class QuantizeNeck(BaseFeatureCompressor):
 
     @torch.no_grad()
     def decompress(self, codec_params: bytes, body: bytes, latent_shape) -> Tensor:
-        params = _as_bytes(codec_params, 'codec_params')
-        body = _as_bytes(body, 'body')
+        params = as_bytes(codec_params, 'codec_params')
+        body = as_bytes(body, 'body')
         c = self.in_channels
         if len(params) != 1 + 8 * c:
             raise CorruptedBitstreamError(

@@ -9,7 +9,7 @@ differentiable path; ``predict`` goes through the deployment path, real bytes in
     decode_and_predict(payloads, ...) -> [DetDataSample]      (cloud: validate + decode + rest)
 
 so what is evaluated is what would be deployed. Each predicted sample carries a
-:class:`~ecc_mmdet.codecs.accounting.CommRecord` for :class:`CommunicationMetric`.
+:class:`~ecc_mmdet.structures.CommRecord` for :class:`CommunicationMetric`.
 """
 import time
 from abc import abstractmethod
@@ -19,23 +19,14 @@ import torch
 from mmdet.registry import MODELS
 from mmdet.structures import DetDataSample
 from torch import Tensor
-from torch.utils.flop_counter import FlopCounterMode
 
-from ...codecs import accounting
-from ...codecs.accounting import CommRecord
+from ...structures import comm_record as accounting
+from ...structures.comm_record import CommRecord
 from ...codecs.bitstream import CorruptedBitstreamError, ImageMeta, Payload, pack, unpack
 from ...utils.config_checks import ConfigError
+from ...utils.flops import FlopCache, count_flops
+from ...utils.modules import count_parameters
 from ..split import BackboneSplitter
-
-
-def _count_params(modules) -> int:
-    seen, total = set(), 0
-    for m in modules:
-        for p in m.parameters():
-            if id(p) not in seen:
-                seen.add(id(p))
-                total += p.numel()
-    return total
 
 
 class EdgeCloudDetectorMixin:
@@ -47,7 +38,8 @@ class EdgeCloudDetectorMixin:
             ``QuantizeNeck``, ``Float16Neck``, ``Float32Neck``); ``in_channels`` defaults to the
             channels at the split point.
         measure_flops: count edge/cloud FLOPs (torch.utils.flop_counter) once per input shape
-            during ``predict``; custom mmcv ops (RoIAlign, NMS) are not counted.
+            during ``predict`` (the last 16 shapes are cached); custom mmcv ops (RoIAlign, NMS)
+            are not counted.
         estimate_rate: also report the entropy model's bit estimate per image (an extra
             likelihood pass on the edge; accounting only, not part of deployment). Benchmarks of
             inference speed turn it and ``measure_flops`` off.
@@ -71,7 +63,7 @@ class EdgeCloudDetectorMixin:
         self.estimate_rate = estimate_rate
         self._pending_losses: Dict[str, Tensor] = {}
         self._train_intermediates: Dict[str, object] = {}
-        self._flops_cache: Dict[tuple, tuple] = {}
+        self._flops_cache = FlopCache(max_entries=16)
         self.attach_distiller(None)
 
     def attach_distiller(self, distiller):
@@ -92,8 +84,7 @@ class EdgeCloudDetectorMixin:
         x = self.neck(backbone_outs) if self.with_neck else backbone_outs
         if self.training:  # kept for loss(): compressor losses and distillation inputs
             self._pending_losses = losses
-            self._train_intermediates = dict(split_feature=f, decoded_feature=f_hat,
-                                             backbone_outs=backbone_outs, neck_outs=x)
+            self._train_intermediates = dict(backbone_outs=backbone_outs, neck_outs=x)
         return x
 
     def _cloud_features(self, f_hat: Tensor):
@@ -203,7 +194,7 @@ class EdgeCloudDetectorMixin:
     def edge_param_count(self) -> int:
         """Parameters that run on the edge (counted once; the architecture does not change)."""
         if '_edge_params' not in self.__dict__:
-            self.__dict__['_edge_params'] = _count_params(
+            self.__dict__['_edge_params'] = count_parameters(
                 self.splitter.edge_modules() + list(self.compressor.edge_modules()))
         return self.__dict__['_edge_params']
 
@@ -211,18 +202,16 @@ class EdgeCloudDetectorMixin:
         """(edge, cloud) FLOPs per image, measured once per input shape on the deployment path."""
         if not self.measure_flops:
             return None
-        key = tuple(batch_inputs.shape[1:])
-        if key not in self._flops_cache:
-            x = batch_inputs[:1]
-            samples = [batch_data_samples[0].clone()]
-            with torch.no_grad():
-                with FlopCounterMode(display=False) as edge:
-                    f = self.splitter.forward_edge(x)
-                    parts = self.compressor.compress(f)
-                params, body, shape = parts[0]
-                with FlopCounterMode(display=False) as cloud:
-                    f_hat = self.compressor.decompress(params, body, shape).to(f.device)
-                    self.predict_from_features(self._cloud_features(f_hat), samples)
-            self._flops_cache[key] = (float(edge.get_total_flops()),
-                                      float(cloud.get_total_flops()))
-        return self._flops_cache[key]
+        x, sample = batch_inputs[:1], batch_data_samples[0]
+
+        def measure():
+            edge, parts = count_flops(
+                lambda: self.compressor.compress(self.splitter.forward_edge(x)))
+
+            def cloud_side():
+                f_hat = self.compressor.decompress(*parts[0]).to(x.device)
+                return self.predict_from_features(self._cloud_features(f_hat), [sample.clone()])
+
+            return edge, count_flops(cloud_side)[0]
+
+        return self._flops_cache.get(tuple(batch_inputs.shape[1:]), measure)

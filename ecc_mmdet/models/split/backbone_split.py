@@ -76,9 +76,6 @@ class BackboneSplitter(nn.Module):
         stem = [bb.stem] if getattr(bb, 'deep_stem', False) else [bb.conv1, bb.norm1]
         return stem + self.stages(0, self.split_after)
 
-    def cloud_modules(self) -> List[nn.Module]:
-        return self.stages(self.split_after, len(self.backbone.res_layers))
-
     def forward_edge(self, x: Tensor) -> Tensor:
         """Image batch -> the feature map that is compressed and sent (F_k)."""
         x = self.stem(x)

@@ -1,18 +1,19 @@
 """Rate-accuracy comparison: learned bottleneck vs sending the image (JPEG) vs n-bit features.
 
-The engine of ``tools/benchmark_rate_accuracy.py`` and of the demo's comparison table: evaluates
+The engine of ``tools/benchmark_rate_accuracy.py`` and of the demo's comparison table (the
+project's acceptance targets, tables and plots live here, with the tools, not in the library):
+evaluates
 the teacher (original images), the teacher on JPEG-compressed originals, QuantizeNeck features at
 the students' split point (teacher weights, no training) and trained students, on one dataset,
 with the same CocoMetric + CommunicationMetric, and summarises the result against the targets.
 """
-import copy
 from typing import List, Optional, Sequence, Tuple
 
-from ..datasets.transforms import add_jpeg_baseline
-from ..evaluation.bd_rate import bd_rate
-from ..evaluation.communication_metric import bandwidth_key
-from .evaluation import evaluate_detector
-from .inference import _SPLIT_TYPES, build_detector, build_test_dataset, load_config
+from ecc_mmdet.apis import (build_detector, build_test_dataset, evaluate_detector, load_config,
+                            split_model_cfg)
+from ecc_mmdet.datasets.transforms import add_jpeg_baseline
+from ecc_mmdet.evaluation import bandwidth_key
+from ecc_mmdet.evaluation.bd_rate import bd_rate
 
 
 def row(method, setting, metrics, bandwidth):
@@ -26,16 +27,6 @@ def row(method, setting, metrics, bandwidth):
                 edge_gflops=edge, cloud_gflops=cloud,
                 edge_flops_fraction=metrics.get('comm/edge_flops_fraction'),
                 latency_ms=lat, real_to_est=metrics.get('comm/real_to_est_ratio'))
-
-
-def split_cfg_from(teacher_model_cfg, split_after, compressor):
-    """The teacher's model config turned into a split one with ``compressor``."""
-    cfg = copy.deepcopy(teacher_model_cfg)
-    two_stage = 'roi_head' in cfg
-    cfg['type'] = [k for k, v in _SPLIT_TYPES.items()
-                   if v == ('TwoStageDetector' if two_stage else 'SingleStageDetector')][0]
-    cfg.update(split_after=split_after, compressor=compressor)
-    return cfg
 
 
 def run_rate_accuracy(teacher_config: str, teacher_checkpoint: str,
@@ -66,8 +57,8 @@ def run_rate_accuracy(teacher_config: str, teacher_checkpoint: str,
     dataset = build_test_dataset(tcfg)
     for bits in quantize_bits:
         print(f'- {bits}-bit features (QuantizeNeck, split_after={split_after})', flush=True)
-        model = build_detector(split_cfg_from(tcfg.model, split_after,
-                                              dict(type='QuantizeNeck', n_bits=bits)),
+        model = build_detector(split_model_cfg(tcfg.model, split_after,
+                                               dict(type='QuantizeNeck', n_bits=bits)),
                                teacher_checkpoint)
         rows.append(row(f'{bits}-bit features', f'split_after={split_after}',
                         evaluate_detector(model, dataset, **ev), bandwidth))

@@ -11,7 +11,7 @@ import subprocess
 import sys
 from typing import List, Optional, Sequence
 
-REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+from . import REPO
 PROGRESS = re.compile(r'Epoch\((train|val|test)\) *\[\d+\]\[ *\d+/\d+\]|bbox_mAP_copypaste|'
                       r'Error|error:|Traceback|KnowledgeAdaptationHook')
 

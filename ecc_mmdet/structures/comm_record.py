@@ -1,11 +1,11 @@
 """Byte accounting: the one record of what crossed the network for one image.
 
 Whoever produces an uplink transmission (the split detector's edge side, the JPEG cloud-only
-baseline transform) stores a :class:`CommRecord` in the data sample's metainfo under
+baseline transform; the cloud-only accounting fills in the cloud's share) stores a :class:`CommRecord` in the data sample's metainfo under
 :data:`COMM_KEY`; :class:`~ecc_mmdet.evaluation.CommunicationMetric` reads it back. Nothing else
 counts bytes, so every method is measured the same way.
 """
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Optional
 
 COMM_KEY = 'ecc_comm'
@@ -36,7 +36,6 @@ class CommRecord:
     edge_time_s: Optional[float] = None
     cloud_time_s: Optional[float] = None
     codec_time_s: Optional[float] = None
-    extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)

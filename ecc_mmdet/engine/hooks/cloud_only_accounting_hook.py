@@ -1,0 +1,84 @@
+"""Cloud time and FLOPs of cloud-only baselines when the Runner validates or tests.
+
+The records of a cloud-only baseline (``JPEGCompressImage`` in the test pipeline) carry the
+uplink bytes but not what the cloud spent running the whole detector, so without this hook
+``tools/test.py`` could report neither ``comm/cloud_gflops`` nor a modelled latency. The hook
+times the model's ``val_step``/``test_step`` (preprocessing + predict, per image) and counts the
+detector's FLOPs once per input shape, and completes the records before the evaluator reads
+them. The measurement stays out of the model: the hook wraps the step for the duration of the
+loop and restores it afterwards. Split detectors account for themselves; for them (and for
+records that are already complete) it changes nothing.
+"""
+import time
+
+from mmengine.hooks import Hook
+from mmengine.model import is_model_wrapper
+
+from mmdet.registry import HOOKS
+
+from ...evaluation.cloud_only_accounting import CloudOnlyAccounting
+
+__all__ = ['CloudOnlyAccountingHook']
+
+
+@HOOKS.register_module()
+class CloudOnlyAccountingHook(Hook):
+    """Complete cloud-only communication records with the cloud's time and FLOPs.
+
+    Add it next to a cloud-only test pipeline and ``CommunicationMetric``::
+
+        custom_hooks = [dict(type='CloudOnlyAccountingHook')]
+
+    Args:
+        max_shapes: input shapes whose FLOP counts are cached (least recently used first out).
+    """
+
+    priority = 'LOW'
+
+    def __init__(self, max_shapes: int = 16):
+        self.accounting = CloudOnlyAccounting(max_shapes)
+
+    def before_val(self, runner) -> None:
+        self._wrap(runner, 'val_step')
+
+    def after_val(self, runner) -> None:
+        self._unwrap(runner, 'val_step')
+
+    def before_test(self, runner) -> None:
+        self._wrap(runner, 'test_step')
+
+    def after_test(self, runner) -> None:
+        self._unwrap(runner, 'test_step')
+
+    @staticmethod
+    def _model(runner):
+        return runner.model.module if is_model_wrapper(runner.model) else runner.model
+
+    def _wrap(self, runner, step: str) -> None:
+        model = self._model(runner)
+        if hasattr(model, 'compressor') or step in model.__dict__:
+            return  # a split detector fills its own records; already wrapped
+        original = getattr(model, step)
+        accounting = self.accounting
+
+        def accounted_step(data):
+            t0 = time.perf_counter()
+            outputs = original(data)
+            dt = (time.perf_counter() - t0) / max(len(outputs), 1)
+            if accounting.needs_cloud_share(outputs):
+
+                def batch():
+                    pre = model.data_preprocessor(data, False)
+                    return pre['inputs'], pre['data_samples']
+
+                shape = tuple(outputs[0].metainfo.get('batch_input_shape', ()))
+                flops = accounting.whole_model_flops(model, shape, batch)
+                accounting.fill(outputs, dt, flops)
+            return outputs
+
+        object.__setattr__(model, step, accounted_step)
+
+    def _unwrap(self, runner, step: str) -> None:
+        model = self._model(runner)
+        if step in model.__dict__:
+            object.__delattr__(model, step)
