@@ -345,7 +345,7 @@ def _draw_clutter(rng, img, owner, n, small_only):
 
 def _render(rng: np.random.Generator, h: int, w: int, categories: Sequence[str], min_objects: int,
             max_objects: int, min_size: float, max_size: float):
-    """Render one image; returns (uint8 HxWx3 image, annotations, owner map, draw list)."""
+    """Render one image; returns (uint8 HxWx3 image, annotations, owner map)."""
     img = _background(rng, h, w)
     owner = np.full((h, w), -1, np.int16)
     _draw_clutter(rng, img, None, int(rng.integers(2, 9)), small_only=False)

@@ -9,7 +9,7 @@ import os.path as osp
 from mmengine.config import Config, ConfigDict
 
 SYNTHETIC_HINT = ('To create the synthetic dataset, run:\n'
-                  '    python tools/make_synthetic_coco.py --out {root}\n')
+                  '    python -m ecc_mmdet.datasets.synthetic_coco --out {root}\n')
 COCO_HINT = ('For COCO 2017, put it at data/coco/ (annotations/instances_{{train,val}}2017.json, '
              'train2017/, val2017/)\nor point the config at your copy, e.g. --cfg-options '
              'train_dataloader.dataset.data_root=/path/to/coco/ ...\n')

@@ -419,3 +419,20 @@ def test_configs_declare_the_hook_and_teacher_paths(teacher_ckpt):
                                           teacher_checkpoint='checkpoints/none.pth'))
     with pytest.raises(FileNotFoundError, match='model zoo'):
         HOOKS.build(coco.custom_hooks[0]).before_train(runner)
+
+
+def test_response_kd_is_the_summed_kl_that_is_mmdets_mean_times_the_classes():
+    """The documented factor: our softmax KD sums the KL over classes, mmdet's LD loss averages."""
+    from mmdet.models.losses import KnowledgeDistillationKLDivLoss
+    from ecc_mmdet.engine.hooks.knowledge_adaptation_hook import _softmax_kd
+    g = torch.Generator().manual_seed(0)
+    student, teacher = torch.randn(5, 7, generator=g), torch.randn(5, 7, generator=g)
+    T = 2.0
+    ours = _softmax_kd(student, teacher, T)
+    # the textbook definition, written out
+    pt = torch.softmax(teacher / T, -1)
+    kl = (pt * (torch.log(pt) - torch.log_softmax(student / T, -1))).sum(-1).mean() * T**2
+    torch.testing.assert_close(ours, kl)
+    mmdet_ld = KnowledgeDistillationKLDivLoss(loss_weight=1.0, T=T)(student, teacher)
+    torch.testing.assert_close(ours, 7 * mmdet_ld)
+    assert float(_softmax_kd(teacher, teacher, T)) == pytest.approx(0.0, abs=1e-6)

@@ -46,11 +46,17 @@ def test_rate_accuracy_benchmark_end_to_end(tiny_coco, tmp_path):
     assert q4['bytes_per_image'] < q8['bytes_per_image']
     learned = rows[('learned bottleneck', 'beta=x')]
     assert learned['bytes_per_image'] > 0 and 0 < learned['edge_flops_fraction'] < 0.15
-    assert all(0 <= r['bbox_mAP'] <= 100 for r in res['rows'])
-    assert 'targets' in res['summary'] and 'teacher_mAP' in res['summary']
+    # the teacher's mAP is the summary's reference, and every other row is measured against it
+    assert res['summary']['teacher_mAP'] == rows[('teacher', 'original image')]['bbox_mAP']
+    assert set(res['summary']['targets']) == {'within_1_mAP_of_teacher',
+                                              'at_most_one_eighth_of_jpeg_bytes',
+                                              'edge_flops_at_most_15pct'}
     assert osp.getsize(str(out).replace('.json', '.png')) > 1000
-    assert 'BD-rate' in open(str(out).replace('.json', '.txt')).read() or \
-        res['summary'].get('bd_rate_learned_vs_jpeg') is None
+    # One student is one point on the learned curve and BD-rate needs two per curve, so it is
+    # None here by construction -- and the table then prints no BD-rate line. The value itself is
+    # checked on constructed curves in test_rate_accuracy_summary.py.
+    assert res['summary']['bd_rate_learned_vs_jpeg'] is None
+    assert 'BD-rate' not in open(str(out).replace('.json', '.txt')).read()
 
 
 def test_codec_benchmark_end_to_end(tiny_coco, tmp_path):
