@@ -14,14 +14,9 @@ import json
 import os
 import os.path as osp
 import statistics
-import sys
 import time
 
-try:
-    import ecc_mmdet  # noqa: F401
-except ImportError:
-    sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
-    import ecc_mmdet  # noqa: F401
+import ecc_tools  # noqa: F401  (imports ecc_mmdet: registers our components)
 import torch
 
 from ecc_mmdet.apis.inference import (build_detector, build_test_dataset, iter_batches,

@@ -22,13 +22,8 @@ import argparse
 import json
 import os
 import os.path as osp
-import sys
 
-try:
-    import ecc_mmdet  # noqa: F401
-except ImportError:
-    sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
-    import ecc_mmdet  # noqa: F401
+import ecc_tools  # noqa: F401  (imports ecc_mmdet: registers our components)
 
 from ecc_tools.rate_accuracy import plot, run_rate_accuracy, summarize, table
 

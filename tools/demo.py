@@ -16,20 +16,13 @@ import argparse
 import json
 import os
 import os.path as osp
-import sys
 import time
 import warnings
 
 # mmengine imports pkg_resources to resolve 'mmdet::' config paths; its deprecation notice is noise
 warnings.filterwarnings('ignore', message='pkg_resources is deprecated')
 
-REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
-try:
-    import ecc_mmdet  # noqa: F401
-except ImportError:
-    sys.path.insert(0, REPO)
-    import ecc_mmdet  # noqa: F401
-
+from ecc_tools import REPO  # noqa: E402  (imports ecc_mmdet: registers our components)
 from ecc_tools.workflow import train_stage  # noqa: E402
 from ecc_mmdet.datasets.synthetic_coco import ensure_synthetic_coco  # noqa: E402
 

@@ -1,25 +1,5 @@
 #!/usr/bin/env bash
-# Several processes with torchrun and mmengine's launcher:
-#   bash tools/dist_test.sh CONFIG CKPT NPROC [test.py args]
-# GPUs where there are some, else CPU processes with gloo. PYTHON picks the interpreter.
+# Test with several processes (GPUs, or CPU processes with gloo where there is no GPU):
+#   bash tools/dist_test.sh CONFIG CKPT NPROC [test.py args]   (see dist_launch.sh)
 set -euo pipefail
-CONFIG=$1
-CHECKPOINT=$2
-NPROC=$3
-NNODES=${NNODES:-1}
-NODE_RANK=${NODE_RANK:-0}
-PORT=${PORT:-29500}
-MASTER_ADDR=${MASTER_ADDR:-"127.0.0.1"}
-PYTHON=${PYTHON:-python}
-
-PYTHONPATH="$(dirname "$0")/..":${PYTHONPATH:-} \
-"$PYTHON" -m torch.distributed.run \
-    --nnodes="$NNODES" \
-    --node_rank="$NODE_RANK" \
-    --master_addr="$MASTER_ADDR" \
-    --nproc_per_node="$NPROC" \
-    --master_port="$PORT" \
-    "$(dirname "$0")/test.py" \
-    "$CONFIG" \
-    "$CHECKPOINT" \
-    --launcher pytorch "${@:4}"
+exec bash "$(dirname "$0")/dist_launch.sh" test.py "$3" "$1" "$2" "${@:4}"

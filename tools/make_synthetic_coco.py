@@ -9,14 +9,10 @@ Example (from the repository root)::
 An existing dataset generated with the same arguments is reused unless ``--force`` is given.
 See :mod:`ecc_mmdet.datasets.synthetic_coco` for what is drawn and how boxes are defined.
 """
-import os
 import sys
 
-try:
-    from ecc_mmdet.datasets.synthetic_coco import main
-except ImportError:  # not pip-installed: fall back to the repository checkout
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    from ecc_mmdet.datasets.synthetic_coco import main
+import ecc_tools  # noqa: F401  (finds ecc_mmdet in a checkout that is not pip-installed)
+from ecc_mmdet.datasets.synthetic_coco import main
 
 __all__ = ['main']
 

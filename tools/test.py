@@ -6,11 +6,7 @@ import argparse
 import os.path as osp
 import sys
 
-try:
-    import ecc_mmdet  # noqa: F401  (registers our components, patches checkpoint loading)
-except ImportError:  # running from a checkout that is not pip-installed
-    sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
-    import ecc_mmdet  # noqa: F401
+import ecc_tools  # noqa: F401  (imports ecc_mmdet: registers our components)
 from ecc_tools.cli import add_common_args, base_cfg, build_runner, parse
 
 from ecc_mmdet.utils import ConfigError, check_config
