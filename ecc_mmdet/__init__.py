@@ -10,9 +10,11 @@ from .utils import allow_mmengine_checkpoints
 allow_mmengine_checkpoints()
 
 from . import models  # noqa: E402,F401  (split detectors, compressors)
-from .datasets.transforms import JPEGCompressImage, add_jpeg_baseline  # noqa: E402,F401
+from .datasets.transforms import (CompressImage, JPEGCompressImage,  # noqa: E402,F401
+                                  add_image_codec_baseline, add_jpeg_baseline)
 from .engine import CloudOnlyAccountingHook, KnowledgeAdaptationHook  # noqa: E402,F401
 from .evaluation import CommunicationMetric  # noqa: E402,F401
 
-__all__ = ['__version__', 'CloudOnlyAccountingHook', 'CommunicationMetric', 'JPEGCompressImage',
-           'KnowledgeAdaptationHook', 'add_jpeg_baseline']
+__all__ = ['__version__', 'CloudOnlyAccountingHook', 'CommunicationMetric', 'CompressImage',
+           'JPEGCompressImage', 'KnowledgeAdaptationHook', 'add_image_codec_baseline',
+           'add_jpeg_baseline']

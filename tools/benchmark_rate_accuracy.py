@@ -1,22 +1,28 @@
-"""Rate-accuracy benchmark: learned bottleneck vs sending the image (JPEG) vs 8/4-bit features.
+"""Rate-accuracy benchmark: learned bottleneck vs sending the image (JPEG, WebP, AVIF) vs n-bit
+features.
 
     python tools/benchmark_rate_accuracy.py \
         --teacher-config configs/faster_rcnn_r18_fpn_synthetic.py \
         --teacher-checkpoint work_dirs/demo/baseline/epoch_12.pth \
         --student beta=0.05 configs/ecc_faster_rcnn_r18_synthetic_kd.py work_dirs/demo/student/epoch_8.pth \
         [--student NAME CONFIG CKPT ...] [--train-betas 0.01 0.05 0.2] \
-        [--jpeg-qualities 5 10 20 40 70 95] [--quantize-bits 8 4] [--data-root DIR] \
+        [--jpeg-qualities 5 10 20 40 70 95] [--webp-qualities ...] [--avif-qualities ...] \
+        [--fit-to-input] [--quantize-bits 8 4] [--data-root DIR] \
         [--out work_dirs/benchmarks/rate_accuracy.json]
 
 In one run, on one dataset (default: the config's synthetic validation set), it evaluates
 - the teacher on the original images (accuracy ceiling; nothing transmitted is counted),
-- cloud-only: the teacher on JPEG-compressed originals (bytes = JPEG size) at each quality,
+- cloud-only: the teacher on images sent with JPEG, WebP and AVIF (OpenCV's encoders; bytes =
+  the real file size) at each quality, on the camera image and, with --fit-to-input, on the image
+  first scaled down to the detector's input size (a no-op for images already that small),
 - n-bit features: QuantizeNeck at the students' split point, teacher weights, no training,
 - learned bottleneck students (given with --student, or trained here with --train-betas),
 and writes JSON rows (method, setting, bytes/image, bbox mAP, edge GFLOPs, latency), a table, a
 rate-accuracy plot (PNG, bytes on a log axis) and the BD-rate of the learned bottleneck against
-JPEG over their common mAP range, plus the check of the targets (best student within 1 mAP point
-of the teacher at <= 1/8 the bytes of the cheapest JPEG with that mAP; edge FLOPs <= 15 %).
+the Pareto front of all input codecs (and against each codec), plus the check of the targets:
+BD-rate <= -50 % against that front; a student within 1 mAP point of the teacher at <= 1/4 the
+bytes of the cheapest input-codec setting within 1 mAP point; edge FLOPs <= 15 %. An empty
+--X-qualities list skips that codec.
 """
 import argparse
 import json
@@ -40,6 +46,10 @@ def parse_args(argv=None):
                    help=f'train a KD student ({KD_CONFIG}) per beta, reusing finished ones')
     p.add_argument('--students-dir', default='work_dirs/benchmarks/students')
     p.add_argument('--jpeg-qualities', type=int, nargs='*', default=[5, 10, 20, 40, 70, 95])
+    p.add_argument('--webp-qualities', type=int, nargs='*', default=[1, 5, 10, 20, 40, 70, 95])
+    p.add_argument('--avif-qualities', type=int, nargs='*', default=[1, 5, 15, 30, 50, 70, 90])
+    p.add_argument('--fit-to-input', action='store_true',
+                   help='also send each image scaled down to the detector input size')
     p.add_argument('--quantize-bits', type=int, nargs='*', default=[8, 4])
     p.add_argument('--split-after', type=int, default=1,
                    help='split point of the QuantizeNeck baselines (default: the students\')')
@@ -67,8 +77,10 @@ def main(argv=None):
     args = parse_args(argv)
     os.chdir(osp.dirname(osp.dirname(osp.abspath(__file__))))
     students = [tuple(s) for s in args.student] + train_students(args, args.data_root)
-    rows = run_rate_accuracy(args.teacher_config, args.teacher_checkpoint, students,
-                             args.jpeg_qualities, args.quantize_bits, args.split_after,
+    codecs = {c: q for c, q in (('jpeg', args.jpeg_qualities), ('webp', args.webp_qualities),
+                                ('avif', args.avif_qualities)) if q}
+    rows = run_rate_accuracy(args.teacher_config, args.teacher_checkpoint, students, codecs,
+                             args.fit_to_input, args.quantize_bits, args.split_after,
                              args.data_root, args.num_images, args.bandwidth)
     summary = summarize(rows)
     os.makedirs(osp.dirname(osp.abspath(args.out)), exist_ok=True)

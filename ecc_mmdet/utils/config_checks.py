@@ -132,7 +132,7 @@ def check_dataset_paths(cfg: Config, loaders=('train_dataloader', 'val_dataloade
 
 
 #: pipeline transforms that make an unsplit detector a cloud-only ("send the image") baseline
-CLOUD_ONLY_TRANSFORMS = ('JPEGCompressImage', )
+CLOUD_ONLY_TRANSFORMS = ('CompressImage', 'JPEGCompressImage')
 
 
 def check_cloud_only_accounting(cfg: Config, loader: str = 'test_dataloader',

@@ -1,49 +1,62 @@
-"""The rate-accuracy summary (BD-rate, targets, table) on constructed curves with known answers."""
+"""The rate-accuracy summary (BD-rate vs the input-codec front, targets, table) on constructed
+curves with known answers."""
 import pytest
-from ecc_tools.rate_accuracy import summarize, table
+from ecc_tools.rate_accuracy import front_rows, summarize, table
 
 
-def _row(method, setting, kb, mAP, edge=None, cloud=None):
+def _row(method, setting, kb, mAP, edge=0.0, cloud=1.0):
     return dict(method=method, setting=setting, bytes_per_image=kb * 1000.0, bbox_mAP=mAP,
                 bbox_mAP_50=mAP * 1.5, edge_gflops=edge, cloud_gflops=cloud,
                 edge_flops_fraction=None, latency_ms=None, real_to_est=None)
 
 
-ROWS = [
-    _row('teacher', 'original image', 0.0, 20.0),
-    _row('cloud-only JPEG', 'q=10', 1.0, 10.0, 0.0, 1.0),
-    _row('cloud-only JPEG', 'q=30', 2.0, 15.0, 0.0, 1.0),
-    _row('cloud-only JPEG', 'q=90', 4.0, 18.0, 0.0, 1.0),
-    # exactly half the bytes of JPEG at every mAP
-    _row('learned bottleneck', 'beta=0.2', 0.5, 10.0, 0.1, 0.9),
-    _row('learned bottleneck', 'beta=0.05', 1.0, 15.0, 0.1, 0.9),
-    _row('learned bottleneck', 'beta=0.01', 2.0, 18.0, 0.1, 0.9),
-]
+TEACHER = _row('teacher', 'original image', 0.0, 20.0, None, None)
+JPEG = [_row('cloud-only JPEG', 'q=10', 2.0, 10.0), _row('cloud-only JPEG', 'q=30', 4.0, 15.0),
+        _row('cloud-only JPEG', 'q=90', 8.0, 19.5)]
+# WebP: exactly half of JPEG's bytes at every mAP -> it alone is the input-codec front
+WEBP = [_row('cloud-only WebP', 'q=5', 1.0, 10.0), _row('cloud-only WebP', 'q=30', 2.0, 15.0),
+        _row('cloud-only WebP', 'q=70', 4.0, 19.5)]
 
 
-def test_half_the_bytes_is_a_bd_rate_of_minus_50_percent():
-    s = summarize(ROWS)
-    assert s['bd_rate_learned_vs_jpeg'] == pytest.approx(-0.5, abs=1e-9)
-    assert s['best_learned'] == 'beta=0.01'
-    assert s['best_learned_mAP_gap_to_teacher'] == pytest.approx(2.0)
-    assert s['cheapest_jpeg_reaching_best'] == 'q=90'
-    assert s['bytes_ratio_best_learned_to_that_jpeg'] == pytest.approx(0.5)
-    assert s['best_learned_edge_flops_fraction'] == pytest.approx(0.1)
-    assert s['targets'] == dict(within_1_mAP_of_teacher=False,
-                                at_most_one_eighth_of_jpeg_bytes=False,
-                                edge_flops_at_most_15pct=True)
-    text = table(ROWS, s, 1.0)
-    assert 'BD-rate learned bottleneck vs cloud-only JPEG: -50.0 %' in text
-    assert 'within_1_mAP_of_teacher: MISSED' in text and 'edge_flops_at_most_15pct: met' in text
+def _learned(factor):
+    """A learned curve at ``factor`` x WebP's bytes at every mAP."""
+    return [_row('learned bottleneck', f'beta={b}', kb * factor, m, 0.1, 0.9)
+            for b, (kb, m) in zip((0.2, 0.05, 0.01), ((1.0, 10.0), (2.0, 15.0), (4.0, 19.5)))]
 
 
-def test_targets_met_and_no_jpeg_reaching_the_student():
-    rows = ROWS[:4] + [_row('learned bottleneck', 'a', 0.2, 12.0, 0.1, 0.9),
-                       _row('learned bottleneck', 'b', 0.4, 19.5, 0.1, 0.9)]
+def test_bd_rate_is_against_the_front_of_all_input_codecs():
+    rows = [TEACHER] + JPEG + WEBP + _learned(0.5)
     s = summarize(rows)
-    # no JPEG reaches 19.5 mAP: no ratio, so the bytes target cannot be claimed as met
-    assert 'cheapest_jpeg_reaching_best' not in s
-    assert s['targets']['within_1_mAP_of_teacher'] is True
-    assert s['targets']['at_most_one_eighth_of_jpeg_bytes'] is False
-    # the common mAP range is 12..18; the learned curve is far cheaper there
-    assert s['bd_rate_learned_vs_jpeg'] < -0.8
+    assert [r['setting'] for r in front_rows(JPEG + WEBP)] == ['q=5', 'q=30', 'q=70']
+    assert s['input_codec_front'] == ['WebP q=5', 'WebP q=30', 'WebP q=70']
+    assert s['bd_rate_learned_vs_input_front'] == pytest.approx(-0.5, abs=1e-9)
+    assert s['bd_rate_learned_vs'] == {'cloud-only JPEG': pytest.approx(-0.75, abs=1e-9),
+                                       'cloud-only WebP': pytest.approx(-0.5, abs=1e-9)}
+    # within 1 mAP of 20.0: WebP q=70 (4 KB) and the student at 2 KB -> ratio 1/2
+    assert s['cheapest_input_within_1_mAP'] == dict(setting='WebP q=70', bytes=4000.0, mAP=19.5)
+    assert s['bytes_ratio_learned_to_input_within_1_mAP'] == pytest.approx(0.5)
+    assert s['best_learned_edge_flops_fraction'] == pytest.approx(0.1)
+    assert s['targets'] == dict(bd_rate_vs_input_front_le_minus_50pct=True,
+                                within_1_mAP_at_quarter_bytes=False,
+                                edge_flops_at_most_15pct=True)
+    text = table(rows, s, 1.0)
+    assert 'BD-rate learned bottleneck vs the Pareto front of all input codecs: -50.0 %' in text
+    assert 'BD-rate learned bottleneck vs cloud-only JPEG: -75.0 %' in text
+    assert 'within_1_mAP_at_quarter_bytes: MISSED' in text
+
+
+def test_quarter_bytes_target_and_its_edge_cases():
+    s = summarize([TEACHER] + JPEG + WEBP + _learned(0.25))
+    assert s['bytes_ratio_learned_to_input_within_1_mAP'] == pytest.approx(0.25)
+    assert s['targets']['within_1_mAP_at_quarter_bytes'] is True
+    assert s['bd_rate_learned_vs_input_front'] == pytest.approx(-0.75, abs=1e-9)
+    # a student 1.5 points below the teacher is not within 1 mAP, whatever its bytes
+    far = [dict(r, bbox_mAP=r['bbox_mAP'] - 1.0) for r in _learned(0.01)]
+    s = summarize([TEACHER] + JPEG + WEBP + far)
+    assert 'cheapest_learned_within_1_mAP' not in s
+    assert s['targets']['within_1_mAP_at_quarter_bytes'] is False
+    # no input codec within 1 mAP but a student is: it is met (nothing to be 1/4 of)
+    low = [dict(r, bbox_mAP=min(r['bbox_mAP'], 18.0)) for r in JPEG + WEBP]
+    s = summarize([TEACHER] + low + _learned(2.0))
+    assert 'cheapest_input_within_1_mAP' not in s
+    assert s['targets']['within_1_mAP_at_quarter_bytes'] is True

@@ -2,6 +2,8 @@
 
 Unlike :mod:`ecc_mmdet.datasets`, this subpackage imports mmcv / mmdet.
 """
-from .jpeg_baseline import JPEGCompressImage, add_jpeg_baseline
+from .image_codec import (IMAGE_CODECS, CompressImage, JPEGCompressImage,
+                          add_image_codec_baseline, add_jpeg_baseline)
 
-__all__ = ['JPEGCompressImage', 'add_jpeg_baseline']
+__all__ = ['IMAGE_CODECS', 'CompressImage', 'JPEGCompressImage', 'add_image_codec_baseline',
+           'add_jpeg_baseline']

@@ -1,4 +1,5 @@
-"""The JPEG cloud-only baseline transform and its pipeline helper."""
+"""The image-codec cloud-only baselines (JPEG, WebP, AVIF; original or fitted size) and their
+pipeline helper."""
 import os.path as osp
 
 import cv2
@@ -11,7 +12,8 @@ from mmdet.datasets.transforms import PackDetInputs
 from mmdet.registry import TRANSFORMS
 
 from ecc_mmdet.structures import comm_record as accounting
-from ecc_mmdet.datasets.transforms import JPEGCompressImage, add_jpeg_baseline
+from ecc_mmdet.datasets.transforms import (CompressImage, JPEGCompressImage,
+                                           add_image_codec_baseline, add_jpeg_baseline)
 
 
 def _image(h=96, w=128, seed=0):
@@ -98,15 +100,15 @@ def test_add_jpeg_baseline_inserts_after_loading():
     before = [dict(d) for d in BASE]
     out = add_jpeg_baseline(BASE, quality=40)
     assert BASE == before  # input untouched
-    assert [s['type'] for s in out] == ['LoadImageFromFile', 'JPEGCompressImage', 'Resize',
+    assert [s['type'] for s in out] == ['LoadImageFromFile', 'CompressImage', 'Resize',
                                         'LoadAnnotations', 'PackDetInputs']
-    assert out[1]['quality'] == 40
+    assert out[1]['quality'] == 40 and out[1]['codec'] == 'jpeg'
     assert out[-1]['meta_keys'] == ('img_id', 'img_path', 'ori_shape', 'img_shape',
                                     'scale_factor', 'ecc_comm')
     # default meta_keys, scoped type names
     out = add_jpeg_baseline([dict(type='mmdet.LoadImageFromFile'),
                              dict(type='mmdet.PackDetInputs')], 90)
-    assert out[1]['type'] == 'JPEGCompressImage'
+    assert out[1]['type'] == 'CompressImage'
     assert out[-1]['meta_keys'][-1] == 'ecc_comm'
     assert set(PackDetInputs().meta_keys) < set(out[-1]['meta_keys'])
 
@@ -142,3 +144,52 @@ def test_pipeline_end_to_end_into_metric(tmp_path):
     assert m['bytes_mean'] == buf.size and m['offload_ratio'] == 1.0
     assert m['uplink_ms_at_1mbps'] == pytest.approx(buf.size * 8 / 1e6 * 1e3)
     assert 'latency_ms_at_1mbps' not in m  # no detector times in the JPEG record
+
+
+@pytest.mark.parametrize('codec,ext,flag', [('jpeg', '.jpg', cv2.IMWRITE_JPEG_QUALITY),
+                                            ('webp', '.webp', cv2.IMWRITE_WEBP_QUALITY),
+                                            ('avif', '.avif', cv2.IMWRITE_AVIF_QUALITY)])
+def test_each_codec_counts_its_real_file_and_hands_on_its_decoded_image(codec, ext, flag):
+    img = _image()
+    sizes = []
+    for q in (90, 50, 10):
+        r = CompressImage(codec, q)(dict(img=img.copy()))
+        rec = accounting.CommRecord.from_dict(r['ecc_comm'])
+        ok, buf = cv2.imencode(ext, img, [flag, q])
+        assert rec.payload_bytes == buf.size and rec.codec == f'{codec}_q{q}'
+        # what the detector sees is exactly the decoded file
+        np.testing.assert_array_equal(r['img'], cv2.imdecode(buf, cv2.IMREAD_COLOR))
+        sizes.append(rec.payload_bytes)
+    assert sizes[0] > sizes[1] > sizes[2], sizes
+
+
+def test_fitted_size_sends_fewer_pixels_and_keeps_the_camera_frame():
+    img = _image(96, 128)
+    full = CompressImage('webp', 50)(dict(img=img.copy()))
+    fit = CompressImage('webp', 50, max_size=(64, 48))(dict(img=img.copy()))
+    small = cv2.resize(img, (64, 48), interpolation=cv2.INTER_AREA)
+    ok, buf = cv2.imencode('.webp', small, [cv2.IMWRITE_WEBP_QUALITY, 50])
+    rec = accounting.CommRecord.from_dict(fit['ecc_comm'])
+    assert rec.payload_bytes == buf.size < accounting.CommRecord.from_dict(
+        full['ecc_comm']).payload_bytes
+    assert rec.codec == 'webp_q50_fit64x48'
+    assert fit['img'].shape == img.shape  # scaled back: ori_shape and box coordinates unchanged
+    up = cv2.resize(cv2.imdecode(buf, cv2.IMREAD_COLOR), (128, 96), interpolation=cv2.INTER_LINEAR)
+    np.testing.assert_array_equal(fit['img'], up)
+    # never scaled up: an image already within max_size is sent as it is
+    same = CompressImage('webp', 50, max_size=(1333, 800))(dict(img=img.copy()))
+    assert same['ecc_comm']['payload_bytes'] == full['ecc_comm']['payload_bytes']
+
+
+def test_image_codec_settings_are_checked():
+    with pytest.raises(ValueError, match="codec must be one of \\['avif', 'jpeg', 'webp'\\]"):
+        CompressImage('jxl', 50)
+    with pytest.raises(ValueError, match='webp quality must be an integer in 1..100'):
+        CompressImage('webp', 0)
+    CompressImage('avif', 0)  # AVIF's scale starts at 0
+    with pytest.raises(ValueError, match='max_size must be'):
+        CompressImage('jpeg', 50, max_size=(64, ))
+    with pytest.raises(ValueError, match='already contains'):
+        add_image_codec_baseline(add_image_codec_baseline(BASE, 'webp', 30), 'avif', 30)
+    t = TRANSFORMS.build(dict(type='CompressImage', codec='avif', quality=20, speed=8))
+    assert isinstance(t, CompressImage) and t.name == 'avif_q20'
