@@ -56,6 +56,8 @@ def parse_args(argv=None):
     p.add_argument('--data-root')
     p.add_argument('--num-images', type=int, default=None)
     p.add_argument('--bandwidth', type=float, default=1.0, help='Mbit/s for the latency column')
+    p.add_argument('--bootstrap', type=int, default=200,
+                   help='image resamples for the 95%% intervals (0: none)')
     p.add_argument('--out', default='work_dirs/benchmarks/rate_accuracy.json')
     return p.parse_args(argv)
 
@@ -81,7 +83,7 @@ def main(argv=None):
                                 ('avif', args.avif_qualities)) if q}
     rows = run_rate_accuracy(args.teacher_config, args.teacher_checkpoint, students, codecs,
                              args.fit_to_input, args.quantize_bits, args.split_after,
-                             args.data_root, args.num_images, args.bandwidth)
+                             args.data_root, args.num_images, args.bandwidth, args.bootstrap)
     summary = summarize(rows)
     os.makedirs(osp.dirname(osp.abspath(args.out)), exist_ok=True)
     stem = osp.splitext(args.out)[0]

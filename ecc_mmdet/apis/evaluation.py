@@ -16,8 +16,13 @@ from .inference import iter_batches
 
 def evaluate_detector(model, dataset, ann_file: str, comm: bool = True,
                       bandwidth_mbps: Sequence[float] = (10.0, ), num_images: Optional[int] = None,
-                      batch_size: int = 1, progress: bool = True) -> dict:
+                      batch_size: int = 1, progress: bool = True,
+                      predictions_out: Optional[list] = None) -> dict:
     """COCO bbox metrics (``coco/...``) and, with ``comm``, communication figures (``comm/...``).
+
+    ``predictions_out``: a list that receives one dict per image (``img_id`` and numpy
+    ``bboxes`` (xyxy, original image), ``scores``, ``labels``), e.g. for
+    :class:`~ecc_mmdet.evaluation.bootstrap.ImageBootstrap`.
 
     Unsplit models evaluated with ``comm`` need a pipeline that produces a communication record
     (the JPEG baseline); their cloud time and FLOPs are added to it as
@@ -41,6 +46,13 @@ def evaluate_detector(model, dataset, ann_file: str, comm: bool = True,
                                                      lambda: (inputs, samples))
                 cloud_only.fill(results, dt, flops)
             evaluator.process(data_samples=results)
+            if predictions_out is not None:
+                for r in results:
+                    inst = r.pred_instances
+                    predictions_out.append(dict(img_id=r.img_id,
+                                                bboxes=inst.bboxes.cpu().numpy(),
+                                                scores=inst.scores.cpu().numpy(),
+                                                labels=inst.labels.cpu().numpy()))
             if bar is not None:
                 for _ in results:
                     bar.update()

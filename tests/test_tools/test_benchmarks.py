@@ -34,7 +34,7 @@ def test_rate_accuracy_benchmark_end_to_end(tiny_coco, tmp_path):
              teacher, '--student', 'beta=x', STUDENT, student, '--jpeg-qualities', '10', '90',
              '--webp-qualities', '30', '--avif-qualities', '30', '--fit-to-input',
              '--quantize-bits', '8', '4', '--split-after', '0', '--data-root', tiny_coco,
-             '--num-images', '3', '--out', out)
+             '--num-images', '3', '--bootstrap', '20', '--out', out)
     res = json.load(open(out))
     methods = [(r['method'], r['setting']) for r in res['rows']]
     assert methods == [('teacher', 'original image'), ('cloud-only JPEG', 'q=10'),
@@ -51,6 +51,11 @@ def test_rate_accuracy_benchmark_end_to_end(tiny_coco, tmp_path):
         q = 'q=10' if codec == 'JPEG' else 'q=30'
         assert rows[(f'cloud-only {codec} (fitted)', q)]['bytes_per_image'] == \
             rows[(f'cloud-only {codec}', q)]['bytes_per_image']
+    # every row has its bootstrap samples (the same 20 resamples of the 3 images) and interval
+    for r in res['rows']:
+        assert len(r['mAP_samples']) == 20
+        assert r['mAP_ci'][0] <= r['mAP_ci'][1]
+        assert min(r['mAP_samples']) <= r['mAP_ci'][0] and r['mAP_ci'][1] <= max(r['mAP_samples'])
     # the input-codec front is made of input-codec settings, cheapest first
     front = res['summary']['input_codec_front']
     assert front and all(f.split(' ')[0] in ('JPEG', 'WebP', 'AVIF') for f in front)

@@ -60,3 +60,22 @@ def test_quarter_bytes_target_and_its_edge_cases():
     s = summarize([TEACHER] + low + _learned(2.0))
     assert 'cheapest_input_within_1_mAP' not in s
     assert s['targets']['within_1_mAP_at_quarter_bytes'] is True
+
+
+def test_intervals_come_from_the_shared_resamples():
+    rng = [float(v) for v in range(10)]
+
+    def with_samples(r, offset):
+        return dict(r, mAP_samples=[r['bbox_mAP'] + offset + v for v in rng])
+
+    teacher = with_samples(TEACHER, 0.0)
+    inputs = [with_samples(r, 0.0) for r in JPEG + WEBP]
+    learned = [with_samples(r, 0.0) for r in _learned(0.5)]
+    # every resample moves every row by the same amount: the paired differences are constant
+    s = summarize([teacher] + inputs + learned)
+    assert s['best_learned_mAP_gap_to_teacher_ci'] == pytest.approx([0.5, 0.5])
+    assert s['mAP_learned_minus_input_within_1_mAP_ci'] == pytest.approx([0.0, 0.0])
+    # ... and the BD-rate is the same -50 % on each of them
+    assert s['bd_rate_learned_vs_input_front_ci'] == pytest.approx([-0.5, -0.5], abs=1e-9)
+    text = table([teacher] + inputs + learned, s, 1.0)
+    assert '(95% CI [-50.0, -50.0] %)' in text and '0.5 mAP below the teacher (95% CI' in text

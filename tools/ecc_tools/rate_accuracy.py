@@ -10,11 +10,14 @@ the result against the targets. The reference curve is the Pareto front over *al
 """
 from typing import Dict, List, Optional, Sequence, Tuple
 
+import numpy as np
+
 from ecc_mmdet.apis import (build_detector, build_test_dataset, evaluate_detector, load_config,
                             split_model_cfg)
 from ecc_mmdet.datasets.transforms import add_image_codec_baseline
 from ecc_mmdet.evaluation import bandwidth_key
 from ecc_mmdet.evaluation.bd_rate import bd_rate
+from ecc_mmdet.evaluation.bootstrap import ImageBootstrap
 
 CODEC_LABELS = {'jpeg': 'JPEG', 'webp': 'WebP', 'avif': 'AVIF'}
 INPUT_PREFIX = 'cloud-only '
@@ -58,11 +61,13 @@ def run_rate_accuracy(teacher_config: str, teacher_checkpoint: str,
                       fit_to_input: bool = False,
                       quantize_bits: Sequence[int] = (8, 4), split_after: int = 1,
                       data_root: Optional[str] = None, num_images: Optional[int] = None,
-                      bandwidth: float = 1.0) -> List[dict]:
+                      bandwidth: float = 1.0, bootstrap: int = 200) -> List[dict]:
     """Evaluate every method; ``students`` are (name, config, checkpoint) of trained students.
 
     ``image_codecs``: codec -> qualities (default: JPEG at 5..95). ``fit_to_input``: also send
     each image scaled down to the detector's input size (a no-op for images already that small).
+    ``bootstrap``: resamples of the images (the same for every row) for 95 % intervals of each
+    mAP (``mAP_ci``) and, in :func:`summarize`, of the key differences; 0 turns it off.
     """
     if image_codecs is None:
         image_codecs = {'jpeg': (5, 10, 20, 40, 70, 95)}
@@ -70,12 +75,17 @@ def run_rate_accuracy(teacher_config: str, teacher_checkpoint: str,
     ann_file = tcfg.test_evaluator['ann_file'] if isinstance(tcfg.test_evaluator, dict) else \
         tcfg.test_evaluator[0]['ann_file']
     teacher = build_detector(tcfg.model, teacher_checkpoint)
-    rows = []
-    ev = dict(ann_file=ann_file, bandwidth_mbps=[bandwidth], num_images=num_images)
+    rows, predictions = [], []
+
+    def evaluate(model, dataset, **kw):
+        predictions.append([])
+        return evaluate_detector(model, dataset, ann_file=ann_file, bandwidth_mbps=[bandwidth],
+                                 num_images=num_images, predictions_out=predictions[-1], **kw)
 
     print('- teacher on original images', flush=True)
-    m = evaluate_detector(teacher, build_test_dataset(tcfg), comm=False, **ev)
-    rows.append(row('teacher', 'original image', m, bandwidth))
+    dataset = build_test_dataset(tcfg)
+    rows.append(row('teacher', 'original image', evaluate(teacher, dataset, comm=False),
+                    bandwidth))
 
     base_pipeline = tcfg.test_dataloader.dataset.pipeline
     fits = [None]
@@ -90,25 +100,54 @@ def run_rate_accuracy(teacher_config: str, teacher_checkpoint: str,
             for q in qualities:
                 print(f'- {method} q={q}', flush=True)
                 ds = build_test_dataset(tcfg, add_image_codec_baseline(base_pipeline, codec, q, fit))
-                rows.append(row(method, f'q={q}', evaluate_detector(teacher, ds, **ev),
-                                bandwidth))
+                rows.append(row(method, f'q={q}', evaluate(teacher, ds), bandwidth))
 
-    dataset = build_test_dataset(tcfg)
     for bits in quantize_bits:
         print(f'- {bits}-bit features (QuantizeNeck, split_after={split_after})', flush=True)
         model = build_detector(split_model_cfg(tcfg.model, split_after,
                                                dict(type='QuantizeNeck', n_bits=bits)),
                                teacher_checkpoint)
         rows.append(row(f'{bits}-bit features', f'split_after={split_after}',
-                        evaluate_detector(model, dataset, **ev), bandwidth))
+                        evaluate(model, dataset), bandwidth))
 
     for name, config, ckpt in students:
         print(f'- {LEARNED} {name}', flush=True)
         scfg = load_config(config, data_root)
         model = build_detector(scfg.model, ckpt)
-        rows.append(row(LEARNED, name, evaluate_detector(model, build_test_dataset(scfg), **ev),
-                        bandwidth))
+        rows.append(row(LEARNED, name, evaluate(model, build_test_dataset(scfg)), bandwidth))
+
+    if bootstrap:
+        print(f'- bootstrap: {bootstrap} resamples of {len(predictions[0])} images', flush=True)
+        boot = ImageBootstrap(ann_file, [p['img_id'] for p in predictions[0]], bootstrap)
+        for r, preds in zip(rows, predictions):
+            samples = boot.sample_maps(boot.evaluate(preds, dataset.cat_ids))
+            r['mAP_ci'] = [100 * v for v in boot.interval(samples)]
+            r['mAP_samples'] = [round(100 * v, 4) for v in samples]
     return rows
+
+
+def _paired(a, b) -> Optional[List[float]]:
+    """95 % interval of mAP(a) - mAP(b) over the shared resamples (None without them)."""
+    if 'mAP_samples' not in a or 'mAP_samples' not in b:
+        return None
+    d = np.asarray(a['mAP_samples']) - np.asarray(b['mAP_samples'])
+    return [float(np.quantile(d, 0.025)), float(np.quantile(d, 0.975))]
+
+
+def _bd_rate_interval(inputs, learned) -> Optional[List[float]]:
+    """95 % interval of the BD-rate vs the input front, recomputed on every resample."""
+    if not inputs or not learned or any('mAP_samples' not in r for r in inputs + learned):
+        return None
+    vals = []
+    for k in range(len(inputs[0]['mAP_samples'])):
+        v = bd_rate([r['bytes_per_image'] for r in inputs], [r['mAP_samples'][k] for r in inputs],
+                    [r['bytes_per_image'] for r in learned],
+                    [r['mAP_samples'][k] for r in learned])
+        if v is not None:
+            vals.append(v)
+    if len(vals) < 0.5 * len(inputs[0]['mAP_samples']):
+        return None  # the curves often share no mAP range: no meaningful interval
+    return [float(np.quantile(vals, 0.025)), float(np.quantile(vals, 0.975))]
 
 
 def front_rows(rows):
@@ -142,6 +181,7 @@ def summarize(rows):
     if inputs and learned:
         # bd_rate reduces the anchor to its Pareto front: over all input codecs, that is the front
         s['bd_rate_learned_vs_input_front'] = bd_rate(*_curve(inputs), *_curve(learned))
+        s['bd_rate_learned_vs_input_front_ci'] = _bd_rate_interval(inputs, learned)
         s['bd_rate_learned_vs'] = {
             m: bd_rate(*_curve([r for r in inputs if r['method'] == m]), *_curve(learned))
             for m in dict.fromkeys(r['method'] for r in inputs)}
@@ -150,6 +190,7 @@ def summarize(rows):
     best = max(learned, key=lambda r: r['bbox_mAP'])
     s['best_learned'] = best['setting']
     s['best_learned_mAP_gap_to_teacher'] = t_map - best['bbox_mAP']
+    s['best_learned_mAP_gap_to_teacher_ci'] = _paired(teacher, best)
     floor = t_map - TARGET_MAP_GAP
     good_in = [r for r in inputs if r['bbox_mAP'] >= floor]
     good_learned = [r for r in learned if r['bbox_mAP'] >= floor]
@@ -163,6 +204,8 @@ def summarize(rows):
         s['cheapest_learned_within_1_mAP'] = dict(setting=c['setting'],
                                                   bytes=c['bytes_per_image'], mAP=c['bbox_mAP'])
         if good_in:
+            ci = min(good_in, key=lambda r: r['bytes_per_image'])
+            s['mAP_learned_minus_input_within_1_mAP_ci'] = _paired(c, ci)
             ratio = c['bytes_per_image'] / s['cheapest_input_within_1_mAP']['bytes']
             s['bytes_ratio_learned_to_input_within_1_mAP'] = ratio
     whole = (best['edge_gflops'] or 0) + (best['cloud_gflops'] or 0)
@@ -188,15 +231,25 @@ def table(rows, summary, bandwidth) -> str:
     width = max([18] + [len(r['setting']) + 2 for r in rows])
     mwidth = max([20] + [len(r['method']) + 2 for r in rows])
     lines = [f"{'method':<{mwidth}}{'setting':<{width}}{'KB/image':>10}{'bbox mAP':>10}"
-             f"{'mAP@50':>8}{'edge GFLOPs':>12}{f'latency ms @{bandwidth:g}Mb/s':>22}"]
+             f"{'95% CI':>14}{'mAP@50':>8}{'edge GFLOPs':>12}"
+             f"{f'latency ms @{bandwidth:g}Mb/s':>22}"]
     for r in rows:
+        ci = r.get('mAP_ci')
+        ci = f'[{ci[0]:.1f}, {ci[1]:.1f}]' if ci else '-'
         lines.append(f"{r['method']:<{mwidth}}{r['setting']:<{width}}"
                      f"{_fmt(r['bytes_per_image'] / 1000, '10.2f')}{r['bbox_mAP']:>10.1f}"
-                     f"{r['bbox_mAP_50']:>8.1f}{_fmt(r['edge_gflops'], '12.3f')}"
+                     f"{ci:>14}{r['bbox_mAP_50']:>8.1f}{_fmt(r['edge_gflops'], '12.3f')}"
                      f"{_fmt(r['latency_ms'], '22.1f')}")
     if summary.get('bd_rate_learned_vs_input_front') is not None:
+        ci = summary.get('bd_rate_learned_vs_input_front_ci')
+        ci = f' (95% CI [{100 * ci[0]:+.1f}, {100 * ci[1]:+.1f}] %)' if ci else ''
         lines.append(f"BD-rate learned bottleneck vs the Pareto front of all input codecs: "
-                     f"{100 * summary['bd_rate_learned_vs_input_front']:+.1f} %")
+                     f"{100 * summary['bd_rate_learned_vs_input_front']:+.1f} %{ci}")
+    if 'best_learned' in summary:
+        ci = summary.get('best_learned_mAP_gap_to_teacher_ci')
+        ci = f' (95% CI [{ci[0]:.1f}, {ci[1]:.1f}])' if ci else ''
+        lines.append(f"best student ({summary['best_learned']}) is "
+                     f"{summary['best_learned_mAP_gap_to_teacher']:.1f} mAP below the teacher{ci}")
     for method, bd in (summary.get('bd_rate_learned_vs') or {}).items():
         if bd is not None:
             lines.append(f'BD-rate learned bottleneck vs {method}: {100 * bd:+.1f} %')
