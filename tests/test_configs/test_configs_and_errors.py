@@ -88,6 +88,7 @@ def test_split_config_trains_and_reports_map_and_communication(tiny_coco, tmp_pa
 
 
 @pytest.mark.parametrize('name', ['ecc_faster_rcnn_r18_synthetic.py',
+                                  'ecc_faster_rcnn_r18_synthetic_kd_fg.py',
                                   'ecc_retinanet_r18_synthetic.py',
                                   'faster_rcnn_r18_fpn_synthetic.py'])
 def test_synthetic_configs_build_and_compute_their_losses(name):
@@ -110,6 +111,9 @@ def test_synthetic_configs_build_and_compute_their_losses(name):
                                                      'acc', 'loss_bbox'},
                 'ecc_faster_rcnn_r18_synthetic.py': {'loss_rpn_cls', 'loss_rpn_bbox', 'loss_cls',
                                                      'acc', 'loss_bbox', 'loss_rate'},
+                'ecc_faster_rcnn_r18_synthetic_kd_fg.py': {'loss_rpn_cls', 'loss_rpn_bbox',
+                                                           'loss_cls', 'acc', 'loss_bbox',
+                                                           'loss_rate'},
                 'ecc_retinanet_r18_synthetic.py': {'loss_cls', 'loss_bbox', 'loss_rate'}}[name]
     assert set(losses) == expected
     total = sum(v.sum() if torch.is_tensor(v) else sum(x.sum() for x in v)

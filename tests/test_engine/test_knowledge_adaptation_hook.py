@@ -436,3 +436,40 @@ def test_response_kd_is_the_summed_kl_that_is_mmdets_mean_times_the_classes():
     mmdet_ld = KnowledgeDistillationKLDivLoss(loss_weight=1.0, T=T)(student, teacher)
     torch.testing.assert_close(ours, 7 * mmdet_ld)
     assert float(_softmax_kd(teacher, teacher, T)) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_background_weight_of_the_feature_loss_counts_errors_where_objects_are():
+    """b = 1: plain MSE; b = 0: an error outside every GT box costs nothing, inside it does."""
+    _, samples = fake_batch(MODELS.build(tiny_model_cfg()), n=2)  # 64 px, 2 GT boxes each
+    g = torch.Generator().manual_seed(0)
+    t_outs = (torch.randn(2, 8, 16, 16, generator=g), torch.randn(2, 16, 8, 8, generator=g))
+
+    class FakeBackbone:
+        out_indices = (0, 1)
+
+        def __call__(self, x):
+            return t_outs
+
+    model = types.SimpleNamespace(splitter=types.SimpleNamespace(split_after=1,
+                                                                 out_indices=(0, 1)))
+    inputs = torch.zeros(2, 3, 64, 64)
+
+    def loss(bg, student):
+        hook = KnowledgeAdaptationHook(feature_loss_background_weight=bg)
+        hook.teacher = types.SimpleNamespace(backbone=FakeBackbone())
+        return float(hook._feature_loss(model, inputs, samples, dict(backbone_outs=student)))
+
+    hook = KnowledgeAdaptationHook(feature_loss_background_weight=0.25)
+    w = hook._foreground_weights(samples, (2, 8, 16, 16), (64, 64))
+    # box [4, 6, 30, 34] at stride 4 covers columns 1..7 and rows 1..8
+    assert w.shape == (2, 1, 16, 16) and float(w[0, 0, 1, 1]) == 1.0 == float(w[0, 0, 8, 7])
+    assert float(w[0, 0, 0, 0]) == 0.25 and float(w[0, 0, 9, 0]) == 0.25
+
+    bg_only = tuple(t + 3.0 * (w.expand_as(t) < 1) for t in t_outs[:1]) + (t_outs[1], )
+    assert loss(1.0, bg_only) == pytest.approx(
+        float(torch.nn.functional.mse_loss(bg_only[0], t_outs[0])))
+    assert loss(0.0, bg_only) == pytest.approx(0.0, abs=1e-12)
+    fg_only = tuple(t + 3.0 * (w.expand_as(t) == 1) for t in t_outs[:1]) + (t_outs[1], )
+    assert loss(0.0, fg_only) == pytest.approx(9.0)  # every counted cell is off by 3
+    with pytest.raises(ConfigError, match='feature_loss_background_weight'):
+        KnowledgeAdaptationHook(feature_loss_background_weight=1.5)

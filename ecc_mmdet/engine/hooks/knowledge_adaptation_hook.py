@@ -10,6 +10,13 @@ Two stages, in the spirit of the Entropic Student (Matsubara et al.):
 
        loss_kd_feat = feature_loss_weight * sum_i MSE(student_stage_i, teacher_stage_i)
 
+   With ``feature_loss_background_weight`` = b < 1 the squared error is weighted by 1 inside
+   the ground-truth boxes and b elsewhere (a weighted mean, so b = 1 is the plain MSE): the codec
+   is no longer asked to reproduce background texture the detector does not need, which is
+   exactly where an image codec spends its bits too. The detection losses
+   (``detection_loss_weight_stage1``) still penalise background that decodes into false
+   positives.
+
    plus the compressor's own losses (``loss_rate``). Detection losses are multiplied by
    ``detection_loss_weight_stage1`` (dropped when 0, the default).
 
@@ -142,6 +149,8 @@ class KnowledgeAdaptationHook(Hook):
         bottleneck_iters: length of stage 1 in iterations instead (any loop; required instead of
             ``bottleneck_epochs`` for ``IterBasedTrainLoop``). Give at most one of the two.
         feature_loss_weight: weight of ``loss_kd_feat`` (stage 1).
+        feature_loss_background_weight: weight in [0, 1] of the feature error outside the
+            ground-truth boxes (1: plain MSE everywhere, the default).
         response_loss_weight: weight of ``loss_kd_resp`` (stage 2; 0 disables it).
         temperature: softening temperature ``T`` of the response distillation (loss x ``T**2``).
         detection_loss_weight_stage1: weight of the detection losses in stage 1 (0: dropped).
@@ -159,6 +168,7 @@ class KnowledgeAdaptationHook(Hook):
                  bottleneck_epochs: Optional[int] = None,
                  bottleneck_iters: Optional[int] = None,
                  feature_loss_weight: float = 1.0,
+                 feature_loss_background_weight: float = 1.0,
                  response_loss_weight: float = 1.0,
                  temperature: float = 1.0,
                  detection_loss_weight_stage1: float = 0.0,
@@ -177,6 +187,9 @@ class KnowledgeAdaptationHook(Hook):
                         ('detection_loss_weight_stage1', detection_loss_weight_stage1)):
             if not v >= 0:
                 raise ConfigError(f'KnowledgeAdaptationHook: {name} must be >= 0, got {v!r}')
+        if not 0 <= feature_loss_background_weight <= 1:
+            raise ConfigError('KnowledgeAdaptationHook: feature_loss_background_weight must be '
+                              f'in [0, 1], got {feature_loss_background_weight!r}')
         if not temperature > 0:
             raise ConfigError(f'KnowledgeAdaptationHook: temperature must be > 0, '
                               f'got {temperature!r}')
@@ -187,6 +200,7 @@ class KnowledgeAdaptationHook(Hook):
         self.bottleneck_epochs = bottleneck_epochs
         self.bottleneck_iters = bottleneck_iters
         self.feature_loss_weight = float(feature_loss_weight)
+        self.feature_loss_background_weight = float(feature_loss_background_weight)
         self.response_loss_weight = float(response_loss_weight)
         self.temperature = float(temperature)
         self.detection_loss_weight_stage1 = float(detection_loss_weight_stage1)
@@ -525,7 +539,7 @@ class KnowledgeAdaptationHook(Hook):
                 elif w > 0:
                     out[k] = [x * w for x in v] if isinstance(v, (list, tuple)) else v * w
             out['loss_kd_feat'] = self.feature_loss_weight * self._feature_loss(
-                model, batch_inputs, intermediates)
+                model, batch_inputs, batch_data_samples, intermediates)
         else:
             for k, v in losses.items():
                 if k == 'loss_rate':
@@ -539,7 +553,25 @@ class KnowledgeAdaptationHook(Hook):
         out['kd_stage'] = torch.tensor(float(self.stage), device=batch_inputs.device)
         return out
 
-    def _feature_loss(self, model, batch_inputs, intermediates) -> Tensor:
+    def _foreground_weights(self, batch_data_samples, shape, input_hw) -> Optional[Tensor]:
+        """(N, 1, h, w) weights: 1 on cells a GT box touches, the background weight elsewhere."""
+        bg = self.feature_loss_background_weight
+        if bg >= 1.0:
+            return None
+        n, _, h, w = shape
+        sy, sx = input_hw[0] / h, input_hw[1] / w
+        weights = torch.full((n, 1, h, w), bg)
+        for k, sample in enumerate(batch_data_samples):
+            gt = sample.get('gt_instances', None)
+            if gt is None or 'bboxes' not in gt or len(gt) == 0:
+                continue
+            for x1, y1, x2, y2 in get_box_tensor(gt.bboxes).detach().cpu().tolist():
+                c0, c1 = max(0, int(x1 // sx)), min(w, int(-(-x2 // sx)))
+                r0, r1 = max(0, int(y1 // sy)), min(h, int(-(-y2 // sy)))
+                weights[k, :, r0:r1, c0:c1] = 1.0
+        return weights
+
+    def _feature_loss(self, model, batch_inputs, batch_data_samples, intermediates) -> Tensor:
         student = intermediates['backbone_outs']
         split = model.splitter.split_after
         s_idx = sorted(i for i in model.splitter.out_indices if i >= split - 1)
@@ -555,7 +587,14 @@ class KnowledgeAdaptationHook(Hook):
                     f'{tuple(s.shape)} but the teacher gives '
                     f'{None if t is None else tuple(t.shape)}; feature distillation needs the '
                     'same backbone (depth, widths, out_indices) in teacher and student')
-            loss = loss + F.mse_loss(s.float(), t.float())
+            weights = self._foreground_weights(batch_data_samples, s.shape,
+                                               batch_inputs.shape[-2:])
+            if weights is None:
+                loss = loss + F.mse_loss(s.float(), t.float())
+            else:
+                weights = weights.to(s.device)
+                err = (s.float() - t.float()).pow(2).mean(1, keepdim=True)  # mean over channels
+                loss = loss + (err * weights).sum() / weights.sum().clamp_min(1e-12)
         return loss
 
     def _response_loss(self, model, batch_inputs, batch_data_samples, intermediates) -> Tensor:
