@@ -85,6 +85,7 @@ class CodecId(enum.IntEnum):
     QUANTIZE = 2
     FLOAT16 = 3
     FLOAT32 = 4  # lossless identity, for tests
+    VARIABLE_RATE_BOTTLENECK = 5  # one model, several rate points (the point is in codec_params)
 
 
 _FLIP_CODES = {None: 0, 'horizontal': 1, 'vertical': 2, 'diagonal': 3}

@@ -331,6 +331,13 @@ class FactorizedEntropyModel(nn.Module):
             buf = getattr(self, name)
             self._buffers[name] = buf.new_zeros((0, 0) if name == '_pmf_table' else (0, ))
 
+    def __getstate__(self):
+        """Copies and pickles leave out the cached range-coder models (native objects that
+        cannot be pickled); they are rebuilt from the table buffers on first use."""
+        state = dict(self.__dict__)
+        state.pop('_coding_tables', None)
+        return state
+
     # --------------------------------------------------------------- coding
     def _tables_numpy(self):
         if self._pmf_table.numel() == 0:

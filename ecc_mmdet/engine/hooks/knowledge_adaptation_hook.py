@@ -422,8 +422,9 @@ class KnowledgeAdaptationHook(Hook):
         return 1 if now < self._stage1_len else 2
 
     @staticmethod
-    def _entropy_model(model):
-        return getattr(model.compressor, 'entropy_model', None)
+    def _coding_models(model) -> List[nn.Module]:
+        coding = getattr(model.compressor, 'coding_models', None)
+        return list(coding()) if callable(coding) else []
 
     def _stage_split(self, model, stage: int):
         """-> (ids of the stage's trainable parameters, frozen top-level modules).
@@ -438,10 +439,8 @@ class KnowledgeAdaptationHook(Hook):
         if stage == 1:
             frozen = [m for _, m in model.named_children() if m is not comp]
             return {id(p) for p in comp.parameters()}, frozen
-        edge = list(model.splitter.edge_modules()) + list(comp.edge_modules())
-        em = self._entropy_model(model)
-        if em is not None:
-            edge.append(em)
+        edge = list(model.splitter.edge_modules()) + list(comp.edge_modules()) + \
+            self._coding_models(model)
         edge_ids = {id(p) for p in unique_parameters(edge)}
         return {id(p) for p in model.parameters() if id(p) not in edge_ids}, edge
 
@@ -460,12 +459,12 @@ class KnowledgeAdaptationHook(Hook):
                 n_train += p.numel()
             else:
                 n_frozen += p.numel()
-        em = self._entropy_model(model)
         self._eval_modules = [m for top in frozen_mods for m in top.modules()
                               if isinstance(m, _NormBase)]
-        if stage == 2 and em is not None:
-            em.update()  # the deployment tables, fixed from now on
-            self._eval_modules.append(em)
+        if stage == 2:
+            for em in self._coding_models(model):
+                em.update()  # the deployment tables, fixed from now on
+                self._eval_modules.append(em)
         self._apply_modes()
         self._forget_stale_log_values(runner)
         when = ''
@@ -543,7 +542,7 @@ class KnowledgeAdaptationHook(Hook):
         else:
             for k, v in losses.items():
                 if k == 'loss_rate':
-                    beta = getattr(model.compressor, 'beta', 0) or 1.0
+                    beta = getattr(model.compressor, 'rate_weight', 0) or 1.0
                     out['rate'] = v.detach() / beta
                 elif k not in comp_keys:  # other compressor losses: frozen, no gradient
                     out[k] = v

@@ -1,14 +1,16 @@
 """Feature-compression necks at the edge/cloud split point.
 
 Importing this package registers (into ``mmdet.registry.MODELS``, flat names):
-``EntropyBottleneckNeck``, ``QuantizeNeck``, ``Float16Neck``, ``Float32Neck``.
+``EntropyBottleneckNeck``, ``VariableRateBottleneckNeck``, ``QuantizeNeck``, ``Float16Neck``,
+``Float32Neck``.
 """
 from .base import BaseFeatureCompressor
 from .entropy_bottleneck import EntropyBottleneckNeck
 from .passthrough import Float16Neck, Float32Neck
 from .quantize import QuantizeNeck
+from .variable_rate import VariableRateBottleneckNeck
 
 __all__ = [
     'BaseFeatureCompressor', 'EntropyBottleneckNeck', 'QuantizeNeck', 'Float16Neck',
-    'Float32Neck'
+    'Float32Neck', 'VariableRateBottleneckNeck'
 ]

@@ -157,6 +157,16 @@ class BaseFeatureCompressor(BaseModule):
         """Submodules that run on the edge (parameter counting, freezing)."""
         return []
 
+    def coding_models(self) -> List[nn.Module]:
+        """Entropy models whose integer tables both sides code with (frozen together with the
+        edge once the tables are fixed)."""
+        return []
+
+    @property
+    def rate_weight(self) -> float:
+        """The weight of ``loss_rate`` in the last ``forward`` (0 for necks without one)."""
+        return float(getattr(self, 'beta', 0.0) or 0.0)
+
     def cloud_modules(self) -> List[nn.Module]:
         """Submodules that run on the cloud (parameter counting, freezing)."""
         return []

@@ -211,6 +211,9 @@ class EntropyBottleneckNeck(BaseFeatureCompressor):
         """Encoder and entropy model (the edge codes with the entropy model's tables)."""
         return [self.g_a, self.entropy_model]
 
+    def coding_models(self) -> List[nn.Module]:
+        return [self.entropy_model]
+
     def cloud_modules(self) -> List[nn.Module]:
         """Entropy model (decoding needs the same tables -- it is listed on both sides) and
         decoder."""

@@ -1,0 +1,183 @@
+"""One learned bottleneck, several rate points chosen at run time (gain units).
+
+An edge device whose bandwidth changes should not swap weights to change its bitrate. Following
+the gain-unit idea (Cui et al., CVPR 2021), the latent of the shared encoder is scaled per
+channel by a learned gain vector of the selected rate point before quantisation, and the decoder
+input by a learned inverse gain: a small gain quantises coarsely (few bits), a large one finely.
+Each rate point has its own factorized entropy model (a few hundred parameters per channel), so
+its coding tables fit its own latent statistics. Training samples a rate point per iteration and
+weights the rate term with that point's ``beta``.
+
+Payload parts of one image: codec_params ``u32 H, u32 W, u8 rate point`` (little-endian); body
+and latent_shape as :class:`EntropyBottleneckNeck`'s. A payload whose rate point this model does
+not have is refused (``CorruptedBitstreamError``) before any decoding.
+"""
+from __future__ import annotations
+
+import math
+import struct
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+from mmdet.registry import MODELS
+from torch import Tensor, nn
+
+from ...codecs.bitstream import CodecId, CorruptedBitstreamError, as_bytes
+from ...entropy_models import FactorizedEntropyModel
+from .base import MAX_DECODED_ELEMENTS, CompressedImage
+from .entropy_bottleneck import EntropyBottleneckNeck
+
+__all__ = ['VariableRateBottleneckNeck']
+
+_PARAMS = struct.Struct('<2IB')
+
+
+class _Gains(nn.Module):
+    """Per-rate-point, per-channel positive gains, stored as logs. A module (not bare
+    parameters on the neck) so the edge (gains) and the cloud (inverse gains) can be frozen
+    separately."""
+
+    def __init__(self, num_rates: int, channels: int, log_init: Sequence[float]):
+        super().__init__()
+        init = torch.tensor(list(log_init), dtype=torch.float32).view(num_rates, 1)
+        self.log_gain = nn.Parameter(init.repeat(1, channels))
+
+    def forward(self, y: Tensor, rate_point: int) -> Tensor:
+        return y * self.log_gain[rate_point].exp().view(1, -1, *([1] * (y.dim() - 2)))
+
+
+@MODELS.register_module()
+class VariableRateBottleneckNeck(EntropyBottleneckNeck):
+    """Encoder + per-rate gains + per-rate factorized entropy models + decoder.
+
+    Args (besides :class:`EntropyBottleneckNeck`'s):
+        num_rates: rate points R (2..16); point 0 is the lowest rate, R-1 the highest.
+        betas: rate-term weight of each point (lowest rate first, decreasing); default
+            ``beta * 2**(R - 1 - r)``: ``beta`` at the highest rate, doubling per point down.
+        gain_step: initial ratio between the gains of neighbouring points (default 2: each
+            point down quantises twice as coarsely at the start of training).
+        rate_point: the point ``compress``/eval ``forward`` use (default R-1); change it at run
+            time with :meth:`set_rate_point`. The decoder reads the point from the payload.
+    """
+
+    codec_id = CodecId.VARIABLE_RATE_BOTTLENECK
+    codec_name = 'variable_rate_bottleneck'
+
+    def __init__(self, in_channels: int, num_rates: int = 4,
+                 betas: Optional[Sequence[float]] = None, gain_step: float = 2.0,
+                 rate_point: Optional[int] = None, **kwargs):
+        super().__init__(in_channels, **kwargs)
+        if isinstance(num_rates, bool) or not isinstance(num_rates, int) \
+                or not 2 <= num_rates <= 16:
+            raise ValueError('VariableRateBottleneckNeck: num_rates must be an int in 2..16, '
+                             f'got {num_rates!r}')
+        if betas is None:
+            betas = [self.beta * 2.0**(num_rates - 1 - r) for r in range(num_rates)]
+        betas = [float(b) for b in betas]
+        if len(betas) != num_rates or any(not b > 0 for b in betas):
+            raise ValueError(f'VariableRateBottleneckNeck: betas must be {num_rates} positive '
+                             f'numbers (lowest rate first), got {betas!r}')
+        if not gain_step > 1:
+            raise ValueError(f'VariableRateBottleneckNeck: gain_step must be > 1, got {gain_step}')
+        self.num_rates = num_rates
+        self.betas = betas
+        em_cfg = dict(filters=(3, 3, 3), quantization=self.quantization)
+        em_cfg.update(kwargs.get('entropy_model') or {})
+        del self.entropy_model  # one per rate point instead
+        self.rate_entropy_models = nn.ModuleList(
+            FactorizedEntropyModel(self.latent_channels, **em_cfg) for _ in range(num_rates))
+        logs = [-(num_rates - 1 - r) * math.log(gain_step) for r in range(num_rates)]
+        self.gain = _Gains(num_rates, self.latent_channels, logs)
+        self.inv_gain = _Gains(num_rates, self.latent_channels, [-v for v in logs])
+        self.rate_point = num_rates - 1
+        self._last_rate_point = self.rate_point
+        self.set_rate_point(num_rates - 1 if rate_point is None else rate_point)
+
+    # ------------------------------------------------------------------ rate points
+    def set_rate_point(self, rate_point: int) -> None:
+        """Select the rate point of the edge (``compress``) and of eval ``forward``."""
+        if isinstance(rate_point, bool) or not isinstance(rate_point, int) \
+                or not 0 <= rate_point < self.num_rates:
+            raise ValueError(f'VariableRateBottleneckNeck: rate_point must be an int in '
+                             f'0..{self.num_rates - 1}, got {rate_point!r}')
+        self.rate_point = rate_point
+
+    @property
+    def rate_weight(self) -> float:
+        return self.betas[self._last_rate_point]
+
+    def _latent(self, x: Tensor, r: int) -> Tensor:
+        return self.gain(self.g_a(x), r)
+
+    # --------------------------------------------------------------- interface
+    def forward(self, x: Tensor, num_pixels=None) -> Tuple[Tensor, Dict[str, Tensor]]:
+        """Training: a random rate point per call; eval: ``rate_point``, exactly as deployed."""
+        self._check_input(x)
+        h, w = x.shape[-2:]
+        r = int(torch.randint(self.num_rates, ())) if self.training else self.rate_point
+        self._last_rate_point = r
+        em = self.rate_entropy_models[r]
+        y_hat, likelihoods = em(self._latent(x, r))
+        y_hat = self.inv_gain(y_hat, r)
+        if self.training:
+            x_hat = self._decode(y_hat, h, w)
+        else:  # batch 1 per image, exactly as decompress runs
+            x_hat = torch.cat([self._decode(y_hat[i:i + 1], h, w) for i in range(x.shape[0])])
+        rate = self._rate(em.bits(likelihoods), x, num_pixels)
+        return x_hat, dict(loss_rate=self.betas[r] * rate.mean())
+
+    @torch.no_grad()
+    def estimate_bits(self, x: Tensor) -> Tensor:
+        self._check_input(x)
+        em = self.rate_entropy_models[self.rate_point]
+        _, likelihoods = em(self._latent(x, self.rate_point), training=False)
+        return em.bits(likelihoods).float()
+
+    @torch.no_grad()
+    def compress(self, x: Tensor) -> List[CompressedImage]:
+        self._check_input(x)
+        r = self.rate_point
+        h, w = (int(v) for v in x.shape[-2:])
+        y = self._latent(x, r)
+        bodies = self.rate_entropy_models[r].compress(y)
+        params = _PARAMS.pack(h, w, r)
+        latent_shape = tuple(int(d) for d in y.shape[1:])
+        return [(params, body, latent_shape) for body in bodies]
+
+    @torch.no_grad()
+    def decompress(self, codec_params: bytes, body: bytes, latent_shape) -> Tensor:
+        params = as_bytes(codec_params, 'codec_params')
+        body = as_bytes(body, 'body')
+        if len(params) != _PARAMS.size:
+            raise CorruptedBitstreamError(
+                f'VariableRateBottleneckNeck: codec_params must be {_PARAMS.size} bytes (u32 H, '
+                f'u32 W, u8 rate point), got {len(params)}')
+        h, w, r = _PARAMS.unpack(params)
+        if r >= self.num_rates:
+            raise CorruptedBitstreamError(
+                f'VariableRateBottleneckNeck: the payload was coded at rate point {r}, this model '
+                f'has rate points 0..{self.num_rates - 1}')
+        if h < 1 or w < 1 or self.in_channels * h * w > MAX_DECODED_ELEMENTS:
+            raise CorruptedBitstreamError(
+                f'VariableRateBottleneckNeck: impossible feature map size {h}x{w} in '
+                'codec_params')
+        shape = self._check_latent_shape(latent_shape, self.latent_channels)
+        if shape[1:] != self.latent_size(h, w):
+            raise CorruptedBitstreamError(
+                f'VariableRateBottleneckNeck: latent_shape {shape} does not match a {h}x{w} '
+                f'feature map (expected spatial size {self.latent_size(h, w)})')
+        y_hat = self.rate_entropy_models[r].decompress([body], shape[1:]).to(self.device)
+        return self._decode(self.inv_gain(y_hat, r), h, w).float()
+
+    def edge_modules(self) -> List[nn.Module]:
+        return [self.g_a, self.gain, *self.rate_entropy_models]
+
+    def coding_models(self) -> List[nn.Module]:
+        return list(self.rate_entropy_models)
+
+    def cloud_modules(self) -> List[nn.Module]:
+        return [*self.rate_entropy_models, self.inv_gain, self.g_s]
+
+    def extra_repr(self) -> str:
+        return (super().extra_repr() + f', num_rates={self.num_rates}, '
+                f'rate_point={self.rate_point}, betas={self.betas}')
