@@ -42,6 +42,9 @@ def parse_args(argv=None):
     p.add_argument('--teacher-checkpoint', default='work_dirs/demo/baseline/epoch_12.pth')
     p.add_argument('--student', nargs=3, action='append', default=[],
                    metavar=('NAME', 'CONFIG', 'CKPT'), help='a trained split student')
+    p.add_argument('--variable-rate-student', nargs=3, action='append', default=[],
+                   metavar=('NAME', 'CONFIG', 'CKPT'),
+                   help='a student with a VariableRateBottleneckNeck: a row per rate point')
     p.add_argument('--train-betas', type=float, nargs='*', default=[],
                    help=f'train a KD student ({KD_CONFIG}) per beta, reusing finished ones')
     p.add_argument('--students-dir', default='work_dirs/benchmarks/students')
@@ -83,7 +86,8 @@ def main(argv=None):
                                 ('avif', args.avif_qualities)) if q}
     rows = run_rate_accuracy(args.teacher_config, args.teacher_checkpoint, students, codecs,
                              args.fit_to_input, args.quantize_bits, args.split_after,
-                             args.data_root, args.num_images, args.bandwidth, args.bootstrap)
+                             args.data_root, args.num_images, args.bandwidth, args.bootstrap,
+                             [tuple(s) for s in args.variable_rate_student])
     summary = summarize(rows)
     os.makedirs(osp.dirname(osp.abspath(args.out)), exist_ok=True)
     stem = osp.splitext(args.out)[0]

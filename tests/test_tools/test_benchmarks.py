@@ -10,6 +10,7 @@ from conftest import REPO, run_tool
 
 TEACHER = osp.join(REPO, 'configs', 'faster_rcnn_r18_fpn_synthetic.py')
 STUDENT = osp.join(REPO, 'configs', 'ecc_faster_rcnn_r18_synthetic_kd.py')
+VR_STUDENT = osp.join(REPO, 'configs', 'ecc_faster_rcnn_r18_synthetic_kd_vr.py')
 
 
 def _checkpoints(tmp_path):
@@ -24,6 +25,10 @@ def _checkpoints(tmp_path):
     t, s = str(tmp_path / 'teacher.pth'), str(tmp_path / 'student.pth')
     save_checkpoint({'state_dict': teacher.state_dict(), 'meta': {}}, t)
     save_checkpoint({'state_dict': student.state_dict(), 'meta': {}}, s)
+    vr = build_detector(Config.fromfile(VR_STUDENT).model)
+    vr.load_state_dict(teacher.state_dict(), strict=False)
+    vr.eval()
+    save_checkpoint({'state_dict': vr.state_dict(), 'meta': {}}, str(tmp_path / 'vr.pth'))
     return t, s
 
 
@@ -33,6 +38,7 @@ def test_rate_accuracy_benchmark_end_to_end(tiny_coco, tmp_path):
     run_tool('benchmark_rate_accuracy', '--teacher-config', TEACHER, '--teacher-checkpoint',
              teacher, '--student', 'beta=x', STUDENT, student, '--jpeg-qualities', '10', '90',
              '--webp-qualities', '30', '--avif-qualities', '30', '--fit-to-input',
+             '--variable-rate-student', 'vr', VR_STUDENT, str(tmp_path / 'vr.pth'),
              '--quantize-bits', '8', '4', '--split-after', '0', '--data-root', tiny_coco,
              '--num-images', '3', '--bootstrap', '20', '--out', out)
     res = json.load(open(out))
@@ -42,7 +48,8 @@ def test_rate_accuracy_benchmark_end_to_end(tiny_coco, tmp_path):
                        ('cloud-only JPEG (fitted)', 'q=90'), ('cloud-only WebP', 'q=30'),
                        ('cloud-only WebP (fitted)', 'q=30'), ('cloud-only AVIF', 'q=30'),
                        ('cloud-only AVIF (fitted)', 'q=30'), ('8-bit features', 'split_after=0'),
-                       ('4-bit features', 'split_after=0'), ('learned bottleneck', 'beta=x')]
+                       ('4-bit features', 'split_after=0'), ('learned bottleneck', 'beta=x'),
+                       *[('variable-rate student', f'vr r={r}') for r in range(4)]]
     rows = {m: r for m, r in zip(methods, res['rows'])}
     jpeg10, jpeg90 = rows[('cloud-only JPEG', 'q=10')], rows[('cloud-only JPEG', 'q=90')]
     assert 0 < jpeg10['bytes_per_image'] < jpeg90['bytes_per_image']

@@ -22,6 +22,7 @@ from ecc_mmdet.evaluation.bootstrap import ImageBootstrap
 CODEC_LABELS = {'jpeg': 'JPEG', 'webp': 'WebP', 'avif': 'AVIF'}
 INPUT_PREFIX = 'cloud-only '
 LEARNED = 'learned bottleneck'
+VARIABLE = 'variable-rate student'
 #: the project's targets (issue "Rate-accuracy: beat the strongest way of sending the image")
 TARGET_BD_RATE = -0.50          # vs the Pareto front of all input codecs
 TARGET_MAP_GAP = 1.0            # student within this many mAP points of the teacher ...
@@ -61,13 +62,16 @@ def run_rate_accuracy(teacher_config: str, teacher_checkpoint: str,
                       fit_to_input: bool = False,
                       quantize_bits: Sequence[int] = (8, 4), split_after: int = 1,
                       data_root: Optional[str] = None, num_images: Optional[int] = None,
-                      bandwidth: float = 1.0, bootstrap: int = 200) -> List[dict]:
+                      bandwidth: float = 1.0, bootstrap: int = 200,
+                      variable_rate_students: Sequence[Tuple[str, str, str]] = ()) -> List[dict]:
     """Evaluate every method; ``students`` are (name, config, checkpoint) of trained students.
 
     ``image_codecs``: codec -> qualities (default: JPEG at 5..95). ``fit_to_input``: also send
     each image scaled down to the detector's input size (a no-op for images already that small).
     ``bootstrap``: resamples of the images (the same for every row) for 95 % intervals of each
     mAP (``mAP_ci``) and, in :func:`summarize`, of the key differences; 0 turns it off.
+    ``variable_rate_students``: (name, config, checkpoint) of students with a
+    ``VariableRateBottleneckNeck``; one row per rate point, one model.
     """
     if image_codecs is None:
         image_codecs = {'jpeg': (5, 10, 20, 40, 70, 95)}
@@ -115,6 +119,17 @@ def run_rate_accuracy(teacher_config: str, teacher_checkpoint: str,
         scfg = load_config(config, data_root)
         model = build_detector(scfg.model, ckpt)
         rows.append(row(LEARNED, name, evaluate(model, build_test_dataset(scfg)), bandwidth))
+
+    for name, config, ckpt in variable_rate_students:
+        scfg = load_config(config, data_root)
+        model = build_detector(scfg.model, ckpt)
+        if not hasattr(model.compressor, 'set_rate_point'):
+            raise ValueError(f'{name}: {config} has no variable-rate compressor')
+        for r in range(model.compressor.num_rates):
+            print(f'- {VARIABLE} {name} rate point {r}', flush=True)
+            model.compressor.set_rate_point(r)
+            rows.append(row(VARIABLE, f'{name} r={r}',
+                            evaluate(model, build_test_dataset(scfg)), bandwidth))
 
     if bootstrap:
         print(f'- bootstrap: {bootstrap} resamples of {len(predictions[0])} images', flush=True)
@@ -182,6 +197,12 @@ def summarize(rows):
         # bd_rate reduces the anchor to its Pareto front: over all input codecs, that is the front
         s['bd_rate_learned_vs_input_front'] = bd_rate(*_curve(inputs), *_curve(learned))
         s['bd_rate_learned_vs_input_front_ci'] = _bd_rate_interval(inputs, learned)
+    variable = [r for r in rows if r['method'] == VARIABLE]
+    if inputs and variable:
+        s['bd_rate_variable_rate_vs_input_front'] = bd_rate(*_curve(inputs), *_curve(variable))
+        if learned:
+            s['bd_rate_variable_rate_vs_single_rate_students'] = bd_rate(*_curve(learned),
+                                                                         *_curve(variable))
         s['bd_rate_learned_vs'] = {
             m: bd_rate(*_curve([r for r in inputs if r['method'] == m]), *_curve(learned))
             for m in dict.fromkeys(r['method'] for r in inputs)}
@@ -250,6 +271,12 @@ def table(rows, summary, bandwidth) -> str:
         ci = f' (95% CI [{ci[0]:.1f}, {ci[1]:.1f}])' if ci else ''
         lines.append(f"best student ({summary['best_learned']}) is "
                      f"{summary['best_learned_mAP_gap_to_teacher']:.1f} mAP below the teacher{ci}")
+    for key, what in (('bd_rate_variable_rate_vs_input_front',
+                       'variable-rate student vs the input-codec front'),
+                      ('bd_rate_variable_rate_vs_single_rate_students',
+                       'variable-rate student vs the single-rate students')):
+        if summary.get(key) is not None:
+            lines.append(f'BD-rate {what}: {100 * summary[key]:+.1f} %')
     for method, bd in (summary.get('bd_rate_learned_vs') or {}).items():
         if bd is not None:
             lines.append(f'BD-rate learned bottleneck vs {method}: {100 * bd:+.1f} %')
@@ -267,7 +294,8 @@ def plot(rows, path):
     teacher = next(r for r in rows if r['method'] == 'teacher')
     ax.axhline(teacher['bbox_mAP'], color='k', ls='--', lw=1, label='teacher (original image)')
     styles = {'cloud-only JPEG': 'o-', 'cloud-only WebP': 'D-', 'cloud-only AVIF': 'P-',
-              'learned bottleneck': 's-', '8-bit features': '^', '4-bit features': 'v'}
+              'learned bottleneck': 's-', 'variable-rate student': '*-', '8-bit features': '^',
+              '4-bit features': 'v'}
     for method in dict.fromkeys(r['method'] for r in rows if r['method'] != 'teacher'):
         pts = sorted((r['bytes_per_image'], r['bbox_mAP']) for r in rows if r['method'] == method)
         style = styles.get(method.replace(' (fitted)', ''), 'x-')
