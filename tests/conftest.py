@@ -118,3 +118,20 @@ def predictions_as_ground_truth(config, checkpoint, data_root, out_json, batch_s
     with open(out_json, 'w') as f:
         json.dump(gt, f)
     return len(anns)
+
+
+def fit_neck(neck, x, steps=100, lr=1e-2, seed=1):
+    """Adam on MSE + the neck's own losses for a fixed feature map (one optimiser, as the
+    detector has); returns the neck in eval mode (coding tables built)."""
+    import torch
+    import torch.nn.functional as F
+    torch.manual_seed(seed)
+    opt = torch.optim.Adam(neck.parameters(), lr=lr)
+    neck.train()
+    for _ in range(steps):
+        x_hat, losses = neck(x)
+        loss = F.mse_loss(x_hat, x) + sum(losses.values())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return neck.eval()

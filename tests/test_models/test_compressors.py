@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from mmdet.registry import MODELS
 
 import ecc_mmdet.models.compressors  # noqa: F401  (registers the necks)
+from conftest import fit_neck
 from ecc_mmdet.codecs.bitstream import (CodecId, CorruptedBitstreamError, ImageMeta, Payload,
                                         pack, unpack)
 from ecc_mmdet.models.compressors import (BaseFeatureCompressor, EntropyBottleneckNeck,
@@ -46,18 +47,7 @@ def build(type_, **kwargs):
     return neck.eval()
 
 
-def _fit_bottleneck(neck, x, steps=100, lr=1e-2):
-    """Adam on MSE + rate for a fixed feature map (single optimiser, as the detector)."""
-    torch.manual_seed(1)
-    opt = torch.optim.Adam(neck.parameters(), lr=lr)
-    neck.train()
-    for _ in range(steps):
-        x_hat, losses = neck(x)
-        loss = F.mse_loss(x_hat, x) + losses['loss_rate']
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return neck.eval()
+_fit_bottleneck = fit_neck
 
 
 @pytest.fixture(scope='module')

@@ -11,7 +11,7 @@ from ecc_mmdet.codecs.bitstream import CodecId, CorruptedBitstreamError, pack, u
 from ecc_mmdet.codecs.bitstream import ImageMeta, Payload
 from ecc_mmdet.models.compressors import VariableRateBottleneckNeck
 
-from conftest import fake_batch, split_cfg, tiny_model_cfg
+from conftest import fake_batch, fit_neck, split_cfg, tiny_model_cfg
 
 C = 8
 
@@ -28,16 +28,7 @@ def neck():
     torch.manual_seed(0)
     neck = VariableRateBottleneckNeck(C, latent_channels=6, num_rates=4, beta=0.002,
                                       rate_unit='bits_per_element')
-    x = _features()
-    opt = torch.optim.Adam(neck.parameters(), lr=2e-2)
-    neck.train()
-    for _ in range(400):
-        x_hat, losses = neck(x)
-        loss = F.mse_loss(x_hat, x) + losses['loss_rate']
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return neck.eval()
+    return fit_neck(neck, _features(), steps=400, lr=2e-2, seed=0)
 
 
 def test_each_rate_point_round_trips_and_rate_falls_with_the_point(neck):

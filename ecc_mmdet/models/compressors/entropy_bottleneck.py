@@ -195,17 +195,22 @@ class EntropyBottleneckNeck(BaseFeatureCompressor):
                 f'EntropyBottleneckNeck: codec_params must be {_PARAMS.size} bytes (u32 H, u32 W '
                 f'of the feature map), got {len(params)}')
         h, w = _PARAMS.unpack(params)
+        shape = self._checked_latent_shape(h, w, latent_shape)
+        y_hat = self.entropy_model.decompress([body], shape[1:])
+        return self._decode(y_hat.to(self.device), h, w).float()
+
+    def _checked_latent_shape(self, h: int, w: int, latent_shape) -> Tuple[int, ...]:
+        """The latent shape, checked against the feature size (h, w) read from codec_params."""
+        name = type(self).__name__
         if h < 1 or w < 1 or self.in_channels * h * w > MAX_DECODED_ELEMENTS:
             raise CorruptedBitstreamError(
-                f'EntropyBottleneckNeck: impossible feature map size {h}x{w} in codec_params')
+                f'{name}: impossible feature map size {h}x{w} in codec_params')
         shape = self._check_latent_shape(latent_shape, self.latent_channels)
         if shape[1:] != self.latent_size(h, w):
             raise CorruptedBitstreamError(
-                f'EntropyBottleneckNeck: latent_shape {shape} does not match a {h}x{w} feature '
-                f'map (expected spatial size {self.latent_size(h, w)} at downsample '
-                f'{self.downsample})')
-        y_hat = self.entropy_model.decompress([body], shape[1:])
-        return self._decode(y_hat.to(self.device), h, w).float()
+                f'{name}: latent_shape {shape} does not match a {h}x{w} feature map (expected '
+                f'spatial size {self.latent_size(h, w)} at downsample {self.downsample})')
+        return shape
 
     def edge_modules(self) -> List[nn.Module]:
         """Encoder and entropy model (the edge codes with the entropy model's tables)."""

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from ...codecs.bitstream import CodecId, CorruptedBitstreamError, as_bytes
 from ...entropy_models import FactorizedEntropyModel
-from .base import MAX_DECODED_ELEMENTS, CompressedImage
+from .base import CompressedImage
 from .entropy_bottleneck import EntropyBottleneckNeck
 
 __all__ = ['VariableRateBottleneckNeck']
@@ -157,15 +157,7 @@ class VariableRateBottleneckNeck(EntropyBottleneckNeck):
             raise CorruptedBitstreamError(
                 f'VariableRateBottleneckNeck: the payload was coded at rate point {r}, this model '
                 f'has rate points 0..{self.num_rates - 1}')
-        if h < 1 or w < 1 or self.in_channels * h * w > MAX_DECODED_ELEMENTS:
-            raise CorruptedBitstreamError(
-                f'VariableRateBottleneckNeck: impossible feature map size {h}x{w} in '
-                'codec_params')
-        shape = self._check_latent_shape(latent_shape, self.latent_channels)
-        if shape[1:] != self.latent_size(h, w):
-            raise CorruptedBitstreamError(
-                f'VariableRateBottleneckNeck: latent_shape {shape} does not match a {h}x{w} '
-                f'feature map (expected spatial size {self.latent_size(h, w)})')
+        shape = self._checked_latent_shape(h, w, latent_shape)
         y_hat = self.rate_entropy_models[r].decompress([body], shape[1:]).to(self.device)
         return self._decode(self.inv_gain(y_hat, r), h, w).float()
 
