@@ -52,8 +52,6 @@ from .base import MAX_DECODED_ELEMENTS, BaseFeatureCompressor, CompressedImage
 __all__ = ['EntropyBottleneckNeck']
 
 _RATE_UNITS = ('bpp', 'bits_per_element', 'bits')
-_PARAMS = struct.Struct('<2I')
-
 
 @MODELS.register_module()
 class EntropyBottleneckNeck(BaseFeatureCompressor):
@@ -154,35 +152,64 @@ class EntropyBottleneckNeck(BaseFeatureCompressor):
             raise ValueError(f'num_pixels must be positive, got {num_pixels!r}')
         return bits / num_pixels
 
+    # ------------------------------------------- rate points (one here; see VariableRate...)
+    #: codec_params layout: the feature map's (H, W), then the rate point fields, if any
+    _PARAMS = struct.Struct('<2I')
+    _PARAMS_DOC = 'u32 H, u32 W of the feature map'
+
+    def _rate_point(self, training: bool) -> tuple:
+        """Extra codec_params fields of the point used now (none: a single rate)."""
+        return ()
+
+    def _check_rate_point(self, point: tuple) -> None:
+        """Refuse a decoded point this model does not have."""
+
+    def _coder(self, *point) -> FactorizedEntropyModel:
+        return self.entropy_model
+
+    def _latent(self, x: Tensor, *point) -> Tensor:
+        return self.g_a(x)
+
+    def _decoder_input(self, y_hat: Tensor, *point) -> Tensor:
+        return y_hat
+
+    def _rate_weight_of(self, *point) -> float:
+        return self.beta
+
     # --------------------------------------------------------------- interface
     def forward(self, x: Tensor, num_pixels=None) -> Tuple[Tensor, Dict[str, Tensor]]:
         """-> (x_hat, dict(loss_rate=beta * rate))."""
         self._check_input(x)
         h, w = x.shape[-2:]
-        y = self.g_a(x)
-        y_hat, likelihoods = self.entropy_model(y)
+        point = self._rate_point(self.training)
+        coder = self._coder(*point)
+        y_hat, likelihoods = coder(self._latent(x, *point))
+        y_hat = self._decoder_input(y_hat, *point)
         if self.training:
             x_hat = self._decode(y_hat, h, w)
         else:  # batch 1 per image, exactly as decompress runs
             x_hat = torch.cat([self._decode(y_hat[i:i + 1], h, w) for i in range(x.shape[0])])
-        rate = self._rate(self.entropy_model.bits(likelihoods), x, num_pixels)
-        losses = dict(loss_rate=self.beta * rate.mean())
+        rate = self._rate(coder.bits(likelihoods), x, num_pixels)
+        losses = dict(loss_rate=self._rate_weight_of(*point) * rate.mean())
         return x_hat, losses
 
     @torch.no_grad()
     def estimate_bits(self, x: Tensor) -> Tensor:
         """-sum(log2 p(y_hat)) per image under the (continuous) entropy model -> (N,)."""
         self._check_input(x)
-        _, likelihoods = self.entropy_model(self.g_a(x), training=False)
-        return self.entropy_model.bits(likelihoods).float()
+        point = self._rate_point(False)
+        coder = self._coder(*point)
+        _, likelihoods = coder(self._latent(x, *point), training=False)
+        return coder.bits(likelihoods).float()
 
     @torch.no_grad()
     def compress(self, x: Tensor) -> List[CompressedImage]:
         self._check_input(x)
         h, w = (int(v) for v in x.shape[-2:])
-        y = self.g_a(x)
-        bodies = self.entropy_model.compress(y)
-        params = _PARAMS.pack(h, w)
+        point = self._rate_point(False)
+        y = self._latent(x, *point)
+        bodies = self._coder(*point).compress(y)
+        params = self._PARAMS.pack(h, w, *point)
         latent_shape = tuple(int(d) for d in y.shape[1:])
         return [(params, body, latent_shape) for body in bodies]
 
@@ -190,14 +217,15 @@ class EntropyBottleneckNeck(BaseFeatureCompressor):
     def decompress(self, codec_params: bytes, body: bytes, latent_shape) -> Tensor:
         params = as_bytes(codec_params, 'codec_params')
         body = as_bytes(body, 'body')
-        if len(params) != _PARAMS.size:
+        if len(params) != self._PARAMS.size:
             raise CorruptedBitstreamError(
-                f'EntropyBottleneckNeck: codec_params must be {_PARAMS.size} bytes (u32 H, u32 W '
-                f'of the feature map), got {len(params)}')
-        h, w = _PARAMS.unpack(params)
+                f'{type(self).__name__}: codec_params must be {self._PARAMS.size} bytes '
+                f'({self._PARAMS_DOC}), got {len(params)}')
+        h, w, *point = self._PARAMS.unpack(params)
+        self._check_rate_point(tuple(point))
         shape = self._checked_latent_shape(h, w, latent_shape)
-        y_hat = self.entropy_model.decompress([body], shape[1:])
-        return self._decode(y_hat.to(self.device), h, w).float()
+        y_hat = self._coder(*point).decompress([body], shape[1:]).to(self.device)
+        return self._decode(self._decoder_input(y_hat, *point), h, w).float()
 
     def _checked_latent_shape(self, h: int, w: int, latent_shape) -> Tuple[int, ...]:
         """The latent shape, checked against the feature size (h, w) read from codec_params."""

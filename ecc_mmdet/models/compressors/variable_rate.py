@@ -9,22 +9,22 @@ its coding tables fit its own latent statistics. Training samples a rate point p
 weights the rate term with that point's ``beta``.
 
 Payload parts of one image: codec_params ``u32 H, u32 W, u8 rate point`` (little-endian); body
-and latent_shape as :class:`EntropyBottleneckNeck`'s. A payload whose rate point this model does
+and latent_shape as :class:`EntropyBottleneckNeck`'s, whose coding path this class reuses with
+the rate point's gains and entropy model. A payload whose rate point this model does
 not have is refused (``CorruptedBitstreamError``) before any decoding.
 """
 from __future__ import annotations
 
 import math
 import struct
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence
 
 import torch
 from mmdet.registry import MODELS
 from torch import Tensor, nn
 
-from ...codecs.bitstream import CodecId, CorruptedBitstreamError, as_bytes
+from ...codecs.bitstream import CodecId, CorruptedBitstreamError
 from ...entropy_models import FactorizedEntropyModel
-from .base import CompressedImage
 from .entropy_bottleneck import EntropyBottleneckNeck
 
 __all__ = ['VariableRateBottleneckNeck']
@@ -106,60 +106,33 @@ class VariableRateBottleneckNeck(EntropyBottleneckNeck):
     def rate_weight(self) -> float:
         return self.betas[self._last_rate_point]
 
+    # the single-rate bottleneck's coding path, specialised per rate point
+    _PARAMS = struct.Struct('<2IB')
+    _PARAMS_DOC = 'u32 H, u32 W, u8 rate point'
+
+    def _rate_point(self, training: bool) -> tuple:
+        """Training: a random point per call; otherwise the selected one, as deployed."""
+        r = int(torch.randint(self.num_rates, ())) if training else self.rate_point
+        self._last_rate_point = r
+        return (r, )
+
+    def _check_rate_point(self, point: tuple) -> None:
+        if point[0] >= self.num_rates:
+            raise CorruptedBitstreamError(
+                f'VariableRateBottleneckNeck: the payload was coded at rate point {point[0]}, '
+                f'this model has rate points 0..{self.num_rates - 1}')
+
+    def _coder(self, r: int) -> FactorizedEntropyModel:
+        return self.rate_entropy_models[r]
+
     def _latent(self, x: Tensor, r: int) -> Tensor:
         return self.gain(self.g_a(x), r)
 
-    # --------------------------------------------------------------- interface
-    def forward(self, x: Tensor, num_pixels=None) -> Tuple[Tensor, Dict[str, Tensor]]:
-        """Training: a random rate point per call; eval: ``rate_point``, exactly as deployed."""
-        self._check_input(x)
-        h, w = x.shape[-2:]
-        r = int(torch.randint(self.num_rates, ())) if self.training else self.rate_point
-        self._last_rate_point = r
-        em = self.rate_entropy_models[r]
-        y_hat, likelihoods = em(self._latent(x, r))
-        y_hat = self.inv_gain(y_hat, r)
-        if self.training:
-            x_hat = self._decode(y_hat, h, w)
-        else:  # batch 1 per image, exactly as decompress runs
-            x_hat = torch.cat([self._decode(y_hat[i:i + 1], h, w) for i in range(x.shape[0])])
-        rate = self._rate(em.bits(likelihoods), x, num_pixels)
-        return x_hat, dict(loss_rate=self.betas[r] * rate.mean())
+    def _decoder_input(self, y_hat: Tensor, r: int) -> Tensor:
+        return self.inv_gain(y_hat, r)
 
-    @torch.no_grad()
-    def estimate_bits(self, x: Tensor) -> Tensor:
-        self._check_input(x)
-        em = self.rate_entropy_models[self.rate_point]
-        _, likelihoods = em(self._latent(x, self.rate_point), training=False)
-        return em.bits(likelihoods).float()
-
-    @torch.no_grad()
-    def compress(self, x: Tensor) -> List[CompressedImage]:
-        self._check_input(x)
-        r = self.rate_point
-        h, w = (int(v) for v in x.shape[-2:])
-        y = self._latent(x, r)
-        bodies = self.rate_entropy_models[r].compress(y)
-        params = _PARAMS.pack(h, w, r)
-        latent_shape = tuple(int(d) for d in y.shape[1:])
-        return [(params, body, latent_shape) for body in bodies]
-
-    @torch.no_grad()
-    def decompress(self, codec_params: bytes, body: bytes, latent_shape) -> Tensor:
-        params = as_bytes(codec_params, 'codec_params')
-        body = as_bytes(body, 'body')
-        if len(params) != _PARAMS.size:
-            raise CorruptedBitstreamError(
-                f'VariableRateBottleneckNeck: codec_params must be {_PARAMS.size} bytes (u32 H, '
-                f'u32 W, u8 rate point), got {len(params)}')
-        h, w, r = _PARAMS.unpack(params)
-        if r >= self.num_rates:
-            raise CorruptedBitstreamError(
-                f'VariableRateBottleneckNeck: the payload was coded at rate point {r}, this model '
-                f'has rate points 0..{self.num_rates - 1}')
-        shape = self._checked_latent_shape(h, w, latent_shape)
-        y_hat = self.rate_entropy_models[r].decompress([body], shape[1:]).to(self.device)
-        return self._decode(self.inv_gain(y_hat, r), h, w).float()
+    def _rate_weight_of(self, r: int) -> float:
+        return self.betas[r]
 
     def edge_modules(self) -> List[nn.Module]:
         return [self.g_a, self.gain, *self.rate_entropy_models]
