@@ -1,7 +1,7 @@
 """The rate-accuracy summary (BD-rate vs the input-codec front, targets, table) on constructed
 curves with known answers."""
 import pytest
-from ecc_tools.rate_accuracy import front_rows, summarize, table
+from ecc_tools.rate_accuracy import front_bytes_at, front_rows, summarize, table
 
 
 def _row(method, setting, kb, mAP, edge=0.0, cloud=1.0):
@@ -39,7 +39,13 @@ def test_bd_rate_is_against_the_front_of_all_input_codecs():
     assert s['targets'] == dict(bd_rate_vs_input_front_le_minus_50pct=True,
                                 within_1_mAP_at_quarter_bytes=False,
                                 edge_flops_at_most_15pct=True)
+    # each learned point at half the front's bytes for its mAP
+    assert [p['ratio'] for p in s['learned_vs_front_at_same_mAP']] == pytest.approx([0.5] * 3)
+    assert front_bytes_at(front_rows(WEBP), 12.5) == pytest.approx(2 ** 0.5 * 1000)
+    assert front_bytes_at(front_rows(WEBP), 19.6) is None  # the front never gets there
     text = table(rows, s, 1.0)
+    assert 'learned bottleneck beta=0.05: 1.00 KB at 15.0 mAP; the input-codec front needs ' \
+        '2.00 KB: 0.50x' in text
     assert 'BD-rate learned bottleneck vs the Pareto front of all input codecs: -50.0 %' in text
     assert 'BD-rate learned bottleneck vs cloud-only JPEG: -75.0 %' in text
     assert 'within_1_mAP_at_quarter_bytes: MISSED' in text
@@ -79,3 +85,14 @@ def test_intervals_come_from_the_shared_resamples():
     assert s['bd_rate_learned_vs_input_front_ci'] == pytest.approx([-0.5, -0.5], abs=1e-9)
     text = table([teacher] + inputs + learned, s, 1.0)
     assert '(95% CI [-50.0, -50.0] %)' in text and '0.5 mAP below the teacher (95% CI' in text
+
+
+def test_variable_rate_points_form_their_own_curve():
+    variable = [dict(r, method='variable-rate student', setting=f'vr r={k}')
+                for k, r in enumerate(_learned(0.25))]
+    s = summarize([TEACHER] + JPEG + WEBP + _learned(0.5) + variable)
+    assert s['bd_rate_variable_rate_vs_input_front'] == pytest.approx(-0.75, abs=1e-9)
+    assert s['bd_rate_variable_rate_vs_single_rate_students'] == pytest.approx(-0.5, abs=1e-9)
+    assert s['bd_rate_learned_vs_input_front'] == pytest.approx(-0.5, abs=1e-9)  # unchanged
+    vr = [p for p in s['learned_vs_front_at_same_mAP'] if p['method'] == 'variable-rate student']
+    assert [p['ratio'] for p in vr] == pytest.approx([0.25] * 3)

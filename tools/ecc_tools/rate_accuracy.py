@@ -175,6 +175,19 @@ def front_rows(rows):
     return out
 
 
+def front_bytes_at(front, mAP: float) -> Optional[float]:
+    """Bytes the input-codec front needs for ``mAP`` (log-bytes interpolated linearly in mAP
+    between its points); None when the front does not reach that mAP or starts above it."""
+    pts = [(r['bbox_mAP'], r['bytes_per_image']) for r in front]
+    if not pts or mAP > pts[-1][0] or mAP < pts[0][0]:
+        return None
+    for (m0, b0), (m1, b1) in zip(pts, pts[1:]):
+        if m0 <= mAP <= m1:
+            t = 0.0 if m1 == m0 else (mAP - m0) / (m1 - m0)
+            return float(np.exp(np.log(b0) + t * (np.log(b1) - np.log(b0))))
+    return pts[0][1]  # a single-point front at exactly this mAP
+
+
 def _curve(rows):
     return [r['bytes_per_image'] for r in rows], [r['bbox_mAP'] for r in rows]
 
@@ -192,20 +205,28 @@ def summarize(rows):
     t_map = teacher['bbox_mAP']
     s = dict(teacher_mAP=t_map)
     if inputs:
-        s['input_codec_front'] = [_label(r) for r in front_rows(inputs)]
+        front = front_rows(inputs)
+        s['input_codec_front'] = [_label(r) for r in front]
+        # every learned point against the front at the same mAP: how many times its bytes
+        s['learned_vs_front_at_same_mAP'] = [
+            dict(method=r['method'], setting=r['setting'], bytes=r['bytes_per_image'],
+                 mAP=r['bbox_mAP'], front_bytes=fb,
+                 ratio=None if fb is None else r['bytes_per_image'] / fb)
+            for r in rows if r['method'] in (LEARNED, VARIABLE)
+            for fb in [front_bytes_at(front, r['bbox_mAP'])]]
     if inputs and learned:
         # bd_rate reduces the anchor to its Pareto front: over all input codecs, that is the front
         s['bd_rate_learned_vs_input_front'] = bd_rate(*_curve(inputs), *_curve(learned))
         s['bd_rate_learned_vs_input_front_ci'] = _bd_rate_interval(inputs, learned)
+        s['bd_rate_learned_vs'] = {
+            m: bd_rate(*_curve([r for r in inputs if r['method'] == m]), *_curve(learned))
+            for m in dict.fromkeys(r['method'] for r in inputs)}
     variable = [r for r in rows if r['method'] == VARIABLE]
     if inputs and variable:
         s['bd_rate_variable_rate_vs_input_front'] = bd_rate(*_curve(inputs), *_curve(variable))
         if learned:
             s['bd_rate_variable_rate_vs_single_rate_students'] = bd_rate(*_curve(learned),
                                                                          *_curve(variable))
-        s['bd_rate_learned_vs'] = {
-            m: bd_rate(*_curve([r for r in inputs if r['method'] == m]), *_curve(learned))
-            for m in dict.fromkeys(r['method'] for r in inputs)}
     if not learned:
         return s
     best = max(learned, key=lambda r: r['bbox_mAP'])
@@ -277,6 +298,12 @@ def table(rows, summary, bandwidth) -> str:
                        'variable-rate student vs the single-rate students')):
         if summary.get(key) is not None:
             lines.append(f'BD-rate {what}: {100 * summary[key]:+.1f} %')
+    for p in summary.get('learned_vs_front_at_same_mAP') or []:
+        vs = ('the input-codec front does not reach that mAP' if p['front_bytes'] is None else
+              f"the input-codec front needs {p['front_bytes'] / 1000:.2f} KB: "
+              f"{p['ratio']:.2f}x")
+        lines.append(f"{p['method']} {p['setting']}: {p['bytes'] / 1000:.2f} KB at "
+                     f"{p['mAP']:.1f} mAP; {vs}")
     for method, bd in (summary.get('bd_rate_learned_vs') or {}).items():
         if bd is not None:
             lines.append(f'BD-rate learned bottleneck vs {method}: {100 * bd:+.1f} %')
