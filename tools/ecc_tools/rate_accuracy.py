@@ -125,11 +125,11 @@ def run_rate_accuracy(teacher_config: str, teacher_checkpoint: str,
         model = build_detector(scfg.model, ckpt)
         if not hasattr(model.compressor, 'set_rate_point'):
             raise ValueError(f'{name}: {config} has no variable-rate compressor')
+        vr_dataset = build_test_dataset(scfg)
         for r in range(model.compressor.num_rates):
             print(f'- {VARIABLE} {name} rate point {r}', flush=True)
             model.compressor.set_rate_point(r)
-            rows.append(row(VARIABLE, f'{name} r={r}',
-                            evaluate(model, build_test_dataset(scfg)), bandwidth))
+            rows.append(row(VARIABLE, f'{name} r={r}', evaluate(model, vr_dataset), bandwidth))
 
     if bootstrap:
         print(f'- bootstrap: {bootstrap} resamples of {len(predictions[0])} images', flush=True)

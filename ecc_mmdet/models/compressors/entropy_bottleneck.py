@@ -125,6 +125,7 @@ class EntropyBottleneckNeck(BaseFeatureCompressor):
             nn.Conv2d(z, h, 3, padding=1), build_activation_layer(act_cfg),
             up, build_activation_layer(act_cfg),
             nn.Conv2d(h, c, 3, padding=1))
+        self.entropy_model_cfg = em_cfg  # validated; subclasses build more models from it
         self.entropy_model = FactorizedEntropyModel(z, **em_cfg)
 
     # ------------------------------------------------------------------ helpers

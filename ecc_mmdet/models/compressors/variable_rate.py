@@ -81,11 +81,10 @@ class VariableRateBottleneckNeck(EntropyBottleneckNeck):
             raise ValueError(f'VariableRateBottleneckNeck: gain_step must be > 1, got {gain_step}')
         self.num_rates = num_rates
         self.betas = betas
-        em_cfg = dict(filters=(3, 3, 3), quantization=self.quantization)
-        em_cfg.update(kwargs.get('entropy_model') or {})
         del self.entropy_model  # one per rate point instead
         self.rate_entropy_models = nn.ModuleList(
-            FactorizedEntropyModel(self.latent_channels, **em_cfg) for _ in range(num_rates))
+            FactorizedEntropyModel(self.latent_channels, **self.entropy_model_cfg)
+            for _ in range(num_rates))
         logs = [-(num_rates - 1 - r) * math.log(gain_step) for r in range(num_rates)]
         self.gain = _Gains(num_rates, self.latent_channels, logs)
         self.inv_gain = _Gains(num_rates, self.latent_channels, [-v for v in logs])
