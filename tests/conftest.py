@@ -135,3 +135,13 @@ def fit_neck(neck, x, steps=100, lr=1e-2, seed=1):
         loss.backward()
         opt.step()
     return neck.eval()
+
+
+@pytest.fixture(scope='session')
+def tiny_coco_calib(tmp_path_factory):
+    """Like ``tiny_coco`` plus a held-out calib split of 16 images (dynamic inference)."""
+    from ecc_mmdet.datasets.synthetic_coco import generate_synthetic_coco
+    root = tmp_path_factory.mktemp('tiny_coco_calib')
+    generate_synthetic_coco(str(root), num_train=8, num_val=4, num_calib=16, image_size=64,
+                            seed=1, min_objects=2, max_objects=4, progress=False)
+    return str(root)

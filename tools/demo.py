@@ -29,16 +29,17 @@ from ecc_mmdet.datasets.synthetic_coco import ensure_synthetic_coco  # noqa: E40
 
 TEACHER_CFG = 'configs/faster_rcnn_r18_fpn_synthetic.py'
 STUDENT_CFG = 'configs/ecc_faster_rcnn_r18_synthetic_kd.py'
+DYNAMIC_CFG = 'configs/ecc_faster_rcnn_r18_synthetic_dynamic.py'
 # what a sceptical user would send instead: the best image codecs at low and mid qualities
 IMAGE_CODECS = {'jpeg': (10, 30, 60, 90), 'webp': (5, 30), 'avif': (5, 30)}
 
 
-def compare(args, teacher_ckpt, student_ckpt):
+def compare(args, teacher_ckpt, student_ckpt, dynamic_ckpt):
     from mmengine.config import Config
 
     from ecc_tools.rate_accuracy import plot, run_rate_accuracy, summarize, table
     out = osp.join(args.work_dir, 'comparison.json')
-    newest_input = max(osp.getmtime(teacher_ckpt), osp.getmtime(student_ckpt))
+    newest_input = max(osp.getmtime(c) for c in (teacher_ckpt, student_ckpt, dynamic_ckpt))
     if osp.isfile(out) and osp.getmtime(out) > newest_input:
         print(f'  reusing {out}', flush=True)
         res = json.load(open(out))
@@ -47,10 +48,14 @@ def compare(args, teacher_ckpt, student_ckpt):
             return res['rows'], res['summary']
     scfg = Config.fromfile(STUDENT_CFG)
     beta = scfg.model.compressor.get('beta')
+    router = Config.fromfile(DYNAMIC_CFG).model.router
     rows = run_rate_accuracy(
         TEACHER_CFG, teacher_ckpt, [(f'KD student (beta={beta:g})', STUDENT_CFG, student_ckpt)],
         image_codecs=IMAGE_CODECS, quantize_bits=(8, ), split_after=scfg.model.split_after,
-        data_root=args.data, bandwidth=args.bandwidth)
+        data_root=args.data, bandwidth=args.bandwidth,
+        dynamic_students=[(f"{router['type'].replace('Router', '').lower()} router, target "
+                           f"offload {router['target_offload_ratio']:g}", DYNAMIC_CFG,
+                           dynamic_ckpt)])
     summary = summarize(rows)
     with open(out, 'w') as f:
         json.dump(dict(rows=rows, summary=summary, bandwidth_mbps=args.bandwidth,
@@ -71,23 +76,28 @@ def main(argv=None):
     os.chdir(REPO)
     t_start = time.time()
 
-    print('[1/4] synthetic COCO dataset', flush=True)
-    summary = ensure_synthetic_coco(args.data, progress=True)
+    print('[1/5] synthetic COCO dataset', flush=True)
+    summary = ensure_synthetic_coco(args.data, progress=True, num_calib=400)
     print(f"  {'generated' if summary['generated'] else 'reused'} {args.data}: "
-          f"{summary['num_images']['train']} train / {summary['num_images']['val']} val images",
-          flush=True)
+          f"{summary['num_images']['train']} train / {summary['num_images']['val']} val / "
+          f"{summary['num_images']['calib']} held-out router-calibration images", flush=True)
 
-    print(f'[2/4] teacher: unsplit Faster R-CNN R18-FPN ({TEACHER_CFG})', flush=True)
+    print(f'[2/5] teacher: unsplit Faster R-CNN R18-FPN ({TEACHER_CFG})', flush=True)
     teacher = train_stage(TEACHER_CFG, osp.join(args.work_dir, 'baseline'), args.data)
 
-    print(f'[3/4] student: split detector trained from the teacher ({STUDENT_CFG})', flush=True)
+    print(f'[3/5] student: split detector trained from the teacher ({STUDENT_CFG})', flush=True)
     student = train_stage(STUDENT_CFG, osp.join(args.work_dir, 'student'), args.data,
                           [f'teacher_config={TEACHER_CFG}', f'teacher_checkpoint={teacher}'])
 
-    print('[4/4] evaluate teacher, cloud-only JPEG/WebP/AVIF, 8-bit features and the student',
+    print(f'[4/5] dynamic system: edge exit trained on the frozen student ({DYNAMIC_CFG})',
           flush=True)
+    dynamic = train_stage(DYNAMIC_CFG, osp.join(args.work_dir, 'dynamic'), args.data,
+                          [f'load_from={student}'])
+
+    print('[5/5] evaluate teacher, cloud-only JPEG/WebP/AVIF, 8-bit features, the student and '
+          'the dynamic system', flush=True)
     from ecc_tools.rate_accuracy import table
-    rows, res = compare(args, teacher, student)
+    rows, res = compare(args, teacher, student, dynamic)
     print('\nSynthetic validation set (100 images, 128x128), COCO bbox mAP 0-100; latency is '
           f'modelled at a {args.bandwidth:g} Mbit/s uplink with this machine\'s compute times')
     print(table(rows, res, args.bandwidth))

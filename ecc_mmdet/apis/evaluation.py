@@ -11,6 +11,7 @@ from mmengine.evaluator import Evaluator
 from mmengine.utils import ProgressBar
 
 from ..evaluation.cloud_only_accounting import CloudOnlyAccounting
+from ..structures import comm_record
 from .inference import iter_batches
 
 
@@ -21,7 +22,8 @@ def evaluate_detector(model, dataset, ann_file: str, comm: bool = True,
     """COCO bbox metrics (``coco/...``) and, with ``comm``, communication figures (``comm/...``).
 
     ``predictions_out``: a list that receives one dict per image (``img_id`` and numpy
-    ``bboxes`` (xyxy, original image), ``scores``, ``labels``), e.g. for
+    ``bboxes`` (xyxy, original image), ``scores``, ``labels``, and ``comm``: its
+    communication record as a dict, or None), e.g. for
     :class:`~ecc_mmdet.evaluation.bootstrap.ImageBootstrap`.
 
     Unsplit models evaluated with ``comm`` need a pipeline that produces a communication record
@@ -49,10 +51,12 @@ def evaluate_detector(model, dataset, ann_file: str, comm: bool = True,
             if predictions_out is not None:
                 for r in results:
                     inst = r.pred_instances
+                    rec = comm_record.read(r)
                     predictions_out.append(dict(img_id=r.img_id,
                                                 bboxes=inst.bboxes.cpu().numpy(),
                                                 scores=inst.scores.cpu().numpy(),
-                                                labels=inst.labels.cpu().numpy()))
+                                                labels=inst.labels.cpu().numpy(),
+                                                comm=None if rec is None else rec.to_dict()))
             if bar is not None:
                 for _ in results:
                     bar.update()

@@ -37,7 +37,8 @@ def unsplit_model_cfg(model_cfg) -> dict:
     if base is not None:
         # FasterRCNN/RetinaNet etc. are thin subclasses of these two; the base class runs the same
         cfg['type'] = base
-        for k in ('split_after', 'compressor', 'measure_flops', 'estimate_rate'):
+        for k in ('split_after', 'compressor', 'measure_flops', 'estimate_rate', 'edge_exit',
+                  'router', 'train_exits_only'):
             cfg.pop(k, None)
     return cfg
 

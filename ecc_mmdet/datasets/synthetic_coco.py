@@ -60,8 +60,10 @@ SYNTHETIC_CLASSES: Tuple[str, ...] = ('circle', 'rectangle', 'triangle', 'star',
 #: Bumped whenever the rendering changes, so :func:`ensure_synthetic_coco` regenerates old sets.
 GENERATOR_VERSION = 1
 
-SPLITS = ('train', 'val')
-_SPLIT_IDS = {'train': 0, 'val': 1}
+#: ``calib``: optional held-out images (``num_calib``) that no model trains or is scored on, for
+#: calibrating and fitting routers (dynamic inference)
+SPLITS = ('train', 'val', 'calib')
+_SPLIT_IDS = {'train': 0, 'val': 1, 'calib': 2}
 _SEED_TAG = 0x5EED_C0C0
 
 #: An instance is annotated only if at least this fraction of its full shape is visible ...
@@ -116,11 +118,11 @@ def _normalize_categories(categories: Optional[Sequence[str]]) -> Tuple[str, ...
 
 
 def _normalize_args(num_train, num_val, image_size, categories, seed, min_objects, max_objects,
-                    min_object_size, max_object_size, image_format) -> dict:
+                    min_object_size, max_object_size, image_format, num_calib=0) -> dict:
     h, w = _normalize_size(image_size)
-    num_train, num_val = int(num_train), int(num_val)
-    if num_train < 0 or num_val < 0:
-        raise ValueError('num_train and num_val must be >= 0')
+    num_train, num_val, num_calib = int(num_train), int(num_val), int(num_calib)
+    if num_train < 0 or num_val < 0 or num_calib < 0:
+        raise ValueError('num_train, num_val and num_calib must be >= 0')
     seed = int(seed)
     if seed < 0:
         raise ValueError('seed must be a non-negative integer')
@@ -138,7 +140,7 @@ def _normalize_args(num_train, num_val, image_size, categories, seed, min_object
         fmt = 'jpg'
     if fmt not in ('png', 'jpg'):
         raise ValueError(f"image_format must be 'png' or 'jpg', got {image_format!r}")
-    return dict(
+    args = dict(
         generator_version=GENERATOR_VERSION,
         num_train=num_train,
         num_val=num_val,
@@ -151,6 +153,14 @@ def _normalize_args(num_train, num_val, image_size, categories, seed, min_object
         max_object_size=max_object_size,
         image_format=fmt,
     )
+    if num_calib:  # only when asked for: sets generated without it stay valid
+        args['num_calib'] = num_calib
+    return args
+
+
+def _splits(args: dict):
+    """The splits a set generated with ``args`` has."""
+    return tuple(s for s in SPLITS if args.get(f'num_{s}', 0) or s != 'calib')
 
 
 # --------------------------------------------------------------------------------------------
@@ -485,13 +495,13 @@ def _summary(out_dir: Path, args: dict, counts: dict, generated: bool, seconds: 
     p = _paths(out_dir)
     return dict(
         out_dir=str(out_dir),
-        ann_files={s: str(v) for s, v in p['ann_files'].items()},
-        img_dirs={s: str(v) for s, v in p['img_dirs'].items()},
+        ann_files={s: str(v) for s, v in p['ann_files'].items() if s in _splits(args)},
+        img_dirs={s: str(v) for s, v in p['img_dirs'].items() if s in _splits(args)},
         meta_file=str(p['meta']),
         categories=list(args['categories']),
         image_size=tuple(args['image_size']),
-        num_images={s: counts[s][0] for s in SPLITS},
-        num_annotations={s: counts[s][1] for s in SPLITS},
+        num_images={s: counts[s][0] for s in _splits(args)},
+        num_annotations={s: counts[s][1] for s in _splits(args)},
         generated=generated,
         seconds=seconds,
         args=dict(args),
@@ -510,10 +520,10 @@ def _generate(out_dir: Path, args: dict, progress: bool) -> dict:
     fmt = args['image_format']
     coco_cats = [dict(id=i + 1, name=n, supercategory='shape') for i, n in enumerate(cats)]
     counts = {}
-    total = args['num_train'] + args['num_val']
+    total = sum(args.get(f'num_{s}', 0) for s in SPLITS)
     done = 0
     step = max(1, total // 10)
-    for split in SPLITS:
+    for split in _splits(args):
         n = args[f'num_{split}']
         img_dir = p['img_dirs'][split]
         img_dir.mkdir(parents=True, exist_ok=True)
@@ -566,12 +576,15 @@ def generate_synthetic_coco(out_dir: Union[str, os.PathLike],
                             image_format: str = 'png',
                             progress: bool = True,
                             min_object_size: float = DEFAULT_MIN_OBJECT_SIZE,
-                            max_object_size: Optional[float] = None) -> dict:
+                            max_object_size: Optional[float] = None,
+                            num_calib: int = 0) -> dict:
     """(Re)generate the synthetic COCO-format dataset under ``out_dir`` unconditionally.
 
     Args:
         out_dir: root folder; ``train/``, ``val/``, ``annotations/`` and ``meta.json`` go there.
         num_train, num_val: number of images per split.
+        num_calib: images of an extra held-out ``calib`` split (0: none), for calibrating and
+            fitting routers on images no model was trained or is evaluated on.
         image_size: ``int`` (square) or ``(H, W)``.
         categories: subset of :data:`SYNTHETIC_CLASSES` (their order gives category ids 1..n);
             ``None`` means all.
@@ -590,7 +603,7 @@ def generate_synthetic_coco(out_dir: Union[str, os.PathLike],
         ``generated`` (True), ``seconds`` and the normalised ``args``.
     """
     args = _normalize_args(num_train, num_val, image_size, categories, seed, min_objects,
-                           max_objects, min_object_size, max_object_size, image_format)
+                           max_objects, min_object_size, max_object_size, image_format, num_calib)
     return _generate(Path(out_dir), args, progress)
 
 
@@ -604,7 +617,7 @@ def _existing_summary(out_dir: Path, args: dict) -> Optional[dict]:
     if meta != json.loads(json.dumps(args)):
         return None
     counts = {}
-    for split in SPLITS:
+    for split in _splits(args):
         try:
             coco = json.loads(p['ann_files'][split].read_text(encoding='utf-8'))
         except (OSError, ValueError):
@@ -631,7 +644,7 @@ def ensure_synthetic_coco(out_dir: Union[str, os.PathLike],
                           progress: bool = True,
                           min_object_size: float = DEFAULT_MIN_OBJECT_SIZE,
                           max_object_size: Optional[float] = None,
-                          force: bool = False) -> dict:
+                          force: bool = False, num_calib: int = 0) -> dict:
     """Like :func:`generate_synthetic_coco`, but reuse an existing complete set.
 
     Nothing is written when ``meta.json`` records the same (normalised) arguments and generator
@@ -639,7 +652,7 @@ def ensure_synthetic_coco(out_dir: Union[str, os.PathLike],
     ``force=True``) the set is regenerated. The summary's ``generated`` tells which happened.
     """
     args = _normalize_args(num_train, num_val, image_size, categories, seed, min_objects,
-                           max_objects, min_object_size, max_object_size, image_format)
+                           max_objects, min_object_size, max_object_size, image_format, num_calib)
     out = Path(out_dir)
     if not force:
         summary = _existing_summary(out, args)
@@ -662,6 +675,8 @@ def _parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--out', default='data/synthetic_coco', help='output folder')
     parser.add_argument('--num-train', type=int, default=400)
     parser.add_argument('--num-val', type=int, default=100)
+    parser.add_argument('--num-calib', type=int, default=400,
+                        help='held-out images for router calibration (calib split; 0: none)')
     parser.add_argument('--image-size', type=int, nargs='+', default=[128], metavar='N',
                         help='one value (square) or H W')
     parser.add_argument('--seed', type=int, default=0)
@@ -686,6 +701,7 @@ def main(argv=None) -> int:
             a.out,
             num_train=a.num_train,
             num_val=a.num_val,
+            num_calib=a.num_calib,
             image_size=a.image_size,
             categories=a.categories,
             seed=a.seed,
@@ -704,7 +720,7 @@ def main(argv=None) -> int:
              if summary['generated'] else 'already up to date (reused)')
     print(f'synthetic COCO dataset in {summary["out_dir"]}: {state}')
     print(f'  image size {h}x{w}, categories: {", ".join(summary["categories"])}')
-    for s in SPLITS:
+    for s in summary['num_images']:
         print(f'  {s:5s}: {summary["num_images"][s]:6d} images, '
               f'{summary["num_annotations"][s]:6d} boxes -> {summary["ann_files"][s]}')
     return 0

@@ -16,6 +16,8 @@ key                         meaning
 ==========================  ==================================================================
 num_images                  images evaluated
 offload_ratio               fraction of images sent to the cloud
+tier_{t}_share              fraction of images whose detections came from tier t ('cloud',
+                            'edge_main', 'edge_extension'; one key per tier present)
 bytes_mean / _median / _p95 real payload bytes (``len(payload)``) over *offloaded* images;
                             p95 is ``numpy.percentile(..., 95)`` (linear interpolation)
 kbytes_mean                 bytes_mean / 1000
@@ -27,6 +29,8 @@ real_to_est_ratio           mean real body bytes / mean estimated body bytes (sa
 bytes_per_image_mean        payload bytes over *all* images, 0 for images kept on the edge
 edge_gflops / cloud_gflops  mean FLOPs / 1e9 per image on each side
 edge_flops_fraction         sum(edge FLOPs) / sum(edge + cloud FLOPs)
+exit_gflops                 mean FLOPs / 1e9 of the edge exits + router (part of edge_gflops)
+edge_flops_fraction_without_exits   the same fraction with the exits' FLOPs left out
 edge_params_m               parameters running on the edge, in millions
 edge_time_ms / cloud_time_ms / codec_time_ms   mean wall time per image
 uplink_ms_at_{bw}mbps       mean modelled network time per image (0 for images kept on edge)
@@ -156,6 +160,12 @@ class CommunicationMetric(BaseMetric):
         offl = [bool(r.get('offloaded', True)) for r in results]
         sent = [r for r, o in zip(results, offl) if o]
         m['offload_ratio'] = len(sent) / n
+        tiers: Dict[str, int] = {}
+        for r, o in zip(results, offl):
+            t = r.get('tier') or ('cloud' if o else 'edge')
+            tiers[t] = tiers.get(t, 0) + 1
+        for t in sorted(tiers):
+            m[f'tier_{t}_share'] = tiers[t] / n
 
         # --- bytes over offloaded images
         if sent:
@@ -195,6 +205,14 @@ class CommunicationMetric(BaseMetric):
             total = sum(a + b for a, b in both)
             if total > 0:
                 m['edge_flops_fraction'] = sum(a for a, _ in both) / total
+        exit_f = [(a, x, b) for (a, b), x in zip(
+            zip(edge_flops, cloud_flops), [r.get('exit_flops') for r in results])
+            if a is not None and b is not None and x is not None]
+        if exit_f and any(x for _, x, _ in exit_f):
+            m['exit_gflops'] = _mean([x for _, x, _ in exit_f]) / 1e9
+            total = sum(a - x + b for a, x, b in exit_f)
+            if total > 0:
+                m['edge_flops_fraction_without_exits'] = sum(a - x for a, x, _ in exit_f) / total
         params = [r.get('edge_params') for r in results if r.get('edge_params') is not None]
         if params:
             m['edge_params_m'] = _mean(params) / 1e6

@@ -21,7 +21,10 @@ class CommRecord:
                     codec has no model (JPEG)
     codec:          name of the method, e.g. 'entropy_bottleneck', 'quantize_8bit', 'jpeg_q90'
     offloaded:      whether the image was sent to the cloud at all
+    tier:           where its detections were made: 'cloud', or an edge exit ('edge_main',
+                    'edge_extension') for images finished on the edge
     edge_flops / cloud_flops: FLOPs spent per image on each side (None when not measured)
+    exit_flops:     the part of edge_flops spent by the edge exits and the router
     edge_params:    parameter count of everything that runs on the edge
     edge_time_s / cloud_time_s / codec_time_s: wall time per image on this machine
     """
@@ -30,8 +33,10 @@ class CommRecord:
     estimated_bits: Optional[float] = None
     codec: str = ''
     offloaded: bool = True
+    tier: str = 'cloud'
     edge_flops: Optional[float] = None
     cloud_flops: Optional[float] = None
+    exit_flops: Optional[float] = None
     edge_params: Optional[int] = None
     edge_time_s: Optional[float] = None
     cloud_time_s: Optional[float] = None

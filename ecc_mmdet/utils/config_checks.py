@@ -10,7 +10,7 @@ from mmengine.config import Config, ConfigDict
 
 SYNTHETIC_HINT = ('To create the synthetic dataset, run:\n'
                   '    python -m ecc_mmdet.datasets.synthetic_coco --out {root}\n')
-COCO_HINT = ('For COCO 2017, put it at data/coco/ (annotations/instances_{{train,val}}2017.json, '
+COCO_HINT = ('For COCO 2017, put it at data/coco/ (annotations/instances_{train,val}2017.json, '
              'train2017/, val2017/)\nor point the config at your copy, e.g. --cfg-options '
              'train_dataloader.dataset.data_root=/path/to/coco/ ...\n')
 
@@ -156,6 +156,34 @@ def check_cloud_only_accounting(cfg: Config, loader: str = 'test_dataloader',
             "config:\n    custom_hooks = [dict(type='CloudOnlyAccountingHook')]")
 
 
+def check_router_calibration(cfg: Config):
+    """A router with a target offload ratio needs a calibration split (RouterCalibrationHook)."""
+    router = (cfg.get('model') or {}).get('router')
+    if not isinstance(router, (dict, ConfigDict)) or (cfg.get('model') or {}).get(
+            'edge_exit') is None:
+        return
+    ratio = router.get('target_offload_ratio')
+    if router.get('threshold') is None and ratio is None:
+        ratio = 0.5  # the routers' default
+    if ratio is None or float(ratio) in (0.0, 1.0):
+        return
+    hooks = [h for h in cfg.get('custom_hooks') or [] if isinstance(h, (dict, ConfigDict))]
+    calib = [h for h in hooks if h.get('type') == 'RouterCalibrationHook']
+    if not calib:
+        raise ConfigError(
+            f'model.router.target_offload_ratio={ratio} needs a calibration split, and the '
+            'config has none. Add\n    custom_hooks = [dict(type=\'RouterCalibrationHook\', '
+            'dataloader=dict(..., dataset=dict(... a split that is not the test split)))]\n'
+            'or give model.router.threshold instead')
+    from ..deployment.calibration import check_calibration_split  # (imports this module)
+    evals = [(k, ds) for k, ds in iter_datasets(cfg, ('val_dataloader', 'test_dataloader'))]
+    for h in calib:
+        loader = h.get('dataloader') or {}
+        check_calibration_split(loader.get('dataset'), evals)
+        check_dataset_paths(Config(dict(calibration_dataloader=loader)),
+                            ('calibration_dataloader', ), ())
+
+
 def check_config(cfg: Config, mode: str = 'train'):
     """All pre-flight checks for ``mode`` in {'train', 'test'}."""
     check_custom_imports(cfg)
@@ -168,3 +196,4 @@ def check_config(cfg: Config, mode: str = 'train'):
     else:
         check_dataset_paths(cfg, ('test_dataloader',), ('test_evaluator',))
         check_cloud_only_accounting(cfg)
+    check_router_calibration(cfg)

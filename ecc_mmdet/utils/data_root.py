@@ -3,14 +3,15 @@ import os.path as osp
 
 from mmengine.config import Config
 
-from .config_checks import iter_datasets, iter_evaluators
+from .config_checks import _datasets, iter_datasets, iter_evaluators
 
 LOADERS = ('train_dataloader', 'val_dataloader', 'test_dataloader')
 EVALUATORS = ('val_evaluator', 'test_evaluator')
 
 
 def set_data_root(cfg: Config, data_root: str) -> Config:
-    """Replace ``data_root`` of every (wrapped) dataset and re-root the evaluators' ann_file.
+    """Replace ``data_root`` of every (wrapped) dataset -- those of hooks' dataloaders too -- and
+    re-root the evaluators' ann_file.
 
     An evaluator's ann_file under a dataset's old root moves with it (``data/coco/annotations/x``
     -> ``<new>/annotations/x``). Saves the five ``--cfg-options`` that the same change needs.
@@ -21,6 +22,13 @@ def set_data_root(cfg: Config, data_root: str) -> Config:
         if ds.get('data_root'):
             old_roots.add(ds['data_root'].rstrip('/') + '/')
         ds['data_root'] = new
+    for hook in cfg.get('custom_hooks') or []:  # e.g. RouterCalibrationHook's calibration split
+        loader = hook.get('dataloader') if hasattr(hook, 'get') else None
+        if hasattr(loader, 'get'):
+            for ds in _datasets(loader.get('dataset')):
+                if ds.get('data_root'):
+                    old_roots.add(ds['data_root'].rstrip('/') + '/')
+                ds['data_root'] = new
     for _, e in iter_evaluators(cfg, EVALUATORS):
         ann = e.get('ann_file')
         if not isinstance(ann, str):

@@ -240,3 +240,20 @@ def test_cli_main_and_tool_script(tmp_path, capsys):
     ], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
     assert 'reused' in res.stdout
+
+
+def test_held_out_calib_split(tmp_path):
+    plain = _gen(tmp_path / 'plain')
+    withc = _gen(tmp_path / 'calib', num_calib=5)
+    assert 'calib' not in plain['num_images'] and withc['num_images']['calib'] == 5
+    # train and val do not change when a calib split is added (pure function of split, index)
+    for split in ('train', 'val'):
+        assert all(np.array_equal(a, b) for a, b in zip(_pixels(plain, split),
+                                                        _pixels(withc, split)))
+    calib = _pixels(withc, 'calib')
+    assert not any(np.array_equal(c, t) for c in calib for t in _pixels(withc, 'train'))
+    assert len(COCO(withc['ann_files']['calib']).getImgIds()) == 5
+    # reused when asked again with the same arguments; a set without it stays valid as it was
+    assert not ensure_synthetic_coco(tmp_path / 'calib', num_calib=5, **{
+        k: v for k, v in SMALL.items()})['generated']
+    assert not ensure_synthetic_coco(tmp_path / 'plain', **SMALL)['generated']

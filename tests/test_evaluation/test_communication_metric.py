@@ -159,3 +159,17 @@ def test_through_evaluator_beside_another_metric():
         (6 * 10.0 + 5 * 20.0 + 2000 * 8 / 1e6 * 1e3) / 6)
     assert 'comm/latency_ms_at_10mbps' in m and 'comm_b/latency_ms_at_10mbps' in m
     assert np.isfinite(list(m.values())).all()
+
+
+def test_tier_shares_and_flops_without_exits():
+    recs = [CommRecord(payload_bytes=500, tier='cloud', edge_flops=3e8, exit_flops=1e8,
+                       cloud_flops=2e9) for _ in range(2)]
+    recs += [CommRecord(payload_bytes=0, offloaded=False, tier='edge_main', edge_flops=2e8,
+                        exit_flops=1e8, cloud_flops=0.0) for _ in range(3)]
+    m = _run(CommunicationMetric(), recs)
+    assert m['tier_cloud_share'] == pytest.approx(0.4)
+    assert m['tier_edge_main_share'] == pytest.approx(0.6)
+    assert m['bytes_per_image_mean'] == pytest.approx(200.0)  # over all images
+    assert m['exit_gflops'] == pytest.approx(0.1)
+    assert m['edge_flops_fraction'] == pytest.approx(12e8 / (12e8 + 4e9))
+    assert m['edge_flops_fraction_without_exits'] == pytest.approx(7e8 / (7e8 + 4e9))

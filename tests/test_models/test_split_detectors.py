@@ -10,6 +10,7 @@ import ecc_mmdet  # noqa: F401
 from ecc_mmdet.structures import read as read_comm
 from ecc_mmdet.codecs.bitstream import BitstreamError, CodecMismatchError, CorruptedBitstreamError
 from ecc_mmdet.utils import ConfigError
+from ecc_mmdet.deployment import DeploymentMeter
 from ecc_mmdet.utils.flops import FlopCache
 
 from conftest import TINY_FRCNN, TINY_RETINA, fake_batch, split_cfg, tiny_model_cfg
@@ -185,22 +186,26 @@ def test_decode_refuses_a_batch_of_mixed_feature_shapes(frcnn_pair):
 def test_flop_counts_are_cached_per_input_shape_and_bounded(frcnn_pair):
     unsplit, split = frcnn_pair
     model = copy.deepcopy(split)
-    model._flops_cache = FlopCache(max_entries=2)
+    object.__setattr__(model, 'meter', DeploymentMeter(max_shapes=2))
     counts = {}
     for size in (64, 96, 64, 128):
         inputs, samples = fake_batch(unsplit, n=1, size=size)
         rec = read_comm(model.predict(inputs, samples)[0])
         counts.setdefault(size, set()).add((rec.edge_flops, rec.cloud_flops))
+    edge = model.meter.flops['edge']
     # measured once per shape: 64 (reused on its second use), 96, 128
-    assert model._flops_cache.measurements == 3
+    assert edge.measurements == 3 and model.meter.flops['cloud'].measurements == 3
     # bounded at 2: 96 went out when 128 came in (64 had been used more recently)
-    assert len(model._flops_cache) == 2
-    assert (3, 64, 64) in model._flops_cache and (3, 96, 96) not in model._flops_cache
+    assert len(edge) == 2
+    assert (3, 64, 64) in edge and (3, 96, 96) not in edge
     assert all(len(v) == 1 for v in counts.values())
     (e64, c64), = counts[64]
     (e128, c128), = counts[128]
     assert e128 == pytest.approx(4 * e64, rel=0.05)  # convolutions scale with the pixels
     assert c128 > c64 > 0
+    # the record's sides are the sums of the measured steps
+    assert rec.edge_flops == pytest.approx(edge.get((3, 128, 128), None)
+                                           + model.meter.flops['encode'].get((3, 128, 128), None))
 
 
 def test_flop_cache_is_least_recently_used():

@@ -23,6 +23,7 @@ CODEC_LABELS = {'jpeg': 'JPEG', 'webp': 'WebP', 'avif': 'AVIF'}
 INPUT_PREFIX = 'cloud-only '
 LEARNED = 'learned bottleneck'
 VARIABLE = 'variable-rate student'
+DYNAMIC = 'dynamic (exit + router)'
 #: the project's targets (issue "Rate-accuracy: beat the strongest way of sending the image")
 TARGET_BD_RATE = -0.50          # vs the Pareto front of all input codecs
 TARGET_MAP_GAP = 1.0            # student within this many mAP points of the teacher ...
@@ -40,7 +41,8 @@ def row(method, setting, metrics, bandwidth):
                 bbox_mAP_50=100.0 * metrics['coco/bbox_mAP_50'],
                 edge_gflops=edge, cloud_gflops=cloud,
                 edge_flops_fraction=metrics.get('comm/edge_flops_fraction'),
-                latency_ms=lat, real_to_est=metrics.get('comm/real_to_est_ratio'))
+                latency_ms=lat, real_to_est=metrics.get('comm/real_to_est_ratio'),
+                offload_ratio=metrics.get('comm/offload_ratio'))
 
 
 def input_codec_method(codec: str, fitted: bool) -> str:
@@ -63,7 +65,8 @@ def run_rate_accuracy(teacher_config: str, teacher_checkpoint: str,
                       quantize_bits: Sequence[int] = (8, 4), split_after: int = 1,
                       data_root: Optional[str] = None, num_images: Optional[int] = None,
                       bandwidth: float = 1.0, bootstrap: int = 200,
-                      variable_rate_students: Sequence[Tuple[str, str, str]] = ()) -> List[dict]:
+                      variable_rate_students: Sequence[Tuple[str, str, str]] = (),
+                      dynamic_students: Sequence[Tuple[str, str, str]] = ()) -> List[dict]:
     """Evaluate every method; ``students`` are (name, config, checkpoint) of trained students.
 
     ``image_codecs``: codec -> qualities (default: JPEG at 5..95). ``fit_to_input``: also send
@@ -72,6 +75,9 @@ def run_rate_accuracy(teacher_config: str, teacher_checkpoint: str,
     mAP (``mAP_ci``) and, in :func:`summarize`, of the key differences; 0 turns it off.
     ``variable_rate_students``: (name, config, checkpoint) of students with a
     ``VariableRateBottleneckNeck``; one row per rate point, one model.
+    ``dynamic_students``: (name, config, checkpoint) of dynamic models (edge exit + router); the
+    router is calibrated to its target offload ratio on the config's calibration split, then the
+    system runs the real deployment path (bytes averaged over all images).
     """
     if image_codecs is None:
         image_codecs = {'jpeg': (5, 10, 20, 40, 70, 95)}
@@ -131,6 +137,11 @@ def run_rate_accuracy(teacher_config: str, teacher_checkpoint: str,
             model.compressor.set_rate_point(r)
             rows.append(row(VARIABLE, f'{name} r={r}', evaluate(model, vr_dataset), bandwidth))
 
+    for name, config, ckpt in dynamic_students:
+        print(f'- {DYNAMIC} {name}', flush=True)
+        model, scfg = calibrated_dynamic_model(config, ckpt, data_root)
+        rows.append(row(DYNAMIC, name, evaluate(model, build_test_dataset(scfg)), bandwidth))
+
     if bootstrap:
         print(f'- bootstrap: {bootstrap} resamples of {len(predictions[0])} images', flush=True)
         boot = ImageBootstrap(ann_file, [p['img_id'] for p in predictions[0]], bootstrap)
@@ -139,6 +150,35 @@ def run_rate_accuracy(teacher_config: str, teacher_checkpoint: str,
             r['mAP_ci'] = [100 * v for v in boot.interval(samples)]
             r['mAP_samples'] = [round(100 * v, 4) for v in samples]
     return rows
+
+
+def calibrated_dynamic_model(config: str, checkpoint: str, data_root: Optional[str] = None,
+                             num_images: int = 200):
+    """A dynamic model whose router is calibrated on its config's calibration split (as
+    RouterCalibrationHook does in the Runner) -> (model, config)."""
+    import copy
+
+    from mmdet.registry import DATASETS
+
+    from ecc_mmdet.apis.inference import iter_batches
+    from ecc_mmdet.deployment.calibration import calibrate_router, check_calibration_split
+    scfg = load_config(config, data_root)
+    model = build_detector(scfg.model, checkpoint)
+    ratio = model.router.target_offload_ratio
+    if ratio is not None and float(ratio) not in (0.0, 1.0):
+        hook = next((h for h in scfg.get('custom_hooks') or []
+                     if h.get('type') == 'RouterCalibrationHook'), None)
+        if hook is None:
+            raise ValueError(f'{config}: the router needs calibration and there is no '
+                             'RouterCalibrationHook')
+        check_calibration_split(hook['dataloader']['dataset'],
+                                [('test_dataloader', scfg.test_dataloader.dataset)])
+        calib = DATASETS.build(copy.deepcopy(hook['dataloader']['dataset']))
+        n = min(hook.get('num_images') or num_images, len(calib))
+        t, reached = calibrate_router(model, iter_batches(model, calib, n, batch_size=4))
+        print(f'  router threshold {t:.4g}: offloads {reached:.0%} of {n} calibration images',
+              flush=True)
+    return model, scfg
 
 
 def _paired(a, b) -> Optional[List[float]]:
@@ -212,7 +252,7 @@ def summarize(rows):
             dict(method=r['method'], setting=r['setting'], bytes=r['bytes_per_image'],
                  mAP=r['bbox_mAP'], front_bytes=fb,
                  ratio=None if fb is None else r['bytes_per_image'] / fb)
-            for r in rows if r['method'] in (LEARNED, VARIABLE)
+            for r in rows if r['method'] in (LEARNED, VARIABLE, DYNAMIC)
             for fb in [front_bytes_at(front, r['bbox_mAP'])]]
     if inputs and learned:
         # bd_rate reduces the anchor to its Pareto front: over all input codecs, that is the front
@@ -322,7 +362,7 @@ def plot(rows, path):
     ax.axhline(teacher['bbox_mAP'], color='k', ls='--', lw=1, label='teacher (original image)')
     styles = {'cloud-only JPEG': 'o-', 'cloud-only WebP': 'D-', 'cloud-only AVIF': 'P-',
               'learned bottleneck': 's-', 'variable-rate student': '*-', '8-bit features': '^',
-              '4-bit features': 'v'}
+              '4-bit features': 'v', DYNAMIC: 'h'}
     for method in dict.fromkeys(r['method'] for r in rows if r['method'] != 'teacher'):
         pts = sorted((r['bytes_per_image'], r['bbox_mAP']) for r in rows if r['method'] == method)
         style = styles.get(method.replace(' (fitted)', ''), 'x-')

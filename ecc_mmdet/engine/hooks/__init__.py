@@ -1,5 +1,6 @@
 """Hooks of ecc_mmdet (registered into ``mmdet.registry.HOOKS``)."""
 from .cloud_only_accounting_hook import CloudOnlyAccountingHook
 from .knowledge_adaptation_hook import KnowledgeAdaptationHook
+from .router_calibration_hook import RouterCalibrationHook
 
-__all__ = ['CloudOnlyAccountingHook', 'KnowledgeAdaptationHook']
+__all__ = ['CloudOnlyAccountingHook', 'KnowledgeAdaptationHook', 'RouterCalibrationHook']

@@ -1,17 +1,17 @@
-"""What every edge/cloud split detector shares: the split, the codec round trip, the accounting.
+"""What every edge/cloud split detector shares: the split, the exits, the deployment steps.
 
 A split detector is an ordinary mmdet detector whose ``extract_feat`` runs
 ``edge half -> compressor -> cloud half -> neck``. Training and tensor mode use the compressor's
-differentiable path; ``predict`` goes through the deployment path, real bytes included:
+differentiable path; ``predict`` goes through the deployment path
+(:func:`ecc_mmdet.deployment.run_deployment`), real bytes included:
 
-    encode(images, samples)           -> [payload bytes]      (edge: stem + stages[:k] + encoder
-                                                                + entropy coder + framing)
-    decode_and_predict(payloads, ...) -> [DetDataSample]      (cloud: validate + decode + rest)
+    edge_features -> [run_exits -> route] -> encode_features (offloaded images only)
+    -> [network] -> unpack_payloads -> decompress_payloads -> cloud_predict -> merge
 
-so what is evaluated is what would be deployed. Each predicted sample carries a
-:class:`~ecc_mmdet.structures.CommRecord` for :class:`CommunicationMetric`.
+so what is evaluated is what would be deployed. The steps are methods here; their order and their
+accounting (time, FLOPs, bytes: one :class:`~ecc_mmdet.structures.CommRecord` per image) live in
+:mod:`ecc_mmdet.deployment`, outside the model.
 """
-import time
 from abc import abstractmethod
 from typing import Dict, List, Optional, Sequence
 
@@ -20,13 +20,19 @@ from mmdet.registry import MODELS
 from mmdet.structures import DetDataSample
 from torch import Tensor
 
-from ...structures import comm_record as accounting
-from ...structures.comm_record import CommRecord
 from ...codecs.bitstream import CorruptedBitstreamError, ImageMeta, Payload, pack, unpack
+from ...deployment.meter import DeploymentMeter
+from ...deployment import sides
+from ...deployment.pipeline import run_cloud, run_deployment, run_edge
 from ...utils.config_checks import ConfigError
-from ...utils.flops import FlopCache, count_flops
 from ...utils.modules import count_parameters
+from ..exits import ExitOutput
+from ..routers import LearnedRouter, exit_fingerprint
 from ..split import BackboneSplitter
+
+
+def _forget_exit_after_load(module, incompatible_keys):
+    module._forget_exit()  # new exit weights: the learned router's check runs again
 
 
 class EdgeCloudDetectorMixin:
@@ -37,16 +43,24 @@ class EdgeCloudDetectorMixin:
         compressor: config of a feature-compression neck (``EntropyBottleneckNeck``,
             ``QuantizeNeck``, ``Float16Neck``, ``Float32Neck``); ``in_channels`` defaults to the
             channels at the split point.
-        measure_flops: count edge/cloud FLOPs (torch.utils.flop_counter) once per input shape
-            during ``predict`` (the last 16 shapes are cached); custom mmcv ops (RoIAlign, NMS)
-            are not counted.
+        measure_flops: count edge/cloud FLOPs (torch.utils.flop_counter) once per deployment
+            step and input shape during ``predict`` (the last 16 shapes are cached); custom mmcv
+            ops (RoIAlign, NMS) are not counted.
         estimate_rate: also report the entropy model's bit estimate per image (an extra
             likelihood pass on the edge; accounting only, not part of deployment). Benchmarks of
             inference speed turn it and ``measure_flops`` off.
+        edge_exit: an :class:`~ecc_mmdet.models.exits.EdgeExit` config (edge neck + mmdet dense
+            head on F_k): images the router keeps on the edge finish with its detections.
+        router: a router config (``RandomRouter``, ``ScoreBandRouter``, ``EntropyRouter``,
+            ``LearnedRouter``) with ``threshold`` or ``target_offload_ratio``. Without a router
+            (or without an exit) every image goes to the cloud.
+        train_exits_only: train the exit alone (everything else frozen, in eval mode) from the
+            labels and, with ``edge_exit.distill_weight > 0``, from the cloud's detections.
     """
 
     def _init_edge_cloud(self, split_after: int, compressor: dict, measure_flops: bool = True,
-                         estimate_rate: bool = True):
+                         estimate_rate: bool = True, edge_exit: Optional[dict] = None,
+                         router: Optional[dict] = None, train_exits_only: bool = False):
         if compressor is None or 'type' not in compressor:
             raise ConfigError('An edge/cloud detector needs compressor=dict(type=...), e.g. '
                               "dict(type='EntropyBottleneckNeck') or dict(type='QuantizeNeck', "
@@ -59,12 +73,75 @@ class EdgeCloudDetectorMixin:
                               f'backbone has {channels} channels after stage {split_after}; '
                               'remove in_channels from the compressor config to infer it')
         self.compressor = MODELS.build(compressor)
-        self.measure_flops = measure_flops
-        self.estimate_rate = estimate_rate
+        self.edge_exit = self._build_exit(edge_exit, channels)
+        self.router = self._build_router(router, channels)
+        if train_exits_only and self.edge_exit is None:
+            raise ConfigError('train_exits_only=True needs an edge_exit=dict(type=\'EdgeExit\', '
+                              '...) to train')
+        self.train_exits_only = bool(train_exits_only)
+        if self.train_exits_only:
+            for name, p in self.named_parameters():
+                if not name.startswith('edge_exit.'):
+                    p.requires_grad_(False)
+        object.__setattr__(self, 'meter', DeploymentMeter(measure_flops, estimate_rate))
         self._pending_losses: Dict[str, Tensor] = {}
         self._train_intermediates: Dict[str, object] = {}
-        self._flops_cache = FlopCache(max_entries=16)
         self.attach_distiller(None)
+        self.register_load_state_dict_post_hook(_forget_exit_after_load)
+
+    @staticmethod
+    def _build_exit(cfg: Optional[dict], channels: int):
+        if cfg is None:
+            return None
+        if not isinstance(cfg, dict) or 'type' not in cfg:
+            raise ConfigError("edge_exit must be dict(type='EdgeExit', neck=..., head=...)")
+        cfg = dict(cfg)
+        cfg.setdefault('in_channels', channels)
+        module = MODELS.build(cfg)
+        module.check_runs_on(channels)
+        return module
+
+    @staticmethod
+    def _build_router(cfg: Optional[dict], channels: int):
+        if cfg is None:
+            return None
+        if not isinstance(cfg, dict) or 'type' not in cfg:
+            raise ConfigError("router must be a dict with a type, e.g. dict(type='EntropyRouter', "
+                              'target_offload_ratio=0.5)')
+        cfg = dict(cfg)
+        cls = MODELS.get(cfg['type'])
+        if cls is not None and isinstance(cls, type) and issubclass(cls, LearnedRouter):
+            cfg.setdefault('feature_channels', channels)
+        return MODELS.build(cfg)
+
+    # measurement settings live in the meter (outside the model's forward logic)
+    @property
+    def measure_flops(self) -> bool:
+        return self.meter.measure_flops
+
+    @measure_flops.setter
+    def measure_flops(self, value: bool):
+        self.meter.measure_flops = bool(value)
+
+    @property
+    def estimate_rate(self) -> bool:
+        return self.meter.estimate_rate
+
+    @estimate_rate.setter
+    def estimate_rate(self, value: bool):
+        self.meter.estimate_rate = bool(value)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self._forget_exit()
+        if mode and getattr(self, 'train_exits_only', False):
+            for name, child in self.named_children():
+                if name != 'edge_exit':
+                    child.eval()  # frozen as deployed: BN statistics, rounding in the codec
+        return self
+
+    def _forget_exit(self):
+        self.__dict__.pop('_exit_fingerprint', None)
 
     def attach_distiller(self, distiller):
         """Install ``distiller(model, inputs, samples, losses, intermediates) -> losses``.
@@ -84,7 +161,8 @@ class EdgeCloudDetectorMixin:
         x = self.neck(backbone_outs) if self.with_neck else backbone_outs
         if self.training:  # kept for loss(): compressor losses and distillation inputs
             self._pending_losses = losses
-            self._train_intermediates = dict(backbone_outs=backbone_outs, neck_outs=x)
+            self._train_intermediates = dict(backbone_outs=backbone_outs, neck_outs=x,
+                                             edge_feats=f)
         return x
 
     def _cloud_features(self, f_hat: Tensor):
@@ -92,40 +170,102 @@ class EdgeCloudDetectorMixin:
         return self.neck(x) if self.with_neck else x
 
     def loss(self, batch_inputs: Tensor, batch_data_samples):
+        if self.train_exits_only:
+            return self._exit_losses(batch_inputs, batch_data_samples)
         losses = super().loss(batch_inputs, batch_data_samples)
         losses.update(self._pending_losses)  # the compressor's loss_rate (x beta)
         if self.distiller is not None:
             losses = self.distiller(self, batch_inputs, batch_data_samples, losses,
                                     self._train_intermediates)
+        if self.edge_exit is not None:  # joint training: the exit reads F_k, never changes it
+            losses.update(self.edge_exit.loss(self._train_intermediates['edge_feats'].detach(),
+                                              batch_data_samples))
         self._pending_losses, self._train_intermediates = {}, {}
         return losses
 
-    # ---- deployment path ----
+    def _exit_losses(self, batch_inputs: Tensor, batch_data_samples):
+        """Exit-only training: F_k and the cloud's detections from the frozen model."""
+        with torch.no_grad():
+            f = self.splitter.forward_edge(batch_inputs)
+            pseudo = None
+            if self.edge_exit.distill_weight > 0:
+                fresh = [DetDataSample(metainfo=s.metainfo) for s in batch_data_samples]
+                f_hat, _ = self.compressor(f)  # eval mode: exactly what decoding gives
+                cloud = self.predict_from_features(self._cloud_features(f_hat), fresh,
+                                                   rescale=False)
+                pseudo = self.edge_exit.pseudo_labels([c.pred_instances for c in cloud],
+                                                      batch_data_samples)
+        return self.edge_exit.loss(f, batch_data_samples, pseudo)
+
+    # ---- deployment steps (ordered and accounted by ecc_mmdet.deployment) ----
+    def edge_features(self, batch_inputs: Tensor) -> Tensor:
+        """Edge: stem + stages[:k] -> F_k (computed once per image)."""
+        return self.splitter.forward_edge(batch_inputs)
+
+    def run_exits(self, f: Tensor, batch_data_samples, rescale: bool = True) -> ExitOutput:
+        """Edge: the exit's detections and raw scores for the router."""
+        results, cls_scores = self.edge_exit.predict(f, batch_data_samples, rescale)
+        return ExitOutput(results=results, cls_scores=cls_scores, features=f,
+                          samples=list(batch_data_samples), num_classes=self.edge_exit.num_classes,
+                          tiers=['edge_main'] * len(results))
+
+    def route(self, exits: ExitOutput) -> Tensor:
+        """Edge: (N,) bool, True = offload."""
+        if isinstance(self.router, LearnedRouter):
+            if '_exit_fingerprint' not in self.__dict__:
+                self.__dict__['_exit_fingerprint'] = exit_fingerprint(self.edge_exit)
+            self.router.check_exits(self.__dict__['_exit_fingerprint'])
+        return self.router.decide(exits)
+
+    def finish_on_edge(self, sample: DetDataSample, instances) -> DetDataSample:
+        return self.add_pred_to_datasample([sample], [instances])[0]
+
+    def encode_features(self, f: Tensor, batch_data_samples) -> List[bytes]:
+        """Edge: F_k -> one self-contained payload per image (encoder, entropy coder, framing)."""
+        parts = self.compressor.compress(f)
+        return [pack(Payload(self.compressor.codec_id, tuple(shape),
+                             ImageMeta.from_metainfo(ds.metainfo), params, body))
+                for (params, body, shape), ds in zip(parts, batch_data_samples)]
+
+    def unpack_payloads(self, payloads: Sequence[bytes], batch_data_samples) -> List[Payload]:
+        """Cloud: validate and parse; the samples take the image meta the payloads carry."""
+        if len(batch_data_samples) != len(payloads):
+            raise ValueError(f'{len(payloads)} payloads but {len(batch_data_samples)} samples')
+        parsed = []
+        for data, sample in zip(payloads, batch_data_samples):
+            p = unpack(data, expected_codec=self.compressor.codec_id)
+            sample.set_metainfo(p.meta.to_metainfo())
+            parsed.append(p)
+        return parsed
+
+    def decompress_payloads(self, parsed: Sequence[Payload]) -> Tensor:
+        """Cloud: entropy decoder + g_s -> F_hat (N, C, H, W)."""
+        device = next(self.parameters()).device
+        feats = [self.compressor.decompress(p.codec_params, p.body, p.latent_shape).to(device)
+                 for p in parsed]
+        shapes = {tuple(f.shape) for f in feats}
+        if len(shapes) != 1:
+            raise CorruptedBitstreamError(
+                f'payloads of one batch decode to different feature shapes {sorted(shapes)}; '
+                'send images padded to the same batch_input_shape together, or one at a time')
+        return torch.cat(feats)
+
+    def cloud_predict(self, f_hat: Tensor, batch_data_samples, rescale: bool = True):
+        """Cloud: rest of the backbone, neck, heads -> detections."""
+        return self.predict_from_features(self._cloud_features(f_hat), batch_data_samples,
+                                          rescale)
+
+    # ---- the deployed round trip ----
     @torch.no_grad()
     def encode(self, batch_inputs: Tensor, batch_data_samples: Sequence[DetDataSample]
                ) -> List[bytes]:
-        """Edge side: preprocessed image batch -> one self-contained payload per image."""
-        return self._encode(batch_inputs, batch_data_samples)[0]
+        """Edge side without routing: preprocessed image batch -> one payload per image."""
+        return self.encode_features(self.edge_features(batch_inputs), batch_data_samples)
 
-    def _encode(self, batch_inputs, batch_data_samples):
-        n = batch_inputs.shape[0]
-        t0 = time.perf_counter()
-        f = self.splitter.forward_edge(batch_inputs)
-        t1 = time.perf_counter()
-        parts = self.compressor.compress(f)
-        payloads = [
-            pack(Payload(self.compressor.codec_id, tuple(shape),
-                         ImageMeta.from_metainfo(ds.metainfo), params, body))
-            for (params, body, shape), ds in zip(parts, batch_data_samples)
-        ]
-        t2 = time.perf_counter()
-        est_bits = (self.compressor.estimate_bits(f).tolist() if self.estimate_rate
-                    else [None] * n)
-        # edge time includes encoding and framing; codec time is reported on its own as well
-        stats = [dict(edge_time_s=(t2 - t0) / n, codec_time_s=(t2 - t1) / n,
-                      estimated_bits=None if b is None else float(b), body_bytes=len(body))
-                 for b, (_, body, _) in zip(est_bits, parts)]
-        return payloads, stats
+    @torch.no_grad()
+    def run_edge(self, batch_inputs: Tensor, batch_data_samples, rescale: bool = True):
+        """Edge side with exits and router -> :class:`~ecc_mmdet.deployment.EdgeOutcome`."""
+        return run_edge(self, batch_inputs, batch_data_samples, rescale)
 
     @torch.no_grad()
     def decode_and_predict(self, payloads: Sequence[bytes],
@@ -142,76 +282,33 @@ class EdgeCloudDetectorMixin:
             batch_data_samples = [DetDataSample() for _ in payloads]
         if len(batch_data_samples) != len(payloads):
             raise ValueError(f'{len(payloads)} payloads but {len(batch_data_samples)} samples')
-        device = next(self.parameters()).device
-        t0 = time.perf_counter()
-        feats, body_sizes = [], []
-        for data, sample in zip(payloads, batch_data_samples):
-            p = unpack(data, expected_codec=self.compressor.codec_id)
-            body_sizes.append(len(p.body))
-            sample.set_metainfo(p.meta.to_metainfo())
-            feats.append(self.compressor.decompress(p.codec_params, p.body, p.latent_shape)
-                         .to(device))
-        shapes = {tuple(f.shape) for f in feats}
-        if len(shapes) != 1:
-            raise CorruptedBitstreamError(
-                f'payloads of one batch decode to different feature shapes {sorted(shapes)}; '
-                'send images padded to the same batch_input_shape together, or one at a time')
-        f_hat = torch.cat(feats)
-        t1 = time.perf_counter()
-        x = self._cloud_features(f_hat)
-        results = self.predict_from_features(x, list(batch_data_samples), rescale)
-        t2 = time.perf_counter()
-        n = len(payloads)
-        for data, body, sample in zip(payloads, body_sizes, results):
-            accounting.attach(sample, CommRecord(
-                payload_bytes=len(data), header_bytes=len(data) - body,
-                codec=self.compressor.codec_name, offloaded=True,
-                cloud_time_s=(t2 - t0) / n, codec_time_s=(t1 - t0) / n))
-        return results
+        return run_cloud(self, payloads, list(batch_data_samples), rescale)
+
+    # ---- one side only (shipping each device just the weights it runs) ----
+    def build_edge(self):
+        """A copy holding only the edge's modules; see :func:`ecc_mmdet.deployment.build_edge`.
+        Cloud steps on it raise an error naming the missing module."""
+        return sides.build_edge(self)
+
+    def build_cloud(self):
+        """A copy holding only the cloud's modules; see
+        :func:`ecc_mmdet.deployment.build_cloud`."""
+        return sides.build_cloud(self)
 
     @abstractmethod
     def predict_from_features(self, x, batch_data_samples, rescale: bool = True):
         """Cloud heads on neck features; implemented by the two- and single-stage subclasses."""
 
     def predict(self, batch_inputs: Tensor, batch_data_samples, rescale: bool = True):
-        """The deployed round trip: encode on the edge, decode and detect on the cloud."""
-        flops = self._flops(batch_inputs, batch_data_samples)
-        payloads, edge_stats = self._encode(batch_inputs, batch_data_samples)
-        results = self.decode_and_predict(payloads, batch_data_samples, rescale)
-        edge_params = self.edge_param_count()
-        for sample, st in zip(results, edge_stats):
-            rec = accounting.read(sample)
-            rec.edge_time_s = st['edge_time_s']
-            rec.codec_time_s = (rec.codec_time_s or 0.0) + st['codec_time_s']
-            rec.estimated_bits = st['estimated_bits']
-            rec.edge_params = edge_params
-            if flops is not None:
-                rec.edge_flops, rec.cloud_flops = flops
-            accounting.attach(sample, rec)
-        return results
+        """The deployed round trip: edge, exits + router, encode, decode, cloud, merge."""
+        with torch.no_grad():
+            return run_deployment(self, batch_inputs, batch_data_samples, rescale)
 
     # ---- compute accounting ----
     def edge_param_count(self) -> int:
         """Parameters that run on the edge (counted once; the architecture does not change)."""
         if '_edge_params' not in self.__dict__:
-            self.__dict__['_edge_params'] = count_parameters(
-                self.splitter.edge_modules() + list(self.compressor.edge_modules()))
+            mods = self.splitter.edge_modules() + list(self.compressor.edge_modules())
+            mods += [m for m in (self.edge_exit, self.router) if m is not None]
+            self.__dict__['_edge_params'] = count_parameters(mods)
         return self.__dict__['_edge_params']
-
-    def _flops(self, batch_inputs, batch_data_samples):
-        """(edge, cloud) FLOPs per image, measured once per input shape on the deployment path."""
-        if not self.measure_flops:
-            return None
-        x, sample = batch_inputs[:1], batch_data_samples[0]
-
-        def measure():
-            edge, parts = count_flops(
-                lambda: self.compressor.compress(self.splitter.forward_edge(x)))
-
-            def cloud_side():
-                f_hat = self.compressor.decompress(*parts[0]).to(x.device)
-                return self.predict_from_features(self._cloud_features(f_hat), [sample.clone()])
-
-            return edge, count_flops(cloud_side)[0]
-
-        return self._flops_cache.get(tuple(batch_inputs.shape[1:]), measure)

@@ -9,15 +9,19 @@ from .edge_cloud_base import EdgeCloudDetectorMixin
 @MODELS.register_module()
 class EdgeCloudTwoStageDetector(EdgeCloudDetectorMixin, TwoStageDetector):
     """Any ``TwoStageDetector`` config becomes a split one by changing ``type`` and adding
-    ``split_after`` and ``compressor`` (see :class:`EdgeCloudDetectorMixin`)."""
+    ``split_after`` and ``compressor``; ``edge_exit`` + ``router`` make it dynamic (see
+    :class:`EdgeCloudDetectorMixin`)."""
 
     def __init__(self, split_after: int = 1, compressor: dict = None,
-                 measure_flops: bool = True, estimate_rate: bool = True, **kwargs):
+                 measure_flops: bool = True, estimate_rate: bool = True,
+                 edge_exit: dict = None, router: dict = None, train_exits_only: bool = False,
+                 **kwargs):
         if 'bbox_head' in kwargs:
             raise ConfigError('EdgeCloudTwoStageDetector got a single-stage config (bbox_head); '
                               "use type='EdgeCloudSingleStageDetector' for it")
         super().__init__(**kwargs)
-        self._init_edge_cloud(split_after, compressor, measure_flops, estimate_rate)
+        self._init_edge_cloud(split_after, compressor, measure_flops, estimate_rate, edge_exit,
+                              router, train_exits_only)
 
     def predict_from_features(self, x, batch_data_samples, rescale: bool = True):
         if batch_data_samples[0].get('proposals', None) is None:

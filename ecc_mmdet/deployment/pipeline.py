@@ -1,0 +1,119 @@
+"""The deployment path of a split detector, step by step, each step computed once:
+
+    edge features F_k -> edge exits -> router -> encode only the offloaded images -> [network]
+    -> decode -> cloud -> merge both sets of results in the input order
+
+The model provides the steps (``edge_features``, ``run_exits``, ``route``, ``encode_features``,
+``unpack_payloads``, ``decompress_payloads``, ``cloud_predict``); this module orders them, and a
+:class:`~ecc_mmdet.deployment.meter.DeploymentMeter` measures them and writes each image's
+:class:`~ecc_mmdet.structures.CommRecord`. Measurement never enters the model's forward logic.
+"""
+from typing import List, NamedTuple, Optional, Sequence
+
+import torch
+from mmdet.structures import DetDataSample
+from torch import Tensor
+
+from ..structures import comm_record
+from .meter import BatchTrace, DeploymentMeter
+
+__all__ = ['EdgeOutcome', 'run_cloud', 'run_deployment', 'run_edge']
+
+
+class EdgeOutcome(NamedTuple):
+    """What the edge did with a batch: per image, either detections (finished on the edge) or a
+    payload to send, and the tier ('cloud' = offloaded, or the exit that finished it)."""
+    results: List[Optional[DetDataSample]]
+    payloads: List[Optional[bytes]]
+    tiers: List[str]
+    estimated_bits: List[Optional[float]]
+
+
+def run_edge(model, batch_inputs: Tensor, samples: Sequence[DetDataSample],
+             rescale: bool = True, trace: Optional[BatchTrace] = None) -> EdgeOutcome:
+    """The edge side: F_k once, the exits and the router (when configured), then encode only the
+    images the router offloads."""
+    samples = list(samples)
+    n = len(samples)
+    trace = trace or DeploymentMeter(measure_flops=False, estimate_rate=False).batch(n)
+    everyone = range(n)
+    shape = tuple(batch_inputs.shape[1:])
+    with trace.step('edge', everyone, shape):
+        f = model.edge_features(batch_inputs)
+    tiers = ['cloud'] * n
+    results: List[Optional[DetDataSample]] = [None] * n
+    if model.edge_exit is not None and model.router is not None:
+        with trace.step('exit', everyone, shape):
+            exits = model.run_exits(f, samples, rescale)
+        with trace.step('route', everyone, shape):
+            offload = model.route(exits)
+        for i in everyone:
+            if not bool(offload[i]):
+                tiers[i] = exits.tiers[i]
+                results[i] = model.finish_on_edge(samples[i], exits.results[i])
+    off = [i for i in everyone if tiers[i] == 'cloud']
+    payloads: List[Optional[bytes]] = [None] * n
+    est_bits: List[Optional[float]] = [None] * n
+    if off:
+        f_off = f[torch.as_tensor(off, device=f.device)] if len(off) < n else f
+        with trace.step('encode', off, shape):
+            encoded = model.encode_features(f_off, [samples[i] for i in off])
+        for i, p in zip(off, encoded):
+            payloads[i] = p
+        if trace.meter.estimate_rate and hasattr(model.compressor, 'estimate_bits'):
+            for i, b in zip(off, model.compressor.estimate_bits(f_off).tolist()):
+                est_bits[i] = float(b)
+    return EdgeOutcome(results, payloads, tiers, est_bits)
+
+
+def run_deployment(model, batch_inputs: Tensor, samples: Sequence[DetDataSample],
+                   rescale: bool = True, meter: Optional[DeploymentMeter] = None
+                   ) -> List[DetDataSample]:
+    """Edge + router + cloud on a preprocessed batch -> detections in input order, accounted."""
+    meter = meter or model.meter
+    samples = list(samples)
+    n = len(samples)
+    trace = meter.batch(n)
+    edge = run_edge(model, batch_inputs, samples, rescale, trace)
+    results = list(edge.results)
+    payload_bytes, header_bytes = [0] * n, [0] * n
+    off = [i for i in range(n) if edge.tiers[i] == 'cloud']
+    if off:
+        cloud = _cloud_steps(model, trace, [edge.payloads[i] for i in off],
+                             [samples[i] for i in off], off, rescale)
+        for i, (res, body) in zip(off, cloud):
+            results[i] = res
+            payload_bytes[i] = len(edge.payloads[i])
+            header_bytes[i] = payload_bytes[i] - body
+    records = trace.records(edge.tiers, payload_bytes, header_bytes, model.compressor.codec_name,
+                            edge.estimated_bits, model.edge_param_count())
+    for res, rec in zip(results, records):
+        comm_record.attach(res, rec)
+    return results
+
+
+def run_cloud(model, payloads: Sequence[bytes], samples: Sequence[DetDataSample],
+              rescale: bool = True, meter: Optional[DeploymentMeter] = None
+              ) -> List[DetDataSample]:
+    """The cloud side alone: payload bytes -> detections, with bytes and cloud time accounted."""
+    meter = meter or model.meter
+    n = len(payloads)
+    trace = meter.batch(n)
+    cloud = _cloud_steps(model, trace, payloads, samples, range(n), rescale)
+    records = trace.records(['cloud'] * n, [len(p) for p in payloads],
+                            [len(p) - body for p, (_, body) in zip(payloads, cloud)],
+                            model.compressor.codec_name)
+    for (res, _), rec in zip(cloud, records):
+        comm_record.attach(res, rec)
+    return [res for res, _ in cloud]
+
+
+def _cloud_steps(model, trace: BatchTrace, payloads, samples, indices, rescale):
+    """[(result sample, body bytes)] of decode + cloud for the images at batch ``indices``."""
+    with trace.step('decode', indices, None):  # parsing and validation: no torch ops
+        parsed = model.unpack_payloads(payloads, samples)
+    with trace.step('decode', indices, ('latent', tuple(parsed[0].latent_shape))):
+        f_hat = model.decompress_payloads(parsed)
+    with trace.step('cloud', indices, tuple(f_hat.shape[1:])):
+        results = model.cloud_predict(f_hat, list(samples), rescale)
+    return [(r, len(p.body)) for r, p in zip(results, parsed)]

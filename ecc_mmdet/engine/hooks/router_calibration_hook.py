@@ -1,0 +1,83 @@
+"""Calibrate the router's threshold to its target offload ratio before every validation / test.
+
+A router configured with ``target_offload_ratio`` needs a threshold: this hook runs the edge
+exits on a calibration split (never the evaluation split) and sets it to the matching percentile
+of the router's scores, then logs the threshold. Exits that are still training are recalibrated
+before each validation.
+
+    custom_hooks = [dict(type='RouterCalibrationHook', num_images=200,
+                         dataloader=dict(batch_size=4, num_workers=0, dataset=dict(...)))]
+"""
+import copy
+
+from mmengine.hooks import Hook
+from mmengine.model import is_model_wrapper
+from mmdet.registry import HOOKS
+
+from ...deployment.calibration import calibrate_router, check_calibration_split
+from ...utils.config_checks import ConfigError
+
+__all__ = ['RouterCalibrationHook']
+
+
+@HOOKS.register_module()
+class RouterCalibrationHook(Hook):
+    """Args:
+        dataloader: dataloader config of the calibration split (test pipeline).
+        num_images: calibration images used (all of the split when None).
+    """
+
+    priority = 'HIGH'
+
+    def __init__(self, dataloader: dict, num_images=None):
+        if not isinstance(dataloader, dict) or 'dataset' not in dataloader:
+            raise ConfigError('RouterCalibrationHook needs dataloader=dict(dataset=dict(...)) of '
+                              'a calibration split')
+        if num_images is not None and int(num_images) < 1:
+            raise ConfigError(f'RouterCalibrationHook.num_images must be >= 1, got {num_images}')
+        self.dataloader_cfg = dataloader
+        self.num_images = None if num_images is None else int(num_images)
+        self._loader = None
+
+    def before_run(self, runner) -> None:
+        evals = [(k, runner.cfg.get(k).get('dataset', {}))
+                 for k in ('val_dataloader', 'test_dataloader') if runner.cfg.get(k)]
+        check_calibration_split(self.dataloader_cfg.get('dataset'), evals)
+
+    def before_val(self, runner) -> None:
+        self._calibrate(runner)
+
+    def before_test(self, runner) -> None:
+        self._calibrate(runner)
+
+    def _batches(self, runner, model):
+        if self._loader is None:
+            self._loader = runner.build_dataloader(copy.deepcopy(self.dataloader_cfg))
+        seen = 0
+        for data in self._loader:
+            if self.num_images is not None and seen >= self.num_images:
+                return
+            pre = model.data_preprocessor(data, False)
+            inputs, samples = pre['inputs'], pre['data_samples']
+            if self.num_images is not None:
+                keep = self.num_images - seen
+                inputs, samples = inputs[:keep], samples[:keep]
+            seen += len(samples)
+            yield inputs, samples
+
+    def _calibrate(self, runner) -> None:
+        model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+        router = getattr(model, 'router', None)
+        ratio = getattr(router, 'target_offload_ratio', None)
+        if router is None or getattr(model, 'edge_exit', None) is None or ratio is None \
+                or float(ratio) in (0.0, 1.0):
+            return
+        was = model.training
+        model.eval()
+        try:
+            t, reached = calibrate_router(model, self._batches(runner, model))
+        finally:
+            model.train(was)
+        runner.logger.info(f'RouterCalibrationHook: {type(router).__name__} threshold {t:.6g} '
+                           f'offloads {reached:.1%} of the calibration images (target '
+                           f'{float(ratio):.1%})')

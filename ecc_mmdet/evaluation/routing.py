@@ -1,0 +1,61 @@
+"""Scoring routed systems from two sets of per-image results without re-running COCO matching.
+
+COCO matching (``COCOeval.evaluate``) is per image: an image's matches depend only on its own
+detections. So the edge exit's and the cloud's results are each matched once, and any routing
+(which image takes which result) is scored by picking each image's matches from one set and
+accumulating -- exactly the mAP of the merged result list. Per-image AP (the mean over the
+categories present in the image) gives the per-image gain of offloading, used to train the
+learned router and to build the oracle.
+"""
+import copy
+from typing import Sequence
+
+import numpy as np
+from pycocotools.cocoeval import COCOeval
+
+from .bootstrap import ImageBootstrap
+
+__all__ = ['compose', 'per_image_ap', 'routed_map']
+
+
+def _blocks(ev: COCOeval, n: int) -> int:
+    return len(ev.evalImgs) // n
+
+
+def compose(boot: ImageBootstrap, sources: Sequence[COCOeval], choice: Sequence[int]) -> COCOeval:
+    """A COCOeval whose image i has the matches of ``sources[choice[i]]`` (same ground truth and
+    image order, from ``boot.evaluate``). ``boot.mAP`` / ``boot.sample_maps`` score it."""
+    n = len(boot.img_ids)
+    choice = np.asarray(choice, dtype=int)
+    if choice.shape != (n, ):
+        raise ValueError(f'choice must have one entry per image ({n}), got {choice.shape}')
+    blocks = {_blocks(ev, n) for ev in sources}
+    if len(blocks) != 1:
+        raise ValueError('the result sets were not matched against the same ground truth')
+    b = blocks.pop()
+    out = copy.copy(sources[0])
+    out.evalImgs = [sources[choice[i]].evalImgs[k * n + i] for k in range(b) for i in range(n)]
+    return out
+
+
+def routed_map(boot: ImageBootstrap, edge: COCOeval, cloud: COCOeval,
+               offload: Sequence[bool]) -> float:
+    """mAP (0-1) of the system that takes the cloud's results for ``offload``-ed images."""
+    return boot.mAP(compose(boot, [edge, cloud], np.asarray(offload, dtype=bool).astype(int)))
+
+
+def per_image_ap(boot: ImageBootstrap, ev: COCOeval) -> np.ndarray:
+    """(n,) AP of every image over the categories present in it (NaN for images without
+    ground truth: their detections only add false positives to other images' rankings)."""
+    n = len(boot.img_ids)
+    b = _blocks(ev, n)
+    out = np.full(n, np.nan)
+    for i in range(n):
+        one = copy.copy(ev)
+        one.evalImgs = [ev.evalImgs[k * n + i] for k in range(b)]
+        pe = copy.copy(ev._paramsEval)
+        pe.imgIds = [0]
+        one._paramsEval, one.params = pe, pe
+        ap = boot._map(one)
+        out[i] = ap if ap >= 0 else np.nan
+    return out

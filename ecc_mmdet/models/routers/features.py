@@ -1,0 +1,36 @@
+"""Image-level features of the edge exits' outputs, shared by the routers."""
+import torch
+from torch import Tensor
+
+
+def top_anchor_probs(exits, k: int) -> Tensor:
+    """(N, k, C) sigmoid class scores of each image's k anchors with the highest max score
+    (zero-padded when an image has fewer anchors)."""
+    c = exits.num_classes
+    n = exits.cls_scores[0].shape[0]
+    flat = torch.cat([s.detach().permute(0, 2, 3, 1).reshape(n, -1, c)
+                      for s in exits.cls_scores], 1).sigmoid()
+    k_eff = min(k, flat.shape[1])
+    idx = flat.max(-1).values.topk(k_eff, dim=1).indices
+    top = torch.gather(flat, 1, idx[..., None].expand(-1, -1, c))
+    if k_eff < k:
+        top = torch.cat([top, top.new_zeros(n, k - k_eff, c)], 1)
+    return top
+
+
+def router_features(exits, top_k: int = 16, pool_features: bool = False) -> Tensor:
+    """(N, D) features of the learned router: the top-k anchors' max scores (sorted) and class
+    entropies, the count of exit detections above 0.3 / 0.5 / 0.7, and (``pool_features``) F_k
+    average-pooled."""
+    p = top_anchor_probs(exits, top_k)
+    maxp = p.max(-1).values
+    q = torch.cat([p, 1 - maxp[..., None]], -1).clamp_min(1e-12)
+    q = q / q.sum(-1, keepdim=True)
+    ent = -(q * q.log()).sum(-1) / torch.log(torch.tensor(float(q.shape[-1])))
+    counts = torch.stack([
+        torch.tensor([float((r.scores >= t).sum()) for r in exits.results], device=p.device)
+        for t in (0.3, 0.5, 0.7)], -1) / 10.0
+    parts = [maxp, ent, counts]
+    if pool_features:
+        parts.append(exits.features.detach().float().mean((2, 3)))
+    return torch.cat(parts, -1).float()

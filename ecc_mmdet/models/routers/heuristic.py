@@ -1,0 +1,80 @@
+"""Rule-based routers: the random control, DCSB's score band, class-distribution entropy."""
+import hashlib
+from typing import Tuple
+
+import torch
+from mmdet.registry import MODELS
+from torch import Tensor
+
+from ...utils.config_checks import ConfigError
+from .base import BaseRouter
+from .features import top_anchor_probs
+
+__all__ = ['RandomRouter', 'ScoreBandRouter', 'EntropyRouter']
+
+
+@MODELS.register_module()
+class RandomRouter(BaseRouter):
+    """The control: a uniform score per image, a pure function of ``seed`` and the image id, so
+    the same image gets the same decision in every batch and run."""
+
+    def __init__(self, seed: int = 0, **kwargs):
+        super().__init__(**kwargs)
+        self.seed = int(seed)
+
+    def scores(self, exits) -> Tensor:
+        out = []
+        for s in exits.samples:
+            key = s.metainfo.get('img_id', s.metainfo.get('img_path'))
+            digest = hashlib.sha256(f'{self.seed}:{key}'.encode()).digest()
+            out.append(int.from_bytes(digest[:8], 'little') / 2.0**64)
+        return torch.tensor(out, dtype=torch.float64)
+
+
+@MODELS.register_module()
+class ScoreBandRouter(BaseRouter):
+    """DCSB-style difficulty: the number of exit detections whose score lies in the uncertain band
+    ``[low, high)``. The fractional part (in [0, 1)) breaks the many ties between images with the
+    same count, so calibration can reach any ratio: how close the image's detections come to the
+    band's middle on average (Gaussian in units of half the band), and the maximum for an image
+    where the exit found nothing at all (every image is expected to hold something)."""
+
+    score_range: Tuple[float, float] = (0.0, float('inf'))
+
+    def __init__(self, low: float = 0.2, high: float = 0.6, **kwargs):
+        if not 0.0 <= low < high <= 1.0:
+            raise ConfigError(f'ScoreBandRouter needs 0 <= low < high <= 1, got low={low}, '
+                              f'high={high}')
+        super().__init__(**kwargs)
+        self.low, self.high = float(low), float(high)
+
+    def scores(self, exits) -> Tensor:
+        mid, half = (self.low + self.high) / 2, (self.high - self.low) / 2
+        out = []
+        for res in exits.results:
+            s = res.scores.detach().double()
+            count = int(((s >= self.low) & (s < self.high)).sum())
+            frac = float(torch.exp(-((s - mid) / half)**2).mean()) if s.numel() else 1.0
+            out.append(count + 0.999 * frac)
+        return torch.tensor(out, dtype=torch.float64)
+
+
+@MODELS.register_module()
+class EntropyRouter(BaseRouter):
+    """Mean entropy of the class distributions of the exit's ``top_k`` most confident anchors,
+    normalised by ln(C + 1) into [0, 1] (C classes + background; a sigmoid head's scores p_c are
+    turned into a distribution over [p_1..p_C, 1 - max p] and renormalised)."""
+
+    def __init__(self, top_k: int = 10, **kwargs):
+        if int(top_k) < 1:
+            raise ConfigError(f'EntropyRouter.top_k must be >= 1, got {top_k}')
+        super().__init__(**kwargs)
+        self.top_k = int(top_k)
+
+    def scores(self, exits) -> Tensor:
+        p = top_anchor_probs(exits, self.top_k).double()  # (N, k, C)
+        bg = 1 - p.max(-1, keepdim=True).values
+        q = torch.cat([p, bg], -1).clamp_min(1e-12)
+        q = q / q.sum(-1, keepdim=True)
+        h = -(q * q.log()).sum(-1) / torch.log(torch.tensor(q.shape[-1], dtype=torch.float64))
+        return h.mean(-1).clamp(0, 1)

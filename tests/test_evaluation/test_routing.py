@@ -1,0 +1,69 @@
+"""Scoring routed systems by composing per-image COCO matches equals scoring the merged results."""
+import json
+import os.path as osp
+
+import numpy as np
+import pytest
+
+from ecc_mmdet.evaluation.bootstrap import ImageBootstrap
+from ecc_mmdet.evaluation.routing import compose, per_image_ap, routed_map
+
+
+def _gt(tiny_coco):
+    ann = osp.join(tiny_coco, 'annotations', 'instances_train.json')
+    coco = json.load(open(ann))
+    cat_ids = sorted(c['id'] for c in coco['categories'])
+    return ann, coco, cat_ids
+
+
+def _predictions(coco, cat_ids, rng, jitter, keep):
+    """Per image: its ground-truth boxes jittered by ``jitter`` px, each kept with prob ``keep``,
+    plus one random false positive; scores random."""
+    out = []
+    for img in coco['images']:
+        anns = [a for a in coco['annotations'] if a['image_id'] == img['id']]
+        boxes, labels = [], []
+        for a in anns:
+            if rng.random() < keep:
+                x, y, w, h = a['bbox']
+                boxes.append(np.array([x, y, x + w, y + h]) + rng.normal(0, jitter, 4))
+                labels.append(cat_ids.index(a['category_id']))
+        boxes.append(np.array([1.0, 1.0, 9.0, 9.0]))
+        labels.append(0)
+        out.append(dict(img_id=img['id'], bboxes=np.array(boxes), labels=np.array(labels),
+                        scores=rng.random(len(boxes))))
+    return out
+
+
+def test_composed_map_equals_map_of_merged_results(tiny_coco):
+    ann, coco, cat_ids = _gt(tiny_coco)
+    rng = np.random.default_rng(0)
+    edge = _predictions(coco, cat_ids, rng, jitter=3.0, keep=0.6)
+    cloud = _predictions(coco, cat_ids, rng, jitter=0.5, keep=1.0)
+    boot = ImageBootstrap(ann, [p['img_id'] for p in edge], num_samples=5)
+    ev_e, ev_c = boot.evaluate(edge, cat_ids), boot.evaluate(cloud, cat_ids)
+    assert boot.mAP(ev_c) > boot.mAP(ev_e)  # the fixture gives the routing something to do
+    for mask in ([0, 1, 0, 1, 1, 0, 0, 1], [1] * 8, [0] * 8, [1, 1, 0, 0, 0, 0, 1, 1]):
+        merged = [c if m else e for e, c, m in zip(edge, cloud, mask)]
+        ref = boot.mAP(boot.evaluate(merged, cat_ids))
+        assert routed_map(boot, ev_e, ev_c, np.array(mask, bool)) == pytest.approx(ref, abs=1e-12)
+    with pytest.raises(ValueError, match='one entry per image'):
+        compose(boot, [ev_e, ev_c], [0, 1])
+
+
+def test_per_image_ap(tiny_coco):
+    ann, coco, cat_ids = _gt(tiny_coco)
+    rng = np.random.default_rng(1)
+    perfect = _predictions(coco, cat_ids, rng, jitter=0.0, keep=1.0)
+    for p in perfect:  # no false positive, confident true boxes
+        p['bboxes'], p['labels'] = p['bboxes'][:-1], p['labels'][:-1]
+        p['scores'] = np.ones(len(p['labels']))
+    nothing = [dict(p, bboxes=np.zeros((0, 4)), labels=np.zeros(0, int), scores=np.zeros(0))
+               for p in perfect]
+    boot = ImageBootstrap(ann, [p['img_id'] for p in perfect], num_samples=1)
+    ap_perfect = per_image_ap(boot, boot.evaluate(perfect, cat_ids))
+    ap_nothing = per_image_ap(boot, boot.evaluate(nothing, cat_ids))
+    has_gt = np.array([any(a['image_id'] == i['id'] for a in coco['annotations'])
+                       for i in coco['images']])
+    assert np.allclose(ap_perfect[has_gt], 1.0) and np.allclose(ap_nothing[has_gt], 0.0)
+    assert np.isnan(ap_perfect[~has_gt]).all()

@@ -1,0 +1,94 @@
+"""The dynamic system through the real tools: exit training with router calibration, test,
+learned-router fitting and the benchmark, on tiny images."""
+import glob
+import json
+import os.path as osp
+
+import pytest
+
+from conftest import REPO, data_options, run_tool
+
+DYNAMIC_CFG = osp.join(REPO, 'configs', 'ecc_faster_rcnn_r18_synthetic_dynamic.py')
+LEARNED_CFG = osp.join(REPO, 'configs', 'ecc_faster_rcnn_r18_synthetic_dynamic_learned.py')
+FAST = ['load_from=None', 'train_dataloader.batch_size=4', 'default_hooks.logger.interval=1',
+        'train_cfg.max_epochs=1', 'train_cfg.val_interval=1', 'param_scheduler.0.end=2',
+        'custom_hooks.0.num_images=8']
+
+
+@pytest.fixture(scope='module')
+def trained(tiny_coco_calib, tmp_path_factory):
+    work = tmp_path_factory.mktemp('dynamic')
+    proc = run_tool('train', DYNAMIC_CFG, '--work-dir', work, *data_options(tiny_coco_calib),
+                    '--cfg-options', *FAST)
+    return work, proc.stdout + proc.stderr
+
+
+def test_exit_training_calibrates_the_router_before_validation(trained):
+    work, log = trained
+    assert 'RouterCalibrationHook: EntropyRouter threshold' in log
+    assert 'exit_loss_cls' in log and 'loss_rpn_cls' not in log  # the exit alone trains
+    assert 'comm/tier_' in log  # the validation reports where images finished
+    assert osp.isfile(work / 'epoch_1.pth')
+
+
+def test_test_tool_reports_tiers_and_edge_bytes(trained, tiny_coco_calib, tmp_path):
+    work, _ = trained
+    run_tool('test', DYNAMIC_CFG, work / 'epoch_1.pth', '--work-dir', tmp_path,
+             *data_options(tiny_coco_calib), '--cfg-options',
+             'custom_hooks.0.num_images=8', 'model.router.target_offload_ratio=0.5')
+    metrics = json.load(open(glob.glob(str(tmp_path / '*' / '*.json'))[0]))
+    shares = {k: v for k, v in metrics.items() if k.startswith('comm/tier_')}
+    assert sum(shares.values()) == pytest.approx(1.0)
+    assert metrics['comm/offload_ratio'] == pytest.approx(shares.get('comm/tier_cloud_share', 0))
+    # bytes over all images = bytes over offloaded images x offload ratio (edge images send 0)
+    if metrics['comm/offload_ratio'] > 0:
+        assert metrics['comm/bytes_per_image_mean'] == pytest.approx(
+            metrics['comm/bytes_mean'] * metrics['comm/offload_ratio'])
+    assert metrics['comm/exit_gflops'] > 0
+    assert metrics['comm/edge_flops_fraction_without_exits'] < metrics['comm/edge_flops_fraction']
+
+
+def test_calibration_on_the_evaluation_split_is_refused(tiny_coco_calib, tmp_path):
+    proc = run_tool('test', DYNAMIC_CFG, 'unused.pth', '--work-dir', tmp_path,
+                    *data_options(tiny_coco_calib), '--cfg-options',
+                    'custom_hooks.0.dataloader.dataset.ann_file=annotations/instances_val.json',
+                    check=False)
+    assert proc.returncode != 0
+    assert 'also test_dataloader' in proc.stderr and 'Calibrate on another split' in proc.stderr
+    proc = run_tool('test', DYNAMIC_CFG, 'unused.pth', '--work-dir', tmp_path,
+                    *data_options(tiny_coco_calib), '--cfg-options', 'custom_hooks=[]',
+                    check=False)
+    assert proc.returncode != 0 and 'needs a calibration split' in proc.stderr
+
+
+def test_learned_router_and_benchmark(trained, tiny_coco_calib, tmp_path):
+    work, _ = trained
+    ckpt = tmp_path / 'learned.pth'
+    proc = run_tool('train_router', DYNAMIC_CFG, work / 'epoch_1.pth', '--out', ckpt,
+                    '--skip', 8, '--num-images', 8, '--data-root', tiny_coco_calib)
+    assert 'fitted:' in proc.stdout and ckpt.is_file()
+    run_tool('test', LEARNED_CFG, ckpt, '--work-dir', tmp_path / 'test',
+             *data_options(tiny_coco_calib), '--cfg-options', 'custom_hooks.0.num_images=8')
+    # a router checkpoint that does not fit the configured router is refused, not half-loaded
+    proc = run_tool('test', LEARNED_CFG, ckpt, '--work-dir', tmp_path / 'other',
+                    *data_options(tiny_coco_calib), '--cfg-options', 'custom_hooks.0.num_images=8',
+                    'model.router.hidden=8', check=False)
+    assert proc.returncode != 0 and 'LearnedRouter was built with other settings' in proc.stderr
+    out = tmp_path / 'bench' / 'dynamic.json'
+    run_tool('benchmark_dynamic', '--checkpoint', work / 'epoch_1.pth',
+             '--teacher-checkpoint', work / 'epoch_1.pth', '--data-root', tiny_coco_calib,
+             '--num-router-train', 8, '--num-calib', 8, '--ratios', 0, 0.5, 1,
+             '--bootstrap', 5, '--out', out)
+    res = json.load(open(out))
+    rows = res['rows']
+    routers = {r['router'] for r in rows if r['variant'] == 'Dynamic'}
+    assert {'random', 'score band', 'entropy', 'learned', 'oracle'} <= routers
+    adaptive = next(r for r in rows if r['variant'] == 'Adaptive')
+    for r in rows:
+        if r['variant'] == 'Dynamic' and r['target_ratio'] == 0:
+            assert r['offload_ratio'] == 0 and r['bytes_per_image'] == 0 and r['cloud_gflops'] == 0
+        if r['variant'] == 'Dynamic' and r['target_ratio'] == 1:
+            assert r['offload_ratio'] == 1 and r['mAP'] == pytest.approx(adaptive['mAP'])
+            assert r['bytes_per_image'] == pytest.approx(adaptive['bytes_per_image'])
+    assert osp.isfile(str(out).replace('.json', '.txt')) and osp.isfile(
+        str(out).replace('.json', '.png'))

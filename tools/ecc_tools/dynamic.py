@@ -1,0 +1,375 @@
+"""Dynamic edge-cloud inference benchmark: exits + routers, swept over offload ratios.
+
+The engine of ``tools/benchmark_dynamic.py`` (targets, tables and plots live with the tools).
+Every image of the evaluation split runs through the real deployment path twice -- once with
+every image kept on the edge exit, once with every image offloaded through the feature bitstream
+-- which gives each image's two possible results, bytes and FLOPs. Any routing is then scored
+exactly by picking each image's COCO matches from one of the two sets
+(:mod:`ecc_mmdet.evaluation.routing`). Thresholds are calibrated on the config's calibration split
+(the synthetic set's held-out ``calib`` images: neither trained on nor evaluated), on other images
+of it than those the learned router is fitted on; never on the evaluation split.
+"""
+import copy
+import math
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+from mmengine.dataset import pseudo_collate
+
+from ecc_mmdet.apis import build_detector, build_test_dataset, evaluate_detector, load_config
+from ecc_mmdet.datasets.transforms import add_image_codec_baseline
+from ecc_mmdet.deployment.calibration import check_calibration_split
+from ecc_mmdet.evaluation.bootstrap import ImageBootstrap
+from ecc_mmdet.evaluation.routing import compose, per_image_ap
+from ecc_mmdet.models.routers import (EntropyRouter, LearnedRouter, RandomRouter,
+                                      ScoreBandRouter, exit_fingerprint, threshold_for_ratio)
+from ecc_mmdet.models.routers.features import router_features
+
+#: the targets of the dynamic-inference issue
+TARGET_MAP_DROP_AT_HALF = 1.0   # at 50 % finished on the edge, mAP >= all-cloud - 1.0
+TARGET_BYTES_FRACTION = 0.5     # best point: <= 1/2 the all-cloud bytes ...
+TARGET_MAP_LOSS = 1.0           # ... for <= 1.0 mAP loss
+HEURISTIC_ROUTERS = {
+    'random': lambda: RandomRouter(seed=0, threshold=0.5),
+    'score band': lambda: ScoreBandRouter(low=0.2, high=0.6, threshold=0.0),
+    'entropy': lambda: EntropyRouter(top_k=10, threshold=0.5),
+}
+
+
+def calibration_dataset_cfg(cfg):
+    """The calibration split of a dynamic config (its RouterCalibrationHook's dataset)."""
+    for h in cfg.get('custom_hooks') or []:
+        if h.get('type') == 'RouterCalibrationHook':
+            return copy.deepcopy(h['dataloader']['dataset'])
+    raise ValueError('the dynamic config has no RouterCalibrationHook: no calibration split')
+
+
+def _batches(model, dataset, indices, batch_size=4):
+    for s in range(0, len(indices), batch_size):
+        items = [dataset[i] for i in indices[s:s + batch_size]]
+        data = model.data_preprocessor(pseudo_collate(items), False)
+        yield data['inputs'], data['data_samples']
+
+
+@torch.no_grad()
+def run_pass(model, dataset, indices, offload_all: bool, progress: str = '') -> List[dict]:
+    """Per image: predictions + CommRecord of the real deployment path, every image kept on the
+    edge exit (``offload_all=False``) or sent to the cloud."""
+    saved = model.router
+    model.router = RandomRouter(threshold=-math.inf if offload_all else math.inf)
+    out = []
+    try:
+        for k, (inputs, samples) in enumerate(_batches(model, dataset, indices)):
+            for r in model.predict(inputs, samples):
+                inst = r.pred_instances
+                out.append(dict(img_id=r.img_id, bboxes=inst.bboxes.numpy(),
+                                scores=inst.scores.numpy(), labels=inst.labels.numpy(),
+                                comm=r.metainfo['ecc_comm']))
+            if progress and k % 25 == 0:
+                print(f'  {progress}: {len(out)}/{len(indices)}', flush=True)
+    finally:
+        model.router = saved
+    return out
+
+
+@torch.no_grad()
+def exit_scores(model, dataset, indices, routers: Dict[str, object], top_k: int = 16):
+    """Scores of each heuristic router and the learned router's features, per image."""
+    scores = {name: [] for name in routers}
+    feats = []
+    for inputs, samples in _batches(model, dataset, indices):
+        exits = model.run_exits(model.edge_features(inputs), samples)
+        for name, r in routers.items():
+            scores[name].append(r.scores(exits).double())
+        feats.append(router_features(exits, top_k))
+    return {k: torch.cat(v).numpy() for k, v in scores.items()}, torch.cat(feats)
+
+
+def offload_gains(ann_file, edge_pass, cloud_pass, cat_ids) -> np.ndarray:
+    """Per image: AP of the cloud's result minus AP of the exit's (0 without ground truth)."""
+    boot = ImageBootstrap(ann_file, [p['img_id'] for p in edge_pass], 1)
+    return np.nan_to_num(per_image_ap(boot, boot.evaluate(cloud_pass, cat_ids))
+                         - per_image_ap(boot, boot.evaluate(edge_pass, cat_ids)))
+
+
+def _system(offload, edge_pass, cloud_pass, boot, ev_edge, ev_cloud, edge_encodes=True):
+    """Figures of one routing. ``edge_encodes``: an offloaded image's edge FLOPs are those of
+    the cloud pass (features encoded on the edge); otherwise those of the exit pass (the image
+    is sent as a JPEG, whose encoder runs outside torch and is not counted)."""
+    offload = np.asarray(offload, dtype=bool)
+    e_flops = np.array([(c if o and edge_encodes else e)['comm']['edge_flops'] or 0.0
+                        for o, e, c in zip(offload, edge_pass, cloud_pass)])
+    c_flops = np.array([c['comm']['cloud_flops'] or 0.0 if o else 0.0
+                        for o, c in zip(offload, cloud_pass)])
+    nbytes = np.array([c['comm']['payload_bytes'] if o else 0
+                       for o, c in zip(offload, cloud_pass)], dtype=float)
+    ev = compose(boot, [ev_edge, ev_cloud], offload.astype(int))
+    return dict(offload_ratio=float(offload.mean()), mAP=100 * boot.mAP(ev),
+                bytes_per_image=float(nbytes.mean()), edge_gflops=float(e_flops.mean()) / 1e9,
+                cloud_gflops=float(c_flops.mean()) / 1e9), ev
+
+
+def run_dynamic(config: str, checkpoint: str, teacher_config: str, teacher_checkpoint: str,
+                data_root: Optional[str] = None, num_images: Optional[int] = None,
+                num_router_train: int = 200, num_calib: int = 200,
+                ratios: Sequence[float] = tuple(np.round(np.linspace(0, 1, 11), 2)),
+                jpeg_quality: int = 50, bootstrap: int = 200) -> dict:
+    cfg = load_config(config, data_root)
+    mcfg = copy.deepcopy(cfg.model)
+    mcfg.pop('router', None)
+    mcfg['train_exits_only'] = False
+    model = build_detector(mcfg, checkpoint)
+    if model.edge_exit is None:
+        raise ValueError(f'{config} has no edge_exit: not a dynamic configuration')
+    val = build_test_dataset(cfg)
+    n = len(val) if num_images is None else min(num_images, len(val))
+    val_idx = list(range(n))
+    calib_cfg = calibration_dataset_cfg(cfg)
+    check_calibration_split(calib_cfg, [('test_dataloader', cfg.test_dataloader.dataset)])
+    from mmdet.registry import DATASETS
+    train = DATASETS.build(calib_cfg)
+    if len(train) < num_router_train + num_calib:
+        raise ValueError(f'the calibration split has {len(train)} images, fewer than '
+                         f'{num_calib} (calibration) + {num_router_train} (router fitting); '
+                         'generate more (tools/make_synthetic_coco.py --num-calib N)')
+    # the first images calibrate (as RouterCalibrationHook does), the next ones fit the router
+    calib_idx = list(range(num_calib))
+    rtrain_idx = list(range(num_calib, num_calib + num_router_train))
+    ann_val = cfg.test_evaluator['ann_file'] if isinstance(cfg.test_evaluator, dict) else \
+        cfg.test_evaluator[0]['ann_file']
+    ann_train = calib_cfg['data_root'].rstrip('/') + '/' + calib_cfg['ann_file']
+
+    print(f'- evaluation split: {n} images, exits only / all through the bitstream', flush=True)
+    edge_val = run_pass(model, val, val_idx, False, 'edge exit')
+    cloud_val = run_pass(model, val, val_idx, True, 'cloud')
+    print(f'- router fitting: {num_router_train} held-out calibration-split images', flush=True)
+    edge_tr = run_pass(model, train, rtrain_idx, False)
+    cloud_tr = run_pass(model, train, rtrain_idx, True)
+
+    boot = ImageBootstrap(ann_val, [p['img_id'] for p in edge_val], max(bootstrap, 1))
+    ev_edge, ev_cloud = (boot.evaluate(p, val.cat_ids) for p in (edge_val, cloud_val))
+    gains_tr = offload_gains(ann_train, edge_tr, cloud_tr, train.cat_ids)
+    gains_val = np.nan_to_num(per_image_ap(boot, ev_cloud) - per_image_ap(boot, ev_edge))
+
+    print('- router scores (evaluation, router-training and calibration images)', flush=True)
+    heur = {k: f() for k, f in HEURISTIC_ROUTERS.items()}
+    s_val, f_val = exit_scores(model, val, val_idx, heur)
+    s_tr, f_tr = exit_scores(model, train, rtrain_idx, heur)
+    s_cal, f_cal = exit_scores(model, train, calib_idx, heur)
+    learned = LearnedRouter(feature_channels=model.splitter.split_channels(), threshold=0.0)
+    fit = learned.fit(f_tr, torch.as_tensor(gains_tr), exit_fingerprint(model.edge_exit))
+    with torch.no_grad():
+        s_val['learned'] = learned(f_val).double().numpy()
+        s_cal['learned'] = learned(f_cal).double().numpy()
+        s_tr['learned'] = learned(f_tr).double().numpy()
+
+    all_cloud, ev_all = _system(np.ones(n, bool), edge_val, cloud_val, boot, ev_edge, ev_cloud)
+    all_edge, _ = _system(np.zeros(n, bool), edge_val, cloud_val, boot, ev_edge, ev_cloud)
+    rows = [dict(variant='Adaptive', router='-', target_ratio=1.0, **all_cloud),
+            dict(variant='edge exit only', router='-', target_ratio=0.0, **all_edge)]
+    evals = {}
+    for name in list(heur) + ['learned']:
+        for r in ratios:
+            t = threshold_for_ratio(torch.as_tensor(s_cal[name]), float(r))
+            off = s_val[name] > t
+            m, ev = _system(off, edge_val, cloud_val, boot, ev_edge, ev_cloud)
+            rows.append(dict(variant='Dynamic', router=name, target_ratio=float(r),
+                             threshold=t, **m))
+            evals[(name, float(r))] = ev
+    order = np.argsort(-gains_val, kind='stable')
+    for r in ratios:
+        off = np.zeros(n, bool)
+        off[order[:int(round(float(r) * n))]] = True
+        m, ev = _system(off, edge_val, cloud_val, boot, ev_edge, ev_cloud)
+        rows.append(dict(variant='Dynamic', router='oracle', target_ratio=float(r), **m))
+        evals[('oracle', float(r))] = ev
+    best_each, _ = _system(gains_val > 0, edge_val, cloud_val, boot, ev_edge, ev_cloud)
+    rows.append(dict(variant='Dynamic', router='oracle (better of the two per image)',
+                     target_ratio=None, **best_each))
+
+    # Independent: the same exit and routers; offloaded images go as JPEG to the unsplit teacher
+    print(f'- Independent: the teacher on JPEG q={jpeg_quality} images', flush=True)
+    tcfg = load_config(teacher_config, data_root)
+    teacher = build_detector(tcfg.model, teacher_checkpoint)
+    jpeg_ds = build_test_dataset(tcfg, add_image_codec_baseline(
+        tcfg.test_dataloader.dataset.pipeline, 'jpeg', jpeg_quality))
+    jpeg_val = []
+    evaluate_detector(teacher, jpeg_ds, ann_file=ann_val, num_images=n, progress=False,
+                      predictions_out=jpeg_val)
+    ev_jpeg = boot.evaluate(jpeg_val, val.cat_ids)
+    for name in ('random', best_router(rows)):
+        for r in ratios:
+            t = threshold_for_ratio(torch.as_tensor(s_cal[name]), float(r))
+            off = s_val[name] > t
+            m, _ = _system(off, edge_val, jpeg_val, boot, ev_edge, ev_jpeg, edge_encodes=False)
+            rows.append(dict(variant='Independent', router=name, target_ratio=float(r), **m))
+
+    summary = summarize(rows, boot, evals, ev_all)
+    return dict(rows=rows, summary=summary, num_images=n, num_router_train=num_router_train,
+                num_calib=num_calib, jpeg_quality=jpeg_quality, router_fit=fit,
+                bootstrap=bootstrap, gains_val=dict(
+                    mean=float(gains_val.mean()), positive=float((gains_val > 0).mean()),
+                    zero=float((gains_val == 0).mean())))
+
+
+def best_router(rows) -> str:
+    """The non-random, non-oracle router with the best mean mAP over the Dynamic sweep."""
+    means = {}
+    for r in rows:
+        if r['variant'] == 'Dynamic' and r['router'] not in ('random', ) \
+                and not r['router'].startswith('oracle'):
+            means.setdefault(r['router'], []).append(r['mAP'])
+    return max(means, key=lambda k: np.mean(means[k]))
+
+
+def pareto(rows) -> List[int]:
+    """Indices of the rows not dominated in (edge GFLOPs low, bytes low, mAP high)."""
+    pts = [(r['edge_gflops'], r['bytes_per_image'], -r['mAP']) for r in rows]
+    keep = []
+    for i, p in enumerate(pts):
+        if not any(all(a <= b for a, b in zip(q, p)) and q != p for q in pts):
+            keep.append(i)
+    return keep
+
+
+def summarize(rows, boot, evals, ev_all) -> dict:
+    cloud = next(r for r in rows if r['variant'] == 'Adaptive')
+    best = best_router(rows)
+    dyn = {}
+    for r in rows:
+        if r['variant'] == 'Dynamic' and r['target_ratio'] is not None:
+            dyn.setdefault(r['router'], {})[r['target_ratio']] = r
+    ratios = sorted(dyn['random'])
+    cloud_samples = boot.sample_maps(ev_all)
+
+    def diff_ci(name, ratio):
+        d = 100 * (boot.sample_maps(evals[(name, ratio)]) - cloud_samples)
+        return [float(np.quantile(d, 0.025)), float(np.quantile(d, 0.975))]
+
+    half = dyn[best].get(0.5)
+    out = dict(best_router=best, all_cloud_mAP=cloud['mAP'],
+               all_cloud_bytes=cloud['bytes_per_image'])
+    if half is not None:
+        out['half'] = dict(router=best, offload_ratio=half['offload_ratio'], mAP=half['mAP'],
+                           drop=cloud['mAP'] - half['mAP'], drop_ci=[-x for x in
+                                                                    diff_ci(best, 0.5)[::-1]],
+                           met=cloud['mAP'] - half['mAP'] <= TARGET_MAP_DROP_AT_HALF)
+        o = dyn['oracle'].get(0.5)
+        out['half']['oracle_mAP'] = None if o is None else o['mAP']
+    inner = [r for r in ratios if 0 < r < 1]
+    out['beats_random'] = {str(r): dyn[best][r]['mAP'] - dyn['random'][r]['mAP'] for r in inner}
+    out['beats_random_everywhere'] = all(v > 0 for v in out['beats_random'].values())
+    out['gap_to_oracle'] = {str(r): dyn['oracle'][r]['mAP'] - dyn[best][r]['mAP']
+                            for r in inner}
+    ok = [r for r in rows if r['variant'] == 'Dynamic' and not r['router'].startswith('oracle')
+          and r['router'] != 'random' and cloud['mAP'] - r['mAP'] <= TARGET_MAP_LOSS]
+    if ok:
+        b = min(ok, key=lambda r: r['bytes_per_image'])
+        out['cheapest_within_loss'] = dict(
+            router=b['router'], target_ratio=b['target_ratio'], offload_ratio=b['offload_ratio'],
+            mAP=b['mAP'], bytes_per_image=b['bytes_per_image'],
+            bytes_fraction=b['bytes_per_image'] / cloud['bytes_per_image'],
+            mAP_loss_ci=[-x for x in diff_ci(b['router'], b['target_ratio'])[::-1]],
+            met=b['bytes_per_image'] <= TARGET_BYTES_FRACTION * cloud['bytes_per_image'])
+    real = [i for i, r in enumerate(rows) if not r['router'].startswith('oracle')]
+    out['pareto'] = [real[i] for i in pareto([rows[i] for i in real])]
+    return out
+
+
+def _f(v, spec):
+    return '-' if v is None else format(v, spec)
+
+
+def table(res) -> str:
+    rows, s = res['rows'], res['summary']
+    head = (f"{'variant':<12} {'router':<14} {'target':>6} {'offload':>7} {'mAP':>6} "
+            f"{'bytes/img':>9} {'edge GF':>8} {'cloud GF':>8}  pareto")
+    lines = [f"Dynamic edge-cloud inference on {res['num_images']} evaluation images "
+             f"(thresholds calibrated on {res['num_calib']}, learned router fitted on "
+             f"{res['num_router_train']} other held-out images; Independent sends JPEG "
+             f"q={res['jpeg_quality']}); GF = GFLOPs per image, bytes over all images",
+             head, '-' * len(head)]
+    for i, r in enumerate(rows):
+        router = r['router'] if len(r['router']) <= 14 else 'oracle (best)'
+        lines.append(
+            f"{r['variant']:<12} {router:<14} {_f(r['target_ratio'], '.2f'):>6} "
+            f"{r['offload_ratio']:>7.2f} {r['mAP']:>6.2f} {r['bytes_per_image']:>9.0f} "
+            f"{r['edge_gflops']:>8.4f} {r['cloud_gflops']:>8.4f}  "
+            f"{'*' if i in s['pareto'] else ''}")
+    lines.append('')
+    lines.append(f"all-cloud (Adaptive) mAP {s['all_cloud_mAP']:.2f} at "
+                 f"{s['all_cloud_bytes']:.0f} B/image; best router: {s['best_router']}")
+    h = s.get('half')
+    if h:
+        lines.append(
+            f"target 1 (50 % on the edge, mAP >= all-cloud - {TARGET_MAP_DROP_AT_HALF}): "
+            f"{h['router']} at offload {h['offload_ratio']:.2f}: {h['mAP']:.2f} mAP, drop "
+            f"{h['drop']:.2f} [95 % CI {h['drop_ci'][0]:.2f}, {h['drop_ci'][1]:.2f}] "
+            f"(oracle {_f(h['oracle_mAP'], '.2f')}) -> {'met' if h['met'] else 'MISSED'}")
+    wins = s['beats_random']
+    lines.append(f"target 2 (best router beats random at every ratio): "
+                 f"{'met' if s['beats_random_everywhere'] else 'MISSED'}; margins "
+                 + ', '.join(f'{k}: {v:+.2f}' for k, v in wins.items()))
+    lines.append('  gap to the oracle: ' + ', '.join(f'{k}: {v:.2f}'
+                                                     for k, v in s['gap_to_oracle'].items()))
+    c = s.get('cheapest_within_loss')
+    if c:
+        lines.append(
+            f"target 3 (<= {TARGET_BYTES_FRACTION:g} x all-cloud bytes for <= {TARGET_MAP_LOSS} "
+            f"mAP loss): {c['router']} at offload {c['offload_ratio']:.2f}: "
+            f"{c['bytes_per_image']:.0f} B/image = {c['bytes_fraction']:.2f} x, mAP "
+            f"{c['mAP']:.2f} (loss CI [{c['mAP_loss_ci'][0]:.2f}, {c['mAP_loss_ci'][1]:.2f}]) -> "
+            f"{'met' if c['met'] else 'MISSED'}")
+    else:
+        lines.append('target 3: no operating point within the mAP loss -> MISSED')
+    return '\n'.join(lines)
+
+
+def plot(res, path, rate_accuracy_rows=None) -> None:
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    rows = res['rows']
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.8))
+    curves = {}
+    for r in rows:
+        if r['target_ratio'] is None:
+            continue
+        curves.setdefault((r['variant'], r['router']), []).append(r)
+    for (variant, router), pts in curves.items():
+        if variant == 'Dynamic':
+            pts = sorted(pts, key=lambda r: r['offload_ratio'])
+            style = dict(ls='--', color='k') if router == 'oracle' else \
+                dict(ls=':', color='gray') if router == 'random' else {}
+            a1.plot([p['offload_ratio'] for p in pts], [p['mAP'] for p in pts], marker='o',
+                    ms=3, label=router, **style)
+    a1.set_xlabel('offload ratio (share of images sent to the cloud)')
+    a1.set_ylabel('system bbox mAP')
+    a1.set_title('Dynamic: routers vs offload ratio')
+    a1.grid(alpha=.3)
+    a1.legend(fontsize=8)
+    best = res['summary']['best_router']
+    for (variant, router), pts in curves.items():
+        if router not in (best, ) or variant not in ('Dynamic', 'Independent'):
+            continue
+        pts = sorted([p for p in pts if p['bytes_per_image'] > 0],
+                     key=lambda r: r['bytes_per_image'])
+        a2.plot([p['bytes_per_image'] for p in pts], [p['mAP'] for p in pts], marker='o', ms=3,
+                label=f'{variant} ({router} router)')
+    ad = next(r for r in rows if r['variant'] == 'Adaptive')
+    a2.plot([ad['bytes_per_image']], [ad['mAP']], 'r*', ms=12, label='Adaptive (all-cloud student)')
+    for rr in rate_accuracy_rows or []:
+        if rr['method'].startswith('cloud-only') and rr['bytes_per_image'] > 0:
+            a2.plot(rr['bytes_per_image'], rr['bbox_mAP'], 'x', color='gray', ms=4)
+    if rate_accuracy_rows:
+        a2.plot([], [], 'x', color='gray', label='send the image (rate-accuracy rows)')
+    a2.set_xscale('log')
+    a2.set_xlabel('mean uplink bytes per image (all images)')
+    a2.set_ylabel('system bbox mAP')
+    a2.set_title('Variants: bytes vs mAP')
+    a2.grid(alpha=.3, which='both')
+    a2.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,84 @@
+"""Fit the learned router of a dynamic model (after its exits are trained) and save a checkpoint.
+
+    python tools/train_router.py configs/ecc_faster_rcnn_r18_synthetic_dynamic.py \
+        work_dirs/demo/dynamic/epoch_12.pth --out work_dirs/demo/dynamic/learned_router.pth \
+        [--skip 200] [--num-images 200] [--data-root DIR]
+
+The router (an MLP on the exit's outputs) regresses, per image, the AP gain of the cloud's
+detections over the exit's. The pairs come from the config's calibration split (held-out images:
+the exit and the cloud overfit their own training images, so gains measured there would be
+biased), skipping the first ``--skip`` images, which RouterCalibrationHook uses to set the
+threshold. The output is the input checkpoint plus the router's weights; use it with
+``--cfg-options model.router.type=LearnedRouter`` (the router refuses any other exits).
+"""
+import argparse
+import copy
+import sys
+
+import ecc_tools  # noqa: F401  (imports ecc_mmdet: registers our components)
+import torch
+from mmengine.runner import save_checkpoint
+
+from ecc_mmdet.apis import build_detector, load_config
+from ecc_mmdet.models.routers import LearnedRouter, exit_fingerprint
+from ecc_mmdet.utils import ConfigError
+
+from ecc_tools.dynamic import calibration_dataset_cfg, exit_scores, offload_gains, run_pass
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p.add_argument('config')
+    p.add_argument('checkpoint', help='the dynamic model with trained exits')
+    p.add_argument('--out', required=True, help='checkpoint to write (model + router)')
+    p.add_argument('--skip', type=int, default=200,
+                   help='calibration-split images left to the threshold calibration')
+    p.add_argument('--num-images', type=int, default=200)
+    p.add_argument('--data-root')
+    args = p.parse_args(argv)
+    try:
+        cfg = load_config(args.config, args.data_root)
+        mcfg = copy.deepcopy(cfg.model)
+        router_cfg = cfg.model.get('router') or {}
+        # the router's settings as the config has them, so the checkpoint loads into it
+        mcfg['router'] = dict(type='LearnedRouter', threshold=0.0, **{
+            k: router_cfg[k] for k in ('top_k', 'hidden', 'pool_features')
+            if k in router_cfg and router_cfg.get('type') == 'LearnedRouter'})
+        mcfg['train_exits_only'] = False
+        model = build_detector(mcfg, args.checkpoint)
+        if model.edge_exit is None:
+            raise ConfigError(f'{args.config} has no edge_exit: nothing to route')
+        from mmdet.registry import DATASETS
+        calib = DATASETS.build(calibration_dataset_cfg(cfg))
+    except (ConfigError, ValueError) as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 2
+    idx = list(range(args.skip, args.skip + args.num_images))
+    if idx[-1] >= len(calib):
+        print(f'error: the calibration split has {len(calib)} images; --skip {args.skip} + '
+              f'--num-images {args.num_images} need more (tools/make_synthetic_coco.py '
+              '--num-calib N)', file=sys.stderr)
+        return 2
+    print(f'exit and cloud on {len(idx)} held-out images', flush=True)
+    edge = run_pass(model, calib, idx, False, 'edge exit')
+    cloud = run_pass(model, calib, idx, True, 'cloud')
+    ds_cfg = calibration_dataset_cfg(cfg)
+    ann = ds_cfg['data_root'].rstrip('/') + '/' + ds_cfg['ann_file']
+    gains = torch.as_tensor(offload_gains(ann, edge, cloud, calib.cat_ids))
+    _, feats = exit_scores(model, calib, idx, {}, model.router.top_k)
+    router: LearnedRouter = model.router
+    fit = router.fit(feats, gains, exit_fingerprint(model.edge_exit))
+    print(f"fitted: {fit['epochs']} epochs (chosen on a hold-out), hold-out MSE "
+          f"{fit['holdout_mse']:.4f} vs gain variance {float(gains.var()):.4f}; mean gain "
+          f"{float(gains.mean()):+.3f}, {float((gains > 0).double().mean()):.0%} of images gain")
+    ckpt = torch.load(args.checkpoint, map_location='cpu', weights_only=False)
+    state = ckpt.get('state_dict', ckpt)
+    state.update({f'router.{k}': v for k, v in router.state_dict().items()})
+    save_checkpoint(dict(state_dict=state, meta=dict(ckpt.get('meta') or {},
+                                                     learned_router=fit)), args.out)
+    print(f'wrote {args.out}; evaluate with --cfg-options model.router.type=LearnedRouter')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
