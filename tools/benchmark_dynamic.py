@@ -44,6 +44,8 @@ def parse_args(argv=None):
     p.add_argument('--jpeg-quality', type=int, default=50)
     p.add_argument('--bootstrap', type=int, default=200)
     p.add_argument('--rate-accuracy-json', help='rate-accuracy rows to draw beside (optional)')
+    p.add_argument('--cache', help='pickle of the model passes: written, and reused by a re-run '
+                   'with the same checkpoints and sizes (re-analysis without re-running models)')
     p.add_argument('--out', default='work_dirs/benchmarks/dynamic.json')
     return p.parse_args(argv)
 
@@ -55,7 +57,7 @@ def main(argv=None):
             raise SystemExit(f'error: --ratios must lie in [0, 1], got {r}')
     res = run_dynamic(args.config, args.checkpoint, args.teacher_config, args.teacher_checkpoint,
                       args.data_root, args.num_images, args.num_router_train, args.num_calib,
-                      args.ratios, args.jpeg_quality, args.bootstrap)
+                      args.ratios, args.jpeg_quality, args.bootstrap, args.cache)
     os.makedirs(osp.dirname(osp.abspath(args.out)), exist_ok=True)
     base = osp.splitext(args.out)[0]
     res['command'] = 'python tools/benchmark_dynamic.py ' + ' '.join(argv or __import__(

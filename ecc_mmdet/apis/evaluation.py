@@ -3,7 +3,6 @@
 Used by the rate-accuracy benchmark and the demo, which evaluate many (model, pipeline) pairs in
 one process. The metrics are the same registered classes the Runner uses, fed the same way.
 """
-import time
 from typing import Optional, Sequence
 
 import torch
@@ -27,8 +26,9 @@ def evaluate_detector(model, dataset, ann_file: str, comm: bool = True,
     :class:`~ecc_mmdet.evaluation.bootstrap.ImageBootstrap`.
 
     Unsplit models evaluated with ``comm`` need a pipeline that produces a communication record
-    (the JPEG baseline); their cloud time and FLOPs are added to it as
-    :class:`~ecc_mmdet.engine.CloudOnlyAccountingHook` does in the Runner.
+    (the JPEG baseline); their cloud time and FLOPs are added to it by the same
+    :class:`~ecc_mmdet.evaluation.cloud_only_accounting.CloudOnlyAccounting` that
+    :class:`~ecc_mmdet.engine.CloudOnlyAccountingHook` uses in the Runner.
     """
     metrics = [dict(type='CocoMetric', ann_file=ann_file, metric='bbox', format_only=False)]
     if comm:
@@ -40,13 +40,11 @@ def evaluate_detector(model, dataset, ann_file: str, comm: bool = True,
     cloud_only = CloudOnlyAccounting() if comm and not hasattr(model, 'compressor') else None
     with torch.no_grad():
         for inputs, samples in iter_batches(model, dataset, n, batch_size):
-            t0 = time.perf_counter()
-            results = model.predict(inputs, samples)
-            dt = (time.perf_counter() - t0) / len(results)
-            if cloud_only is not None and cloud_only.needs_cloud_share(results):
-                flops = cloud_only.whole_model_flops(model, tuple(inputs.shape[1:]),
-                                                     lambda: (inputs, samples))
-                cloud_only.fill(results, dt, flops)
+            if cloud_only is not None:
+                results = cloud_only.run(lambda: model.predict(inputs, samples), len(samples),
+                                         tuple(samples[0].metainfo.get('img_shape', ())))
+            else:
+                results = model.predict(inputs, samples)
             evaluator.process(data_samples=results)
             if predictions_out is not None:
                 for r in results:

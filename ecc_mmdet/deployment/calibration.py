@@ -1,18 +1,24 @@
-"""Router calibration: a target offload ratio -> a threshold, on a calibration split.
+"""Calibration of a dynamic system on a calibration split (never the evaluation split):
 
-The threshold is the percentile of the router's scores on calibration images
-(:func:`~ecc_mmdet.models.routers.threshold_for_ratio`); the split must not be the one the
-system is evaluated on, or the reported offload ratio and mAP would be tuned on the test images.
+* the router's threshold for a target offload ratio: a percentile of its scores on calibration
+  images (:func:`~ecc_mmdet.models.routers.threshold_for_ratio`);
+* per-tier score maps (``calibrate_scores=True``): each tier's detection scores -> the
+  probability of a true positive, so the exit's and the cloud's detections rank correctly in one
+  list (:mod:`ecc_mmdet.evaluation.score_calibration`).
+
+Tuning either on the evaluation images would report an optimistic offload ratio and mAP.
 """
+import math
 import os.path as osp
-from typing import Iterable, Optional, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
 
 from ..utils.config_checks import ConfigError
 
-__all__ = ['router_scores', 'calibrate_router', 'check_calibration_split']
+__all__ = ['router_scores', 'calibrate_router', 'check_calibration_split', 'tier_predictions',
+           'score_maps_from_predictions', 'fit_score_maps']
 
 
 @torch.no_grad()
@@ -23,8 +29,7 @@ def router_scores(model, batches: Iterable[Tuple[Tensor, list]]) -> Tensor:
     out = []
     for inputs, samples in batches:
         exits = model.run_exits(model.edge_features(inputs), samples)
-        if hasattr(model.router, 'check_exits'):
-            model.route(exits)  # refuses a learned router trained for other exits
+        model.check_router()  # refuses a learned router fitted for other exits
         out.append(model.router.scores(exits).double().cpu())
     if not out:
         raise ConfigError('the calibration split has no images')
@@ -57,4 +62,49 @@ def check_calibration_split(calib_dataset_cfg, eval_dataset_cfgs) -> None:
             raise ConfigError(
                 f'RouterCalibrationHook calibrates on {calib}, which is also {key}\'s split: a '
                 'threshold tuned on the evaluation images reports an optimistic offload ratio '
-                'and mAP. Calibrate on another split (e.g. the training annotations)')
+                'and mAP. Calibrate on another split (e.g. held-out training images)')
+
+
+@torch.no_grad()
+def tier_predictions(model, batches: Iterable[Tuple[Tensor, list]], offload_all: bool,
+                     progress: str = '') -> List[dict]:
+    """Per image: raw-score predictions and record of the real deployment path with every image
+    kept on the edge exit (``offload_all=False``) or sent to the cloud."""
+    from ..models.routers import RandomRouter  # (models imports this package)
+    saved_router, saved_cal = model.router, model.calibrate_scores
+    model.router = RandomRouter(threshold=-math.inf if offload_all else math.inf)
+    model.calibrate_scores = False  # raw scores: what the maps are fitted on
+    out = []
+    try:
+        for k, (inputs, samples) in enumerate(batches):
+            for r in model.predict(inputs, samples):
+                inst = r.pred_instances
+                out.append(dict(img_id=r.img_id, bboxes=inst.bboxes.cpu().numpy(),
+                                scores=inst.scores.cpu().numpy(),
+                                labels=inst.labels.cpu().numpy(), comm=r.metainfo['ecc_comm']))
+            if progress and k % 25 == 0:
+                print(f'  {progress}: {len(out)} images', flush=True)
+    finally:
+        model.router, model.calibrate_scores = saved_router, saved_cal
+    return out
+
+
+def score_maps_from_predictions(ann_file: str, edge: Sequence[dict], cloud: Sequence[dict],
+                                cat_ids: Sequence[int]) -> Dict[str, object]:
+    """{'edge': ScoreMap, 'cloud': ScoreMap} fitted on both tiers' predictions of the same
+    images (matched against ``ann_file`` at IoU 0.5)."""
+    from ..evaluation.bootstrap import ImageBootstrap
+    from ..evaluation.score_calibration import ScoreMap, true_positive_pairs
+    boot = ImageBootstrap(ann_file, [p['img_id'] for p in edge], num_samples=1)
+    return {tier: ScoreMap.fit(*true_positive_pairs(boot.evaluate(preds, cat_ids)))
+            for tier, preds in (('edge', edge), ('cloud', cloud))}
+
+
+def fit_score_maps(model, batches: Callable[[], Iterable[Tuple[Tensor, list]]], ann_file: str,
+                   cat_ids: Sequence[int]) -> Dict[str, object]:
+    """Run both tiers on the calibration images (``batches()`` gives a fresh iterator), fit the
+    per-tier score maps and install them on ``model``."""
+    maps = score_maps_from_predictions(ann_file, tier_predictions(model, batches(), False),
+                                       tier_predictions(model, batches(), True), cat_ids)
+    model.score_maps = maps
+    return maps

@@ -2,7 +2,7 @@
 
 The deployment path (:mod:`ecc_mmdet.deployment.pipeline`) runs named steps -- ``edge`` (stem +
 stages[:k]), ``exit`` (edge exit heads), ``route``, ``encode`` (encoder + entropy coder +
-framing), ``decode`` (validation + entropy decoder + g_s), ``cloud`` (rest of the backbone, neck,
+framing), ``report`` (the optional detections report of edge-finished images), ``decode`` (validation + entropy decoder + g_s), ``cloud`` (rest of the backbone, neck,
 heads) -- each over the images of the batch that take it. The pipeline only names the steps; this
 module is the one place that measures them, for the Runner path (``tools/test.py``) and the
 out-of-Runner evaluation alike, and turns the measurements into one
@@ -12,7 +12,8 @@ out-of-Runner evaluation alike, and turns the measurements into one
 * FLOPs: counted with torch's ``FlopCounterMode`` the first time a step meets an input shape
   (an LRU cache of ``max_shapes`` shapes per step), divided by the images of that batch (the batch
   that is counted also pays the counter's overhead in its time);
-* edge = edge + exit + route + encode, cloud = decode + cloud, codec = encode + decode.
+* edge = edge + exit + route + encode (+ report), cloud = decode + cloud,
+  codec = encode + decode.
 """
 import contextlib
 import time
@@ -26,7 +27,7 @@ from ..utils.flops import FlopCache
 
 __all__ = ['DeploymentMeter', 'BatchTrace', 'EDGE_STEPS', 'CLOUD_STEPS', 'CODEC_STEPS']
 
-EDGE_STEPS = ('edge', 'exit', 'route', 'encode')
+EDGE_STEPS = ('edge', 'exit', 'route', 'encode', 'report')
 CLOUD_STEPS = ('decode', 'cloud')
 CODEC_STEPS = ('encode', 'decode')
 EXIT_STEPS = ('exit', 'route')
@@ -99,18 +100,20 @@ class BatchTrace:
         return float(sum(vals)) if vals else None
 
     def records(self, tiers: Sequence[str], payload_bytes: Sequence[int],
-                header_bytes: Sequence[int], codec: str,
+                header_bytes: Sequence[int], codec,
                 estimated_bits: Optional[Sequence[Optional[float]]] = None,
                 edge_params: Optional[int] = None) -> List[CommRecord]:
-        """One record per image; ``tiers[i]`` is where image i finished ('cloud' = offloaded)."""
+        """One record per image; ``tiers[i]`` is where image i finished ('cloud' = offloaded);
+        ``codec``: one name for every image, or one per image."""
         out = []
+        codecs = [codec] * self.n if isinstance(codec, str) else list(codec)
         for i in range(self.n):
             offloaded = tiers[i] == 'cloud'
             flops = self.meter.measure_flops
             out.append(CommRecord(
                 payload_bytes=int(payload_bytes[i]), header_bytes=int(header_bytes[i]),
                 estimated_bits=None if estimated_bits is None else estimated_bits[i],
-                codec=codec if offloaded else 'none', offloaded=offloaded, tier=tiers[i],
+                codec=codecs[i], offloaded=offloaded, tier=tiers[i],
                 edge_flops=self._sum(self.flops, i, EDGE_STEPS) if flops else None,
                 cloud_flops=(self._sum(self.flops, i, CLOUD_STEPS) or 0.0) if flops else None,
                 exit_flops=(self._sum(self.flops, i, EXIT_STEPS) or 0.0) if flops else None,

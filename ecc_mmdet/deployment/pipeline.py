@@ -14,6 +14,7 @@ import torch
 from mmdet.structures import DetDataSample
 from torch import Tensor
 
+from ..codecs.detections import FRAMING_BYTES as DETECTIONS_FRAMING
 from ..structures import comm_record
 from .meter import BatchTrace, DeploymentMeter
 
@@ -21,8 +22,9 @@ __all__ = ['EdgeOutcome', 'run_cloud', 'run_deployment', 'run_edge']
 
 
 class EdgeOutcome(NamedTuple):
-    """What the edge did with a batch: per image, either detections (finished on the edge) or a
-    payload to send, and the tier ('cloud' = offloaded, or the exit that finished it)."""
+    """What the edge did with a batch: per image, either detections (finished on the edge; with
+    ``edge_report`` also their compact report in ``payloads``) or a feature payload to send, and
+    the tier ('cloud' = offloaded, or the exit that finished it)."""
     results: List[Optional[DetDataSample]]
     payloads: List[Optional[bytes]]
     tiers: List[str]
@@ -53,6 +55,11 @@ def run_edge(model, batch_inputs: Tensor, samples: Sequence[DetDataSample],
                 results[i] = model.finish_on_edge(samples[i], exits.results[i])
     off = [i for i in everyone if tiers[i] == 'cloud']
     payloads: List[Optional[bytes]] = [None] * n
+    kept = [i for i in everyone if tiers[i] != 'cloud']
+    if kept and getattr(model, 'edge_report', None) is not None:
+        with trace.step('report', kept, None):  # serialisation only: no torch operators
+            for i in kept:
+                payloads[i] = model.report_detections(results[i])
     est_bits: List[Optional[float]] = [None] * n
     if off:
         f_off = f[torch.as_tensor(off, device=f.device)] if len(off) < n else f
@@ -77,6 +84,11 @@ def run_deployment(model, batch_inputs: Tensor, samples: Sequence[DetDataSample]
     edge = run_edge(model, batch_inputs, samples, rescale, trace)
     results = list(edge.results)
     payload_bytes, header_bytes = [0] * n, [0] * n
+    codecs = [model.compressor.codec_name if t == 'cloud' else 'none' for t in edge.tiers]
+    for i, (t, p) in enumerate(zip(edge.tiers, edge.payloads)):
+        if t != 'cloud' and p is not None:  # the edge-finished image's detections report
+            payload_bytes[i], header_bytes[i] = len(p), DETECTIONS_FRAMING
+            codecs[i] = 'detections_report'
     off = [i for i in range(n) if edge.tiers[i] == 'cloud']
     if off:
         cloud = _cloud_steps(model, trace, [edge.payloads[i] for i in off],
@@ -85,7 +97,7 @@ def run_deployment(model, batch_inputs: Tensor, samples: Sequence[DetDataSample]
             results[i] = res
             payload_bytes[i] = len(edge.payloads[i])
             header_bytes[i] = payload_bytes[i] - body
-    records = trace.records(edge.tiers, payload_bytes, header_bytes, model.compressor.codec_name,
+    records = trace.records(edge.tiers, payload_bytes, header_bytes, codecs,
                             edge.estimated_bits, model.edge_param_count())
     for res, rec in zip(results, records):
         comm_record.attach(res, rec)

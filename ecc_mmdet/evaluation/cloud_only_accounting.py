@@ -2,33 +2,46 @@
 
 A cloud-only baseline such as :class:`~ecc_mmdet.datasets.transforms.JPEGCompressImage` writes the
 uplink bytes and the image codec's time into the record in the data pipeline; the whole detector
-then runs in the cloud. Its time and FLOPs are added here, by the Runner's
-:class:`~ecc_mmdet.engine.CloudOnlyAccountingHook` and by
-:func:`~ecc_mmdet.apis.evaluate_detector` alike, so both report the same fields
-(``comm/cloud_gflops``, ``comm/cloud_time_ms``, ``comm/latency_ms_at_*``).
+then runs in the cloud. That run is measured as one ``cloud`` step by the same
+:class:`~ecc_mmdet.deployment.DeploymentMeter` that measures the split detectors' steps (time per
+image, FLOPs counted once per input shape), by the Runner's
+:class:`~ecc_mmdet.engine.CloudOnlyAccountingHook` and by :func:`~ecc_mmdet.apis.evaluate_detector`
+alike, so every method reports the same fields (``comm/cloud_gflops``, ``comm/cloud_time_ms``,
+``comm/latency_ms_at_*``) in both paths.
 """
-from typing import Callable, Hashable, Optional, Sequence, Tuple
+from typing import Callable, Hashable, List, Sequence
 
+from ..deployment.meter import DeploymentMeter
 from ..structures import comm_record
-from ..utils.flops import FlopCache, count_flops
+
+__all__ = ['CloudOnlyAccounting']
 
 
 class CloudOnlyAccounting:
-    """Completes cloud-only records; FLOPs are measured once per input shape (bounded cache)."""
+    """Runs a cloud-only prediction as a measured ``cloud`` step and completes its records."""
 
     def __init__(self, max_shapes: int = 16):
-        self.flops = FlopCache(max_entries=max_shapes)
+        self.meter = DeploymentMeter(measure_flops=True, estimate_rate=False,
+                                     max_shapes=max_shapes)
 
-    def whole_model_flops(self, model, shape: Hashable,
-                          batch: Callable[[], Tuple[object, list]]) -> float:
-        """FLOPs of ``model.predict`` on one image of ``shape``; ``batch()`` gives the
-        preprocessed ``(inputs, data_samples)`` and is only called when ``shape`` is new."""
-
-        def measure():
-            inputs, samples = batch()
-            return count_flops(lambda: model.predict(inputs[:1], [samples[0].clone()]))[0]
-
-        return self.flops.get(shape, measure)
+    def run(self, predict: Callable[[], List], n: int, shape: Hashable) -> List:
+        """``predict()`` (the whole detector on ``n`` images of input ``shape``), measured; the
+        records it carries that lack the cloud's share get it."""
+        trace = self.meter.batch(n)
+        with trace.step('cloud', range(n), shape):
+            results = predict()
+        if self.needs_cloud_share(results):
+            for i, s in enumerate(results):
+                rec = comm_record.read(s)
+                if rec is None or rec.cloud_time_s is not None:
+                    continue
+                rec.cloud_time_s = trace.time[i].get('cloud', 0.0)
+                if rec.edge_time_s is None:
+                    rec.edge_time_s = rec.codec_time_s or 0.0  # the image encode (+ decode) time
+                if rec.cloud_flops is None:
+                    rec.cloud_flops = trace.flops[i].get('cloud')
+                comm_record.attach(s, rec)
+        return results
 
     @staticmethod
     def needs_cloud_share(results: Sequence) -> bool:
@@ -38,17 +51,3 @@ class CloudOnlyAccounting:
             if rec is not None and rec.cloud_time_s is None:
                 return True
         return False
-
-    @staticmethod
-    def fill(results: Sequence, cloud_time_s: float, cloud_flops: Optional[float]) -> None:
-        """Add the cloud's time and FLOPs per image to every record that lacks them."""
-        for s in results:
-            rec = comm_record.read(s)
-            if rec is None or rec.cloud_time_s is not None:
-                continue
-            rec.cloud_time_s = cloud_time_s
-            if rec.edge_time_s is None:
-                rec.edge_time_s = rec.codec_time_s or 0.0  # the image encode (+ decode) time
-            if rec.cloud_flops is None:
-                rec.cloud_flops = cloud_flops
-            comm_record.attach(s, rec)

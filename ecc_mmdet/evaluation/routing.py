@@ -15,7 +15,7 @@ from pycocotools.cocoeval import COCOeval
 
 from .bootstrap import ImageBootstrap
 
-__all__ = ['compose', 'per_image_ap', 'routed_map']
+__all__ = ['compose', 'missed_objects', 'per_image_ap', 'routed_map']
 
 
 def _blocks(ev: COCOeval, n: int) -> int:
@@ -59,3 +59,20 @@ def per_image_ap(boot: ImageBootstrap, ev: COCOeval) -> np.ndarray:
         ap = boot._map(one)
         out[i] = ap if ap >= 0 else np.nan
     return out
+
+
+def missed_objects(ev: COCOeval, score_thr: float = 0.3) -> float:
+    """Share of ground-truth objects that no detection with score >= ``score_thr`` matches at
+    IoU 0.5 (crowd/ignored objects excluded): the objects a system silently drops."""
+    total = missed = 0
+    for e in ev.evalImgs:
+        if e is None:
+            continue
+        gt = [g for g, ign in zip(e['gtIds'], e['gtIgnore']) if not ign]
+        if not gt:
+            continue
+        hit = {int(m) for m, s in zip(e['dtMatches'][0], e['dtScores'])
+               if m > 0 and s >= score_thr}
+        total += len(gt)
+        missed += sum(1 for g in gt if g not in hit)
+    return missed / total if total else 0.0

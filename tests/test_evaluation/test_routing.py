@@ -67,3 +67,33 @@ def test_per_image_ap(tiny_coco):
                        for i in coco['images']])
     assert np.allclose(ap_perfect[has_gt], 1.0) and np.allclose(ap_nothing[has_gt], 0.0)
     assert np.isnan(ap_perfect[~has_gt]).all()
+
+
+def test_missed_objects(tiny_coco):
+    from ecc_mmdet.evaluation.routing import missed_objects
+    ann, coco, cat_ids = _gt(tiny_coco)
+    rng = np.random.default_rng(2)
+    exact = _predictions(coco, cat_ids, rng, jitter=0.0, keep=1.0)
+    for p in exact:
+        p['scores'] = np.r_[np.full(len(p['labels']) - 1, 0.9), 0.9]
+    boot = ImageBootstrap(ann, [p['img_id'] for p in exact], num_samples=1)
+    assert missed_objects(boot.evaluate(exact, cat_ids)) == 0.0
+    assert missed_objects(boot.evaluate(exact, cat_ids), score_thr=0.95) == 1.0  # too unsure
+    half = [dict(p, bboxes=p['bboxes'][::2], labels=p['labels'][::2], scores=p['scores'][::2])
+            for p in exact]
+    n_gt = len(coco['annotations'])
+    kept = sum((len(p['labels']) - 1 + 1) // 2 for p in exact)  # even indices of the true boxes
+    assert missed_objects(boot.evaluate(half, cat_ids)) == pytest.approx(1 - kept / n_gt)
+
+
+def test_score_map_is_increasing_and_fits_precision():
+    from ecc_mmdet.evaluation.score_calibration import ScoreMap
+    rng = np.random.default_rng(0)
+    s = rng.uniform(0, 1, 4000)
+    tp = rng.uniform(0, 1, 4000) < s**2  # true-positive rate s^2
+    m = ScoreMap.fit(s, tp)
+    grid = np.linspace(0, 1, 101)
+    out = m(grid)
+    assert np.all(np.diff(out) > 0)  # strictly increasing: a tier's own ranking is kept
+    assert np.abs(out[10:-10] - grid[10:-10]**2).max() < 0.12  # identity would be 0.25 off
+    assert np.allclose(ScoreMap.fit([0.5], [1])(grid), grid * (1 + 1e-6))  # too few: identity

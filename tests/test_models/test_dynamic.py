@@ -249,3 +249,25 @@ def test_learned_router_trains_only_itself_and_refuses_other_exits(model):
     other._forget_exit()
     with pytest.raises(ConfigError, match='trained for other edge exits'):
         other.predict(inputs, copy.deepcopy(samples))
+
+
+def test_edge_finished_images_can_report_their_detections(model):
+    from ecc_mmdet.codecs.detections import FRAMING_BYTES, unpack_detections
+    m = copy.deepcopy(model)
+    m.edge_report = dict(score_thr=0.0, max_boxes=5)
+    inputs, samples = fake_batch(m, n=6, seed=3)
+    res = m.predict(inputs, copy.deepcopy(samples))
+    outcome = m.run_edge(inputs, copy.deepcopy(samples))
+    for r, payload in zip(res, outcome.payloads):
+        rec = read_comm(r)
+        if rec.offloaded:
+            continue
+        # the record counts the report's real bytes; the report holds the top boxes
+        assert rec.codec == 'detections_report' and rec.payload_bytes == len(payload)
+        assert rec.header_bytes == FRAMING_BYTES
+        d = unpack_detections(payload)
+        top = r.pred_instances.scores.sort(descending=True).values[:5]
+        assert len(d.scores) == len(top) <= 5
+        assert np.allclose(d.scores, top.numpy(), atol=0.5 / 255 + 1e-6)
+    with pytest.raises(ConfigError, match='unknown keys'):
+        MODELS.build(dynamic_cfg(None, edge_report=dict(score=0.3)))

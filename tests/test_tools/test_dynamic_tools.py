@@ -49,13 +49,15 @@ def test_test_tool_reports_tiers_and_edge_bytes(trained, tiny_coco_calib, tmp_pa
 
 
 def test_calibration_on_the_evaluation_split_is_refused(tiny_coco_calib, tmp_path):
-    proc = run_tool('test', DYNAMIC_CFG, 'unused.pth', '--work-dir', tmp_path,
+    ckpt = tmp_path / 'never_loaded.pth'  # the config is refused before the checkpoint is read
+    ckpt.write_bytes(b'')
+    proc = run_tool('test', DYNAMIC_CFG, ckpt, '--work-dir', tmp_path,
                     *data_options(tiny_coco_calib), '--cfg-options',
                     'custom_hooks.0.dataloader.dataset.ann_file=annotations/instances_val.json',
                     check=False)
     assert proc.returncode != 0
-    assert 'also test_dataloader' in proc.stderr and 'Calibrate on another split' in proc.stderr
-    proc = run_tool('test', DYNAMIC_CFG, 'unused.pth', '--work-dir', tmp_path,
+    assert 'which is also' in proc.stderr and 'Calibrate on another split' in proc.stderr
+    proc = run_tool('test', DYNAMIC_CFG, ckpt, '--work-dir', tmp_path,
                     *data_options(tiny_coco_calib), '--cfg-options', 'custom_hooks=[]',
                     check=False)
     assert proc.returncode != 0 and 'needs a calibration split' in proc.stderr

@@ -10,7 +10,8 @@ exactly by picking each image's COCO matches from one of the two sets
 of it than those the learned router is fitted on; never on the evaluation split.
 """
 import copy
-import math
+import os.path as osp
+import pickle
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
@@ -19,9 +20,10 @@ from mmengine.dataset import pseudo_collate
 
 from ecc_mmdet.apis import build_detector, build_test_dataset, evaluate_detector, load_config
 from ecc_mmdet.datasets.transforms import add_image_codec_baseline
-from ecc_mmdet.deployment.calibration import check_calibration_split
+from ecc_mmdet.deployment.calibration import (check_calibration_split,
+                                              score_maps_from_predictions, tier_predictions)
 from ecc_mmdet.evaluation.bootstrap import ImageBootstrap
-from ecc_mmdet.evaluation.routing import compose, per_image_ap
+from ecc_mmdet.evaluation.routing import compose, missed_objects, per_image_ap
 from ecc_mmdet.models.routers import (EntropyRouter, LearnedRouter, RandomRouter,
                                       ScoreBandRouter, exit_fingerprint, threshold_for_ratio)
 from ecc_mmdet.models.routers.features import router_features
@@ -30,6 +32,7 @@ from ecc_mmdet.models.routers.features import router_features
 TARGET_MAP_DROP_AT_HALF = 1.0   # at 50 % finished on the edge, mAP >= all-cloud - 1.0
 TARGET_BYTES_FRACTION = 0.5     # best point: <= 1/2 the all-cloud bytes ...
 TARGET_MAP_LOSS = 1.0           # ... for <= 1.0 mAP loss
+MISSED_SCORE_THR = 0.3         # an object counts as found by a detection scoring >= this
 HEURISTIC_ROUTERS = {
     'random': lambda: RandomRouter(seed=0, threshold=0.5),
     'score band': lambda: ScoreBandRouter(low=0.2, high=0.6, threshold=0.0),
@@ -52,25 +55,10 @@ def _batches(model, dataset, indices, batch_size=4):
         yield data['inputs'], data['data_samples']
 
 
-@torch.no_grad()
 def run_pass(model, dataset, indices, offload_all: bool, progress: str = '') -> List[dict]:
-    """Per image: predictions + CommRecord of the real deployment path, every image kept on the
-    edge exit (``offload_all=False``) or sent to the cloud."""
-    saved = model.router
-    model.router = RandomRouter(threshold=-math.inf if offload_all else math.inf)
-    out = []
-    try:
-        for k, (inputs, samples) in enumerate(_batches(model, dataset, indices)):
-            for r in model.predict(inputs, samples):
-                inst = r.pred_instances
-                out.append(dict(img_id=r.img_id, bboxes=inst.bboxes.numpy(),
-                                scores=inst.scores.numpy(), labels=inst.labels.numpy(),
-                                comm=r.metainfo['ecc_comm']))
-            if progress and k % 25 == 0:
-                print(f'  {progress}: {len(out)}/{len(indices)}', flush=True)
-    finally:
-        model.router = saved
-    return out
+    """Per image: raw-score predictions + CommRecord of the real deployment path, every image
+    kept on the edge exit (``offload_all=False``) or sent to the cloud."""
+    return tier_predictions(model, _batches(model, dataset, indices), offload_all, progress)
 
 
 @torch.no_grad()
@@ -89,12 +77,17 @@ def exit_scores(model, dataset, indices, routers: Dict[str, object], top_k: int 
 def offload_gains(ann_file, edge_pass, cloud_pass, cat_ids) -> np.ndarray:
     """Per image: AP of the cloud's result minus AP of the exit's (0 without ground truth)."""
     boot = ImageBootstrap(ann_file, [p['img_id'] for p in edge_pass], 1)
-    return np.nan_to_num(per_image_ap(boot, boot.evaluate(cloud_pass, cat_ids))
-                         - per_image_ap(boot, boot.evaluate(edge_pass, cat_ids)))
+    ev_e, ev_c = boot.evaluate(edge_pass, cat_ids), boot.evaluate(cloud_pass, cat_ids)
+    return np.nan_to_num(per_image_ap(boot, ev_c) - per_image_ap(boot, ev_e))
 
 
-def _system(offload, edge_pass, cloud_pass, boot, ev_edge, ev_cloud, edge_encodes=True):
-    """Figures of one routing. ``edge_encodes``: an offloaded image's edge FLOPs are those of
+def recalibrated(preds, score_map):
+    return [dict(p, scores=score_map(p['scores'])) for p in preds]
+
+
+def _system(offload, edge_pass, cloud_pass, boot, evs, raw_evs=None, edge_encodes=True):
+    """Figures of one routing, scored on ``evs`` = (exit, cloud) matches (calibrated scores, or
+    raw ones when ``raw_evs`` is None). ``edge_encodes``: an offloaded image's edge FLOPs are those of
     the cloud pass (features encoded on the edge); otherwise those of the exit pass (the image
     is sent as a JPEG, whose encoder runs outside torch and is not counted)."""
     offload = np.asarray(offload, dtype=bool)
@@ -104,17 +97,58 @@ def _system(offload, edge_pass, cloud_pass, boot, ev_edge, ev_cloud, edge_encode
                         for o, c in zip(offload, cloud_pass)])
     nbytes = np.array([c['comm']['payload_bytes'] if o else 0
                        for o, c in zip(offload, cloud_pass)], dtype=float)
-    ev = compose(boot, [ev_edge, ev_cloud], offload.astype(int))
+    ev = compose(boot, list(evs), offload.astype(int))
+    # missed objects count detections at a raw-score threshold: on the uncalibrated matches
+    raw = ev if raw_evs is None else compose(boot, list(raw_evs), offload.astype(int))
     return dict(offload_ratio=float(offload.mean()), mAP=100 * boot.mAP(ev),
                 bytes_per_image=float(nbytes.mean()), edge_gflops=float(e_flops.mean()) / 1e9,
-                cloud_gflops=float(c_flops.mean()) / 1e9), ev
+                cloud_gflops=float(c_flops.mean()) / 1e9,
+                missed_objects=missed_objects(raw, MISSED_SCORE_THR)), ev
+
+
+def _collect(model, val, val_idx, train, train_cfg, calib_idx, rtrain_idx, heur, n,
+             teacher_config, teacher_checkpoint, data_root, jpeg_quality, ann_val):
+    """Everything that runs a model: both passes on the evaluation and router-fitting images,
+    router inputs on all three sets, and the teacher on JPEG images (Independent)."""
+    print(f'- evaluation split: {n} images, exits only / all through the bitstream', flush=True)
+    edge_val = run_pass(model, val, val_idx, False, 'edge exit')
+    cloud_val = run_pass(model, val, val_idx, True, 'cloud')
+    print(f'- router fitting: {len(rtrain_idx)} held-out calibration-split images', flush=True)
+    edge_tr = run_pass(model, train, rtrain_idx, False)
+    cloud_tr = run_pass(model, train, rtrain_idx, True)
+    print('- router scores (evaluation, router-fitting and calibration images)', flush=True)
+    s_val, f_val = exit_scores(model, val, val_idx, heur)
+    s_tr, f_tr = exit_scores(model, train, rtrain_idx, heur)
+    s_cal, f_cal = exit_scores(model, train, calib_idx, heur)
+    print(f'- Independent: the teacher on JPEG q={jpeg_quality} images', flush=True)
+    tcfg = load_config(teacher_config, data_root)
+    teacher = build_detector(tcfg.model, teacher_checkpoint)
+    jpeg_ds = build_test_dataset(tcfg, add_image_codec_baseline(
+        tcfg.test_dataloader.dataset.pipeline, 'jpeg', jpeg_quality))
+    jpeg_val, jpeg_tr = [], []
+    evaluate_detector(teacher, jpeg_ds, ann_file=ann_val, num_images=n, progress=False,
+                      predictions_out=jpeg_val)
+    from mmdet.registry import DATASETS
+    jpeg_train = DATASETS.build(dict(copy.deepcopy(train_cfg), pipeline=add_image_codec_baseline(
+        train_cfg['pipeline'], 'jpeg', jpeg_quality)))
+    for inputs, samples in _batches(teacher, jpeg_train, rtrain_idx):
+        with torch.no_grad():
+            for r in teacher.predict(inputs, samples):
+                inst = r.pred_instances
+                jpeg_tr.append(dict(img_id=r.img_id, bboxes=inst.bboxes.numpy(),
+                                    scores=inst.scores.numpy(), labels=inst.labels.numpy()))
+    return (edge_val, cloud_val, edge_tr, cloud_tr, s_val, f_val, s_tr, f_tr, s_cal, f_cal,
+            jpeg_val, jpeg_tr)
 
 
 def run_dynamic(config: str, checkpoint: str, teacher_config: str, teacher_checkpoint: str,
                 data_root: Optional[str] = None, num_images: Optional[int] = None,
                 num_router_train: int = 200, num_calib: int = 200,
                 ratios: Sequence[float] = tuple(np.round(np.linspace(0, 1, 11), 2)),
-                jpeg_quality: int = 50, bootstrap: int = 200) -> dict:
+                jpeg_quality: int = 50, bootstrap: int = 200,
+                cache: Optional[str] = None) -> dict:
+    """``cache``: a pickle of the model passes (predictions, records, router inputs), reused when
+    it was made with the same checkpoints and split sizes (to re-analyse without re-running)."""
     cfg = load_config(config, data_root)
     mcfg = copy.deepcopy(cfg.model)
     mcfg.pop('router', None)
@@ -140,23 +174,35 @@ def run_dynamic(config: str, checkpoint: str, teacher_config: str, teacher_check
         cfg.test_evaluator[0]['ann_file']
     ann_train = calib_cfg['data_root'].rstrip('/') + '/' + calib_cfg['ann_file']
 
-    print(f'- evaluation split: {n} images, exits only / all through the bitstream', flush=True)
-    edge_val = run_pass(model, val, val_idx, False, 'edge exit')
-    cloud_val = run_pass(model, val, val_idx, True, 'cloud')
-    print(f'- router fitting: {num_router_train} held-out calibration-split images', flush=True)
-    edge_tr = run_pass(model, train, rtrain_idx, False)
-    cloud_tr = run_pass(model, train, rtrain_idx, True)
+    heur = {k: f() for k, f in HEURISTIC_ROUTERS.items()}
+    key = dict(version=2, checkpoint=osp.abspath(checkpoint), mtime=osp.getmtime(checkpoint),
+               teacher=osp.abspath(teacher_checkpoint), n=n, num_calib=num_calib,
+               num_router_train=num_router_train, jpeg_quality=jpeg_quality, data_root=data_root)
+    passes = None
+    if cache and osp.isfile(cache):
+        with open(cache, 'rb') as f:
+            stored = pickle.load(f)
+        passes = stored['passes'] if stored.get('key') == key else None
+    if passes is None:
+        passes = _collect(model, val, val_idx, train, calib_cfg, calib_idx, rtrain_idx, heur, n,
+                          teacher_config, teacher_checkpoint, data_root, jpeg_quality, ann_val)
+        if cache:
+            with open(cache, 'wb') as f:
+                pickle.dump(dict(key=key, passes=passes), f)
+    else:
+        print(f'- reusing the model passes in {cache}', flush=True)
+    (edge_val, cloud_val, edge_tr, cloud_tr, s_val, f_val, s_tr, f_tr, s_cal, f_cal,
+     jpeg_val, jpeg_tr) = passes
 
     boot = ImageBootstrap(ann_val, [p['img_id'] for p in edge_val], max(bootstrap, 1))
     ev_edge, ev_cloud = (boot.evaluate(p, val.cat_ids) for p in (edge_val, cloud_val))
     gains_tr = offload_gains(ann_train, edge_tr, cloud_tr, train.cat_ids)
+    # per-tier score calibration, fitted on the same held-out images as the learned router
+    maps = score_maps_from_predictions(ann_train, edge_tr, cloud_tr, train.cat_ids)
+    ev_edge_cal = boot.evaluate(recalibrated(edge_val, maps['edge']), val.cat_ids)
+    ev_cloud_cal = boot.evaluate(recalibrated(cloud_val, maps['cloud']), val.cat_ids)
     gains_val = np.nan_to_num(per_image_ap(boot, ev_cloud) - per_image_ap(boot, ev_edge))
 
-    print('- router scores (evaluation, router-training and calibration images)', flush=True)
-    heur = {k: f() for k, f in HEURISTIC_ROUTERS.items()}
-    s_val, f_val = exit_scores(model, val, val_idx, heur)
-    s_tr, f_tr = exit_scores(model, train, rtrain_idx, heur)
-    s_cal, f_cal = exit_scores(model, train, calib_idx, heur)
     learned = LearnedRouter(feature_channels=model.splitter.split_channels(), threshold=0.0)
     fit = learned.fit(f_tr, torch.as_tensor(gains_tr), exit_fingerprint(model.edge_exit))
     with torch.no_grad():
@@ -164,45 +210,43 @@ def run_dynamic(config: str, checkpoint: str, teacher_config: str, teacher_check
         s_cal['learned'] = learned(f_cal).double().numpy()
         s_tr['learned'] = learned(f_tr).double().numpy()
 
-    all_cloud, ev_all = _system(np.ones(n, bool), edge_val, cloud_val, boot, ev_edge, ev_cloud)
-    all_edge, _ = _system(np.zeros(n, bool), edge_val, cloud_val, boot, ev_edge, ev_cloud)
+    cal, raw = (ev_edge_cal, ev_cloud_cal), (ev_edge, ev_cloud)
+    all_cloud, ev_all = _system(np.ones(n, bool), edge_val, cloud_val, boot, cal, raw)
+    all_edge, _ = _system(np.zeros(n, bool), edge_val, cloud_val, boot, cal, raw)
     rows = [dict(variant='Adaptive', router='-', target_ratio=1.0, **all_cloud),
             dict(variant='edge exit only', router='-', target_ratio=0.0, **all_edge)]
     evals = {}
-    for name in list(heur) + ['learned']:
-        for r in ratios:
-            t = threshold_for_ratio(torch.as_tensor(s_cal[name]), float(r))
-            off = s_val[name] > t
-            m, ev = _system(off, edge_val, cloud_val, boot, ev_edge, ev_cloud)
-            rows.append(dict(variant='Dynamic', router=name, target_ratio=float(r),
-                             threshold=t, **m))
-            evals[(name, float(r))] = ev
+    for variant, evs, raw_evs in (('Dynamic', cal, raw), ('Dynamic, raw scores', raw, None)):
+        for name in list(heur) + ['learned']:
+            for r in ratios:
+                t = threshold_for_ratio(torch.as_tensor(s_cal[name]), float(r))
+                m, ev = _system(s_val[name] > t, edge_val, cloud_val, boot, evs, raw_evs)
+                rows.append(dict(variant=variant, router=name, target_ratio=float(r),
+                                 threshold=t, **m))
+                if variant == 'Dynamic':
+                    evals[(name, float(r))] = ev
     order = np.argsort(-gains_val, kind='stable')
     for r in ratios:
         off = np.zeros(n, bool)
         off[order[:int(round(float(r) * n))]] = True
-        m, ev = _system(off, edge_val, cloud_val, boot, ev_edge, ev_cloud)
+        m, ev = _system(off, edge_val, cloud_val, boot, cal, raw)
         rows.append(dict(variant='Dynamic', router='oracle', target_ratio=float(r), **m))
         evals[('oracle', float(r))] = ev
-    best_each, _ = _system(gains_val > 0, edge_val, cloud_val, boot, ev_edge, ev_cloud)
+    best_each, _ = _system(gains_val > 0, edge_val, cloud_val, boot, cal, raw)
     rows.append(dict(variant='Dynamic', router='oracle (better of the two per image)',
                      target_ratio=None, **best_each))
 
     # Independent: the same exit and routers; offloaded images go as JPEG to the unsplit teacher
-    print(f'- Independent: the teacher on JPEG q={jpeg_quality} images', flush=True)
-    tcfg = load_config(teacher_config, data_root)
-    teacher = build_detector(tcfg.model, teacher_checkpoint)
-    jpeg_ds = build_test_dataset(tcfg, add_image_codec_baseline(
-        tcfg.test_dataloader.dataset.pipeline, 'jpeg', jpeg_quality))
-    jpeg_val = []
-    evaluate_detector(teacher, jpeg_ds, ann_file=ann_val, num_images=n, progress=False,
-                      predictions_out=jpeg_val)
+    # (its scores calibrated like the student's, on the same held-out images)
     ev_jpeg = boot.evaluate(jpeg_val, val.cat_ids)
+    jmap = score_maps_from_predictions(ann_train, edge_tr, jpeg_tr, train.cat_ids)['cloud']
+    ev_jpeg_cal = boot.evaluate(recalibrated(jpeg_val, jmap), val.cat_ids)
     for name in ('random', best_router(rows)):
         for r in ratios:
             t = threshold_for_ratio(torch.as_tensor(s_cal[name]), float(r))
             off = s_val[name] > t
-            m, _ = _system(off, edge_val, jpeg_val, boot, ev_edge, ev_jpeg, edge_encodes=False)
+            m, _ = _system(off, edge_val, jpeg_val, boot, (ev_edge_cal, ev_jpeg_cal),
+                           (ev_edge, ev_jpeg), edge_encodes=False)
             rows.append(dict(variant='Independent', router=name, target_ratio=float(r), **m))
 
     summary = summarize(rows, boot, evals, ev_all)
@@ -283,19 +327,21 @@ def _f(v, spec):
 
 def table(res) -> str:
     rows, s = res['rows'], res['summary']
-    head = (f"{'variant':<12} {'router':<14} {'target':>6} {'offload':>7} {'mAP':>6} "
-            f"{'bytes/img':>9} {'edge GF':>8} {'cloud GF':>8}  pareto")
+    head = (f"{'variant':<19} {'router':<14} {'target':>6} {'offload':>7} {'mAP':>6} "
+            f"{'bytes/img':>9} {'edge GF':>8} {'cloud GF':>8} {'missed':>7}  pareto")
     lines = [f"Dynamic edge-cloud inference on {res['num_images']} evaluation images "
              f"(thresholds calibrated on {res['num_calib']}, learned router fitted on "
              f"{res['num_router_train']} other held-out images; Independent sends JPEG "
-             f"q={res['jpeg_quality']}); GF = GFLOPs per image, bytes over all images",
+             f"q={res['jpeg_quality']}); GF = GFLOPs per image, bytes over all images, missed = "
+             f"objects no detection scoring >= {MISSED_SCORE_THR} finds (IoU 0.5)",
              head, '-' * len(head)]
     for i, r in enumerate(rows):
         router = r['router'] if len(r['router']) <= 14 else 'oracle (best)'
         lines.append(
-            f"{r['variant']:<12} {router:<14} {_f(r['target_ratio'], '.2f'):>6} "
+            f"{r['variant']:<19} {router:<14} {_f(r['target_ratio'], '.2f'):>6} "
             f"{r['offload_ratio']:>7.2f} {r['mAP']:>6.2f} {r['bytes_per_image']:>9.0f} "
-            f"{r['edge_gflops']:>8.4f} {r['cloud_gflops']:>8.4f}  "
+            f"{r['edge_gflops']:>8.4f} {r['cloud_gflops']:>8.4f} "
+            f"{_f(r.get('missed_objects'), '7.1%')}  "
             f"{'*' if i in s['pareto'] else ''}")
     lines.append('')
     lines.append(f"all-cloud (Adaptive) mAP {s['all_cloud_mAP']:.2f} at "
@@ -365,6 +411,8 @@ def plot(res, path, rate_accuracy_rows=None) -> None:
     if rate_accuracy_rows:
         a2.plot([], [], 'x', color='gray', label='send the image (rate-accuracy rows)')
     a2.set_xscale('log')
+    from matplotlib.ticker import NullFormatter
+    a2.xaxis.set_minor_formatter(NullFormatter())  # labels only at decades: no overlap
     a2.set_xlabel('mean uplink bytes per image (all images)')
     a2.set_ylabel('system bbox mAP')
     a2.set_title('Variants: bytes vs mAP')

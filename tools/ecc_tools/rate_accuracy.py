@@ -161,11 +161,13 @@ def calibrated_dynamic_model(config: str, checkpoint: str, data_root: Optional[s
     from mmdet.registry import DATASETS
 
     from ecc_mmdet.apis.inference import iter_batches
-    from ecc_mmdet.deployment.calibration import calibrate_router, check_calibration_split
+    from ecc_mmdet.deployment.calibration import (calibrate_router, check_calibration_split,
+                                                  fit_score_maps)
     scfg = load_config(config, data_root)
     model = build_detector(scfg.model, checkpoint)
     ratio = model.router.target_offload_ratio
-    if ratio is not None and float(ratio) not in (0.0, 1.0):
+    needs_threshold = ratio is not None and float(ratio) not in (0.0, 1.0)
+    if needs_threshold or model.calibrate_scores:
         hook = next((h for h in scfg.get('custom_hooks') or []
                      if h.get('type') == 'RouterCalibrationHook'), None)
         if hook is None:
@@ -175,6 +177,11 @@ def calibrated_dynamic_model(config: str, checkpoint: str, data_root: Optional[s
                                 [('test_dataloader', scfg.test_dataloader.dataset)])
         calib = DATASETS.build(copy.deepcopy(hook['dataloader']['dataset']))
         n = min(hook.get('num_images') or num_images, len(calib))
+    if model.calibrate_scores:
+        fit_score_maps(model, lambda: iter_batches(model, calib, n, batch_size=4),
+                       calib.ann_file, calib.cat_ids)
+        print(f'  per-tier score maps fitted on {n} calibration images', flush=True)
+    if needs_threshold:
         t, reached = calibrate_router(model, iter_batches(model, calib, n, batch_size=4))
         print(f'  router threshold {t:.4g}: offloads {reached:.0%} of {n} calibration images',
               flush=True)

@@ -3,14 +3,12 @@
 The records of a cloud-only baseline (``JPEGCompressImage`` in the test pipeline) carry the
 uplink bytes but not what the cloud spent running the whole detector, so without this hook
 ``tools/test.py`` could report neither ``comm/cloud_gflops`` nor a modelled latency. The hook
-times the model's ``val_step``/``test_step`` (preprocessing + predict, per image) and counts the
-detector's FLOPs once per input shape, and completes the records before the evaluator reads
-them. The measurement stays out of the model: the hook wraps the step for the duration of the
+runs the model's ``val_step``/``test_step`` (preprocessing + predict) as a measured ``cloud``
+step of :class:`~ecc_mmdet.evaluation.cloud_only_accounting.CloudOnlyAccounting` (time per image,
+FLOPs once per input shape) and completes the records before the evaluator reads them. The measurement stays out of the model: the hook wraps the step for the duration of the
 loop and restores it afterwards. Split detectors account for themselves; for them (and for
 records that are already complete) it changes nothing.
 """
-import time
-
 from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 
@@ -62,19 +60,12 @@ class CloudOnlyAccountingHook(Hook):
         accounting = self.accounting
 
         def accounted_step(data):
-            t0 = time.perf_counter()
-            outputs = original(data)
-            dt = (time.perf_counter() - t0) / max(len(outputs), 1)
-            if accounting.needs_cloud_share(outputs):
-
-                def batch():
-                    pre = model.data_preprocessor(data, False)
-                    return pre['inputs'], pre['data_samples']
-
-                shape = tuple(outputs[0].metainfo.get('batch_input_shape', ()))
-                flops = accounting.whole_model_flops(model, shape, batch)
-                accounting.fill(outputs, dt, flops)
-            return outputs
+            samples = data.get('data_samples') or [] if isinstance(data, dict) else []
+            # the unpadded input size of the first image keys the FLOP cache (batches of one
+            # size share it); the step's own output tells the padded shape only afterwards
+            shape = tuple(samples[0].metainfo.get('img_shape', ())) if samples else ()
+            n = max(len(samples), 1)
+            return accounting.run(lambda: original(data), n, shape)
 
         object.__setattr__(model, step, accounted_step)
 

@@ -1,9 +1,10 @@
-"""Calibrate the router's threshold to its target offload ratio before every validation / test.
+"""Calibrate a dynamic system on a calibration split before every validation / test.
 
 A router configured with ``target_offload_ratio`` needs a threshold: this hook runs the edge
 exits on a calibration split (never the evaluation split) and sets it to the matching percentile
-of the router's scores, then logs the threshold. Exits that are still training are recalibrated
-before each validation.
+of the router's scores, then logs the threshold. With ``model.calibrate_scores=True`` it first
+fits the per-tier score maps on the same images (both tiers run on them). Exits that are still
+training are recalibrated before each validation.
 
     custom_hooks = [dict(type='RouterCalibrationHook', num_images=200,
                          dataloader=dict(batch_size=4, num_workers=0, dataset=dict(...)))]
@@ -14,7 +15,8 @@ from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 from mmdet.registry import HOOKS
 
-from ...deployment.calibration import calibrate_router, check_calibration_split
+from ...deployment.calibration import (calibrate_router, check_calibration_split,
+                                       fit_score_maps)
 from ...utils.config_checks import ConfigError
 
 __all__ = ['RouterCalibrationHook']
@@ -50,11 +52,14 @@ class RouterCalibrationHook(Hook):
     def before_test(self, runner) -> None:
         self._calibrate(runner)
 
-    def _batches(self, runner, model):
+    def _get_loader(self, runner):
         if self._loader is None:
             self._loader = runner.build_dataloader(copy.deepcopy(self.dataloader_cfg))
+        return self._loader
+
+    def _batches(self, runner, model):
         seen = 0
-        for data in self._loader:
+        for data in self._get_loader(runner):
             if self.num_images is not None and seen >= self.num_images:
                 return
             pre = model.data_preprocessor(data, False)
@@ -68,13 +73,22 @@ class RouterCalibrationHook(Hook):
     def _calibrate(self, runner) -> None:
         model = runner.model.module if is_model_wrapper(runner.model) else runner.model
         router = getattr(model, 'router', None)
+        if router is None or getattr(model, 'edge_exit', None) is None:
+            return
         ratio = getattr(router, 'target_offload_ratio', None)
-        if router is None or getattr(model, 'edge_exit', None) is None or ratio is None \
-                or float(ratio) in (0.0, 1.0):
+        needs_threshold = ratio is not None and float(ratio) not in (0.0, 1.0)
+        if not needs_threshold and not model.calibrate_scores:
             return
         was = model.training
         model.eval()
         try:
+            if model.calibrate_scores:
+                ds = self._get_loader(runner).dataset
+                fit_score_maps(model, lambda: self._batches(runner, model), ds.ann_file,
+                               ds.cat_ids)
+                runner.logger.info('RouterCalibrationHook: per-tier score maps fitted')
+            if not needs_threshold:
+                return
             t, reached = calibrate_router(model, self._batches(runner, model))
         finally:
             model.train(was)

@@ -21,6 +21,7 @@ from mmdet.structures import DetDataSample
 from torch import Tensor
 
 from ...codecs.bitstream import CorruptedBitstreamError, ImageMeta, Payload, pack, unpack
+from ...codecs.detections import pack_detections
 from ...deployment.meter import DeploymentMeter
 from ...deployment import sides
 from ...deployment.pipeline import run_cloud, run_deployment, run_edge
@@ -54,13 +55,21 @@ class EdgeCloudDetectorMixin:
         router: a router config (``RandomRouter``, ``ScoreBandRouter``, ``EntropyRouter``,
             ``LearnedRouter``) with ``threshold`` or ``target_offload_ratio``. Without a router
             (or without an exit) every image goes to the cloud.
+        edge_report: ``dict(score_thr=0.3, max_boxes=100)`` makes every image finished on the
+            edge send its detections (scores >= score_thr, the top max_boxes) as a compact report
+            (:mod:`ecc_mmdet.codecs.detections`, ~10 bytes a box) whose real bytes are counted,
+            for applications that need every result centrally; None (default) sends nothing.
+        calibrate_scores: map each tier's scores to P(true positive) before merging (the maps are
+            fitted on the calibration split by ``RouterCalibrationHook`` / the benchmark); the
+            exit's and the cloud's detections then rank correctly in one list.
         train_exits_only: train the exit alone (everything else frozen, in eval mode) from the
             labels and, with ``edge_exit.distill_weight > 0``, from the cloud's detections.
     """
 
     def _init_edge_cloud(self, split_after: int, compressor: dict, measure_flops: bool = True,
                          estimate_rate: bool = True, edge_exit: Optional[dict] = None,
-                         router: Optional[dict] = None, train_exits_only: bool = False):
+                         router: Optional[dict] = None, train_exits_only: bool = False,
+                         edge_report: Optional[dict] = None, calibrate_scores: bool = False):
         if compressor is None or 'type' not in compressor:
             raise ConfigError('An edge/cloud detector needs compressor=dict(type=...), e.g. '
                               "dict(type='EntropyBottleneckNeck') or dict(type='QuantizeNeck', "
@@ -79,6 +88,9 @@ class EdgeCloudDetectorMixin:
             raise ConfigError('train_exits_only=True needs an edge_exit=dict(type=\'EdgeExit\', '
                               '...) to train')
         self.train_exits_only = bool(train_exits_only)
+        self.edge_report = self._check_report(edge_report)
+        self.calibrate_scores = bool(calibrate_scores)
+        object.__setattr__(self, 'score_maps', None)  # {'edge', 'cloud'} -> ScoreMap, fitted
         if self.train_exits_only:
             for name, p in self.named_parameters():
                 if not name.startswith('edge_exit.'):
@@ -100,6 +112,22 @@ class EdgeCloudDetectorMixin:
         module = MODELS.build(cfg)
         module.check_runs_on(channels)
         return module
+
+    @staticmethod
+    def _check_report(cfg: Optional[dict]):
+        if cfg is None:
+            return None
+        cfg = dict(cfg)
+        unknown = set(cfg) - {'score_thr', 'max_boxes'}
+        if unknown:
+            raise ConfigError(f'edge_report: unknown keys {sorted(unknown)}; it takes score_thr '
+                              'and max_boxes')
+        cfg.setdefault('score_thr', 0.3)
+        cfg.setdefault('max_boxes', 100)
+        if not 0.0 <= float(cfg['score_thr']) <= 1.0 or not 1 <= int(cfg['max_boxes']) <= 1000:
+            raise ConfigError(f'edge_report needs 0 <= score_thr <= 1 and 1 <= max_boxes <= '
+                              f'1000, got {cfg}')
+        return cfg
 
     @staticmethod
     def _build_router(cfg: Optional[dict], channels: int):
@@ -211,14 +239,43 @@ class EdgeCloudDetectorMixin:
 
     def route(self, exits: ExitOutput) -> Tensor:
         """Edge: (N,) bool, True = offload."""
+        self.check_router()
+        return self.router.decide(exits)
+
+    def check_router(self) -> None:
+        """Refuse a learned router fitted for other exits (checked once per weights)."""
         if isinstance(self.router, LearnedRouter):
             if '_exit_fingerprint' not in self.__dict__:
                 self.__dict__['_exit_fingerprint'] = exit_fingerprint(self.edge_exit)
             self.router.check_exits(self.__dict__['_exit_fingerprint'])
-        return self.router.decide(exits)
 
     def finish_on_edge(self, sample: DetDataSample, instances) -> DetDataSample:
-        return self.add_pred_to_datasample([sample], [instances])[0]
+        return self.add_pred_to_datasample([sample], [self._calibrated(instances, 'edge')])[0]
+
+    def _calibrated(self, instances, tier: str):
+        """``instances`` with the tier's scores mapped to P(true positive), when configured."""
+        if not self.calibrate_scores or self.edge_exit is None or self.router is None:
+            return instances
+        maps = self.score_maps
+        if maps is None:
+            raise RuntimeError(
+                'calibrate_scores=True but no score maps were fitted: they come from the '
+                'calibration split (RouterCalibrationHook in the Runner, or '
+                'ecc_mmdet.deployment.calibration.fit_score_maps)')
+        out = instances.clone()
+        s = instances.scores
+        out.scores = torch.as_tensor(maps[tier](s.detach().cpu().numpy()), dtype=s.dtype,
+                                     device=s.device)
+        return out
+
+    def report_detections(self, result: DetDataSample) -> bytes:
+        """Edge: the compact detections report of an image finished on the edge."""
+        inst = result.pred_instances
+        keep = (inst.scores >= self.edge_report['score_thr']).nonzero().flatten()
+        keep = keep[inst.scores[keep].argsort(descending=True)][:self.edge_report['max_boxes']]
+        return pack_detections(int(result.metainfo.get('img_id', 0)),
+                               inst.bboxes[keep].cpu().numpy(), inst.scores[keep].cpu().numpy(),
+                               inst.labels[keep].cpu().numpy())
 
     def encode_features(self, f: Tensor, batch_data_samples) -> List[bytes]:
         """Edge: F_k -> one self-contained payload per image (encoder, entropy coder, framing)."""
@@ -252,8 +309,12 @@ class EdgeCloudDetectorMixin:
 
     def cloud_predict(self, f_hat: Tensor, batch_data_samples, rescale: bool = True):
         """Cloud: rest of the backbone, neck, heads -> detections."""
-        return self.predict_from_features(self._cloud_features(f_hat), batch_data_samples,
-                                          rescale)
+        results = self.predict_from_features(self._cloud_features(f_hat), batch_data_samples,
+                                             rescale)
+        if self.calibrate_scores and self.edge_exit is not None and self.router is not None:
+            for r in results:
+                r.pred_instances = self._calibrated(r.pred_instances, 'cloud')
+        return results
 
     # ---- the deployed round trip ----
     @torch.no_grad()

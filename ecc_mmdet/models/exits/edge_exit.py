@@ -82,13 +82,18 @@ class EdgeExit(BaseModule):
         distill_weight: weight of the loss on the cloud detector's detections (pseudo labels) when
             the split detector provides them; 0 trains on the labels only.
         pseudo_label_score_thr: cloud detections at or above this score become pseudo labels.
+        recall_boost: recall-rate boosting (ECCENTRIC): the weight of positive anchors in the
+            head's focal classification loss (its ``alpha``; mmdet's default 0.25). Larger values
+            make the exit fire on more objects -- fewer objects silently dropped on the edge, at
+            the price of more false positives (which the router sees as uncertainty). None keeps
+            the head's own setting.
         in_channels: set by the split detector (channels of F_k).
     """
 
     def __init__(self, neck: dict, head: dict, train_cfg: Optional[dict] = None,
                  test_cfg: Optional[dict] = None, distill_weight: float = 0.0,
-                 pseudo_label_score_thr: float = 0.5, in_channels: Optional[int] = None,
-                 init_cfg=None):
+                 pseudo_label_score_thr: float = 0.5, recall_boost: Optional[float] = None,
+                 in_channels: Optional[int] = None, init_cfg=None):
         super().__init__(init_cfg=init_cfg)
         if not isinstance(neck, dict) or not isinstance(head, dict):
             raise ConfigError('edge_exit needs neck=dict(type=...) and head=dict(type=...), e.g. '
@@ -103,6 +108,15 @@ class EdgeExit(BaseModule):
             neck.setdefault('in_channels', in_channels)
         head = dict(head)
         head.update(train_cfg=train_cfg, test_cfg=test_cfg)
+        if recall_boost is not None:
+            loss_cls = dict(head.get('loss_cls') or {})
+            if 'FocalLoss' not in str(loss_cls.get('type', '')) or \
+                    not 0.0 < float(recall_boost) < 1.0:
+                raise ConfigError(
+                    'edge_exit.recall_boost sets the focal loss alpha of the exit head: it needs '
+                    "head.loss_cls=dict(type='FocalLoss', ...) and a value in (0, 1), got "
+                    f'loss_cls type {loss_cls.get("type")!r}, recall_boost={recall_boost}')
+            head['loss_cls'] = dict(loss_cls, alpha=float(recall_boost))
         try:
             self.neck = MODELS.build(neck)
         except Exception as e:  # noqa: BLE001  (re-raised with the key to fix)

@@ -88,8 +88,9 @@ class BaseRouter(nn.Module):
         if math.isnan(t):
             raise RuntimeError(
                 f'{type(self).__name__} has target_offload_ratio={self.target_offload_ratio} but '
-                'no calibrated threshold: calibrate it on a calibration split (tools/'
-                'calibrate_router.py, or router.calibrate(scores)) or give router.threshold')
+                'no calibrated threshold: calibrate it on a calibration split '
+                '(RouterCalibrationHook in custom_hooks, or '
+                'ecc_mmdet.deployment.calibration.calibrate_router) or give router.threshold')
         return self.scores(exits).to(torch.float64) > t
 
     def calibrate(self, scores: Tensor, ratio: Optional[float] = None) -> float:
