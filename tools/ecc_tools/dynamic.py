@@ -10,6 +10,7 @@ exactly by picking each image's COCO matches from one of the two sets
 of it than those the learned router is fitted on; never on the evaluation split.
 """
 import copy
+import os
 import os.path as osp
 import pickle
 from typing import Dict, List, Optional, Sequence
@@ -187,6 +188,7 @@ def run_dynamic(config: str, checkpoint: str, teacher_config: str, teacher_check
         passes = _collect(model, val, val_idx, train, calib_cfg, calib_idx, rtrain_idx, heur, n,
                           teacher_config, teacher_checkpoint, data_root, jpeg_quality, ann_val)
         if cache:
+            os.makedirs(osp.dirname(osp.abspath(cache)), exist_ok=True)
             with open(cache, 'wb') as f:
                 pickle.dump(dict(key=key, passes=passes), f)
     else:
