@@ -38,7 +38,8 @@ def unsplit_model_cfg(model_cfg) -> dict:
         # FasterRCNN/RetinaNet etc. are thin subclasses of these two; the base class runs the same
         cfg['type'] = base
         for k in ('split_after', 'compressor', 'measure_flops', 'estimate_rate', 'edge_exit',
-                  'router', 'train_exits_only', 'edge_report', 'calibrate_scores'):
+                  'router', 'train_exits_only', 'edge_report', 'calibrate_scores',
+                  'extension_exit', 'hard_classes'):
             cfg.pop(k, None)
     return cfg
 

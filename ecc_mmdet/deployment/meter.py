@@ -27,10 +27,10 @@ from ..utils.flops import FlopCache
 
 __all__ = ['DeploymentMeter', 'BatchTrace', 'EDGE_STEPS', 'CLOUD_STEPS', 'CODEC_STEPS']
 
-EDGE_STEPS = ('edge', 'exit', 'route', 'encode', 'report')
+EDGE_STEPS = ('edge', 'exit', 'route', 'extension', 'encode', 'report')
 CLOUD_STEPS = ('decode', 'cloud')
 CODEC_STEPS = ('encode', 'decode')
-EXIT_STEPS = ('exit', 'route')
+EXIT_STEPS = ('exit', 'route', 'extension')
 
 
 class DeploymentMeter:

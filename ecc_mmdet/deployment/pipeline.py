@@ -49,10 +49,20 @@ def run_edge(model, batch_inputs: Tensor, samples: Sequence[DetDataSample],
             exits = model.run_exits(f, samples, rescale)
         with trace.step('route', everyone, shape):
             offload = model.route(exits)
-        for i in everyone:
-            if not bool(offload[i]):
-                tiers[i] = exits.tiers[i]
-                results[i] = model.finish_on_edge(samples[i], exits.results[i])
+        kept = [i for i in everyone if not bool(offload[i])]
+        edge_results = {i: exits.results[i] for i in kept}
+        ext = model.needs_extension(exits, kept) if model.extension_exit is not None else []
+        if ext:  # MEANet: kept images whose main-exit top class is hard get the extension exit
+            with trace.step('extension', ext, shape):
+                merged = model.run_extension(f[torch.as_tensor(ext, device=f.device)],
+                                             [samples[i] for i in ext],
+                                             [exits.results[i] for i in ext], rescale)
+            for i, m in zip(ext, merged):
+                edge_results[i] = m
+                exits.tiers[i] = 'edge_extension'
+        for i in kept:
+            tiers[i] = exits.tiers[i]
+            results[i] = model.finish_on_edge(samples[i], edge_results[i])
     off = [i for i in everyone if tiers[i] == 'cloud']
     payloads: List[Optional[bytes]] = [None] * n
     kept = [i for i in everyone if tiers[i] != 'cloud']

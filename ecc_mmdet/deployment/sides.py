@@ -66,7 +66,8 @@ def _cloud_only(model) -> List[nn.Module]:
 
 def _edge_only(model) -> List[nn.Module]:
     comp = model.compressor
-    mods = list(model.splitter.edge_modules()) + [model.edge_exit, model.router]
+    mods = list(model.splitter.edge_modules()) + [model.edge_exit, model.router,
+                                                  getattr(model, 'extension_exit', None)]
     return mods + _minus(comp.edge_modules(), list(comp.cloud_modules()) + comp.coding_models())
 
 

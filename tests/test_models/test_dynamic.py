@@ -271,3 +271,57 @@ def test_edge_finished_images_can_report_their_detections(model):
         assert np.allclose(d.scores, top.numpy(), atol=0.5 / 255 + 1e-6)
     with pytest.raises(ConfigError, match='unknown keys'):
         MODELS.build(dynamic_cfg(None, edge_report=dict(score=0.3)))
+
+
+def ext_cfg(hard=(0, 1, 2, 3, 4, 5), **kw):
+    cfg = dynamic_cfg(dict(type='RandomRouter', threshold=math.inf), **kw)
+    cfg.extension_exit = exit_cfg(channels=16)
+    cfg.hard_classes = list(hard)
+    return cfg
+
+
+def test_extension_exit_serves_images_whose_top_class_is_hard():
+    m = build(ext_cfg(hard=(1, 2)))
+    inputs, samples = fake_batch(m, n=6, seed=5)
+    exits = m.run_exits(m.edge_features(inputs), samples)
+    expect_ext = [i for i, r in enumerate(exits.results)
+                  if len(r) and int(r.labels[r.scores.argmax()]) in (1, 2)]
+    assert 0 < len(expect_ext) < 6, 'seeded batch should mix hard and easy top classes'
+    res = m.predict(inputs, copy.deepcopy(samples))
+    tiers = [read_comm(r).tier for r in res]
+    assert [i for i, t in enumerate(tiers) if t == 'edge_extension'] == expect_ext
+    f = m.edge_features(inputs)
+    ext, _ = m.extension_exit.predict(f, samples)
+    for i in expect_ext:  # main's easy-class boxes + the extension's hard-class boxes
+        main, e = exits.results[i], ext[i]
+        want = torch.cat([main.bboxes[~torch.isin(main.labels, torch.tensor([1, 2]))],
+                          e.bboxes[torch.isin(e.labels, torch.tensor([1, 2]))]])
+        assert torch.equal(res[i].pred_instances.bboxes, want)
+    for i in set(range(6)) - set(expect_ext):
+        assert torch.equal(res[i].pred_instances.bboxes, exits.results[i].bboxes)
+    # the extension's FLOPs are edge (exit) FLOPs of exactly the images that ran it
+    recs = [read_comm(r) for r in res]
+    ext_flops = {round(recs[i].exit_flops) for i in expect_ext}
+    main_flops = {round(r.exit_flops) for i, r in enumerate(recs) if i not in expect_ext}
+    assert len(ext_flops) == 1 and len(main_flops) == 1 and ext_flops.pop() > main_flops.pop()
+
+
+def test_extension_training_trains_only_the_extension_on_hard_classes():
+    m = build(ext_cfg(hard=(2, ), train_exits_only='extension'))
+    m.train()
+    assert m.extension_exit.training and not m.edge_exit.training
+    inputs, samples = fake_batch(m, n=2, with_gt=True, training=True)
+    hard_only = m._hard_only(samples)
+    assert [s.gt_instances.labels.tolist() for s in hard_only] == [[2] if 2 in s.gt_instances.labels
+                                                                  else [] for s in samples]
+    losses = m.loss(inputs, samples)
+    total = sum(v if torch.is_tensor(v) else sum(v) for v in losses.values())
+    total.backward()
+    trained = {n for n, p in m.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    assert trained and all(n.startswith('extension_exit.') for n in trained)
+    with pytest.raises(ConfigError, match='go together'):
+        MODELS.build(dynamic_cfg(None, extension_exit=exit_cfg()))
+    with pytest.raises(ConfigError, match='label indices'):
+        MODELS.build(ext_cfg(hard=(6, )))
+    with pytest.raises(ConfigError, match='train_exits_only'):
+        MODELS.build(ext_cfg(train_exits_only='everything'))

@@ -63,6 +63,16 @@ def test_calibration_on_the_evaluation_split_is_refused(tiny_coco_calib, tmp_pat
     assert proc.returncode != 0 and 'needs a calibration split' in proc.stderr
 
 
+def test_select_hard_classes(trained, tiny_coco_calib):
+    work, _ = trained
+    proc = run_tool('select_hard_classes', DYNAMIC_CFG, work / 'epoch_1.pth', '--num-images', 8,
+                    '--data-root', tiny_coco_calib)
+    line = [x for x in proc.stdout.splitlines() if x.startswith('hard_classes=')]
+    hard = json.loads(line[0].split('=', 1)[1])
+    assert len(hard) == 3 and all(0 <= c < 6 for c in hard)  # half of the 6 classes
+    assert proc.stdout.count('   hard') == 3
+
+
 def test_learned_router_and_benchmark(trained, tiny_coco_calib, tmp_path):
     work, _ = trained
     ckpt = tmp_path / 'learned.pth'

@@ -254,6 +254,8 @@ def run_dynamic(config: str, checkpoint: str, teacher_config: str, teacher_check
     summary = summarize(rows, boot, evals, ev_all)
     return dict(rows=rows, summary=summary, num_images=n, num_router_train=num_router_train,
                 num_calib=num_calib, jpeg_quality=jpeg_quality, router_fit=fit,
+                extension_share=float(np.mean([p['comm'].get('tier') == 'edge_extension'
+                                               for p in edge_val])),
                 bootstrap=bootstrap, gains_val=dict(
                     mean=float(gains_val.mean()), positive=float((gains_val > 0).mean()),
                     zero=float((gains_val == 0).mean())))

@@ -62,14 +62,23 @@ class EdgeCloudDetectorMixin:
         calibrate_scores: map each tier's scores to P(true positive) before merging (the maps are
             fitted on the calibration split by ``RouterCalibrationHook`` / the benchmark); the
             exit's and the cloud's detections then rank correctly in one list.
-        train_exits_only: train the exit alone (everything else frozen, in eval mode) from the
+        extension_exit: MEANet's extension exit, an ``EdgeExit`` with more compute trained only on
+            the ``hard_classes`` (label indices: the classes the main exit does worst on, from its
+            per-class AP on a validation split). Kept images whose main-exit top detection is of a
+            hard class run it; its hard-class detections replace the main exit's (tier
+            ``edge_extension``).
+        hard_classes: see ``extension_exit``.
+        train_exits_only: True / 'main' trains the main exit alone, 'extension' the extension
+            exit alone (everything else frozen, in eval mode), from the
             labels and, with ``edge_exit.distill_weight > 0``, from the cloud's detections.
     """
 
     def _init_edge_cloud(self, split_after: int, compressor: dict, measure_flops: bool = True,
                          estimate_rate: bool = True, edge_exit: Optional[dict] = None,
                          router: Optional[dict] = None, train_exits_only: bool = False,
-                         edge_report: Optional[dict] = None, calibrate_scores: bool = False):
+                         edge_report: Optional[dict] = None, calibrate_scores: bool = False,
+                         extension_exit: Optional[dict] = None,
+                         hard_classes: Optional[Sequence[int]] = None):
         if compressor is None or 'type' not in compressor:
             raise ConfigError('An edge/cloud detector needs compressor=dict(type=...), e.g. '
                               "dict(type='EntropyBottleneckNeck') or dict(type='QuantizeNeck', "
@@ -84,16 +93,38 @@ class EdgeCloudDetectorMixin:
         self.compressor = MODELS.build(compressor)
         self.edge_exit = self._build_exit(edge_exit, channels)
         self.router = self._build_router(router, channels)
-        if train_exits_only and self.edge_exit is None:
-            raise ConfigError('train_exits_only=True needs an edge_exit=dict(type=\'EdgeExit\', '
-                              '...) to train')
-        self.train_exits_only = bool(train_exits_only)
+        self.extension_exit = self._build_exit(extension_exit, channels, 'extension_exit')
+        if (self.extension_exit is None) != (hard_classes is None):
+            raise ConfigError('extension_exit and hard_classes go together: the extension exit '
+                              'serves the hard classes (label indices), e.g. hard_classes=[2, 3]')
+        if self.extension_exit is not None and self.edge_exit is None:
+            raise ConfigError('extension_exit needs the main edge_exit it extends')
+        if hard_classes is not None:
+            n_cls = self.extension_exit.num_classes
+            hard = sorted({int(c) for c in hard_classes})
+            if not hard or hard[0] < 0 or hard[-1] >= n_cls:
+                raise ConfigError(f'hard_classes must be label indices in [0, {n_cls}), got '
+                                  f'{list(hard_classes)}')
+            hard_classes = hard
+        self.hard_classes = hard_classes
+        mode = {True: 'main', False: None, 'main': 'main', 'extension': 'extension'}.get(
+            train_exits_only, '?')
+        if mode == '?':
+            raise ConfigError(f"train_exits_only must be True/'main', 'extension' or False, got "
+                              f'{train_exits_only!r}')
+        trained = {'main': self.edge_exit, 'extension': self.extension_exit}.get(mode)
+        if mode is not None and trained is None:
+            raise ConfigError(f"train_exits_only={train_exits_only!r} needs "
+                              f"{'an edge_exit' if mode == 'main' else 'an extension_exit'}"
+                              "=dict(type='EdgeExit', ...) to train")
+        self.train_exits_only = mode
         self.edge_report = self._check_report(edge_report)
         self.calibrate_scores = bool(calibrate_scores)
         object.__setattr__(self, 'score_maps', None)  # {'edge', 'cloud'} -> ScoreMap, fitted
         if self.train_exits_only:
+            prefix = 'edge_exit.' if mode == 'main' else 'extension_exit.'
             for name, p in self.named_parameters():
-                if not name.startswith('edge_exit.'):
+                if not name.startswith(prefix):
                     p.requires_grad_(False)
         object.__setattr__(self, 'meter', DeploymentMeter(measure_flops, estimate_rate))
         self._pending_losses: Dict[str, Tensor] = {}
@@ -102,11 +133,11 @@ class EdgeCloudDetectorMixin:
         self.register_load_state_dict_post_hook(_forget_exit_after_load)
 
     @staticmethod
-    def _build_exit(cfg: Optional[dict], channels: int):
+    def _build_exit(cfg: Optional[dict], channels: int, key: str = 'edge_exit'):
         if cfg is None:
             return None
         if not isinstance(cfg, dict) or 'type' not in cfg:
-            raise ConfigError("edge_exit must be dict(type='EdgeExit', neck=..., head=...)")
+            raise ConfigError(f"{key} must be dict(type='EdgeExit', neck=..., head=...)")
         cfg = dict(cfg)
         cfg.setdefault('in_channels', channels)
         module = MODELS.build(cfg)
@@ -162,9 +193,11 @@ class EdgeCloudDetectorMixin:
     def train(self, mode: bool = True):
         super().train(mode)
         self._forget_exit()
-        if mode and getattr(self, 'train_exits_only', False):
+        trained = getattr(self, 'train_exits_only', None)
+        if mode and trained:
+            keep = 'edge_exit' if trained == 'main' else 'extension_exit'
             for name, child in self.named_children():
-                if name != 'edge_exit':
+                if name != keep:
                     child.eval()  # frozen as deployed: BN statistics, rounding in the codec
         return self
 
@@ -208,22 +241,42 @@ class EdgeCloudDetectorMixin:
         if self.edge_exit is not None:  # joint training: the exit reads F_k, never changes it
             losses.update(self.edge_exit.loss(self._train_intermediates['edge_feats'].detach(),
                                               batch_data_samples))
+        if self.extension_exit is not None:
+            losses.update({f'ext_{k}': v for k, v in self.extension_exit.loss(
+                self._train_intermediates['edge_feats'].detach(),
+                self._hard_only(batch_data_samples)).items()})
         self._pending_losses, self._train_intermediates = {}, {}
         return losses
 
+    def _hard_only(self, samples):
+        """Samples whose ground truth keeps only the hard classes (the extension's task)."""
+        out = []
+        hard = torch.as_tensor(self.hard_classes)
+        for s in samples:
+            t = DetDataSample(metainfo=s.metainfo)
+            gt = s.gt_instances
+            t.gt_instances = gt[torch.isin(gt.labels, hard.to(gt.labels.device))]
+            out.append(t)
+        return out
+
     def _exit_losses(self, batch_inputs: Tensor, batch_data_samples):
         """Exit-only training: F_k and the cloud's detections from the frozen model."""
+        exit_ = self.edge_exit if self.train_exits_only == 'main' else self.extension_exit
+        if self.train_exits_only == 'extension':
+            batch_data_samples = self._hard_only(batch_data_samples)
         with torch.no_grad():
             f = self.splitter.forward_edge(batch_inputs)
             pseudo = None
-            if self.edge_exit.distill_weight > 0:
+            if exit_.distill_weight > 0:
                 fresh = [DetDataSample(metainfo=s.metainfo) for s in batch_data_samples]
                 f_hat, _ = self.compressor(f)  # eval mode: exactly what decoding gives
                 cloud = self.predict_from_features(self._cloud_features(f_hat), fresh,
                                                    rescale=False)
-                pseudo = self.edge_exit.pseudo_labels([c.pred_instances for c in cloud],
-                                                      batch_data_samples)
-        return self.edge_exit.loss(f, batch_data_samples, pseudo)
+                pseudo = exit_.pseudo_labels([c.pred_instances for c in cloud],
+                                             batch_data_samples)
+                if self.train_exits_only == 'extension':
+                    pseudo = self._hard_only(pseudo)
+        return exit_.loss(f, batch_data_samples, pseudo)
 
     # ---- deployment steps (ordered and accounted by ecc_mmdet.deployment) ----
     def edge_features(self, batch_inputs: Tensor) -> Tensor:
@@ -236,6 +289,25 @@ class EdgeCloudDetectorMixin:
         return ExitOutput(results=results, cls_scores=cls_scores, features=f,
                           samples=list(batch_data_samples), num_classes=self.edge_exit.num_classes,
                           tiers=['edge_main'] * len(results))
+
+    def needs_extension(self, exits: ExitOutput, kept: Sequence[int]) -> List[int]:
+        """Of the ``kept`` images, those whose main-exit top detection is of a hard class."""
+        out = []
+        for i in kept:
+            res = exits.results[i]
+            if len(res) and int(res.labels[res.scores.argmax()]) in self.hard_classes:
+                out.append(i)
+        return out
+
+    def run_extension(self, f: Tensor, batch_data_samples, main_results, rescale: bool = True):
+        """Edge: the extension exit's hard-class detections replace the main exit's."""
+        ext, _ = self.extension_exit.predict(f, batch_data_samples, rescale)
+        merged = []
+        for m, e in zip(main_results, ext):
+            hard = torch.as_tensor(self.hard_classes, device=m.labels.device)
+            merged.append(type(m).cat([m[~torch.isin(m.labels, hard)],
+                                       e[torch.isin(e.labels, hard)]]))
+        return merged
 
     def route(self, exits: ExitOutput) -> Tensor:
         """Edge: (N,) bool, True = offload."""
@@ -370,6 +442,7 @@ class EdgeCloudDetectorMixin:
         """Parameters that run on the edge (counted once; the architecture does not change)."""
         if '_edge_params' not in self.__dict__:
             mods = self.splitter.edge_modules() + list(self.compressor.edge_modules())
-            mods += [m for m in (self.edge_exit, self.router) if m is not None]
+            mods += [m for m in (self.edge_exit, self.router, self.extension_exit)
+                     if m is not None]
             self.__dict__['_edge_params'] = count_parameters(mods)
         return self.__dict__['_edge_params']
