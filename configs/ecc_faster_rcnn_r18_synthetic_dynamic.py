@@ -16,6 +16,16 @@
 _base_ = './ecc_faster_rcnn_r18_synthetic_kd.py'
 
 exit_channels = 48
+# the exit head's parts, reused by the extension exit (..._dynamic_ext.py)
+# F_k is at stride 4 (stem): the pyramid's levels are at strides 8, 16, 32; objects are 8-64 px
+exit_anchor_generator = dict(type='AnchorGenerator', ratios=[1.0], octave_base_scale=2,
+                             scales_per_octave=1, strides=[8, 16, 32])
+exit_bbox_coder = dict(type='DeltaXYWHBBoxCoder', target_means=[.0, .0, .0, .0],
+                       target_stds=[0.1, 0.1, 0.2, 0.2])
+exit_loss_cls = dict(type='FocalLoss', use_sigmoid=True, gamma=2.0, alpha=0.25, loss_weight=1.0)
+exit_loss_bbox = dict(type='GIoULoss', loss_weight=2.0)
+exit_loss_centerness = dict(type='CrossEntropyLoss', use_sigmoid=True, loss_weight=1.0)
+exit_norm_cfg = dict(type='GN', num_groups=8, requires_grad=True)
 model = dict(
     edge_exit=dict(
         type='EdgeExit',
@@ -26,17 +36,12 @@ model = dict(
             in_channels=exit_channels,
             feat_channels=exit_channels,
             stacked_convs=1,
-            norm_cfg=dict(type='GN', num_groups=8, requires_grad=True),
-            # F_k is at stride 4 (stem): the pyramid's levels are at strides 8, 16, 32;
-            # objects are 8-64 px
-            anchor_generator=dict(type='AnchorGenerator', ratios=[1.0], octave_base_scale=2,
-                                  scales_per_octave=1, strides=[8, 16, 32]),
-            bbox_coder=dict(type='DeltaXYWHBBoxCoder', target_means=[.0, .0, .0, .0],
-                            target_stds=[0.1, 0.1, 0.2, 0.2]),
-            loss_cls=dict(type='FocalLoss', use_sigmoid=True, gamma=2.0, alpha=0.25,
-                          loss_weight=1.0),
-            loss_bbox=dict(type='GIoULoss', loss_weight=2.0),
-            loss_centerness=dict(type='CrossEntropyLoss', use_sigmoid=True, loss_weight=1.0)),
+            norm_cfg=exit_norm_cfg,
+            anchor_generator=exit_anchor_generator,
+            bbox_coder=exit_bbox_coder,
+            loss_cls=exit_loss_cls,
+            loss_bbox=exit_loss_bbox,
+            loss_centerness=exit_loss_centerness),
         train_cfg=dict(assigner=dict(type='ATSSAssigner', topk=9), allowed_border=-1,
                        pos_weight=-1, debug=False),
         test_cfg=dict(nms_pre=1000, min_bbox_size=0, score_thr=0.05,

@@ -9,20 +9,18 @@ Prints the per-class AP table and the ``hard_classes=[...]`` line for the extens
 """
 import argparse
 import contextlib
-import copy
 import io
 import sys
 
 import ecc_tools  # noqa: F401  (imports ecc_mmdet: registers our components)
 import numpy as np
 
-from ecc_mmdet.apis import build_detector, load_config
 from ecc_mmdet.apis.inference import iter_batches
 from ecc_mmdet.deployment.calibration import tier_predictions
 from ecc_mmdet.evaluation.bootstrap import ImageBootstrap
 from ecc_mmdet.utils import ConfigError
 
-from ecc_tools.dynamic import calibration_dataset_cfg
+from ecc_tools.dynamic import load_dynamic
 
 
 def main(argv=None):
@@ -34,19 +32,11 @@ def main(argv=None):
     p.add_argument('--data-root')
     args = p.parse_args(argv)
     try:
-        cfg = load_config(args.config, args.data_root)
-        mcfg = copy.deepcopy(cfg.model)
-        for k in ('extension_exit', 'hard_classes'):
-            mcfg.pop(k, None)
-        # every image on the main exit, raw scores (ConfigDict.update would merge the router)
-        mcfg['router'] = dict(type='RandomRouter', threshold=1.0)
-        mcfg['train_exits_only'] = False
-        mcfg['calibrate_scores'] = False
-        model = build_detector(mcfg, args.checkpoint)
-        if model.edge_exit is None:
-            raise ConfigError(f'{args.config} has no edge_exit')
-        from mmdet.registry import DATASETS
-        calib = DATASETS.build(calibration_dataset_cfg(cfg))
+        # every image on the main exit, raw scores, no extension
+        _, model, calib = load_dynamic(
+            args.config, args.checkpoint, args.data_root, extension_exit=None, hard_classes=None,
+            router=dict(type='RandomRouter', threshold=1.0), train_exits_only=False,
+            calibrate_scores=False)
     except (ConfigError, ValueError) as e:
         print(f'error: {e}', file=sys.stderr)
         return 2

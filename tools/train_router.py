@@ -12,18 +12,17 @@ threshold. The output is the input checkpoint plus the router's weights; use it 
 ``--cfg-options model.router.type=LearnedRouter`` (the router refuses any other exits).
 """
 import argparse
-import copy
 import sys
 
 import ecc_tools  # noqa: F401  (imports ecc_mmdet: registers our components)
 import torch
 from mmengine.runner import save_checkpoint
 
-from ecc_mmdet.apis import build_detector, load_config
+from ecc_mmdet.apis import load_config
 from ecc_mmdet.models.routers import LearnedRouter, exit_fingerprint
 from ecc_mmdet.utils import ConfigError
 
-from ecc_tools.dynamic import calibration_dataset_cfg, exit_scores, offload_gains, run_pass
+from ecc_tools.dynamic import exit_scores, load_dynamic, offload_gains, run_pass
 
 
 def main(argv=None):
@@ -38,18 +37,13 @@ def main(argv=None):
     args = p.parse_args(argv)
     try:
         cfg = load_config(args.config, args.data_root)
-        mcfg = copy.deepcopy(cfg.model)
         router_cfg = cfg.model.get('router') or {}
         # the router's settings as the config has them, so the checkpoint loads into it
-        mcfg['router'] = dict(type='LearnedRouter', threshold=0.0, **{
+        router = dict(type='LearnedRouter', threshold=0.0, **{
             k: router_cfg[k] for k in ('top_k', 'hidden', 'pool_features')
             if k in router_cfg and router_cfg.get('type') == 'LearnedRouter'})
-        mcfg['train_exits_only'] = False
-        model = build_detector(mcfg, args.checkpoint)
-        if model.edge_exit is None:
-            raise ConfigError(f'{args.config} has no edge_exit: nothing to route')
-        from mmdet.registry import DATASETS
-        calib = DATASETS.build(calibration_dataset_cfg(cfg))
+        cfg, model, calib = load_dynamic(args.config, args.checkpoint, args.data_root,
+                                         router=router, train_exits_only=False)
     except (ConfigError, ValueError) as e:
         print(f'error: {e}', file=sys.stderr)
         return 2
@@ -62,9 +56,7 @@ def main(argv=None):
     print(f'exit and cloud on {len(idx)} held-out images', flush=True)
     edge = run_pass(model, calib, idx, False, 'edge exit')
     cloud = run_pass(model, calib, idx, True, 'cloud')
-    ds_cfg = calibration_dataset_cfg(cfg)
-    ann = ds_cfg['data_root'].rstrip('/') + '/' + ds_cfg['ann_file']
-    gains = torch.as_tensor(offload_gains(ann, edge, cloud, calib.cat_ids))
+    gains = torch.as_tensor(offload_gains(calib.ann_file, edge, cloud, calib.cat_ids))
     _, feats = exit_scores(model, calib, idx, {}, model.router.top_k)
     router: LearnedRouter = model.router
     fit = router.fit(feats, gains, exit_fingerprint(model.edge_exit))

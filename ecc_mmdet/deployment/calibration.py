@@ -18,7 +18,7 @@ from torch import Tensor
 from ..utils.config_checks import ConfigError
 
 __all__ = ['router_scores', 'calibrate_router', 'check_calibration_split', 'tier_predictions',
-           'score_maps_from_predictions', 'fit_score_maps']
+           'score_maps_from_predictions', 'fit_score_maps', 'calibrate_dynamic']
 
 
 @torch.no_grad()
@@ -108,3 +108,24 @@ def fit_score_maps(model, batches: Callable[[], Iterable[Tuple[Tensor, list]]], 
                                        tier_predictions(model, batches(), True), cat_ids)
     model.score_maps = maps
     return maps
+
+
+def calibrate_dynamic(model, batches: Callable[[], Iterable[Tuple[Tensor, list]]], ann_file: str,
+                      cat_ids: Sequence[int]) -> Optional[Tuple[float, float]]:
+    """Everything a dynamic model needs from the calibration split, in eval mode: the per-tier
+    score maps (``calibrate_scores=True``), then the router's threshold for its target ratio.
+    Returns ``(threshold, offload ratio on the calibration images)``, or None when the router
+    needs no threshold. Used by RouterCalibrationHook and by the tools alike."""
+    router = getattr(model, 'router', None)
+    if router is None or getattr(model, 'edge_exit', None) is None:
+        return None
+    ratio = getattr(router, 'target_offload_ratio', None)
+    needs_threshold = ratio is not None and float(ratio) not in (0.0, 1.0)
+    was = model.training
+    model.eval()
+    try:
+        if model.calibrate_scores:
+            fit_score_maps(model, batches, ann_file, cat_ids)
+        return calibrate_router(model, batches()) if needs_threshold else None
+    finally:
+        model.train(was)

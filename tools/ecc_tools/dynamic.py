@@ -24,6 +24,7 @@ from ecc_mmdet.datasets.transforms import add_image_codec_baseline
 from ecc_mmdet.deployment.calibration import (check_calibration_split,
                                               score_maps_from_predictions, tier_predictions)
 from ecc_mmdet.evaluation.bootstrap import ImageBootstrap
+from ecc_mmdet.utils import ConfigError
 from ecc_mmdet.evaluation.routing import compose, missed_objects, per_image_ap
 from ecc_mmdet.models.routers import (EntropyRouter, LearnedRouter, RandomRouter,
                                       ScoreBandRouter, exit_fingerprint, threshold_for_ratio)
@@ -47,6 +48,29 @@ def calibration_dataset_cfg(cfg):
         if h.get('type') == 'RouterCalibrationHook':
             return copy.deepcopy(h['dataloader']['dataset'])
     raise ValueError('the dynamic config has no RouterCalibrationHook: no calibration split')
+
+
+def load_dynamic(config: str, checkpoint: str, data_root: Optional[str] = None,
+                 with_calibration_split: bool = True, **model_overrides):
+    """(config, model, calibration dataset or None) of a dynamic config. ``model_overrides``
+    replace whole model keys (None removes one): ``ConfigDict.update`` would merge them."""
+    cfg = load_config(config, data_root)
+    mcfg = copy.deepcopy(cfg.model)
+    for k, v in model_overrides.items():
+        if v is None:
+            mcfg.pop(k, None)
+        else:
+            mcfg[k] = v
+    model = build_detector(mcfg, checkpoint)
+    if model.edge_exit is None:
+        raise ConfigError(f'{config} has no edge_exit: not a dynamic configuration')
+    calib = None
+    if with_calibration_split:
+        calib_cfg = calibration_dataset_cfg(cfg)
+        check_calibration_split(calib_cfg, [('test_dataloader', cfg.test_dataloader.dataset)])
+        from mmdet.registry import DATASETS
+        calib = DATASETS.build(calib_cfg)
+    return cfg, model, calib
 
 
 def _batches(model, dataset, indices, batch_size=4):
@@ -150,20 +174,12 @@ def run_dynamic(config: str, checkpoint: str, teacher_config: str, teacher_check
                 cache: Optional[str] = None) -> dict:
     """``cache``: a pickle of the model passes (predictions, records, router inputs), reused when
     it was made with the same checkpoints and split sizes (to re-analyse without re-running)."""
-    cfg = load_config(config, data_root)
-    mcfg = copy.deepcopy(cfg.model)
-    mcfg.pop('router', None)
-    mcfg['train_exits_only'] = False
-    model = build_detector(mcfg, checkpoint)
-    if model.edge_exit is None:
-        raise ValueError(f'{config} has no edge_exit: not a dynamic configuration')
+    cfg, model, train = load_dynamic(config, checkpoint, data_root, router=None,
+                                     train_exits_only=False)
+    calib_cfg = calibration_dataset_cfg(cfg)
     val = build_test_dataset(cfg)
     n = len(val) if num_images is None else min(num_images, len(val))
     val_idx = list(range(n))
-    calib_cfg = calibration_dataset_cfg(cfg)
-    check_calibration_split(calib_cfg, [('test_dataloader', cfg.test_dataloader.dataset)])
-    from mmdet.registry import DATASETS
-    train = DATASETS.build(calib_cfg)
     if len(train) < num_router_train + num_calib:
         raise ValueError(f'the calibration split has {len(train)} images, fewer than '
                          f'{num_calib} (calibration) + {num_router_train} (router fitting); '

@@ -152,39 +152,26 @@ def run_rate_accuracy(teacher_config: str, teacher_checkpoint: str,
     return rows
 
 
-def calibrated_dynamic_model(config: str, checkpoint: str, data_root: Optional[str] = None,
-                             num_images: int = 200):
-    """A dynamic model whose router is calibrated on its config's calibration split (as
-    RouterCalibrationHook does in the Runner) -> (model, config)."""
-    import copy
-
-    from mmdet.registry import DATASETS
-
+def calibrated_dynamic_model(config: str, checkpoint: str, data_root: Optional[str] = None):
+    """A dynamic model calibrated on its config's calibration split exactly as
+    RouterCalibrationHook does in the Runner (same images, same library call) -> (model, config)."""
     from ecc_mmdet.apis.inference import iter_batches
-    from ecc_mmdet.deployment.calibration import (calibrate_router, check_calibration_split,
-                                                  fit_score_maps)
-    scfg = load_config(config, data_root)
-    model = build_detector(scfg.model, checkpoint)
-    ratio = model.router.target_offload_ratio
-    needs_threshold = ratio is not None and float(ratio) not in (0.0, 1.0)
-    if needs_threshold or model.calibrate_scores:
-        hook = next((h for h in scfg.get('custom_hooks') or []
-                     if h.get('type') == 'RouterCalibrationHook'), None)
-        if hook is None:
-            raise ValueError(f'{config}: the router needs calibration and there is no '
-                             'RouterCalibrationHook')
-        check_calibration_split(hook['dataloader']['dataset'],
-                                [('test_dataloader', scfg.test_dataloader.dataset)])
-        calib = DATASETS.build(copy.deepcopy(hook['dataloader']['dataset']))
-        n = min(hook.get('num_images') or num_images, len(calib))
-    if model.calibrate_scores:
-        fit_score_maps(model, lambda: iter_batches(model, calib, n, batch_size=4),
-                       calib.ann_file, calib.cat_ids)
-        print(f'  per-tier score maps fitted on {n} calibration images', flush=True)
-    if needs_threshold:
-        t, reached = calibrate_router(model, iter_batches(model, calib, n, batch_size=4))
-        print(f'  router threshold {t:.4g}: offloads {reached:.0%} of {n} calibration images',
-              flush=True)
+    from ecc_mmdet.deployment.calibration import calibrate_dynamic
+
+    from .dynamic import load_dynamic
+    cfg = load_config(config, data_root)
+    ratio = (cfg.model.get('router') or {}).get('target_offload_ratio')
+    needs = bool(cfg.model.get('calibrate_scores')) or (
+        ratio is not None and float(ratio) not in (0.0, 1.0))
+    scfg, model, calib = load_dynamic(config, checkpoint, data_root, with_calibration_split=needs)
+    if needs:
+        hook = next(h for h in scfg.custom_hooks if h.get('type') == 'RouterCalibrationHook')
+        n = min(hook.get('num_images') or len(calib), len(calib))
+        out = calibrate_dynamic(model, lambda: iter_batches(model, calib, n, batch_size=4),
+                                calib.ann_file, calib.cat_ids)
+        if out is not None:
+            print(f'  router threshold {out[0]:.4g}: offloads {out[1]:.0%} of {n} calibration '
+                  'images', flush=True)
     return model, scfg
 
 

@@ -15,8 +15,7 @@ from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 from mmdet.registry import HOOKS
 
-from ...deployment.calibration import (calibrate_router, check_calibration_split,
-                                       fit_score_maps)
+from ...deployment.calibration import calibrate_dynamic, check_calibration_split
 from ...utils.config_checks import ConfigError
 
 __all__ = ['RouterCalibrationHook']
@@ -73,25 +72,17 @@ class RouterCalibrationHook(Hook):
     def _calibrate(self, runner) -> None:
         model = runner.model.module if is_model_wrapper(runner.model) else runner.model
         router = getattr(model, 'router', None)
-        if router is None or getattr(model, 'edge_exit', None) is None:
-            return
         ratio = getattr(router, 'target_offload_ratio', None)
-        needs_threshold = ratio is not None and float(ratio) not in (0.0, 1.0)
-        if not needs_threshold and not model.calibrate_scores:
+        if getattr(model, 'edge_exit', None) is None or router is None or (
+                not model.calibrate_scores and (ratio is None or float(ratio) in (0.0, 1.0))):
             return
-        was = model.training
-        model.eval()
-        try:
-            if model.calibrate_scores:
-                ds = self._get_loader(runner).dataset
-                fit_score_maps(model, lambda: self._batches(runner, model), ds.ann_file,
-                               ds.cat_ids)
-                runner.logger.info('RouterCalibrationHook: per-tier score maps fitted')
-            if not needs_threshold:
-                return
-            t, reached = calibrate_router(model, self._batches(runner, model))
-        finally:
-            model.train(was)
-        runner.logger.info(f'RouterCalibrationHook: {type(router).__name__} threshold {t:.6g} '
-                           f'offloads {reached:.1%} of the calibration images (target '
-                           f'{float(ratio):.1%})')
+        ds = self._get_loader(runner).dataset
+        out = calibrate_dynamic(model, lambda: self._batches(runner, model), ds.ann_file,
+                                ds.cat_ids)
+        if model.calibrate_scores:
+            runner.logger.info('RouterCalibrationHook: per-tier score maps fitted')
+        if out is not None:
+            t, reached = out
+            runner.logger.info(f'RouterCalibrationHook: {type(router).__name__} threshold '
+                               f'{t:.6g} offloads {reached:.1%} of the calibration images '
+                               f'(target {float(ratio):.1%})')

@@ -7,6 +7,7 @@ calibration split (:meth:`BaseRouter.calibrate`: a percentile of the calibration
 not be the evaluation split (:class:`~ecc_mmdet.engine.RouterCalibrationHook` in the Runner).
 """
 import math
+from abc import ABCMeta, abstractmethod
 from typing import Optional, Tuple
 
 import torch
@@ -34,7 +35,7 @@ def threshold_for_ratio(scores: Tensor, ratio: float) -> float:
     return float((s[k - 1] + s[k]) / 2)
 
 
-class BaseRouter(nn.Module):
+class BaseRouter(nn.Module, metaclass=ABCMeta):
     """Offload an image when ``score > threshold``; subclasses implement :meth:`scores`.
 
     Args:
@@ -78,9 +79,9 @@ class BaseRouter(nn.Module):
         self.register_buffer('threshold', torch.tensor(value, dtype=torch.float64),
                              persistent=False)
 
+    @abstractmethod
     def scores(self, exits) -> Tensor:
         """(N,) float scores of a batch's :class:`ExitOutput`; higher = needs the cloud more."""
-        raise NotImplementedError
 
     def decide(self, exits) -> Tensor:
         """(N,) bool: True = offload to the cloud."""
