@@ -1,16 +1,14 @@
 """The compact detections report: what an image finished on the edge may send up instead of
 features, when the application needs every result centrally.
 
-Layout (little-endian)::
+It is a DETECTIONS message of the bitstream format (:mod:`.bitstream`: header with the
+edge model's fingerprint, no latent, no image meta, CRC); its body (little-endian)::
 
     offset  size    field
-    0       4       magic b'ECDR'
-    4       1       version (1)
-    5       4       image id (u32)
-    9       2       box count N (u16, <= MAX_BOXES)
-    11      10*N    per box: x1, y1, x2, y2 (u16, whole pixels of the original image),
+    0       4       image id (u32)
+    4       2       box count N (u16, <= MAX_BOXES)
+    6       10*N    per box: x1, y1, x2, y2 (u16, whole pixels of the original image),
                     label (u8), score (u8, round(score * 255))
-    ...     4       CRC32 of every byte before it
 
 Boxes are rounded to whole pixels and scores to 1/255: the report is for collection and
 display, not for re-scoring. :func:`unpack_detections` raises only
@@ -19,23 +17,20 @@ than the input's length implies; it also refuses boxes whose x2 < x1 or y2 < y1 
 authentication: a forged report with a valid checksum still cannot yield an impossible box).
 """
 import struct
-import zlib
 from typing import NamedTuple
 
 import numpy as np
 
-from .bitstream import (CorruptedBitstreamError, TruncatedBitstreamError,
-                        UnsupportedVersionError, as_bytes)
+from .bitstream import (NO_FINGERPRINT, CorruptedBitstreamError, MessageType, Payload,
+                        TruncatedBitstreamError, pack, unpack)
 
 __all__ = ['Detections', 'pack_detections', 'unpack_detections', 'MAX_BOXES', 'FRAMING_BYTES']
 
-MAGIC = b'ECDR'
-VERSION = 1
 MAX_BOXES = 1000
-_HEAD = struct.Struct('<4sBIH')
+_HEAD = struct.Struct('<IH')
 _BOX = struct.Struct('<4HBB')
-#: bytes of a report that are not boxes (header + CRC)
-FRAMING_BYTES = _HEAD.size + 4
+#: bytes of a report that are not boxes (message framing + image id + count)
+FRAMING_BYTES = len(pack(Payload(0, (), None, msg_type=MessageType.DETECTIONS))) + _HEAD.size
 
 
 class Detections(NamedTuple):
@@ -45,7 +40,8 @@ class Detections(NamedTuple):
     labels: np.ndarray  # (N,) int64
 
 
-def pack_detections(img_id: int, bboxes, scores, labels) -> bytes:
+def pack_detections(img_id: int, bboxes, scores, labels,
+                    fingerprint: bytes = NO_FINGERPRINT) -> bytes:
     """One image's detections -> report bytes (boxes clipped to [0, 65535] px)."""
     b = np.clip(np.rint(np.asarray(bboxes, dtype=np.float64).reshape(-1, 4)), 0, 65535)
     s = np.clip(np.rint(np.asarray(scores, dtype=np.float64).reshape(-1) * 255), 0, 255)
@@ -58,34 +54,27 @@ def pack_detections(img_id: int, bboxes, scores, labels) -> bytes:
         raise ValueError('labels must be in [0, 255]')
     if not 0 <= int(img_id) < 2**32:
         raise ValueError(f'img_id must fit in 32 bits, got {img_id}')
-    out = bytearray(_HEAD.pack(MAGIC, VERSION, int(img_id), len(b)))
+    body = bytearray(_HEAD.pack(int(img_id), len(b)))
     for box, score, label in zip(b.astype(int), s.astype(int), lab.astype(int)):
-        out += _BOX.pack(*box.tolist(), label, score)
-    out += struct.pack('<I', zlib.crc32(out))
-    return bytes(out)
+        body += _BOX.pack(*box.tolist(), label, score)
+    return pack(Payload(0, (), None, body=bytes(body), msg_type=MessageType.DETECTIONS,
+                        fingerprint=fingerprint))
 
 
-def unpack_detections(data) -> Detections:
-    data = as_bytes(data)
-    if data[:4] != MAGIC[:len(data[:4])]:
-        raise CorruptedBitstreamError('not a detections report (bad magic)')
-    if len(data) < _HEAD.size + 4:
-        raise TruncatedBitstreamError(f'detections report of {len(data)} bytes is truncated')
-    _, version, img_id, n = _HEAD.unpack_from(data)
-    if version != VERSION:
-        raise UnsupportedVersionError(f'detections report version {version}, this reads '
-                                      f'{VERSION}')
+def unpack_detections(data, expected_fingerprint=None) -> Detections:
+    body = unpack(data, expected_type=MessageType.DETECTIONS,
+                  expected_fingerprint=expected_fingerprint).body
+    if len(body) < _HEAD.size:
+        raise TruncatedBitstreamError(f'detections report body of {len(body)} bytes is '
+                                      'truncated')
+    img_id, n = _HEAD.unpack_from(body)
     if n > MAX_BOXES:
         raise CorruptedBitstreamError(f'detections report declares {n} boxes (max {MAX_BOXES})')
-    size = _HEAD.size + n * _BOX.size + 4
-    if len(data) < size:
-        raise TruncatedBitstreamError(f'detections report declares {n} boxes: {size} bytes, '
-                                      f'got {len(data)}')
-    if len(data) > size:
-        raise CorruptedBitstreamError(f'{len(data) - size} bytes after the report\'s CRC')
-    if struct.unpack_from('<I', data, size - 4)[0] != zlib.crc32(data[:size - 4]):
-        raise CorruptedBitstreamError('detections report CRC mismatch')
-    rows = np.frombuffer(data, dtype=np.dtype([('box', '<u2', 4), ('label', 'u1'),
+    size = _HEAD.size + n * _BOX.size
+    if len(body) != size:
+        raise CorruptedBitstreamError(f'detections report declares {n} boxes: a {size}-byte '
+                                      f'body, got {len(body)}')
+    rows = np.frombuffer(body, dtype=np.dtype([('box', '<u2', 4), ('label', 'u1'),
                                                ('score', 'u1')]),
                          count=n, offset=_HEAD.size)
     boxes = rows['box'].astype(np.float32)

@@ -13,12 +13,16 @@ reachable under several names (or held in a plain attribute, like the splitter's
 replaced, or kept, under all of them at once, and its weights are never even copied.
 
 The builds run the very same step methods as the full model (:mod:`ecc_mmdet.deployment.pipeline`),
-so edge build + cloud build give the full model's payloads and detections bit for bit.
+so edge build + cloud build give the full model's payloads and detections bit for bit. Both
+carry the full model's fingerprint (:mod:`.fingerprint`) in their state dicts, so payloads of an
+edge build are accepted by the cloud build of the same model and refused by any other.
 """
 import copy
 from typing import Dict, Iterable, List
 
 from torch import nn
+
+from .fingerprint import model_fingerprint, pin_fingerprint
 
 __all__ = ['RemovedModule', 'build_cloud', 'build_edge']
 
@@ -97,9 +101,12 @@ def _build_side(model, side: str):
     memo = dict(placeholders)
     if getattr(model, 'distiller', None) is not None:
         memo[id(model.distiller)] = None
+    fingerprint = model_fingerprint(model)
     out = copy.deepcopy(model, memo)
     if out.splitter.backbone is not out.backbone:
         raise RuntimeError('deepcopy separated the splitter from the backbone')
+    out.__dict__.pop('_fingerprint_cache', None)
+    pin_fingerprint(out, fingerprint)  # this side cannot recompute it: see .fingerprint
     return out.eval()
 
 

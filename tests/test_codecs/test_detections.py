@@ -1,13 +1,13 @@
 """The compact detections report: round trip, size, and refusal of bad or forged bytes."""
 import struct
-import zlib
 
 import numpy as np
 import pytest
 
 from ecc_mmdet.codecs import BitstreamError
-from ecc_mmdet.codecs.bitstream import (CorruptedBitstreamError, TruncatedBitstreamError,
-                                        UnsupportedVersionError)
+from ecc_mmdet.codecs.bitstream import (CodecId, CodecMismatchError, CorruptedBitstreamError,
+                                        ImageMeta, MessageType, ModelMismatchError, Payload,
+                                        TruncatedBitstreamError, pack)
 from ecc_mmdet.codecs.detections import (FRAMING_BYTES, MAX_BOXES, pack_detections,
                                          unpack_detections)
 
@@ -38,27 +38,33 @@ def test_bad_and_forged_reports_are_refused():
         with pytest.raises(BitstreamError):
             unpack_detections(data[:cut])
     flipped = bytearray(data)
-    flipped[20] ^= 0x01
-    with pytest.raises(CorruptedBitstreamError, match='CRC'):
+    flipped[30] ^= 0x01
+    with pytest.raises(CorruptedBitstreamError, match='checksum'):
         unpack_detections(bytes(flipped))
     with pytest.raises(CorruptedBitstreamError, match='after'):
         unpack_detections(data + b'\0')
-    with pytest.raises(UnsupportedVersionError):
-        body = bytearray(data[:-4])
-        body[4] = 9
-        unpack_detections(bytes(body) + struct.pack('<I', zlib.crc32(body)))
+    with pytest.raises(CodecMismatchError):  # a feature payload is not a report
+        unpack_detections(pack(Payload(CodecId.FLOAT32, (1, ), ImageMeta((1, 1), (1, 1)))))
 
-    def forged(body):  # a valid CRC over hostile content
-        return bytes(body) + struct.pack('<I', zlib.crc32(bytes(body)))
+    def forged(body):  # a valid message (CRC included) around a hostile body
+        return pack(Payload(0, (), None, body=body, msg_type=MessageType.DETECTIONS))
 
     # a huge declared count is refused before any allocation
-    head = struct.pack('<4sBIH', b'ECDR', 1, 0, 65535)
     with pytest.raises(CorruptedBitstreamError, match='declares'):
-        unpack_detections(forged(head))
+        unpack_detections(forged(struct.pack('<IH', 0, 65535)))
     # an impossible box (x2 < x1) with a valid checksum
-    bad = struct.pack('<4sBIH', b'ECDR', 1, 0, 1) + struct.pack('<4HBB', 50, 0, 10, 10, 1, 200)
+    bad = struct.pack('<IH', 0, 1) + struct.pack('<4HBB', 50, 0, 10, 10, 1, 200)
     with pytest.raises(CorruptedBitstreamError, match='x2 < x1'):
         unpack_detections(forged(bad))
+    with pytest.raises(TruncatedBitstreamError):
+        unpack_detections(forged(b'\x01'))
+    # another edge model's report
+    fp = bytes(range(8))
+    with pytest.raises(ModelMismatchError):
+        unpack_detections(pack_detections(3, boxes, scores, labels, fingerprint=fp),
+                          expected_fingerprint=bytes(8 * [9]))
+    assert unpack_detections(pack_detections(3, boxes, scores, labels, fingerprint=fp),
+                             expected_fingerprint=fp).img_id == 3
     with pytest.raises(CorruptedBitstreamError, match='magic'):
         unpack_detections(b'JUNK' + data[4:])
     with pytest.raises(ValueError, match='at most'):

@@ -45,9 +45,12 @@ def test_each_side_holds_only_its_weights(sides):
     assert not [k for k in e_keys if k.startswith(HEADS + CLOUD_STAGES + ('compressor.g_s.', ))]
     assert not [k for k in c_keys if k.startswith(EDGE_ONLY)]
     assert e_keys | c_keys >= full
-    # the entropy model's tables are the only weights both sides need
+    # the entropy model's tables are the only weights both sides need, besides the pinned
+    # fingerprint of the pair
     shared = {k for k in e_keys & c_keys if not k.startswith('data_preprocessor.')}
-    assert shared and all(k.startswith('compressor.entropy_model.') for k in shared)
+    assert 'pairing_fingerprint' in shared and 'pairing_fingerprint' not in full
+    assert all(k.startswith('compressor.entropy_model.') for k in shared - {'pairing_fingerprint'})
+    assert edge.model_fingerprint() == cloud.model_fingerprint() == model.model_fingerprint()
     n = {name: sum(p.numel() for p in m.parameters()) for name, m in
          (('full', model), ('edge', edge), ('cloud', cloud))}
     n_shared = sum(p.numel() for p in model.compressor.entropy_model.parameters())
@@ -146,3 +149,25 @@ def test_edge_build_plus_cloud_build_equal_the_full_model_with_exit_and_router()
     assert all(len(r.pred_instances) > 0 for r in got)  # from the exit and from the cloud
     for r, g in zip(ref, got):
         assert_same_instances(r.pred_instances, g.pred_instances)
+
+
+def test_a_cloud_refuses_payloads_of_another_checkpoint(sides):
+    """The fingerprint survives export and reload of a side, and tells checkpoints apart."""
+    from ecc_mmdet.codecs import ModelMismatchError
+    model, edge, _ = sides
+    inputs, samples = fake_batch(model, n=1, seed=4)
+    payload = edge.encode(inputs, copy.deepcopy(samples))
+    # a cloud build loaded from the exported state dict accepts them ...
+    other = copy.deepcopy(model)
+    with torch.no_grad():
+        other.backbone.conv1.weight.add_(0.01)  # another checkpoint: other edge weights
+    assert other.model_fingerprint() != model.model_fingerprint()  # recomputed after the change
+    reloaded = other.build_cloud()
+    reloaded.load_state_dict(model.build_cloud().state_dict())
+    assert reloaded.model_fingerprint() == model.model_fingerprint()
+    assert len(reloaded.decode_and_predict(payload)) == 1
+    # ... and the other checkpoint's cloud refuses them, naming both fingerprints
+    with pytest.raises(ModelMismatchError, match=model.model_fingerprint().hex()):
+        other.build_cloud().decode_and_predict(payload)
+    with pytest.raises(ModelMismatchError):
+        other.decode_and_predict(payload)

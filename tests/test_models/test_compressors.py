@@ -153,6 +153,8 @@ def test_decompress_rejects_bad_headers(type_, trained):
             neck.decompress(params, bad_body, shape)
     with pytest.raises(TypeError):
         neck.decompress(params, 'not bytes', shape)
+    with pytest.raises(CorruptedBitstreamError, match='single rate'):  # a header's rate point
+        neck.decompress(params, body, shape, rate_point=1)
     # a mismatching spatial size (consistent by itself) is caught by the body check at least
     other = (shape[0], shape[1] + 1, shape[2])
     with pytest.raises(CorruptedBitstreamError):

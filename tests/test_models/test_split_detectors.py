@@ -157,6 +157,13 @@ def test_resnet_family_split_matches_backbone(backbone):
             assert len(got) == len(ref)
             for a, b in zip(ref, got):
                 assert torch.equal(a, b)
+        # the shape arithmetic the cloud checks payloads with matches the real edge half
+        bb.out_indices = (2, 3)
+        for k in (0, 1, 2, 3):
+            sp = BackboneSplitter(bb, k)
+            for h, w in ((64, 64), (33, 47), (97, 1), (130, 65)):
+                f = sp.forward_edge(torch.randn(1, 3, h, w))
+                assert sp.feature_size(h, w) == tuple(f.shape[-2:]), (k, h, w)
 
 
 def test_checkpoint_of_another_compressor_is_refused(tmp_path):

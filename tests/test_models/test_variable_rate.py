@@ -37,8 +37,8 @@ def test_each_rate_point_round_trips_and_rate_falls_with_the_point(neck):
     for r in range(4):
         neck.set_rate_point(r)
         items = neck.compress(x)
-        assert all(params[-1] == r for params, _, _ in items)  # the point travels with the data
-        decoded = torch.cat([neck.decompress(*it) for it in items])
+        assert neck.header_rate_point == r  # the point travels in the payload header
+        decoded = torch.cat([neck.decompress(*it, rate_point=r) for it in items])
         with torch.no_grad():
             x_hat, _ = neck(x)  # eval forward == what the cloud decodes, bit for bit
         assert torch.equal(decoded, x_hat)
@@ -56,21 +56,24 @@ def test_the_decoder_follows_the_payload_not_its_own_setting(neck):
     dec = copy.deepcopy(neck)
     dec.set_rate_point(3)
     for (params, body, shape), ref in zip(items, enc.roundtrip(x)):
-        torch.testing.assert_close(dec.decompress(params, body, shape)[0], ref, rtol=0, atol=0)
+        torch.testing.assert_close(dec.decompress(params, body, shape, rate_point=enc.header_rate_point)[0], ref,
+                                   rtol=0, atol=0)
 
 
 def test_unknown_rate_point_and_bad_params_are_refused(neck):
     neck.set_rate_point(0)
     params, body, shape = neck.compress(_features())[0]
-    bad = params[:-1] + bytes([4])
-    with pytest.raises(CorruptedBitstreamError, match='rate point 4, this model has rate points '
-                                                      r'0\.\.3'):
-        neck.decompress(bad, body, shape)
-    with pytest.raises(CorruptedBitstreamError, match='9 bytes'):
-        neck.decompress(params[:-1], body, shape)
-    # framed as a payload, the codec id tells it apart from the single-rate bottleneck
+    for bad in (4, None):  # a point this model lacks, or a header without one
+        with pytest.raises(CorruptedBitstreamError, match=f'rate point {bad}, this model has '
+                                                          r'rate points 0\.\.3'):
+            neck.decompress(params, body, shape, rate_point=bad)
+    with pytest.raises(CorruptedBitstreamError, match='8 bytes'):
+        neck.decompress(params[:-1], body, shape, rate_point=0)
+    # framed as a payload, the codec id tells it apart from the single-rate bottleneck, and the
+    # rate point travels in the header
     data = pack(Payload(neck.codec_id, shape, ImageMeta((24, 20), (24, 20), (32, 32)),
-                        params, body))
+                        params, body, rate_point=neck.header_rate_point))
+    assert unpack(data).rate_point == 0
     assert unpack(data).codec_id == CodecId.VARIABLE_RATE_BOTTLENECK
     with pytest.raises(ValueError, match='rate_point must be an int in 0..3'):
         neck.set_rate_point(4)
@@ -118,7 +121,7 @@ def test_in_a_split_detector_and_the_kd_stage_split():
     for r in range(3):
         model.compressor.set_rate_point(r)
         payload = model.encode(inputs, samples)[0]
-        assert unpack(payload).codec_params[-1] == r
+        assert unpack(payload).rate_point == r
         res = model.decode_and_predict([payload], copy.deepcopy(samples))[0]
         assert read(res).codec == 'variable_rate_bottleneck'
         assert read(res).payload_bytes == len(payload)

@@ -8,9 +8,11 @@ the same shape for the cloud. It has two paths that must agree:
   straight-through estimator); in eval mode it returns exactly what ``compress`` then
   ``decompress`` would give.
 * ``compress(x) -> [(codec_params, body, latent_shape), ...]`` on the edge, and
-  ``decompress(codec_params, body, latent_shape) -> (1, C, H, W)`` on the cloud. The triple is
-  everything the decoder needs (besides the module's own weights); the detector frames it with
-  :func:`ecc_mmdet.codecs.bitstream.pack`, the neck never builds payloads.
+  ``decompress(codec_params, body, latent_shape, rate_point) -> (1, C, H, W)`` on the cloud. The
+  triple plus the rate point (``header_rate_point`` at compress time; None for single-rate
+  necks) is everything the decoder needs besides the module's own weights; the detector frames
+  it with :func:`ecc_mmdet.codecs.bitstream.pack` (the rate point travels in the header), the
+  neck never builds payloads.
 
 ``decompress`` validates what it is given and raises
 :class:`~ecc_mmdet.codecs.bitstream.CorruptedBitstreamError` (a ``ValueError``) for impossible
@@ -21,7 +23,7 @@ from __future__ import annotations
 
 import operator
 from abc import abstractmethod
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from mmengine.model import BaseModule
@@ -144,14 +146,28 @@ class BaseFeatureCompressor(BaseModule):
         """(N, C, H, W) -> one ``(codec_params, body, latent_shape)`` per image."""
 
     @abstractmethod
-    def decompress(self, codec_params: bytes, body: bytes, latent_shape: Tuple[int, ...]
-                   ) -> Tensor:
-        """One image's triple -> float32 (1, C, H, W) on the module's device."""
+    def decompress(self, codec_params: bytes, body: bytes, latent_shape: Tuple[int, ...],
+                   rate_point: Optional[int] = None) -> Tensor:
+        """One image's triple and the header's rate point -> float32 (1, C, H, W) on the
+        module's device."""
+
+    @property
+    def header_rate_point(self) -> Optional[int]:
+        """The rate point ``compress`` codes at, for the payload header (None: single rate)."""
+        return None
+
+    def _single_rate(self, rate_point: Optional[int]) -> None:
+        """Refuse a header rate point sent to a neck that has one rate."""
+        if rate_point is not None:
+            raise CorruptedBitstreamError(
+                f'{type(self).__name__} has a single rate, but the payload names rate point '
+                f'{rate_point}: it was coded by a variable-rate model')
 
     def roundtrip(self, x: Tensor) -> Tensor:
         """``decompress(compress(x))`` for a batch -> (N, C, H, W); for tests and tools."""
         with torch.no_grad():
-            return torch.cat([self.decompress(*item) for item in self.compress(x)])
+            return torch.cat([self.decompress(*item, rate_point=self.header_rate_point)
+                              for item in self.compress(x)])
 
     def edge_modules(self) -> List[nn.Module]:
         """Submodules that run on the edge (parameter counting, freezing)."""

@@ -154,16 +154,18 @@ class EntropyBottleneckNeck(BaseFeatureCompressor):
         return bits / num_pixels
 
     # ------------------------------------------- rate points (one here; see VariableRate...)
-    #: codec_params layout: the feature map's (H, W), then the rate point fields, if any
+    #: codec_params layout: the feature map's (H, W) (the rate point is in the payload header)
     _PARAMS = struct.Struct('<2I')
     _PARAMS_DOC = 'u32 H, u32 W of the feature map'
 
     def _rate_point(self, training: bool) -> tuple:
-        """Extra codec_params fields of the point used now (none: a single rate)."""
+        """Arguments of the coding-path hooks for the point used now (none: a single rate)."""
         return ()
 
-    def _check_rate_point(self, point: tuple) -> None:
-        """Refuse a decoded point this model does not have."""
+    def _point_from_header(self, rate_point: Optional[int]) -> tuple:
+        """The header's rate point -> the hooks' arguments; refuses a point this model lacks."""
+        self._single_rate(rate_point)
+        return ()
 
     def _coder(self, *point) -> FactorizedEntropyModel:
         return self.entropy_model
@@ -210,20 +212,21 @@ class EntropyBottleneckNeck(BaseFeatureCompressor):
         point = self._rate_point(False)
         y = self._latent(x, *point)
         bodies = self._coder(*point).compress(y)
-        params = self._PARAMS.pack(h, w, *point)
+        params = self._PARAMS.pack(h, w)
         latent_shape = tuple(int(d) for d in y.shape[1:])
         return [(params, body, latent_shape) for body in bodies]
 
     @torch.no_grad()
-    def decompress(self, codec_params: bytes, body: bytes, latent_shape) -> Tensor:
+    def decompress(self, codec_params: bytes, body: bytes, latent_shape,
+                   rate_point: Optional[int] = None) -> Tensor:
         params = as_bytes(codec_params, 'codec_params')
         body = as_bytes(body, 'body')
         if len(params) != self._PARAMS.size:
             raise CorruptedBitstreamError(
                 f'{type(self).__name__}: codec_params must be {self._PARAMS.size} bytes '
                 f'({self._PARAMS_DOC}), got {len(params)}')
-        h, w, *point = self._PARAMS.unpack(params)
-        self._check_rate_point(tuple(point))
+        point = self._point_from_header(rate_point)
+        h, w = self._PARAMS.unpack(params)
         shape = self._checked_latent_shape(h, w, latent_shape)
         y_hat = self._coder(*point).decompress([body], shape[1:]).to(self.device)
         return self._decode(self._decoder_input(y_hat, *point), h, w).float()

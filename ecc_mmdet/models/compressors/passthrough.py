@@ -11,7 +11,7 @@ latent_shape: (C, H, W). Neither has learned parts (``losses == {}``, no edge/cl
 from __future__ import annotations
 
 from abc import abstractmethod
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -51,7 +51,9 @@ class _RawFloatNeck(BaseFeatureCompressor):
                  tuple(int(d) for d in img.shape)) for img in wire]
 
     @torch.no_grad()
-    def decompress(self, codec_params: bytes, body: bytes, latent_shape) -> Tensor:
+    def decompress(self, codec_params: bytes, body: bytes, latent_shape,
+                   rate_point: Optional[int] = None) -> Tensor:
+        self._single_rate(rate_point)
         name = type(self).__name__
         params = as_bytes(codec_params, 'codec_params')
         body = as_bytes(body, 'body')

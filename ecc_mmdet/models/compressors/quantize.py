@@ -153,7 +153,9 @@ class QuantizeNeck(BaseFeatureCompressor):
         return out
 
     @torch.no_grad()
-    def decompress(self, codec_params: bytes, body: bytes, latent_shape) -> Tensor:
+    def decompress(self, codec_params: bytes, body: bytes, latent_shape,
+                   rate_point: Optional[int] = None) -> Tensor:
+        self._single_rate(rate_point)
         params = as_bytes(codec_params, 'codec_params')
         body = as_bytes(body, 'body')
         c = self.in_channels

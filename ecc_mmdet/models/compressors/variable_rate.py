@@ -8,15 +8,14 @@ Each rate point has its own factorized entropy model (a few hundred parameters p
 its coding tables fit its own latent statistics. Training samples a rate point per iteration and
 weights the rate term with that point's ``beta``.
 
-Payload parts of one image: codec_params ``u32 H, u32 W, u8 rate point`` (little-endian); body
-and latent_shape as :class:`EntropyBottleneckNeck`'s, whose coding path this class reuses with
+Payload parts of one image: codec_params, body and latent_shape as
+:class:`EntropyBottleneckNeck`'s, the rate point in the payload header (``header_rate_point``), whose coding path this class reuses with
 the rate point's gains and entropy model. A payload whose rate point this model does
 not have is refused (``CorruptedBitstreamError``) before any decoding.
 """
 from __future__ import annotations
 
 import math
-import struct
 from typing import List, Optional, Sequence
 
 import torch
@@ -28,9 +27,6 @@ from ...entropy_models import FactorizedEntropyModel
 from .entropy_bottleneck import EntropyBottleneckNeck
 
 __all__ = ['VariableRateBottleneckNeck']
-
-_PARAMS = struct.Struct('<2IB')
-
 
 class _Gains(nn.Module):
     """Per-rate-point, per-channel positive gains, stored as logs. A module (not bare
@@ -105,21 +101,23 @@ class VariableRateBottleneckNeck(EntropyBottleneckNeck):
     def rate_weight(self) -> float:
         return self.betas[self._last_rate_point]
 
-    # the single-rate bottleneck's coding path, specialised per rate point
-    _PARAMS = struct.Struct('<2IB')
-    _PARAMS_DOC = 'u32 H, u32 W, u8 rate point'
+    @property
+    def header_rate_point(self) -> int:
+        return self.rate_point
 
+    # the single-rate bottleneck's coding path, specialised per rate point
     def _rate_point(self, training: bool) -> tuple:
         """Training: a random point per call; otherwise the selected one, as deployed."""
         r = int(torch.randint(self.num_rates, ())) if training else self.rate_point
         self._last_rate_point = r
         return (r, )
 
-    def _check_rate_point(self, point: tuple) -> None:
-        if point[0] >= self.num_rates:
+    def _point_from_header(self, rate_point: Optional[int]) -> tuple:
+        if rate_point is None or not 0 <= int(rate_point) < self.num_rates:
             raise CorruptedBitstreamError(
-                f'VariableRateBottleneckNeck: the payload was coded at rate point {point[0]}, '
+                f'VariableRateBottleneckNeck: the payload was coded at rate point {rate_point}, '
                 f'this model has rate points 0..{self.num_rates - 1}')
+        return (int(rate_point), )
 
     def _coder(self, r: int) -> FactorizedEntropyModel:
         return self.rate_entropy_models[r]

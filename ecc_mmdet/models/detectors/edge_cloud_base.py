@@ -22,6 +22,7 @@ from torch import Tensor
 
 from ...codecs.bitstream import CorruptedBitstreamError, ImageMeta, Payload, pack, unpack
 from ...codecs.detections import pack_detections
+from ...deployment.fingerprint import model_fingerprint
 from ...deployment.meter import DeploymentMeter
 from ...deployment import sides
 from ...deployment.pipeline import run_cloud, run_deployment, run_edge
@@ -347,22 +348,40 @@ class EdgeCloudDetectorMixin:
         keep = keep[inst.scores[keep].argsort(descending=True)][:self.edge_report['max_boxes']]
         return pack_detections(int(result.metainfo.get('img_id', 0)),
                                inst.bboxes[keep].cpu().numpy(), inst.scores[keep].cpu().numpy(),
-                               inst.labels[keep].cpu().numpy())
+                               inst.labels[keep].cpu().numpy(),
+                               fingerprint=self.model_fingerprint())
 
     def encode_features(self, f: Tensor, batch_data_samples) -> List[bytes]:
         """Edge: F_k -> one self-contained payload per image (encoder, entropy coder, framing)."""
         parts = self.compressor.compress(f)
+        fingerprint = self.model_fingerprint()
         return [pack(Payload(self.compressor.codec_id, tuple(shape),
-                             ImageMeta.from_metainfo(ds.metainfo), params, body))
+                             ImageMeta.from_metainfo(ds.metainfo), params, body,
+                             rate_point=self.compressor.header_rate_point,
+                             fingerprint=fingerprint))
                 for (params, body, shape), ds in zip(parts, batch_data_samples)]
+
+    def model_fingerprint(self) -> bytes:
+        """The fingerprint of the edge weights and coding tables this model codes with
+        (:mod:`ecc_mmdet.deployment.fingerprint`)."""
+        return model_fingerprint(self)
 
     def unpack_payloads(self, payloads: Sequence[bytes], batch_data_samples) -> List[Payload]:
         """Cloud: validate and parse; the samples take the image meta the payloads carry."""
         if len(batch_data_samples) != len(payloads):
             raise ValueError(f'{len(payloads)} payloads but {len(batch_data_samples)} samples')
         parsed = []
+        fingerprint = self.model_fingerprint()
         for data, sample in zip(payloads, batch_data_samples):
-            p = unpack(data, expected_codec=self.compressor.codec_id)
+            p = unpack(data, expected_codec=self.compressor.codec_id,
+                       expected_fingerprint=fingerprint, check_meta=True)
+            # a forged header's latent must still fit the image it claims, before any decoding
+            feat = self.splitter.feature_size(*p.meta.batch_input_shape)
+            if len(p.latent_shape) >= 2 and any(
+                    d > f for d, f in zip(p.latent_shape[-2:], feat)):
+                raise CorruptedBitstreamError(
+                    f'latent {p.latent_shape} is larger than the {feat[0]}x{feat[1]} feature '
+                    f'map of a {p.meta.batch_input_shape} input')
             sample.set_metainfo(p.meta.to_metainfo())
             parsed.append(p)
         return parsed
@@ -370,8 +389,16 @@ class EdgeCloudDetectorMixin:
     def decompress_payloads(self, parsed: Sequence[Payload]) -> Tensor:
         """Cloud: entropy decoder + g_s -> F_hat (N, C, H, W)."""
         device = next(self.parameters()).device
-        feats = [self.compressor.decompress(p.codec_params, p.body, p.latent_shape).to(device)
-                 for p in parsed]
+        feats = []
+        for p in parsed:
+            f = self.compressor.decompress(p.codec_params, p.body, p.latent_shape,
+                                           rate_point=p.rate_point).to(device)
+            expected = self.splitter.feature_size(*p.meta.batch_input_shape)
+            if tuple(f.shape[-2:]) != expected:
+                raise CorruptedBitstreamError(
+                    f'payload decodes to a {tuple(f.shape[-2:])} feature map; a '
+                    f'{p.meta.batch_input_shape} input gives {expected}')
+            feats.append(f)
         shapes = {tuple(f.shape) for f in feats}
         if len(shapes) != 1:
             raise CorruptedBitstreamError(

@@ -94,6 +94,17 @@ class BackboneSplitter(nn.Module):
                 outs.append(x)
         return tuple(outs)
 
+    def feature_size(self, h: int, w: int) -> Tuple[int, int]:
+        """(H, W) of F_k for an (h, w) network input, by shape arithmetic only (the cloud build,
+        which lacks the edge modules, checks payloads against it): each stride-s step of the
+        stem and the edge stages maps a side n to ceil(n / s) (ResNet's padding: 7x7/3 convs,
+        3x3 max-pool)."""
+        strides = [2] + [2] * self.has_maxpool
+        strides += list(getattr(self.backbone, 'strides', ()))[:self.split_after]
+        for s in strides:
+            h, w = -(-h // s), -(-w // s)
+        return h, w
+
     @torch.no_grad()
     def split_channels(self) -> int:
         """Channels of F_k, found by running the edge half on a tiny input."""

@@ -1,0 +1,78 @@
+"""The model fingerprint in every payload header: which edge weights and coding tables made it.
+
+A cloud that holds another checkpoint than the edge would decode a payload into garbage features
+without any error (the symbols decode fine; they just mean something else). The edge writes an
+8-byte digest of everything that decides the uplink bitstream -- the edge backbone stages, the
+compressor's edge modules and its entropy coding tables -- into each header, and the cloud
+refuses a payload whose digest is not its own (:class:`~ecc_mmdet.codecs.ModelMismatchError`).
+
+The full model computes the digest from its weights (cached until a tensor changes in place).
+An edge-only or cloud-only build lacks half of those weights, so it carries the full model's
+digest as a buffer, ``pairing_fingerprint``, in its state dict: exporting a side and loading it
+back keeps the digest that matches the weights it was exported with.
+"""
+import hashlib
+from typing import List
+
+import torch
+from torch import nn
+
+from ..codecs.bitstream import FINGERPRINT_BYTES
+
+__all__ = ['BUFFER_NAME', 'compute_fingerprint', 'model_fingerprint', 'pin_fingerprint']
+
+BUFFER_NAME = 'pairing_fingerprint'
+
+
+def _coding_modules(model) -> List[nn.Module]:
+    comp = model.compressor
+    mods = list(model.splitter.edge_modules()) + list(comp.edge_modules())
+    mods += list(comp.coding_models())
+    out, seen = [], set()
+    for m in mods:
+        if id(m) not in seen:
+            seen.add(id(m))
+            out.append(m)
+    return out
+
+
+def _tensors(model):
+    for i, mod in enumerate(_coding_modules(model)):
+        for name, t in sorted(mod.state_dict(keep_vars=True).items()):
+            yield f'{i}.{type(mod).__name__}.{name}', t
+
+
+def compute_fingerprint(model) -> bytes:
+    """SHA-256 over names, dtypes, shapes and bytes of the edge-side and coding tensors,
+    truncated to FINGERPRINT_BYTES."""
+    h = hashlib.sha256(f'{type(model.compressor).__name__}'.encode())
+    for name, t in _tensors(model):
+        t = t.detach().cpu().contiguous().reshape(-1)
+        h.update(f'{name}|{t.dtype}|{tuple(t.shape)}'.encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b'')
+    return h.digest()[:FINGERPRINT_BYTES]
+
+
+def model_fingerprint(model) -> bytes:
+    """The fingerprint of ``model``'s bitstream: the pinned one of a side build, otherwise
+    computed from the weights (recomputed only after an in-place change, e.g. a training step
+    or a checkpoint load)."""
+    pinned = getattr(model, BUFFER_NAME, None)
+    if isinstance(pinned, torch.Tensor):
+        return bytes(pinned.cpu().tolist())
+    key = tuple((id(t), t._version) for _, t in _tensors(model))
+    cached = model.__dict__.get('_fingerprint_cache')
+    if cached is None or cached[0] != key:
+        cached = (key, compute_fingerprint(model))
+        model.__dict__['_fingerprint_cache'] = cached
+    return cached[1]
+
+
+def pin_fingerprint(side, fingerprint: bytes) -> None:
+    """Store ``fingerprint`` in ``side``'s state dict (a side build lacks the weights to
+    compute it)."""
+    value = torch.tensor(list(fingerprint), dtype=torch.uint8)
+    if isinstance(getattr(side, BUFFER_NAME, None), torch.Tensor):
+        getattr(side, BUFFER_NAME).copy_(value)
+    else:
+        side.register_buffer(BUFFER_NAME, value)
