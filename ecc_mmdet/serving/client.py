@@ -1,0 +1,301 @@
+"""The edge device's side of serving: run the edge half of a split detector on an image and send
+the payload to the cloud server (``tools/serve_cloud.py``).
+
+Library code only; the program that reads images or a camera and keeps several requests in
+flight is ``tools/edge_client.py``.
+
+* :class:`EdgeRunner` builds the edge model from a full checkpoint or the ``edge.pth`` of
+  ``tools/export_edge_cloud.py`` (so a device can hold only the edge weights), applies the
+  config's test pipeline to a file or an in-memory frame, and runs
+  :func:`ecc_mmdet.deployment.run_edge` -- the same steps ``tools/test.py`` runs, so the payload
+  is the one the in-process evaluation would send.
+* :class:`CloudClient` posts payloads over one keep-alive connection pool. A request that got no
+  answer (connection error, timeout) or a 503 (queue full, shutting down) is retried with the
+  same ``X-Request-ID``: the server answers a repeated id from its cache, so a retry after a
+  lost response never has an image computed or counted twice. Other refusals are final.
+
+The bearer token is sent in a header only: it is never logged, put in an exception or a repr.
+"""
+import os.path as osp
+import random
+import re
+import threading
+import time
+from typing import Dict, List, NamedTuple, Optional, Sequence, Union
+
+import numpy as np
+
+__all__ = ['CloudClient', 'CloudRequestError', 'CloudUnavailableError', 'EdgeResult',
+           'EdgeRunner', 'coco_results', 'detections_to_json']
+
+_REQUEST_ID = re.compile(r'^[A-Za-z0-9._:-]{1,128}$')  # what the server accepts
+
+
+class CloudRequestError(RuntimeError):
+    """The server refused a request (a final answer: retrying would get the same one).
+
+    Attributes: ``status`` (HTTP status; None when no answer came), ``error`` (the server's
+    error name, e.g. ``ModelMismatchError``) and ``detail``."""
+
+    def __init__(self, status: Optional[int], error: str, detail: str):
+        self.status, self.error, self.detail = status, error, detail
+        super().__init__(f'cloud server answered {status} {error}: {detail}' if status else
+                         f'{error}: {detail}')
+
+
+class CloudUnavailableError(CloudRequestError):
+    """No answer after every retry (server unreachable, timing out, or busy with 503)."""
+
+    def __init__(self, status: Optional[int], error: str, detail: str, attempts: int):
+        self.attempts = attempts
+        super().__init__(status, error, f'{detail} (gave up after {attempts} attempts)')
+
+
+class CloudClient:
+    """Sends payloads to ``POST {base_url}/v1/detect``; safe to share between threads.
+
+    Args:
+        base_url: e.g. ``http://10.0.0.5:8000``.
+        token: the bearer token (None: no ``Authorization`` header, for a server started with
+            ``--insecure-no-auth``).
+        timeout: seconds for connecting, each read/write and waiting for a pooled connection.
+        max_retries: retries after the first attempt (connection errors, timeouts, 503).
+        backoff_s: first back-off; doubled each retry, with jitter so that many clients that
+            failed together do not come back together.
+        concurrency: connections kept open (size it to the requests you keep in flight: more
+            requests than connections wait for one, counted in their time).
+        max_delay_s: cap on one wait, whatever ``Retry-After`` asks for.
+    """
+
+    def __init__(self, base_url: str, token: Optional[str], timeout: float = 30,
+                 max_retries: int = 5, backoff_s: float = 0.2, concurrency: int = 4,
+                 max_delay_s: float = 10.0):
+        import httpx
+        if max_retries < 0 or concurrency < 1:
+            raise ValueError('max_retries must be >= 0 and concurrency >= 1')
+        self.base_url = base_url.rstrip('/')
+        self.max_retries, self.backoff_s, self.max_delay_s = max_retries, backoff_s, max_delay_s
+        headers = {'Content-Type': 'application/octet-stream'}
+        if token:
+            headers['Authorization'] = f'Bearer {token}'
+        self._http = httpx.Client(
+            base_url=self.base_url, headers=headers, timeout=httpx.Timeout(timeout),
+            limits=httpx.Limits(max_connections=concurrency,
+                                max_keepalive_connections=concurrency))
+        self._rng = random.Random()
+        self._rng_lock = threading.Lock()
+
+    def __repr__(self) -> str:  # no token in here
+        return f'CloudClient({self.base_url!r}, max_retries={self.max_retries})'
+
+    def __enter__(self) -> 'CloudClient':
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def send(self, payload: bytes, request_id: str) -> Dict:
+        """Post one payload -> the server's JSON answer plus ``retries`` (attempts - 1),
+        ``client_ms`` (the whole exchange, waits included) and ``attempt_ms`` (the answered
+        attempt alone, comparable with the server's ``timings_ms.server``).
+
+        Raises :class:`CloudRequestError` for a refusal (4xx, or 5xx other than 503) and
+        :class:`CloudUnavailableError` once the retries are spent."""
+        import httpx
+        if not _REQUEST_ID.match(request_id):
+            raise ValueError(f'request id {request_id!r}: 1-128 characters of [A-Za-z0-9._:-]')
+        headers = {'X-Request-ID': request_id}
+        t0 = time.perf_counter()
+        for attempt in range(self.max_retries + 1):
+            last = attempt == self.max_retries
+            t_attempt = time.perf_counter()
+            try:
+                r = self._http.post('/v1/detect', content=payload, headers=headers)
+            except httpx.TransportError as e:  # no answer: it may or may not have run
+                if last:
+                    raise CloudUnavailableError(None, type(e).__name__,
+                                                f'{self.base_url}: {e}', attempt + 1) from e
+                self._wait(attempt, None)
+                continue
+            if r.status_code == 200:
+                now = time.perf_counter()
+                body = r.json()
+                body['retries'] = attempt
+                body['client_ms'] = (now - t0) * 1e3
+                body['attempt_ms'] = (now - t_attempt) * 1e3
+                return body
+            error, detail = _error_of(r)
+            if r.status_code != 503:
+                raise CloudRequestError(r.status_code, error, detail)
+            if last:
+                raise CloudUnavailableError(503, error, detail, attempt + 1)
+            self._wait(attempt, r.headers.get('retry-after'))
+        raise AssertionError('unreachable')
+
+    def _wait(self, attempt: int, retry_after: Optional[str]) -> None:
+        with self._rng_lock:
+            jitter = self._rng.random()
+        asked = _seconds(retry_after)
+        if asked is not None:  # the server knows when it will have room: at least that long
+            delay = min(asked, self.max_delay_s) + jitter * self.backoff_s
+        else:  # 0.5x .. 1x of the exponential step ("equal jitter")
+            delay = min(self.backoff_s * 2**attempt, self.max_delay_s) * (0.5 + 0.5 * jitter)
+        time.sleep(delay)
+
+
+def _seconds(retry_after: Optional[str]) -> Optional[float]:
+    """``Retry-After`` in seconds; None when absent or an HTTP date (then: our own back-off)."""
+    try:
+        return max(0.0, float(retry_after)) if retry_after is not None else None
+    except ValueError:
+        return None
+
+
+def _error_of(r) -> tuple:
+    """(error name, detail) of a refusal: the server's JSON, or the start of whatever a proxy
+    in between answered."""
+    try:
+        body = r.json()
+        return str(body.get('error', f'HTTP{r.status_code}')), str(body.get('detail', ''))
+    except ValueError:
+        return f'HTTP{r.status_code}', r.text[:200]
+
+
+# ---------------------------------------------------------------------------------- edge side
+class EdgeResult(NamedTuple):
+    """What the edge did with one image: ``tier`` 'cloud' with the ``payload`` to send, or the
+    exit that finished it with its ``detections`` (same format as the server's answer);
+    ``timings_ms``: ``load`` (test pipeline), ``preprocess`` (normalise and pad) and the
+    deployment meter's steps (``edge``, ``exit``, ``route``, ``encode``, ...)."""
+    img_id: int
+    tier: str
+    payload: Optional[bytes]
+    detections: Optional[Dict]
+    timings_ms: Dict[str, float]
+
+
+def detections_to_json(result, class_names: Optional[Sequence[str]] = None) -> Dict:
+    """A ``DetDataSample``'s predictions as the server writes them: ``detections`` (bbox
+    [x1, y1, x2, y2] clamped to the image and rounded to 1e-3 px, score to 1e-6, label,
+    class_name) and ``image_size`` [h, w], so edge- and cloud-finished images read alike."""
+    inst = result.pred_instances
+    h, w = result.metainfo['ori_shape']
+    boxes = inst.bboxes.float().cpu().clone()
+    boxes[:, 0::2] = boxes[:, 0::2].clamp(0, w)
+    boxes[:, 1::2] = boxes[:, 1::2].clamp(0, h)
+    dets = []
+    for box, score, label in zip(boxes.tolist(), inst.scores.tolist(), inst.labels.tolist()):
+        name = class_names[label] if class_names and label < len(class_names) else str(label)
+        dets.append(dict(bbox=[round(v, 3) for v in box], score=round(float(score), 6),
+                         label=int(label), class_name=name))
+    return dict(detections=dets, image_size=[int(h), int(w)])
+
+
+class EdgeRunner:
+    """The edge side of a split detector, one image at a time.
+
+    Args:
+        config: the split detector's config (path or ``Config``); its test pipeline prepares
+            the images.
+        checkpoint: the full checkpoint, or the ``edge.pth`` of ``tools/export_edge_cloud.py``
+            (loaded strictly: a device must not run with weights silently missing). A
+            ``cloud.pth`` is refused.
+        device: torch device of the edge model.
+
+    Raises ``ConfigError`` for a missing file, a cloud-only export or a config that is not a
+    split detector.
+    """
+
+    def __init__(self, config, checkpoint: str, device: str = 'cpu'):
+        import torch
+        from mmengine.runner import load_checkpoint
+
+        from ..apis.inference import build_detector, load_config
+        from ..utils.config_checks import ConfigError
+        from .runtime import class_names_of
+        self.cfg = cfg = load_config(config)
+        if not osp.isfile(checkpoint):
+            raise ConfigError(f'Checkpoint not found: {checkpoint}')
+        meta = torch.load(checkpoint, map_location='cpu', weights_only=False).get('meta', {})
+        side = meta.get('side') if isinstance(meta, dict) else None
+        if side == 'cloud':
+            raise ConfigError(f'{checkpoint} is a cloud-only export: the edge needs the full '
+                              'checkpoint or edge.pth (tools/export_edge_cloud.py)')
+        model = build_detector(cfg.model, None if side == 'edge' else checkpoint)
+        if not hasattr(model, 'build_edge'):
+            raise ConfigError(f'{type(model).__name__} is not a split (EdgeCloud*) detector: '
+                              'it has no edge side to run')
+        model = model.build_edge()
+        if side == 'edge':
+            load_checkpoint(model, checkpoint, map_location='cpu', logger='silent',
+                            strict=True)
+        self.model = model.to(device).eval()
+        self.class_names = class_names_of(cfg)
+        self._file_pipeline, self._array_pipeline = self._pipelines(cfg)
+
+    @staticmethod
+    def _pipelines(cfg):
+        """(pipeline for files, pipeline for BGR arrays): the test pipeline without
+        annotations, its loader swapped for ``LoadImageFromNDArray`` in the second."""
+        import copy
+
+        from mmcv.transforms import Compose
+        from mmdet.utils import register_all_modules
+
+        from ..utils.config_checks import ConfigError
+        register_all_modules(init_default_scope=True)
+        steps = [copy.deepcopy(t) for t in cfg.test_dataloader.dataset.pipeline
+                 if 'LoadAnnotations' not in str(t.get('type', ''))]
+        if not steps or 'LoadImage' not in str(steps[0].get('type', '')):
+            raise ConfigError('the test pipeline must start by loading the image '
+                              f'(LoadImageFromFile), got {steps[:1]}')
+        array = [dict(type='mmdet.LoadImageFromNDArray')] + steps[1:]
+        return Compose(steps), Compose(array)
+
+    def process(self, image: Union[str, np.ndarray], img_id: int) -> EdgeResult:
+        """Run the edge on one image: a file path, or a BGR uint8 array (an OpenCV frame)."""
+        import torch
+        from mmengine.dataset import pseudo_collate
+
+        from ..deployment import DeploymentMeter, run_edge
+        t0 = time.perf_counter()
+        if isinstance(image, np.ndarray):
+            item = self._array_pipeline(dict(img=image, img_id=img_id))
+        else:
+            item = self._file_pipeline(dict(img_path=str(image), img_id=img_id))
+        if item is None:
+            raise ValueError(f'the test pipeline dropped image {img_id}')
+        t1 = time.perf_counter()
+        with torch.no_grad():
+            data = self.model.data_preprocessor(pseudo_collate([item]), False)
+            t2 = time.perf_counter()
+            trace = DeploymentMeter(measure_flops=False, estimate_rate=False).batch(1)
+            out = run_edge(self.model, data['inputs'], data['data_samples'], rescale=True,
+                           trace=trace)
+        timings = dict(load=(t1 - t0) * 1e3, preprocess=(t2 - t1) * 1e3)
+        timings.update({k: v * 1e3 for k, v in trace.time[0].items()})
+        tier = out.tiers[0]
+        if tier == 'cloud':
+            return EdgeResult(img_id, tier, out.payloads[0], None, timings)
+        # finished on the edge; an edge_report model's report (out.payloads) is not sent: the
+        # server answers feature payloads only
+        return EdgeResult(img_id, tier, None, detections_to_json(out.results[0],
+                                                                 self.class_names), timings)
+
+
+def coco_results(img_id: int, detections: List[Dict], cat_ids: Optional[Sequence[int]] = None
+                 ) -> List[Dict]:
+    """One image's detections as COCO result entries (bbox [x, y, w, h]); ``cat_ids[label]``
+    is the category id (as mmdet's ``CocoDataset.cat_ids``), the label itself without it."""
+    out = []
+    for d in detections:
+        x1, y1, x2, y2 = d['bbox']
+        label = int(d['label'])
+        out.append(dict(image_id=img_id,
+                        category_id=int(cat_ids[label]) if cat_ids is not None else label,
+                        bbox=[x1, y1, round(x2 - x1, 3), round(y2 - y1, 3)],
+                        score=d['score']))
+    return out

@@ -1,0 +1,130 @@
+"""The cloud runtime behind every server front end: payload bytes -> detections as JSON-ready
+dicts.
+
+It knows nothing of HTTP (the FastAPI app and the Ray Serve deployment both wrap it): ``parse``
+validates one payload before it is queued (so a bad one is refused at once with a specific
+error), ``predict`` decodes and finishes a batch through the same deployment path as
+``tools/test.py`` (:func:`ecc_mmdet.deployment.run_cloud`), so the detections are the same ones.
+"""
+import os.path as osp
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
+
+import torch
+from mmengine.runner import load_checkpoint
+
+from ..codecs.bitstream import BitstreamError, Payload
+from ..deployment import DeploymentMeter, run_cloud
+from ..structures import comm_record
+from ..utils.config_checks import ConfigError
+
+__all__ = ['CloudRuntime', 'LimitExceededError', 'ParsedPayload', 'class_names_of']
+
+
+class LimitExceededError(BitstreamError):
+    """A well-formed payload asking for more than this server accepts (image size)."""
+
+
+class ParsedPayload(NamedTuple):
+    data: bytes
+    payload: Payload
+    #: payloads with equal keys decode to equal feature shapes and can share a batch
+    key: Tuple[int, ...]
+
+
+def class_names_of(cfg) -> Optional[Sequence[str]]:
+    """The class names of a config's test dataset (None when it names none)."""
+    for path in (('test_dataloader', 'dataset', 'metainfo'), ('metainfo', )):
+        node = cfg
+        for k in path:
+            node = node.get(k, None) if node is not None else None
+        if node is not None and node.get('classes'):
+            return tuple(node['classes'])
+    return None
+
+
+class CloudRuntime:
+    """A split detector's cloud side, serving payloads.
+
+    Args:
+        model: a split (EdgeCloud*) detector or its cloud-only build, in eval mode.
+        class_names: names of the labels (for the responses); None gives the label numbers.
+        max_input_side: largest padded network input side (batch_input_shape) accepted; bounds
+            the memory one payload can make the decoder allocate.
+    """
+
+    def __init__(self, model, class_names: Optional[Sequence[str]] = None,
+                 max_input_side: int = 2048):
+        if not hasattr(model, 'decode_and_predict'):
+            raise ConfigError(f'{type(model).__name__} is not a split (EdgeCloud*) detector: '
+                              'it has no cloud side to serve')
+        self.model = model.eval()
+        self.class_names = tuple(class_names) if class_names else None
+        self.max_input_side = int(max_input_side)
+        self.meter = DeploymentMeter(measure_flops=False, estimate_rate=False)
+
+    @classmethod
+    def from_files(cls, config, checkpoint: str, device: str = 'cpu', **kwargs
+                   ) -> 'CloudRuntime':
+        """Build from a config and either a full checkpoint or an exported ``cloud.pth``
+        (``tools/export_edge_cloud.py``)."""
+        from ..apis.inference import build_detector, load_config
+        cfg = load_config(config)
+        if not osp.isfile(checkpoint):
+            raise ConfigError(f'Checkpoint not found: {checkpoint}')
+        ckpt_meta = torch.load(checkpoint, map_location='cpu', weights_only=False).get('meta', {})
+        side = ckpt_meta.get('side') if isinstance(ckpt_meta, dict) else None
+        if side == 'edge':
+            raise ConfigError(f'{checkpoint} is an edge-only export: the cloud server needs the '
+                              'full checkpoint or cloud.pth')
+        if side == 'cloud':
+            model = build_detector(cfg.model).build_cloud()
+            load_checkpoint(model, checkpoint, map_location='cpu', logger='silent',
+                            strict=True)
+        else:
+            model = build_detector(cfg.model, checkpoint)
+        return cls(model.to(device), class_names=class_names_of(cfg), **kwargs)
+
+    @property
+    def fingerprint(self) -> bytes:
+        return self.model.model_fingerprint()
+
+    def parse(self, data: bytes) -> ParsedPayload:
+        """Validate one payload (framing, type, codec, fingerprint, meta, sizes); raises a
+        :class:`BitstreamError` subclass naming what is wrong."""
+        from mmdet.structures import DetDataSample
+        p = self.model.unpack_payloads([data], [DetDataSample()])[0]
+        side = max(p.meta.batch_input_shape)
+        if side > self.max_input_side:
+            raise LimitExceededError(f'a {p.meta.batch_input_shape} network input: this server '
+                                     f'accepts sides up to {self.max_input_side}')
+        return ParsedPayload(bytes(data), p,
+                             (*p.latent_shape, *p.meta.batch_input_shape, p.rate_point or 0))
+
+    @torch.no_grad()
+    def predict(self, items: Sequence[ParsedPayload]) -> List[Dict]:
+        """Decode + cloud on a batch of parsed payloads -> one response dict per payload:
+        ``detections`` (original-image coordinates) and ``timings_ms`` (decode, cloud; this
+        batch's time shared among its images)."""
+        from mmdet.structures import DetDataSample
+        samples = [DetDataSample() for _ in items]
+        results = run_cloud(self.model, [it.data for it in items], samples, meter=self.meter)
+        return [self._response(r) for r in results]
+
+    def _response(self, result) -> Dict:
+        inst = result.pred_instances
+        rec = comm_record.read(result)
+        h, w = result.metainfo['ori_shape']
+        boxes = inst.bboxes.float().cpu()
+        # rescaled boxes may overshoot the image by rounding; never by more (checked meta)
+        boxes[:, 0::2] = boxes[:, 0::2].clamp(0, w)
+        boxes[:, 1::2] = boxes[:, 1::2].clamp(0, h)
+        dets = []
+        for box, score, label in zip(boxes.tolist(), inst.scores.tolist(), inst.labels.tolist()):
+            name = (self.class_names[label] if self.class_names and label < len(self.class_names)
+                    else str(label))
+            dets.append(dict(bbox=[round(v, 3) for v in box], score=round(float(score), 6),
+                             label=int(label), class_name=name))
+        decode = (rec.codec_time_s or 0.0) * 1e3
+        return dict(detections=dets, image_size=[int(h), int(w)],
+                    timings_ms=dict(decode=decode,
+                                    cloud=max(0.0, (rec.cloud_time_s or 0.0) * 1e3 - decode)))

@@ -1,0 +1,251 @@
+"""The cloud service: authentication, limits, idempotency, batching and metrics around a
+:class:`~ecc_mmdet.serving.runtime.CloudRuntime`, independent of the HTTP front end.
+
+The FastAPI app (:mod:`.app`) and the Ray Serve deployment (:mod:`.ray_deployment`) both hand
+each request to :meth:`CloudService.detect` and send back what it returns, so every front end
+refuses the same things with the same status codes:
+
+=======  ==================================================================================
+status   when
+=======  ==================================================================================
+200      detections (JSON)
+400      a payload the decoder refuses (the body names the ``BitstreamError`` subclass), or a
+         malformed ``X-Request-ID``
+401      no ``Authorization: Bearer`` header          403  a wrong token
+409      the payload was made by another model (fingerprint)
+413      body over ``max_body_bytes``, or an image larger than ``max_input_side``
+415      a ``Content-Type`` other than ``application/octet-stream``
+422      an ``X-Request-ID`` already used for a different payload
+503      queue full or shutting down (with ``Retry-After``)
+=======  ==================================================================================
+
+Tokens are compared in constant time and never logged. A retried request with the same
+``X-Request-ID`` gets the first answer (computed once), so a client retrying after a lost
+response never has an image counted twice.
+"""
+import asyncio
+import hashlib
+import hmac
+import logging
+import re
+import time
+from collections import OrderedDict
+from typing import AsyncIterator, Dict, Mapping, NamedTuple, Optional
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from ..codecs.bitstream import BitstreamError, ModelMismatchError
+from .batching import DynamicBatcher, QueueFullError
+from .runtime import CloudRuntime, LimitExceededError
+
+__all__ = ['CloudService', 'Reply', 'ServingConfig']
+
+logger = logging.getLogger('ecc_mmdet.serving')
+_REQUEST_ID = re.compile(r'^[A-Za-z0-9._:-]{1,128}$')
+CONTENT_TYPE = 'application/octet-stream'
+
+
+class ServingConfig(NamedTuple):
+    """Server settings (a config's ``serving`` dict overrides the defaults)."""
+    max_batch_size: int = 8
+    max_wait_ms: float = 5.0
+    max_queue: int = 64
+    max_body_bytes: int = 1 << 20
+    max_input_side: int = 2048
+    retry_after_s: int = 1
+    idempotency_entries: int = 4096
+
+    @classmethod
+    def from_dict(cls, d: Optional[Mapping]) -> 'ServingConfig':
+        d = dict(d or {})
+        d.pop('ray', None)  # the Ray Serve deployment's own options
+        unknown = set(d) - set(cls._fields)
+        if unknown:
+            raise ValueError(f'unknown serving option(s) {sorted(unknown)}; known: '
+                             f'{", ".join(cls._fields)}, ray')
+        return cls(**d)
+
+
+class Reply(NamedTuple):
+    status: int
+    body: Dict
+    headers: Dict[str, str]
+
+
+def _error(status: int, error: str, detail: str, **headers) -> Reply:
+    return Reply(status, dict(error=error, detail=detail), dict(headers))
+
+
+class CloudService:
+    """One server process's (or Ray replica's) request handling.
+
+    Args:
+        runtime: the cloud runtime.
+        token: the bearer token clients must send; None disables authentication (only for
+            loopback experiments; the server CLI refuses it unless asked explicitly).
+        config: a :class:`ServingConfig`.
+    """
+
+    def __init__(self, runtime: CloudRuntime, token: Optional[str],
+                 config: ServingConfig = ServingConfig()):
+        self.runtime, self.config = runtime, config
+        self._token = None if token is None else token.encode()
+        self.batcher = DynamicBatcher(self._predict, config.max_batch_size, config.max_wait_ms,
+                                      config.max_queue)
+        self._done: 'OrderedDict[str, tuple]' = OrderedDict()  # request id -> (digest, future)
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.m_requests = Counter('ecc_requests', 'Detect requests by status', ['status'],
+                                  registry=r)
+        self.m_latency = Histogram('ecc_request_latency_seconds', 'Server time per request',
+                                   buckets=(.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10),
+                                   registry=r)
+        self.m_queue = Gauge('ecc_queue_depth', 'Requests waiting for a batch', registry=r)
+        self.m_batch = Histogram('ecc_batch_size', 'Images per cloud batch',
+                                 buckets=(1, 2, 4, 8, 16, 32, 64), registry=r)
+        self.m_bytes = Counter('ecc_bytes_received', 'Payload bytes received', registry=r)
+        self.m_replays = Counter('ecc_idempotent_replays', 'Retries answered from the cache',
+                                 registry=r)
+        self.shutting_down = False
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> None:
+        """Start the batcher on the running loop (idempotent; front ends without a lifespan
+        hook call it on the first request)."""
+        self.batcher.start()
+
+    async def stop(self) -> None:
+        """Refuse new requests, finish the queued ones."""
+        self.shutting_down = True
+        await self.batcher.stop()
+
+    @property
+    def ready(self) -> bool:
+        return self.batcher.running and not self.shutting_down
+
+    # ------------------------------------------------------------------ requests
+    def check_auth(self, headers: Mapping[str, str]) -> Optional[Reply]:
+        if self._token is None:
+            return None
+        auth = headers.get('authorization', '')
+        scheme, _, given = auth.partition(' ')
+        if scheme.lower() != 'bearer' or not given.strip():
+            return _error(401, 'Unauthorized', 'send "Authorization: Bearer <token>"',
+                          **{'WWW-Authenticate': 'Bearer'})
+        if not hmac.compare_digest(given.strip().encode(), self._token):
+            return _error(403, 'Forbidden', 'the token is not valid for this server')
+        return None
+
+    async def read_body(self, headers: Mapping[str, str], chunks: AsyncIterator[bytes]):
+        """-> bytes, or a Reply refusing the body (declared or actual size over the limit)."""
+        limit = self.config.max_body_bytes
+        declared = headers.get('content-length')
+        if declared is not None and (not declared.isdigit() or int(declared) > limit):
+            return _error(413, 'PayloadTooLarge', f'body of {declared} bytes; the limit is '
+                          f'{limit}')
+        buf = bytearray()
+        async for chunk in chunks:
+            buf += chunk
+            if len(buf) > limit:
+                return _error(413, 'PayloadTooLarge', f'body over the {limit}-byte limit')
+        return bytes(buf)
+
+    async def detect(self, headers: Mapping[str, str], chunks: AsyncIterator[bytes]) -> Reply:
+        """Handle one ``POST /v1/detect``; ``headers`` with lower-case names."""
+        t0 = time.perf_counter()
+        reply = await self._detect(headers, chunks)
+        self.m_requests.labels(status=str(reply.status)).inc()
+        self.m_latency.observe(time.perf_counter() - t0)
+        if reply.status == 200:
+            reply.body.setdefault('timings_ms', {})['server'] = (time.perf_counter() - t0) * 1e3
+        return reply
+
+    async def _detect(self, headers, chunks) -> Reply:
+        denied = self.check_auth(headers)
+        if denied is not None:
+            return denied
+        if self.shutting_down:
+            return _error(503, 'ShuttingDown', 'the server is shutting down',
+                          **{'Retry-After': str(self.config.retry_after_s)})
+        ctype = headers.get('content-type', '').split(';')[0].strip().lower()
+        if ctype != CONTENT_TYPE:
+            return _error(415, 'UnsupportedMediaType',
+                          f'send the raw payload as {CONTENT_TYPE}, got {ctype or "none"}')
+        rid = headers.get('x-request-id')
+        if rid is not None and not _REQUEST_ID.match(rid):
+            return _error(400, 'BadRequestId', 'X-Request-ID must be 1-128 characters of '
+                          '[A-Za-z0-9._:-]')
+        data = await self.read_body(headers, chunks)
+        if isinstance(data, Reply):
+            return data
+        self.m_bytes.inc(len(data))
+        if rid is None:
+            return await self._run(data)
+        digest = hashlib.sha256(data).digest()
+        entry = self._done.get(rid)
+        if entry is not None:
+            if entry[0] != digest:
+                return _error(422, 'RequestIdReused',
+                              f'X-Request-ID {rid} was used for a different payload')
+            self.m_replays.inc()
+            reply = await asyncio.shield(entry[1])
+            return Reply(reply.status, dict(reply.body, replayed=True), reply.headers)
+        fut = asyncio.get_running_loop().create_future()
+        self._done[rid] = (digest, fut)
+        try:
+            reply = await self._run(data)
+        except BaseException as e:  # cancelled: let a retry compute it
+            self._done.pop(rid, None)
+            fut.cancel()
+            raise e
+        if reply.status == 200:
+            fut.set_result(reply)
+            while len(self._done) > self.config.idempotency_entries:
+                self._done.popitem(last=False)
+        else:  # only successes are remembered: a refused request may be retried
+            self._done.pop(rid, None)
+            fut.set_result(reply)
+        return reply
+
+    async def _run(self, data: bytes) -> Reply:
+        try:
+            parsed = self.runtime.parse(data)
+        except LimitExceededError as e:
+            return _error(413, type(e).__name__, str(e))
+        except ModelMismatchError as e:
+            return _error(409, type(e).__name__, str(e))
+        except BitstreamError as e:
+            return _error(400, type(e).__name__, str(e))
+        self.start()
+        self.m_queue.set(self.batcher.depth)
+        try:
+            result, info = await self.batcher.submit(parsed.key, parsed)
+        except QueueFullError as e:
+            return _error(503, 'QueueFull', str(e),
+                          **{'Retry-After': str(self.config.retry_after_s)})
+        except BitstreamError as e:  # found while decoding the body
+            return _error(400, type(e).__name__, str(e))
+        finally:
+            self.m_queue.set(self.batcher.depth)
+        if isinstance(result, BitstreamError):  # failed alone while decoding its body
+            return _error(400, type(result).__name__, str(result))
+        self.m_batch.observe(info.batch_size)
+        body = dict(result, bytes=len(data), batch_size=info.batch_size)
+        body['timings_ms'] = dict(body['timings_ms'], queue=info.queue_ms)
+        return Reply(200, body, {})
+
+    def _predict(self, items):
+        """Batch function (worker thread). A payload that fails while decoding fails alone:
+        the batch is retried image by image so its neighbours still get their answers."""
+        try:
+            return self.runtime.predict(items)
+        except BitstreamError:
+            if len(items) == 1:
+                raise
+        out = []
+        for it in items:
+            try:
+                out.append(self.runtime.predict([it])[0])
+            except BitstreamError as e:
+                out.append(e)
+        return out
