@@ -68,6 +68,42 @@ def tiny_coco(tmp_path_factory):
     return str(root)
 
 
+@pytest.fixture(scope='session')
+def served_model(tiny_coco, tmp_path_factory):
+    """A seeded, untrained split detector (entropy bottleneck, coding tables built) as files:
+    dict(config, checkpoint, data_root). Untrained weights still give many boxes per image."""
+    import torch
+    from mmengine.runner import save_checkpoint
+
+    from ecc_mmdet.apis import build_detector, load_config
+    d = tmp_path_factory.mktemp('served')
+    cfg = load_config(osp.join(REPO, 'configs', 'ecc_faster_rcnn_r18_synthetic.py'),
+                      data_root=tiny_coco)
+    config = str(d / 'config.py')
+    cfg.dump(config)
+    torch.manual_seed(0)
+    model = build_detector(cfg.model)  # eval mode: the coding tables are built
+    checkpoint = str(d / 'model.pth')
+    save_checkpoint({'state_dict': model.state_dict(), 'meta': {}}, checkpoint)
+    return dict(config=config, checkpoint=checkpoint, data_root=tiny_coco)
+
+
+
+@pytest.fixture(scope='session')
+def served_detector(served_model):
+    """The ``served_model`` files loaded in-process (the reference the servers must match)."""
+    from ecc_mmdet.apis import build_detector, load_config
+    return build_detector(load_config(served_model['config']).model,
+                          served_model['checkpoint'])
+
+
+@pytest.fixture(scope='session')
+def served_payloads(served_detector):
+    """Three real payloads of ``served_detector`` (seeded 128-px images)."""
+    inputs, samples = fake_batch(served_detector, n=3, size=128, seed=7)
+    return served_detector.encode(inputs, samples)
+
+
 def data_options(root):
     """Arguments that point every dataloader and evaluator of a config at ``root``."""
     return ['--data-root', str(root)]

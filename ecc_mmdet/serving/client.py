@@ -11,7 +11,7 @@ flight is ``tools/edge_client.py``.
   is the one the in-process evaluation would send.
 * :class:`CloudClient` posts payloads over one keep-alive connection pool. A request that got no
   answer (connection error, timeout) or a 503 (queue full, shutting down) is retried with the
-  same ``X-Request-ID``: the server answers a repeated id from its cache, so a retry after a
+  same ``Idempotency-Key``: the server answers a repeated id from its cache, so a retry after a
   lost response never has an image computed or counted twice. Other refusals are final.
 
 The bearer token is sent in a header only: it is never logged, put in an exception or a repr.
@@ -26,9 +26,19 @@ from typing import Dict, List, NamedTuple, Optional, Sequence, Union
 import numpy as np
 
 __all__ = ['CloudClient', 'CloudRequestError', 'CloudUnavailableError', 'EdgeResult',
-           'EdgeRunner', 'coco_results', 'detections_to_json']
+           'EdgeRunner', 'check_token', 'coco_results', 'detections_to_json']
 
-_REQUEST_ID = re.compile(r'^[A-Za-z0-9._:-]{1,128}$')  # what the server accepts
+_REQUEST_ID = re.compile(r'[A-Za-z0-9._:-]{1,128}')  # what the server accepts
+_TOKEN = re.compile(r'[\x21-\x7e]+')  # visible ASCII: what an HTTP header can carry
+
+
+def check_token(token: str) -> str:
+    """``token`` if it can be sent as a bearer token; a ValueError that does not quote it
+    otherwise (httpx would refuse it later with the header value in its message)."""
+    if not isinstance(token, str) or not _TOKEN.fullmatch(token):
+        raise ValueError('the bearer token must be one word of visible ASCII characters (no '
+                         'spaces, line breaks or non-ASCII)')
+    return token
 
 
 class CloudRequestError(RuntimeError):
@@ -76,8 +86,9 @@ class CloudClient:
         self.base_url = base_url.rstrip('/')
         self.max_retries, self.backoff_s, self.max_delay_s = max_retries, backoff_s, max_delay_s
         headers = {'Content-Type': 'application/octet-stream'}
+        self._token = token or None
         if token:
-            headers['Authorization'] = f'Bearer {token}'
+            headers['Authorization'] = f'Bearer {check_token(token)}'
         self._http = httpx.Client(
             base_url=self.base_url, headers=headers, timeout=httpx.Timeout(timeout),
             limits=httpx.Limits(max_connections=concurrency,
@@ -105,24 +116,34 @@ class CloudClient:
         Raises :class:`CloudRequestError` for a refusal (4xx, or 5xx other than 503) and
         :class:`CloudUnavailableError` once the retries are spent."""
         import httpx
-        if not _REQUEST_ID.match(request_id):
+        if not _REQUEST_ID.fullmatch(request_id):
             raise ValueError(f'request id {request_id!r}: 1-128 characters of [A-Za-z0-9._:-]')
-        headers = {'X-Request-ID': request_id}
+        headers = {'Idempotency-Key': request_id}
         t0 = time.perf_counter()
         for attempt in range(self.max_retries + 1):
             last = attempt == self.max_retries
             t_attempt = time.perf_counter()
             try:
                 r = self._http.post('/v1/detect', content=payload, headers=headers)
+            except httpx.LocalProtocolError:  # our request is malformed: retrying won't help
+                raise CloudRequestError(None, 'LocalProtocolError', 'httpx refused to send '
+                                        'the request (a malformed header?)') from None
             except httpx.TransportError as e:  # no answer: it may or may not have run
                 if last:
                     raise CloudUnavailableError(None, type(e).__name__,
-                                                f'{self.base_url}: {e}', attempt + 1) from e
+                                                f'{self.base_url}: {self._redact(e)}',
+                                                attempt + 1) from None
                 self._wait(attempt, None)
                 continue
             if r.status_code == 200:
                 now = time.perf_counter()
-                body = r.json()
+                try:
+                    body = r.json()
+                except ValueError:  # e.g. a proxy's page: not an answer of ours
+                    body = None
+                if not isinstance(body, dict):
+                    raise CloudRequestError(200, 'BadResponse', 'not a JSON object: '
+                                            f'{r.text[:200]!r}')
                 body['retries'] = attempt
                 body['client_ms'] = (now - t0) * 1e3
                 body['attempt_ms'] = (now - t_attempt) * 1e3
@@ -134,6 +155,11 @@ class CloudClient:
                 raise CloudUnavailableError(503, error, detail, attempt + 1)
             self._wait(attempt, r.headers.get('retry-after'))
         raise AssertionError('unreachable')
+
+    def _redact(self, e: Exception) -> str:
+        """``str(e)`` without the token (exceptions end up in logs)."""
+        text = str(e)
+        return text.replace(self._token, '<token>') if self._token else text
 
     def _wait(self, attempt: int, retry_after: Optional[str]) -> None:
         with self._rng_lock:
@@ -219,8 +245,14 @@ class EdgeRunner:
         self.cfg = cfg = load_config(config)
         if not osp.isfile(checkpoint):
             raise ConfigError(f'Checkpoint not found: {checkpoint}')
-        meta = torch.load(checkpoint, map_location='cpu', weights_only=False).get('meta', {})
+        try:
+            ckpt = torch.load(checkpoint, map_location='cpu', weights_only=False)
+        except Exception as e:  # whatever the file is, the user needs its name, not a trace
+            raise ConfigError(f'{checkpoint} is not a readable checkpoint: '
+                              f'{type(e).__name__}: {e}') from None
+        meta = ckpt.get('meta') if isinstance(ckpt, dict) else None
         side = meta.get('side') if isinstance(meta, dict) else None
+        del ckpt
         if side == 'cloud':
             raise ConfigError(f'{checkpoint} is a cloud-only export: the edge needs the full '
                               'checkpoint or edge.pth (tools/export_edge_cloud.py)')

@@ -71,8 +71,16 @@ class CloudRuntime:
         cfg = load_config(config)
         if not osp.isfile(checkpoint):
             raise ConfigError(f'Checkpoint not found: {checkpoint}')
-        ckpt_meta = torch.load(checkpoint, map_location='cpu', weights_only=False).get('meta', {})
-        side = ckpt_meta.get('side') if isinstance(ckpt_meta, dict) else None
+        try:  # our own checkpoint files (mmengine's loader reads them the same way)
+            ckpt = torch.load(checkpoint, map_location='cpu', weights_only=False)
+        except Exception as e:  # noqa: BLE001 -- any unreadable file: say which and why
+            raise ConfigError(f'{checkpoint} is not a readable checkpoint: '
+                              f'{type(e).__name__}: {e}') from None
+        if not isinstance(ckpt, dict):
+            raise ConfigError(f'{checkpoint} holds a {type(ckpt).__name__}, not a checkpoint')
+        meta = ckpt.get('meta', {})
+        side = meta.get('side') if isinstance(meta, dict) else None
+        del ckpt
         if side == 'edge':
             raise ConfigError(f'{checkpoint} is an edge-only export: the cloud server needs the '
                               'full checkpoint or cloud.pth')

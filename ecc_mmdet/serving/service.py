@@ -10,18 +10,22 @@ status   when
 =======  ==================================================================================
 200      detections (JSON)
 400      a payload the decoder refuses (the body names the ``BitstreamError`` subclass), or a
-         malformed ``X-Request-ID``
+         malformed ``Idempotency-Key``
 401      no ``Authorization: Bearer`` header          403  a wrong token
 409      the payload was made by another model (fingerprint)
 413      body over ``max_body_bytes``, or an image larger than ``max_input_side``
 415      a ``Content-Type`` other than ``application/octet-stream``
-422      an ``X-Request-ID`` already used for a different payload
+422      an ``Idempotency-Key`` already used for a different payload
 503      queue full or shutting down (with ``Retry-After``)
 =======  ==================================================================================
 
 Tokens are compared in constant time and never logged. A retried request with the same
-``X-Request-ID`` gets the first answer (computed once), so a client retrying after a lost
-response never has an image counted twice.
+``Idempotency-Key`` gets the first answer (computed once), so a client retrying after a lost
+response never has an image counted twice. (Not ``X-Request-ID``: Ray Serve's proxy sets that
+one on every request, which would fill the cache with keys nobody retries.) The cache is per
+process: behind several workers or replicas a retry is recognised only when the balancer sends it
+to the same one (sticky routing on the key), otherwise it is computed again -- still answered
+once per request, but computed twice.
 """
 import asyncio
 import hashlib
@@ -41,7 +45,7 @@ from .runtime import CloudRuntime, LimitExceededError
 __all__ = ['CloudService', 'Reply', 'ServingConfig']
 
 logger = logging.getLogger('ecc_mmdet.serving')
-_REQUEST_ID = re.compile(r'^[A-Za-z0-9._:-]{1,128}$')
+_REQUEST_ID = re.compile(r'[A-Za-z0-9._:-]{1,128}')
 CONTENT_TYPE = 'application/octet-stream'
 
 
@@ -53,7 +57,7 @@ class ServingConfig(NamedTuple):
     max_body_bytes: int = 1 << 20
     max_input_side: int = 2048
     retry_after_s: int = 1
-    idempotency_entries: int = 4096
+    idempotency_entries: int = 1024
 
     @classmethod
     def from_dict(cls, d: Optional[Mapping]) -> 'ServingConfig':
@@ -171,9 +175,9 @@ class CloudService:
         if ctype != CONTENT_TYPE:
             return _error(415, 'UnsupportedMediaType',
                           f'send the raw payload as {CONTENT_TYPE}, got {ctype or "none"}')
-        rid = headers.get('x-request-id')
-        if rid is not None and not _REQUEST_ID.match(rid):
-            return _error(400, 'BadRequestId', 'X-Request-ID must be 1-128 characters of '
+        rid = headers.get('idempotency-key')
+        if rid is not None and not _REQUEST_ID.fullmatch(rid):
+            return _error(400, 'BadIdempotencyKey', 'Idempotency-Key must be 1-128 characters of '
                           '[A-Za-z0-9._:-]')
         data = await self.read_body(headers, chunks)
         if isinstance(data, Reply):
@@ -185,10 +189,15 @@ class CloudService:
         entry = self._done.get(rid)
         if entry is not None:
             if entry[0] != digest:
-                return _error(422, 'RequestIdReused',
-                              f'X-Request-ID {rid} was used for a different payload')
+                return _error(422, 'IdempotencyKeyReused',
+                              f'Idempotency-Key {rid} was used for a different payload')
+            try:
+                reply = await asyncio.shield(entry[1])
+            except asyncio.CancelledError:
+                if not entry[1].cancelled():  # this request itself was cancelled
+                    raise
+                return await self._run(data)  # the first attempt was cancelled: compute it
             self.m_replays.inc()
-            reply = await asyncio.shield(entry[1])
             return Reply(reply.status, dict(reply.body, replayed=True), reply.headers)
         fut = asyncio.get_running_loop().create_future()
         self._done[rid] = (digest, fut)

@@ -1,6 +1,5 @@
-"""Shared by the serving tests: a split detector saved as config + checkpoint (the
-``served_model`` fixture: import it into the test module), and a real cloud server subprocess
-on loopback (``cloud_server``).
+"""Shared by the serving tests: a real cloud server subprocess on loopback (``cloud_server``).
+The model it serves is the ``served_model`` fixture of ``tests/conftest.py``.
 
 Not a conftest.py: a second module named ``conftest`` would shadow ``tests/conftest.py`` (the
 test folders are not packages), so test modules import from here explicitly.
@@ -13,31 +12,9 @@ import subprocess
 import sys
 import time
 
-import pytest
-
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 
-SPLIT_CFG = osp.join(REPO, 'configs', 'ecc_faster_rcnn_r18_synthetic.py')
 TOKEN = 'test-token-5f3a'
-
-
-@pytest.fixture(scope='session')
-def served_model(tiny_coco, tmp_path_factory):
-    """A seeded, untrained split detector (entropy bottleneck, coding tables built) as files:
-    dict(config, checkpoint, data_root). Untrained weights still give many boxes per image."""
-    import torch
-    from mmengine.runner import save_checkpoint
-
-    from ecc_mmdet.apis import build_detector, load_config
-    d = tmp_path_factory.mktemp('served')
-    cfg = load_config(SPLIT_CFG, data_root=tiny_coco)
-    config = str(d / 'config.py')
-    cfg.dump(config)
-    torch.manual_seed(0)
-    model = build_detector(cfg.model)  # eval mode: the coding tables are built
-    checkpoint = str(d / 'model.pth')
-    save_checkpoint({'state_dict': model.state_dict(), 'meta': {}}, checkpoint)
-    return dict(config=config, checkpoint=checkpoint, data_root=tiny_coco)
 
 
 def wait_ready(url: str, proc, timeout: float = 180.0) -> None:
@@ -45,8 +22,9 @@ def wait_ready(url: str, proc, timeout: float = 180.0) -> None:
     t0 = time.time()
     while time.time() - t0 < timeout:
         if proc.poll() is not None:
+            proc.log.seek(0)
             raise AssertionError(f'server exited with {proc.returncode}:\n'
-                                 f'{proc.stdout.read()[-3000:]}')
+                                 f'{proc.log.read()[-3000:]}')
         try:
             if httpx.get(url + '/readyz', timeout=2).status_code == 200:
                 return
@@ -70,14 +48,18 @@ def cloud_server(files, tmp_path, *extra, token=TOKEN, env=None):
         env['ECC_SERVE_TOKEN'] = token
     else:
         args.append('--insecure-no-auth')
-    proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    # a file, not a pipe: nobody reads a pipe while the server runs, and a full one blocks it
+    log = open(tmp_path / f'server-{time.monotonic_ns()}.log', 'w+')
+    proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+                            text=True)
+    proc.log = log
     try:
         t0 = time.time()
         while not osp.exists(port_file):
             if proc.poll() is not None or time.time() - t0 > 180:
                 proc.kill()
-                raise AssertionError(f'server did not start:\n{proc.stdout.read()[-3000:]}')
+                log.seek(0)
+                raise AssertionError(f'server did not start:\n{log.read()[-3000:]}')
             time.sleep(0.2)
         url = f'http://127.0.0.1:{open(port_file).read().strip()}'
         wait_ready(url, proc)
@@ -90,3 +72,4 @@ def cloud_server(files, tmp_path, *extra, token=TOKEN, env=None):
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+        log.close()

@@ -10,22 +10,9 @@ import pytest
 import torch
 
 from conftest import fake_batch
-from serving_utils import TOKEN, cloud_server, served_model  # noqa: F401 (fixture)
+from serving_utils import TOKEN, cloud_server
 
 AUTH = {'Authorization': f'Bearer {TOKEN}', 'Content-Type': 'application/octet-stream'}
-
-
-@pytest.fixture(scope='module')
-def model(served_model):
-    from ecc_mmdet.apis import build_detector, load_config
-    return build_detector(load_config(served_model['config']).model,
-                          served_model['checkpoint'])
-
-
-@pytest.fixture(scope='module')
-def payloads(model):
-    inputs, samples = fake_batch(model, n=3, size=128, seed=7)
-    return model.encode(inputs, samples)
 
 
 @pytest.fixture(scope='module')
@@ -38,10 +25,10 @@ def post(url, data, headers=AUTH, **kw):
     return httpx.post(url + '/v1/detect', content=data, headers=headers, timeout=60, **kw)
 
 
-def test_round_trip_equals_in_process_decode(server, model, payloads):
+def test_round_trip_equals_in_process_decode(server, served_detector, served_payloads):
     url, _ = server
-    ref = model.decode_and_predict(payloads)
-    for payload, r in zip(payloads, ref):
+    ref = served_detector.decode_and_predict(served_payloads)
+    for payload, r in zip(served_payloads, ref):
         resp = post(url, payload)
         assert resp.status_code == 200, resp.text
         body = resp.json()
@@ -59,10 +46,11 @@ def test_round_trip_equals_in_process_decode(server, model, payloads):
         assert all(v >= 0 for v in body['timings_ms'].values())
 
 
-def test_refusals_name_the_problem_and_the_server_keeps_serving(server, payloads, model):
+def test_refusals_name_the_problem_and_the_server_keeps_serving(server, served_payloads,
+                                                                 served_detector):
     url, proc = server
-    good = payloads[0]
-    other = copy.deepcopy(model)
+    good = served_payloads[0]
+    other = copy.deepcopy(served_detector)
     with torch.no_grad():
         other.backbone.conv1.weight.mul_(1.01)
     inputs, samples = fake_batch(other, n=1, size=128, seed=7)
@@ -78,7 +66,7 @@ def test_refusals_name_the_problem_and_the_server_keeps_serving(server, payloads
         (good, {'Authorization': None}, 401, 'Unauthorized'),
         (good, {'Authorization': 'Bearer wrong'}, 403, 'Forbidden'),
         (good, {'Authorization': 'Basic dGVzdA=='}, 401, 'Unauthorized'),
-        (good, {'X-Request-ID': 'no spaces allowed'}, 400, 'BadRequestId'),
+        (good, {'Idempotency-Key': 'no spaces allowed'}, 400, 'BadIdempotencyKey'),
     ]
     for data, extra, status, error in cases:
         headers = {k: v for k, v in {**AUTH, **extra}.items() if v is not None}
@@ -95,28 +83,28 @@ def test_refusals_name_the_problem_and_the_server_keeps_serving(server, payloads
     assert TOKEN not in metrics
 
 
-def test_retries_with_one_request_id_are_computed_once(server, payloads):
+def test_retries_with_one_request_id_are_computed_once(server, served_payloads):
     url, _ = server
-    h = dict(AUTH, **{'X-Request-ID': 'img-000042.try'})
-    first = post(url, payloads[1], headers=h).json()
-    again = post(url, payloads[1], headers=h).json()
+    h = dict(AUTH, **{'Idempotency-Key': 'img-000042.try'})
+    first = post(url, served_payloads[1], headers=h).json()
+    again = post(url, served_payloads[1], headers=h).json()
     assert again.pop('replayed') is True and 'replayed' not in first
     assert again['detections'] == first['detections']
     # the same id for another image is refused instead of answered with the wrong result
-    resp = post(url, payloads[2], headers=h)
-    assert resp.status_code == 422 and resp.json()['error'] == 'RequestIdReused'
+    resp = post(url, served_payloads[2], headers=h)
+    assert resp.status_code == 422 and resp.json()['error'] == 'IdempotencyKeyReused'
     replays = [line for line in httpx.get(url + '/metrics').text.splitlines()
                if line.startswith('ecc_idempotent_replays_total')]
     assert replays and float(replays[0].split()[-1]) >= 1
 
 
-def _concurrent(url, payloads, n):
+def _concurrent(url, served_payloads, n):
     """n requests at once -> list of responses (or exceptions), in submission order."""
     out = [None] * n
 
     def go(i):
         try:
-            out[i] = post(url, payloads[i % len(payloads)])
+            out[i] = post(url, served_payloads[i % len(served_payloads)])
         except Exception as e:  # noqa: BLE001 -- reported by the assertions
             out[i] = e
 
@@ -128,10 +116,10 @@ def _concurrent(url, payloads, n):
     return out
 
 
-def test_a_full_queue_answers_503_with_retry_after(served_model, payloads, tmp_path):
+def test_a_full_queue_answers_503_with_retry_after(served_model, served_payloads, tmp_path):
     with cloud_server(served_model, tmp_path, '--cfg-options', 'serving.max_queue=1',
                       'serving.max_batch_size=1', 'serving.max_wait_ms=0') as (url, _):
-        out = _concurrent(url, payloads, 12)
+        out = _concurrent(url, served_payloads, 12)
         codes = [r.status_code for r in out]  # every request answered: none dropped
         assert set(codes) <= {200, 503} and 200 in codes and 503 in codes, codes
         for r in out:
@@ -139,24 +127,26 @@ def test_a_full_queue_answers_503_with_retry_after(served_model, payloads, tmp_p
                 assert r.json()['error'] == 'QueueFull' and r.headers['retry-after'] == '1'
 
 
-def test_batching_groups_requests_and_answers_each_its_own(served_model, payloads, model,
+def test_batching_groups_requests_and_answers_each_its_own(served_model, served_payloads,
+                                                           served_detector,
                                                            tmp_path):
-    ref = [r.pred_instances.scores.tolist() for r in model.decode_and_predict(payloads)]
+    ref = [r.pred_instances.scores.tolist()
+           for r in served_detector.decode_and_predict(served_payloads)]
     with cloud_server(served_model, tmp_path, '--cfg-options', 'serving.max_batch_size=4',
                       'serving.max_wait_ms=300') as (url, _):
-        out = _concurrent(url, payloads, 6)
+        out = _concurrent(url, served_payloads, 6)
         bodies = [r.json() for r in out]
         assert max(b['batch_size'] for b in bodies) > 1  # some requests shared a batch
         for i, b in enumerate(bodies):  # ... and each got its own image's detections
             assert [d['score'] for d in b['detections']] == pytest.approx(
-                ref[i % len(payloads)], abs=1e-6)
+                ref[i % len(served_payloads)], abs=1e-6)
 
 
-def test_graceful_shutdown_finishes_requests_in_flight(served_model, payloads, tmp_path):
+def test_graceful_shutdown_finishes_requests_in_flight(served_model, served_payloads, tmp_path):
     with cloud_server(served_model, tmp_path, '--cfg-options', 'serving.max_wait_ms=1500',
                       'serving.max_batch_size=8') as (url, proc):
         result = {}
-        t = threading.Thread(target=lambda: result.update(r=_concurrent(url, payloads, 3)))
+        t = threading.Thread(target=lambda: result.update(r=_concurrent(url, served_payloads, 3)))
         t.start()
         time.sleep(0.7)  # the requests now wait in the batcher
         proc.send_signal(signal.SIGTERM)
@@ -166,16 +156,16 @@ def test_graceful_shutdown_finishes_requests_in_flight(served_model, payloads, t
         assert proc.wait(60) in (0, -signal.SIGTERM)
 
 
-def test_bounded_fuzz_run(server, payloads, model):
+def test_bounded_fuzz_run(server, served_payloads, served_detector):
     """120 hostile payloads (every forged kind at least once): each refused with its specific
     4xx or decoded into finite boxes inside the image; no 5xx, the server stays up."""
     from ecc_tools.payload_fuzz import check_boxes, fuzz_cases
     url, proc = server
-    other = copy.deepcopy(model)
+    other = copy.deepcopy(served_detector)
     with torch.no_grad():
         other.backbone.conv1.weight.mul_(0.99)
     inputs, samples = fake_batch(other, n=1, size=128, seed=7)
-    cases = fuzz_cases(payloads, other.encode(inputs, samples)[0], n=120,
+    cases = fuzz_cases(served_payloads, other.encode(inputs, samples)[0], n=120,
                        max_body_bytes=1 << 20, seed=3)
     assert len(cases) == 120
     with httpx.Client(timeout=60) as client:
@@ -186,4 +176,4 @@ def test_bounded_fuzz_run(server, payloads, model):
                 assert not check_boxes(resp.json()), case.kind
             else:
                 assert resp.json()['error'], case.kind
-    assert proc.poll() is None and post(url, payloads[0]).status_code == 200
+    assert proc.poll() is None and post(url, served_payloads[0]).status_code == 200

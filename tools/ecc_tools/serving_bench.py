@@ -1,0 +1,211 @@
+"""The load and fuzz benchmark of the cloud server (``tools/benchmark_serving.py``).
+
+Everything runs on this machine and targets 127.0.0.1 only: the server is started as a
+subprocess on a free loopback port, driven at fixed concurrency levels with a bounded number of
+requests and a time limit, then stopped.
+
+End-to-end latency of an image = its edge compute + encode (measured in-process beforehand, on
+the same machine, through the deployment meter) + the client's round trip. The round trip is
+split into the server's own figures (queue, decode, cloud compute) and the rest (HTTP, framing,
+loopback network: ``network``). "Server overhead" is round trip minus decode and cloud compute:
+what serving adds to the model.
+"""
+import contextlib
+import os
+import os.path as osp
+import secrets
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+from ecc_mmdet.apis import build_detector, build_test_dataset, iter_batches, load_config
+from ecc_mmdet.deployment import DeploymentMeter, run_deployment, run_edge
+from ecc_mmdet.structures import comm_record
+
+TOOLS = osp.dirname(osp.dirname(osp.abspath(__file__)))
+LOOPBACK = '127.0.0.1'
+
+
+def prepare(config: str, checkpoint: str, data_root: Optional[str], num_images: int):
+    """Edge side in-process: per image its payload (offloaded ones), edge/encode ms, the
+    reference detections of the in-process cloud, and CommunicationMetric's bytes."""
+    cfg = load_config(config, data_root)
+    model = build_detector(cfg.model, checkpoint)
+    dataset = build_test_dataset(cfg)
+    meter = DeploymentMeter(measure_flops=False, estimate_rate=False)
+    images = []
+    with torch.no_grad():
+        for inputs, samples in iter_batches(model, dataset, num_images, batch_size=1):
+            trace = meter.batch(1)
+            out = run_edge(model, inputs, [s.clone() for s in samples], True, trace)
+            ref = run_deployment(model, inputs, [s.clone() for s in samples], meter=meter)[0]
+            rec = comm_record.read(ref)
+            t = trace.time[0]
+            images.append(dict(
+                img_id=int(samples[0].img_id), tier=out.tiers[0], payload=out.payloads[0],
+                edge_ms=1e3 * sum(v for k, v in t.items() if k != 'encode'),
+                encode_ms=1e3 * t.get('encode', 0.0), metric_bytes=rec.payload_bytes,
+                ref_scores=ref.pred_instances.scores.tolist()))
+    return model, images
+
+
+@contextlib.contextmanager
+def server(config: str, checkpoint: str, token: str, options: Sequence[str] = (),
+           threads: int = 1, timeout: float = 300):
+    """``tools/serve_cloud.py`` on a free loopback port -> yields its base URL."""
+    import httpx
+    with tempfile.TemporaryDirectory() as tmp:
+        port_file = osp.join(tmp, 'port')
+        env = dict(os.environ, ECC_SERVE_TOKEN=token, OMP_NUM_THREADS=str(threads))
+        cmd = [sys.executable, osp.join(TOOLS, 'serve_cloud.py'), config, checkpoint,
+               '--host', LOOPBACK, '--port', '0', '--port-file', port_file,
+               '--threads', str(threads)]
+        if options:
+            cmd += ['--cfg-options', *options]
+        log = open(osp.join(tmp, 'server.log'), 'w+')
+        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            t0 = time.time()
+            url = None
+            while time.time() - t0 < timeout:
+                if proc.poll() is not None:
+                    log.seek(0)
+                    raise RuntimeError(f'server exited ({proc.returncode}):\n{log.read()[-2000:]}')
+                if url is None and osp.exists(port_file):
+                    url = f'http://{LOOPBACK}:{open(port_file).read().strip()}'
+                if url is not None:
+                    with contextlib.suppress(httpx.HTTPError):
+                        if httpx.get(url + '/readyz', timeout=2).status_code == 200:
+                            break
+                time.sleep(0.3)
+            else:
+                raise RuntimeError(f'server not ready after {timeout} s')
+            yield url, proc
+        finally:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(60)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+            log.close()
+
+
+def drive(url: str, token: str, images: List[dict], concurrency: int, requests: int,
+          time_limit: float) -> Dict:
+    """``requests`` uploads (cycling over the offloaded images) with ``concurrency`` in flight;
+    every answer is checked against the image's in-process reference detections."""
+    from ecc_mmdet.serving.client import CloudClient
+    sendable = [im for im in images if im['tier'] == 'cloud']
+    if not sendable:
+        raise RuntimeError('no image was offloaded: nothing to send')
+    client = CloudClient(url, token, timeout=60, max_retries=8, backoff_s=0.05,
+                         concurrency=concurrency)
+    rows, failures = [], []
+    lock = threading.Lock()
+    deadline = time.perf_counter() + time_limit
+
+    def one(k: int):
+        if time.perf_counter() > deadline:
+            return
+        im = sendable[k % len(sendable)]
+        rid = f'bench-{uuid.uuid4().hex}'
+        try:
+            reply = client.send(im['payload'], rid)
+        except Exception as e:  # noqa: BLE001 -- counted as lost
+            with lock:
+                failures.append(f'{type(e).__name__}: {e}')
+            return
+        scores = [d['score'] for d in reply['detections']]
+        ok = len(scores) == len(im['ref_scores']) and np.allclose(scores, im['ref_scores'],
+                                                                  atol=1e-5)
+        t = reply['timings_ms']
+        with lock:
+            rows.append(dict(k=k, img_id=im['img_id'], ok=ok, bytes=len(im['payload']),
+                             retries=reply.get('retries', 0), replayed=bool(reply.get('replayed')),
+                             edge=im['edge_ms'], encode=im['encode_ms'], rtt=reply['client_ms'],
+                             queue=t['queue'], decode=t['decode'], cloud=t['cloud'],
+                             server=t['server'], batch=reply['batch_size']))
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        list(pool.map(one, range(requests)))
+    wall = time.perf_counter() - t0
+    client.close()
+    return summarize(rows, failures, requests, wall, concurrency)
+
+
+def _pct(values, q):
+    return float(np.percentile(values, q)) if len(values) else float('nan')
+
+
+def summarize(rows, failures, requested, wall, concurrency) -> Dict:
+    done = len(rows)
+    e2e = [r['edge'] + r['encode'] + r['rtt'] for r in rows]
+    parts = {k: [r[k] for r in rows] for k in ('edge', 'encode', 'queue', 'decode', 'cloud')}
+    parts['network'] = [r['rtt'] - r['server'] for r in rows]
+    overhead = [r['rtt'] - r['decode'] - r['cloud'] for r in rows]
+    ks = sorted(r['k'] for r in rows)
+    return dict(
+        concurrency=concurrency, requested=requested, answered=done, lost=len(failures),
+        duplicated=done - len(set(ks)), mismatched=sum(not r['ok'] for r in rows),
+        retries=sum(r['retries'] for r in rows), wall_s=wall,
+        images_per_s=done / wall if wall > 0 else 0.0,
+        latency_ms=dict(p50=_pct(e2e, 50), p95=_pct(e2e, 95), p99=_pct(e2e, 99)),
+        round_trip_ms_p50=_pct([r['rtt'] for r in rows], 50),
+        breakdown_ms_p50={k: _pct(v, 50) for k, v in parts.items()},
+        breakdown_ms_mean={k: float(np.mean(v)) if v else float('nan')
+                           for k, v in parts.items()},
+        server_overhead_ms_p50=_pct(overhead, 50),
+        mean_batch=float(np.mean([r['batch'] for r in rows])) if rows else float('nan'),
+        bytes_on_wire=sum(r['bytes'] for r in rows), failures=failures[:5])
+
+
+def fuzz(url: str, token: str, cases, timeout: float = 30.0) -> Dict:
+    """Send every case once; tally statuses and problems."""
+    import httpx
+    from ecc_tools.payload_fuzz import check_boxes
+    headers = {'Authorization': f'Bearer {token}', 'Content-Type': 'application/octet-stream'}
+    tally: Dict[str, Dict[str, int]] = {}
+    problems = []
+    n5xx = hangs = 0
+    with httpx.Client(timeout=timeout) as client:
+        for case in cases:
+            try:
+                resp = client.post(url + '/v1/detect', content=case.data, headers=headers)
+            except httpx.TimeoutException:
+                hangs += 1
+                continue
+            except httpx.HTTPError as e:  # the server went away
+                problems.append(f'{case.kind}: {type(e).__name__}: {e}')
+                continue
+            st = resp.status_code
+            kinds = tally.setdefault(case.kind.split('_')[0] if not case.kind.startswith(
+                'forged') else 'forged', {})
+            kinds[str(st)] = kinds.get(str(st), 0) + 1
+            n5xx += st >= 500
+            if st not in case.allowed:
+                problems.append(f'{case.kind}: status {st} not in {tuple(case.allowed)}: '
+                                f'{resp.text[:200]}')
+            elif st == 200:
+                problems += [f'{case.kind}: {p}' for p in check_boxes(resp.json())]
+            elif not resp.json().get('error'):
+                problems.append(f'{case.kind}: {st} without an error name')
+    alive = False
+    with contextlib.suppress(httpx.HTTPError):
+        alive = httpx.get(url + '/healthz', timeout=5).status_code == 200
+    return dict(cases=len(cases), by_kind=tally, server_5xx=n5xx, hangs=hangs,
+                problems=problems[:20], num_problems=len(problems), server_alive=alive)
+
+
+def new_token() -> str:
+    return secrets.token_urlsafe(24)
