@@ -111,14 +111,15 @@ class CloudRuntime:
     @torch.no_grad()
     def predict(self, items: Sequence[ParsedPayload]) -> List[Dict]:
         """Decode + cloud on a batch of parsed payloads -> one response dict per payload:
-        ``detections`` (original-image coordinates) and ``timings_ms`` (decode, cloud; this
-        batch's time shared among its images)."""
+        ``detections`` (original-image coordinates) and ``timings_ms``: ``decode`` and ``cloud``
+        are the batch's wall times (what each of its requests waited), ``*_share`` this image's
+        share of them (its compute cost)."""
         from mmdet.structures import DetDataSample
         samples = [DetDataSample() for _ in items]
         results = run_cloud(self.model, [it.data for it in items], samples, meter=self.meter)
-        return [self._response(r) for r in results]
+        return [self._response(r, len(items)) for r in results]
 
-    def _response(self, result) -> Dict:
+    def _response(self, result, batch_size: int) -> Dict:
         inst = result.pred_instances
         rec = comm_record.read(result)
         h, w = result.metainfo['ori_shape']
@@ -132,7 +133,9 @@ class CloudRuntime:
                     else str(label))
             dets.append(dict(bbox=[round(v, 3) for v in box], score=round(float(score), 6),
                              label=int(label), class_name=name))
+        # the meter shares a batch's time among its images; a request waits for all of it
         decode = (rec.codec_time_s or 0.0) * 1e3
+        cloud = max(0.0, (rec.cloud_time_s or 0.0) * 1e3 - decode)
         return dict(detections=dets, image_size=[int(h), int(w)],
-                    timings_ms=dict(decode=decode,
-                                    cloud=max(0.0, (rec.cloud_time_s or 0.0) * 1e3 - decode)))
+                    timings_ms=dict(decode=decode * batch_size, cloud=cloud * batch_size,
+                                    decode_share=decode, cloud_share=cloud))

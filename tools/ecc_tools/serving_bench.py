@@ -101,14 +101,14 @@ def server(config: str, checkpoint: str, token: str, options: Sequence[str] = ()
 
 
 def drive(url: str, token: str, images: List[dict], concurrency: int, requests: int,
-          time_limit: float) -> Dict:
+          time_limit: float, max_retries: int = 8) -> Dict:
     """``requests`` uploads (cycling over the offloaded images) with ``concurrency`` in flight;
     every answer is checked against the image's in-process reference detections."""
     from ecc_mmdet.serving.client import CloudClient
     sendable = [im for im in images if im['tier'] == 'cloud']
     if not sendable:
         raise RuntimeError('no image was offloaded: nothing to send')
-    client = CloudClient(url, token, timeout=60, max_retries=8, backoff_s=0.05,
+    client = CloudClient(url, token, timeout=60, max_retries=max_retries, backoff_s=0.05,
                          concurrency=concurrency)
     rows, failures = [], []
     lock = threading.Lock()
@@ -209,3 +209,60 @@ def fuzz(url: str, token: str, cases, timeout: float = 30.0) -> Dict:
 
 def new_token() -> str:
     return secrets.token_urlsafe(24)
+
+
+def cloud_ceiling(model, images: List[dict], batch: int, repeats: int = 2) -> Dict:
+    """In-process decode + cloud throughput at batch 1 and at ``batch`` on the same payloads:
+    what batching can gain on this machine before any serving (the model's own ceiling)."""
+    from mmdet.structures import DetDataSample
+
+    from ecc_mmdet.deployment import run_cloud
+    payloads = [im['payload'] for im in images if im['tier'] == 'cloud'][:2 * batch]
+    out = {}
+    with torch.no_grad():
+        for bs in (1, batch):
+            best = float('inf')
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                for i in range(0, len(payloads), bs):
+                    chunk = payloads[i:i + bs]
+                    run_cloud(model, chunk, [DetDataSample() for _ in chunk], meter=DeploymentMeter(
+                        measure_flops=False, estimate_rate=False))
+                best = min(best, time.perf_counter() - t0)
+            out[f'batch_{bs}_images_per_s'] = len(payloads) / best
+    out['gain'] = out[f'batch_{batch}_images_per_s'] / out['batch_1_images_per_s']
+    out['batch'] = batch
+    return out
+
+
+def plot(res: Dict, path: str) -> None:
+    """Throughput vs concurrency (batched, unbatched) and the p50 time breakdown per level."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    lv = res['levels']
+    a.plot([r['concurrency'] for r in lv], [r['images_per_s'] for r in lv], 'o-',
+           label='batched server')
+    if res.get('unbatched'):
+        u = res['unbatched']
+        a.plot([u['concurrency']], [u['images_per_s']], 's', label='max_batch_size=1')
+    a.set_xscale('log', base=2)
+    a.set_xlabel('requests in flight')
+    a.set_ylabel('images / s')
+    a.set_title('throughput (loopback)')
+    a.legend()
+    parts = ('edge', 'encode', 'network', 'queue', 'decode', 'cloud')
+    bottom = np.zeros(len(lv))
+    labels = [str(r['concurrency']) for r in lv]
+    for p in parts:
+        v = np.array([r['breakdown_ms_mean'][p] for r in lv])
+        b.bar(labels, v, bottom=bottom, label=p)
+        bottom += v
+    b.set_xlabel('requests in flight')
+    b.set_ylabel('ms per image (mean)')
+    b.set_title('where the end-to-end time goes')
+    b.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
