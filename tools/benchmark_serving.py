@@ -55,14 +55,15 @@ def run(args):
     model, images = sb.prepare(args.config, args.checkpoint, args.data_root, args.num_images)
     sent = [im for im in images if im['tier'] == 'cloud']
     bytes_metric = sum(im['metric_bytes'] for im in images)
-    bytes_payloads = sum(len(im['payload']) for im in sent)
+    # every upload the edge makes: feature payloads, and edge-finished images' reports
+    bytes_payloads = sum(len(im['payload'] or b'') for im in images)
     token = sb.new_token()
     res = dict(config=args.config, checkpoint=args.checkpoint, num_images=len(images),
                offloaded=len(sent), machine=dict(cpus=os.cpu_count(), python=platform.python_version(),
                                                  server_threads=args.threads),
                bytes=dict(payloads=bytes_payloads, communication_metric=bytes_metric,
-                          equal=bytes_payloads == bytes_metric and all(
-                              len(im['payload']) == im['metric_bytes'] for im in sent)),
+                          equal=all(len(im['payload'] or b'') == im['metric_bytes']
+                                    for im in images)),
                levels=[], unbatched=None, retry=None, fuzz=None)
     top = max(args.concurrency)
     batch = _serving_limit(args.config, 'max_batch_size')

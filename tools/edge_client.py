@@ -214,10 +214,12 @@ def run(args, token) -> int:
             rec = dict(img_id=img_id, file=name, tier=res.tier, steps_ms=res.timings_ms,
                        bytes=len(res.payload) if res.payload is not None else 0,
                        answer=res.detections)
-            if res.tier == 'cloud':
+            if res.payload is not None:  # features, or the report of an edge-finished image
                 slots.acquire()  # blocks while --concurrency payloads are in flight
-                rec['future'] = pool.submit(client.send, res.payload, f'{run_id}-{len(records)}')
-                rec['future'].add_done_callback(done)
+                send = client.send if res.tier == 'cloud' else client.send_report
+                key = 'future' if res.tier == 'cloud' else 'report_future'
+                rec[key] = pool.submit(send, res.payload, f'{run_id}-{len(records)}')
+                rec[key].add_done_callback(done)
             records.append(rec)
             if len(records) % every == 0:
                 rate = len(records) / (time.perf_counter() - t0)
@@ -231,12 +233,15 @@ def run(args, token) -> int:
     wall = time.perf_counter() - t0
 
     for rec in records:
-        fut = rec.pop('future', None)
-        if fut is not None:
+        for key in ('future', 'report_future'):
+            fut = rec.pop(key, None)
+            if fut is None:
+                continue
             if fut.exception() is not None:
                 print(f'error: image {rec["file"]}: {fut.exception()}', file=sys.stderr)
                 return 1
-            rec['answer'] = fut.result()
+            if key == 'future':  # the cloud's detections; a report's answer is a receipt
+                rec['answer'] = fut.result()
     if not records:
         print('error: no image processed' + (' (none of the folder\'s images is in --ann-file)'
                                              if skipped else ''), file=sys.stderr)
@@ -289,10 +294,10 @@ def timing_row(rec) -> dict:
 def summarize(rows, wall_s, skipped, interrupted) -> dict:
     off = [r for r in rows if r['tier'] == 'cloud']
     n = len(rows)
-    total_bytes = sum(r['bytes'] for r in off)
+    total_bytes = sum(r['bytes'] for r in rows)  # features and edge reports: all uplink
     return dict(images=n, offloaded=len(off), edge_finished=n - len(off),
                 bytes_per_image=total_bytes / n,
-                bytes_per_offloaded=total_bytes / len(off) if off else 0.0,
+                bytes_per_offloaded=sum(r['bytes'] for r in off) / len(off) if off else 0.0,
                 images_per_s=n / wall_s if wall_s > 0 else 0.0, wall_s=wall_s,
                 mean_edge_ms=sum(r['edge_ms'] for r in rows) / n,
                 mean_client_ms=sum(r['client_ms'] for r in off) / len(off) if off else 0.0,

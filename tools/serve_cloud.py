@@ -11,6 +11,7 @@ For several processes behind a load balancer, see the README (``uvicorn --factor
 ecc_mmdet.serving.app:app_from_env --workers N``); for a cluster, ``tools/serve_ray.py``.
 """
 import argparse
+import json
 import os
 import socket
 import sys
@@ -32,6 +33,8 @@ def parse_args(argv=None):
     p.add_argument('--token-file', help='file holding the bearer token')
     p.add_argument('--insecure-no-auth', action='store_true',
                    help='serve without authentication (experiments on loopback only)')
+    p.add_argument('--reports-out', help='append the accepted detections reports of '
+                   'edge-finished images (POST /v1/report) to this JSON-lines file')
     p.add_argument('--threads', type=int, default=None, help='torch intra-op threads')
     p.add_argument('--device', default='cpu')
     p.add_argument('--graceful-timeout', type=float, default=30.0,
@@ -53,7 +56,19 @@ def build_service(args):
     serving = ServingConfig.from_dict(cfg.get('serving', None))
     runtime = CloudRuntime.from_files(cfg, args.checkpoint, device=args.device,
                                       max_input_side=serving.max_input_side)
-    return CloudService(runtime, token, serving)
+    return CloudService(runtime, token, serving, report_sink=_jsonl_sink(args.reports_out))
+
+
+def _jsonl_sink(path):
+    """Appends each report as one JSON line (opened now: a bad path fails before serving)."""
+    if not path:
+        return None
+    out = open(path, 'a')
+
+    def sink(report):
+        out.write(json.dumps(report) + '\n')
+        out.flush()
+    return sink
 
 
 def main(argv=None):

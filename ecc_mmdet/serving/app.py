@@ -1,7 +1,8 @@
 """The cloud server's HTTP front end (FastAPI on uvicorn): routes only; the request handling is
 :class:`~ecc_mmdet.serving.service.CloudService`'s.
 
-Endpoints: ``POST /v1/detect`` (raw payload, ``application/octet-stream``), ``GET /healthz``
+Endpoints: ``POST /v1/detect`` (raw payload, ``application/octet-stream``), ``POST /v1/report``
+(the detections report of an image finished on the edge), ``GET /healthz``
 (the process answers), ``GET /readyz`` (the model is loaded and the batcher runs; 503 while
 shutting down), ``GET /metrics`` (Prometheus text format). On shutdown uvicorn stops accepting
 connections and waits for the requests in flight; the lifespan hook then drains the batcher.
@@ -44,6 +45,13 @@ def install_routes(app: FastAPI) -> None:
     async def detect(request: Request):
         svc: CloudService = request.app.state.service
         reply = await svc.detect({k.lower(): v for k, v in request.headers.items()},
+                                 request.stream())
+        return JSONResponse(reply.body, status_code=reply.status, headers=reply.headers)
+
+    @app.post('/v1/report')
+    async def report(request: Request):
+        svc: CloudService = request.app.state.service
+        reply = await svc.report({k.lower(): v for k, v in request.headers.items()},
                                  request.stream())
         return JSONResponse(reply.body, status_code=reply.status, headers=reply.headers)
 

@@ -108,7 +108,12 @@ class CloudClient:
     def close(self) -> None:
         self._http.close()
 
-    def send(self, payload: bytes, request_id: str) -> Dict:
+    def send_report(self, report: bytes, request_id: str) -> Dict:
+        """Post the detections report of an image finished on the edge (``/v1/report``), with
+        the same retries as :meth:`send`."""
+        return self.send(report, request_id, path='/v1/report')
+
+    def send(self, payload: bytes, request_id: str, path: str = '/v1/detect') -> Dict:
         """Post one payload -> the server's JSON answer plus ``retries`` (attempts - 1),
         ``client_ms`` (the whole exchange, waits included) and ``attempt_ms`` (the answered
         attempt alone, comparable with the server's ``timings_ms.server``).
@@ -124,7 +129,7 @@ class CloudClient:
             last = attempt == self.max_retries
             t_attempt = time.perf_counter()
             try:
-                r = self._http.post('/v1/detect', content=payload, headers=headers)
+                r = self._http.post(path, content=payload, headers=headers)
             except httpx.LocalProtocolError:  # our request is malformed: retrying won't help
                 raise CloudRequestError(None, 'LocalProtocolError', 'httpx refused to send '
                                         'the request (a malformed header?)') from None
@@ -192,8 +197,9 @@ def _error_of(r) -> tuple:
 
 # ---------------------------------------------------------------------------------- edge side
 class EdgeResult(NamedTuple):
-    """What the edge did with one image: ``tier`` 'cloud' with the ``payload`` to send, or the
-    exit that finished it with its ``detections`` (same format as the server's answer);
+    """What the edge did with one image: ``tier`` 'cloud' with the feature ``payload`` to send,
+    or the exit that finished it with its ``detections`` (same format as the server's answer)
+    and, for a model with ``edge_report``, its detections report as ``payload`` (else None);
     ``timings_ms``: ``load`` (test pipeline), ``preprocess`` (normalise and pad) and the
     deployment meter's steps (``edge``, ``exit``, ``route``, ``encode``, ...)."""
     img_id: int
@@ -312,10 +318,11 @@ class EdgeRunner:
         tier = out.tiers[0]
         if tier == 'cloud':
             return EdgeResult(img_id, tier, out.payloads[0], None, timings)
-        # finished on the edge; an edge_report model's report (out.payloads) is not sent: the
-        # server answers feature payloads only
-        return EdgeResult(img_id, tier, None, detections_to_json(out.results[0],
-                                                                 self.class_names), timings)
+        # finished on the edge; with ``edge_report`` its detections report is the payload (for
+        # the cloud's /v1/report), otherwise nothing goes up
+        return EdgeResult(img_id, tier, out.payloads[0], detections_to_json(out.results[0],
+                                                                            self.class_names),
+                          timings)
 
 
 def coco_results(img_id: int, detections: List[Dict], cat_ids: Optional[Sequence[int]] = None

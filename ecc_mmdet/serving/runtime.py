@@ -119,20 +119,27 @@ class CloudRuntime:
         results = run_cloud(self.model, [it.data for it in items], samples, meter=self.meter)
         return [self._response(r, len(items)) for r in results]
 
-    def _response(self, result, batch_size: int) -> Dict:
-        inst = result.pred_instances
-        rec = comm_record.read(result)
-        h, w = result.metainfo['ori_shape']
-        boxes = inst.bboxes.float().cpu()
-        # rescaled boxes may overshoot the image by rounding; never by more (checked meta)
-        boxes[:, 0::2] = boxes[:, 0::2].clamp(0, w)
-        boxes[:, 1::2] = boxes[:, 1::2].clamp(0, h)
+    def detections_json(self, bboxes, scores, labels, clip_to=None) -> List[Dict]:
+        """Boxes, scores and labels -> the server's JSON detections (with class names)."""
+        boxes = torch.as_tensor(bboxes).float().cpu().reshape(-1, 4)
+        if clip_to is not None:  # rescaled boxes may overshoot by rounding (the meta is checked)
+            h, w = clip_to
+            boxes[:, 0::2] = boxes[:, 0::2].clamp(0, w)
+            boxes[:, 1::2] = boxes[:, 1::2].clamp(0, h)
         dets = []
-        for box, score, label in zip(boxes.tolist(), inst.scores.tolist(), inst.labels.tolist()):
+        for box, score, label in zip(boxes.tolist(), torch.as_tensor(scores).tolist(),
+                                     torch.as_tensor(labels).tolist()):
             name = (self.class_names[label] if self.class_names and label < len(self.class_names)
                     else str(label))
             dets.append(dict(bbox=[round(v, 3) for v in box], score=round(float(score), 6),
                              label=int(label), class_name=name))
+        return dets
+
+    def _response(self, result, batch_size: int) -> Dict:
+        inst = result.pred_instances
+        rec = comm_record.read(result)
+        h, w = result.metainfo['ori_shape']
+        dets = self.detections_json(inst.bboxes, inst.scores, inst.labels, (h, w))
         # the meter shares a batch's time among its images; a request waits for all of it
         decode = (rec.codec_time_s or 0.0) * 1e3
         cloud = max(0.0, (rec.cloud_time_s or 0.0) * 1e3 - decode)

@@ -2,13 +2,14 @@
 :class:`~ecc_mmdet.serving.runtime.CloudRuntime`, independent of the HTTP front end.
 
 The FastAPI app (:mod:`.app`) and the Ray Serve deployment (:mod:`.ray_deployment`) both hand
-each request to :meth:`CloudService.detect` and send back what it returns, so every front end
+each upload to :meth:`CloudService.detect` (a feature payload) or :meth:`CloudService.report`
+(an edge-finished image's detections report) and send back what it returns, so every front end
 refuses the same things with the same status codes:
 
 =======  ==================================================================================
 status   when
 =======  ==================================================================================
-200      detections (JSON)
+200      detections (JSON); for ``/v1/report``: the report's image id and box count
 400      a payload the decoder refuses (the body names the ``BitstreamError`` subclass), or a
          malformed ``Idempotency-Key``
 401      no ``Authorization: Bearer`` header          403  a wrong token
@@ -34,11 +35,12 @@ import logging
 import re
 import time
 from collections import OrderedDict
-from typing import AsyncIterator, Dict, Mapping, NamedTuple, Optional
+from typing import AsyncIterator, Callable, Dict, Mapping, NamedTuple, Optional
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from ..codecs.bitstream import BitstreamError, ModelMismatchError
+from ..codecs.detections import unpack_detections
 from .batching import DynamicBatcher, QueueFullError
 from .runtime import CloudRuntime, LimitExceededError
 
@@ -85,23 +87,28 @@ class CloudService:
 
     Args:
         runtime: the cloud runtime.
+        report_sink: called with each accepted detections report (image id, detections in
+            the server's JSON form, bytes); e.g. ``tools/serve_cloud.py --reports-out`` appends
+            them to a JSON-lines file. None: reports are validated, counted and acknowledged.
         token: the bearer token clients must send; None disables authentication (only for
             loopback experiments; the server CLI refuses it unless asked explicitly).
         config: a :class:`ServingConfig`.
     """
 
     def __init__(self, runtime: CloudRuntime, token: Optional[str],
-                 config: ServingConfig = ServingConfig()):
-        self.runtime, self.config = runtime, config
+                 config: ServingConfig = ServingConfig(),
+                 report_sink: Optional[Callable[[Dict], None]] = None):
+        self.runtime, self.config, self.report_sink = runtime, config, report_sink
         self._token = None if token is None else token.encode()
         self.batcher = DynamicBatcher(self._predict, config.max_batch_size, config.max_wait_ms,
                                       config.max_queue)
         self._done: 'OrderedDict[str, tuple]' = OrderedDict()  # request id -> (digest, future)
         self.registry = CollectorRegistry()
         r = self.registry
-        self.m_requests = Counter('ecc_requests', 'Detect requests by status', ['status'],
-                                  registry=r)
-        self.m_latency = Histogram('ecc_request_latency_seconds', 'Server time per request',
+        self.m_requests = Counter('ecc_requests', 'Uploads by route and status',
+                                  ['route', 'status'], registry=r)
+        self.m_latency = Histogram('ecc_request_latency_seconds', 'Server time per upload',
+                                   ['route'],
                                    buckets=(.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10),
                                    registry=r)
         self.m_queue = Gauge('ecc_queue_depth', 'Requests waiting for a batch', registry=r)
@@ -155,16 +162,27 @@ class CloudService:
         return bytes(buf)
 
     async def detect(self, headers: Mapping[str, str], chunks: AsyncIterator[bytes]) -> Reply:
-        """Handle one ``POST /v1/detect``; ``headers`` with lower-case names."""
+        """Handle one ``POST /v1/detect`` (a FEATURES payload); ``headers`` with lower-case
+        names."""
+        return await self._handle('detect', headers, chunks, self._run)
+
+    async def report(self, headers: Mapping[str, str], chunks: AsyncIterator[bytes]) -> Reply:
+        """Handle one ``POST /v1/report``: the compact detections report of an image the edge
+        finished itself (a DETECTIONS message), validated and handed to ``report_sink``."""
+        return await self._handle('report', headers, chunks, self._take_report)
+
+    async def _handle(self, route: str, headers, chunks, compute) -> Reply:
         t0 = time.perf_counter()
-        reply = await self._detect(headers, chunks)
-        self.m_requests.labels(status=str(reply.status)).inc()
-        self.m_latency.observe(time.perf_counter() - t0)
-        if reply.status == 200:
+        reply = await self._admit(headers, chunks, compute)
+        self.m_requests.labels(route=route, status=str(reply.status)).inc()
+        self.m_latency.labels(route=route).observe(time.perf_counter() - t0)
+        if reply.status == 200 and route == 'detect':
             reply.body.setdefault('timings_ms', {})['server'] = (time.perf_counter() - t0) * 1e3
         return reply
 
-    async def _detect(self, headers, chunks) -> Reply:
+    async def _admit(self, headers, chunks, compute) -> Reply:
+        """The checks every upload passes (auth, state, type, key, size), then ``compute``
+        once per Idempotency-Key."""
         denied = self.check_auth(headers)
         if denied is not None:
             return denied
@@ -184,7 +202,7 @@ class CloudService:
             return data
         self.m_bytes.inc(len(data))
         if rid is None:
-            return await self._run(data)
+            return await compute(data)
         digest = hashlib.sha256(data).digest()
         entry = self._done.get(rid)
         if entry is not None:
@@ -196,13 +214,13 @@ class CloudService:
             except asyncio.CancelledError:
                 if not entry[1].cancelled():  # this request itself was cancelled
                     raise
-                return await self._run(data)  # the first attempt was cancelled: compute it
+                return await compute(data)  # the first attempt was cancelled: compute it
             self.m_replays.inc()
             return Reply(reply.status, dict(reply.body, replayed=True), reply.headers)
         fut = asyncio.get_running_loop().create_future()
         self._done[rid] = (digest, fut)
         try:
-            reply = await self._run(data)
+            reply = await compute(data)
         except BaseException as e:  # cancelled: let a retry compute it
             self._done.pop(rid, None)
             fut.cancel()
@@ -215,6 +233,19 @@ class CloudService:
             self._done.pop(rid, None)
             fut.set_result(reply)
         return reply
+
+    async def _take_report(self, data: bytes) -> Reply:
+        try:
+            det = unpack_detections(data, expected_fingerprint=self.runtime.fingerprint)
+        except ModelMismatchError as e:
+            return _error(409, type(e).__name__, str(e))
+        except BitstreamError as e:
+            return _error(400, type(e).__name__, str(e))
+        body = dict(image_id=det.img_id, detections=self.runtime.detections_json(
+            det.bboxes, det.scores, det.labels), bytes=len(data))
+        if self.report_sink is not None:
+            self.report_sink(body)
+        return Reply(200, dict(image_id=det.img_id, boxes=len(det.labels), bytes=len(data)), {})
 
     async def _run(self, data: bytes) -> Reply:
         try:

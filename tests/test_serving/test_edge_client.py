@@ -8,6 +8,7 @@ import json
 import os.path as osp
 import threading
 
+import httpx
 import pytest
 import torch
 
@@ -100,16 +101,17 @@ EXIT = dict(  # a small untrained exit; score_thr 0 so that it still reports box
 
 def test_edge_finished_and_offloaded_images_merge_like_predict(served_model, server, tmp_path,
                                                                token_file, capsys):
-    """With an exit and a router, some images finish on the edge (no request) and the rest go
-    to the same server (the exit is not in the fingerprint): the tool's results are still the
-    in-process deployment path's."""
+    """With an exit and a router, some images finish on the edge (only their detections report
+    goes up, to /v1/report) and the rest go to the same server (the exit is not in the
+    fingerprint): the tool's results are still the in-process deployment path's."""
     import edge_client
     from mmengine.runner import save_checkpoint
 
     from ecc_mmdet.apis import (build_detector, build_test_dataset, iter_batches,
                                 load_config)
     cfg = load_config(served_model['config'])
-    cfg.model.update(edge_exit=EXIT, router=dict(type='RandomRouter', threshold=0.5))
+    cfg.model.update(edge_exit=EXIT, router=dict(type='RandomRouter', threshold=0.5),
+                     edge_report=dict(score_thr=0.0))  # edge-finished images report up
     config, ckpt = str(tmp_path / 'dynamic.py'), str(tmp_path / 'dynamic.pth')
     cfg.dump(config)
     torch.manual_seed(3)
@@ -127,8 +129,12 @@ def test_edge_finished_and_offloaded_images_merge_like_predict(served_model, ser
                              str(out), '--timings', str(timings)]) == 0
     rows = {r['img_id']: r for r in json.loads(timings.read_text())['images']}
     assert {r['tier'] for r in rows.values()} == {'cloud', 'edge_main'}
-    for r in rows.values():
-        assert (r['bytes'] > 0) == (r['tier'] == 'cloud') == (r['server_ms'] is not None)
+    for r in rows.values():  # every image sent something: features, or its report
+        assert r['bytes'] > 0 and (r['tier'] == 'cloud') == (r['server_ms'] is not None)
+    received = [line for line in httpx.get(server + '/metrics').text.splitlines()
+                if line.startswith('ecc_requests_total{route="report",status="200"}')]
+    n_edge = sum(r['tier'] == 'edge_main' for r in rows.values())
+    assert received and float(received[0].split()[-1]) >= n_edge
     results = json.loads(out.read_text())
     for img_id, res in preds.items():
         inst = res.pred_instances

@@ -79,7 +79,7 @@ def test_refusals_name_the_problem_and_the_server_keeps_serving(server, served_p
     assert proc.poll() is None
     metrics = httpx.get(url + '/metrics').text
     for status in ('200', '400', '401', '403', '409', '413', '415'):
-        assert f'ecc_requests_total{{status="{status}"}}' in metrics
+        assert f'ecc_requests_total{{route="detect",status="{status}"}}' in metrics
     assert TOKEN not in metrics
 
 
@@ -177,3 +177,34 @@ def test_bounded_fuzz_run(server, served_payloads, served_detector):
             else:
                 assert resp.json()['error'], case.kind
     assert proc.poll() is None and post(url, served_payloads[0]).status_code == 200
+
+
+def test_edge_reports_are_validated_and_collected(served_model, served_detector,
+                                                  served_payloads, tmp_path):
+    """POST /v1/report: a DETECTIONS message of this model is accepted and written to the
+    sink; another model's, a feature payload, and a report sent as features are refused."""
+    import json
+
+    import numpy as np
+
+    from ecc_mmdet.codecs.detections import pack_detections
+    fp = served_detector.model_fingerprint()
+    report = pack_detections(7, np.array([[1.0, 2.0, 30.0, 40.0]]), [0.9], [2], fingerprint=fp)
+    sink = tmp_path / 'reports.jsonl'
+    with cloud_server(served_model, tmp_path, '--reports-out', sink) as (url, _):
+        r = httpx.post(url + '/v1/report', content=report, headers=AUTH, timeout=30)
+        assert r.status_code == 200 and r.json() == dict(image_id=7, boxes=1, bytes=len(report))
+        foreign = pack_detections(7, np.zeros((0, 4)), [], [], fingerprint=bytes(8 * [5]))
+        for data, status, error in ((foreign, 409, 'ModelMismatchError'),
+                                    (served_payloads[0], 400, 'CodecMismatchError'),
+                                    (report[:-1], 400, 'TruncatedBitstreamError')):
+            r = httpx.post(url + '/v1/report', content=data, headers=AUTH, timeout=30)
+            assert (r.status_code, r.json()['error']) == (status, error)
+        r = post(url, report)  # a report is not a feature payload
+        assert (r.status_code, r.json()['error']) == (400, 'CodecMismatchError')
+        assert httpx.post(url + '/v1/report', content=report, timeout=30).status_code == 401
+    lines = [json.loads(x) for x in sink.read_text().splitlines()]
+    assert len(lines) == 1 and lines[0]['image_id'] == 7
+    det = lines[0]['detections'][0]
+    assert det['bbox'] == [1.0, 2.0, 30.0, 40.0] and det['label'] == 2
+    assert det['class_name'] == 'triangle' and abs(det['score'] - 230 / 255) < 1e-6
