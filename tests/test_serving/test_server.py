@@ -208,3 +208,46 @@ def test_edge_reports_are_validated_and_collected(served_model, served_detector,
     det = lines[0]['detections'][0]
     assert det['bbox'] == [1.0, 2.0, 30.0, 40.0] and det['label'] == 2
     assert det['class_name'] == 'triangle' and abs(det['score'] - 230 / 255) < 1e-6
+
+
+def test_several_uvicorn_workers_from_the_app_factory(served_model, served_detector,
+                                                       served_payloads, tmp_path):
+    """The README's multi-process deployment: ``uvicorn --factory ...app_from_env --workers 2``
+    (each worker builds its own model from the environment) answers like the single server."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from serving_utils import REPO, wait_ready
+    with socket.socket() as s:  # a free port (uvicorn's --workers needs a number)
+        s.bind(('127.0.0.1', 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, ECC_SERVE_CONFIG=served_model['config'], OMP_NUM_THREADS='1',
+               ECC_SERVE_CHECKPOINT=served_model['checkpoint'], ECC_SERVE_TOKEN=TOKEN)
+    env.pop('ECC_SERVE_TOKEN_FILE', None)
+    log = open(tmp_path / 'uvicorn.log', 'w+')
+    proc = subprocess.Popen([sys.executable, '-m', 'uvicorn', '--factory',
+                             'ecc_mmdet.serving.app:app_from_env', '--host', '127.0.0.1',
+                             '--port', str(port), '--workers', '2', '--log-level', 'warning'],
+                            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
+    proc.log = log
+    url = f'http://127.0.0.1:{port}'
+    try:
+        wait_ready(url, proc)
+        ref = served_detector.decode_and_predict(served_payloads[:1])[0].pred_instances
+        for _ in range(4):
+            resp = post(url, served_payloads[0])
+            assert resp.status_code == 200, resp.text
+            assert [d['score'] for d in resp.json()['detections']] == pytest.approx(
+                ref.scores.tolist(), abs=1e-6)
+        assert post(url, served_payloads[0], headers={}).status_code == 401
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+    assert TOKEN not in (tmp_path / 'uvicorn.log').read_text()
