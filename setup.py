@@ -18,7 +18,7 @@ setup(
     description='Edge-cloud collaborative object detection for MMDetection 3.x',
     long_description=(HERE / 'README.md').read_text() if (HERE / 'README.md').exists() else '',
     long_description_content_type='text/markdown',
-    packages=find_packages(include=['ecc_mmdet', 'ecc_mmdet.*']),
+    packages=find_packages(include=['ecc_mmdet', 'ecc_mmdet.*', 'ecc_edge', 'ecc_edge.*']),
     python_requires='>=3.9',
     install_requires=[
         'mmengine>=0.10.0,<0.11',

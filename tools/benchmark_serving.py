@@ -111,7 +111,7 @@ def _other_model_payload(model, images):
     """A valid payload of another checkpoint: the same model with perturbed edge weights."""
     import copy
 
-    from ecc_mmdet.codecs.bitstream import pack, unpack
+    from ecc_edge.codecs.bitstream import pack, unpack
     other = copy.deepcopy(model)
     import torch
     with torch.no_grad():

@@ -1,20 +1,14 @@
-"""Payload framing (:mod:`.bitstream`) and lossless range coding (:mod:`.range_coding`).
+"""The bitstream codecs now live in the torch-free :mod:`ecc_edge.codecs` (an edge device
+imports them without PyTorch or MMDetection); ``ecc_mmdet.codecs`` and its submodules stay
+importable as the very same modules."""
+import sys
 
-Nothing here imports torch or mmdet: the framing carries the image meta a detector needs as
-plain numbers. The per-image byte record that evaluators read (a ``DetDataSample`` matter) lives
-in :mod:`ecc_mmdet.structures`.
-"""
-from .bitstream import (FINGERPRINT_BYTES, FORMAT_VERSION, MAGIC, NO_FINGERPRINT, BitstreamError,
-                        CodecId, CodecMismatchError, ImageCodecId, MessageType, ModelMismatchError,
-                        CorruptedBitstreamError, ImageMeta, Payload, TruncatedBitstreamError,
-                        UnsupportedVersionError, as_bytes, framing_overhead, pack, unpack)
-from .range_coding import (decode_with_cdf_tables, decode_with_histogram,
-                           encode_with_cdf_tables, encode_with_histogram)
+from ecc_edge import codecs as _codecs
+from ecc_edge.codecs import bitstream, detections, range_coding
+from ecc_edge.codecs import *  # noqa: F401,F403
 
-__all__ = [
-    'FINGERPRINT_BYTES', 'FORMAT_VERSION', 'MAGIC', 'NO_FINGERPRINT', 'BitstreamError', 'CodecId',
-    'CodecMismatchError', 'ImageCodecId', 'MessageType', 'ModelMismatchError',
-    'CorruptedBitstreamError', 'ImageMeta', 'Payload', 'TruncatedBitstreamError',
-    'UnsupportedVersionError', 'as_bytes', 'framing_overhead', 'pack', 'unpack',
-    'encode_with_cdf_tables', 'decode_with_cdf_tables', 'encode_with_histogram', 'decode_with_histogram'
-]
+for _name, _module in (('bitstream', bitstream), ('detections', detections),
+                       ('range_coding', range_coding)):
+    sys.modules[f'{__name__}.{_name}'] = _module
+
+__all__ = list(_codecs.__all__)

@@ -4,7 +4,7 @@ A cloud that holds another checkpoint than the edge would decode a payload into 
 without any error (the symbols decode fine; they just mean something else). The edge writes an
 8-byte digest of everything that decides the uplink bitstream -- the edge backbone stages, the
 compressor's edge modules and its entropy coding tables -- into each header, and the cloud
-refuses a payload whose digest is not its own (:class:`~ecc_mmdet.codecs.ModelMismatchError`).
+refuses a payload whose digest is not its own (:class:`~ecc_edge.codecs.ModelMismatchError`).
 
 The full model computes the digest from its weights (cached until a tensor changes in place).
 An edge-only or cloud-only build lacks half of those weights, so it carries the full model's
@@ -17,7 +17,7 @@ from typing import List
 import torch
 from torch import nn
 
-from ..codecs.bitstream import FINGERPRINT_BYTES
+from ecc_edge.codecs.bitstream import FINGERPRINT_BYTES
 
 __all__ = ['BUFFER_NAME', 'compute_fingerprint', 'model_fingerprint', 'pin_fingerprint']
 

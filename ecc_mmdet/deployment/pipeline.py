@@ -14,7 +14,7 @@ import torch
 from mmdet.structures import DetDataSample
 from torch import Tensor
 
-from ..codecs.detections import FRAMING_BYTES as DETECTIONS_FRAMING
+from ecc_edge.codecs.detections import FRAMING_BYTES as DETECTIONS_FRAMING
 from ..structures import comm_record
 from .meter import BatchTrace, DeploymentMeter
 

@@ -9,7 +9,7 @@ Differences from CompressAI, and why:
 
 * The coding tables are integer *frequencies* (pmf, total ``2**table_precision``, every
   in-support symbol >= 1, one overflow bin) computed in float64 on the CPU, coded with
-  ``constriction`` by :mod:`ecc_mmdet.codecs.range_coding`; out-of-support values are escaped
+  ``constriction`` by :mod:`ecc_edge.codecs.range_coding`; out-of-support values are escaped
   and coded exactly, so compression is lossless for any finite latent.
 * The tables live in buffers (``_pmf_table``, ``_pmf_length``, ``_offset``) that
   ``_load_from_state_dict`` resizes to the checkpoint's shapes -- CompressAI's classic "size
@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..codecs.range_coding import CodingTables, decode_with_cdf_tables, encode_with_cdf_tables
+from ecc_edge.codecs.range_coding import CodingTables, decode_with_cdf_tables, encode_with_cdf_tables
 
 __all__ = ['FactorizedEntropyModel']
 

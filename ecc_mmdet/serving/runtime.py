@@ -12,7 +12,7 @@ from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 import torch
 from mmengine.runner import load_checkpoint
 
-from ..codecs.bitstream import BitstreamError, Payload
+from ecc_edge.codecs.bitstream import BitstreamError, Payload
 from ..deployment import DeploymentMeter, run_cloud
 from ..structures import comm_record
 from ..utils.config_checks import ConfigError

@@ -39,8 +39,8 @@ from typing import AsyncIterator, Callable, Dict, Mapping, NamedTuple, Optional
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from ..codecs.bitstream import BitstreamError, ModelMismatchError
-from ..codecs.detections import unpack_detections
+from ecc_edge.codecs.bitstream import BitstreamError, ModelMismatchError
+from ecc_edge.codecs.detections import unpack_detections
 from .batching import DynamicBatcher, QueueFullError
 from .runtime import CloudRuntime, LimitExceededError
 

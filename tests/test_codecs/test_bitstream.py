@@ -5,7 +5,7 @@ import zlib
 import numpy as np
 import pytest
 
-from ecc_mmdet.codecs.bitstream import (FORMAT_VERSION, MAGIC, NO_FINGERPRINT, BitstreamError,
+from ecc_edge.codecs.bitstream import (FORMAT_VERSION, MAGIC, NO_FINGERPRINT, BitstreamError,
                                         CodecId, CodecMismatchError, CorruptedBitstreamError,
                                         ImageCodecId, ImageMeta, MessageType, ModelMismatchError,
                                         Payload, TruncatedBitstreamError,

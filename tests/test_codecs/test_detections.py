@@ -4,11 +4,11 @@ import struct
 import numpy as np
 import pytest
 
-from ecc_mmdet.codecs import BitstreamError
-from ecc_mmdet.codecs.bitstream import (CodecId, CodecMismatchError, CorruptedBitstreamError,
+from ecc_edge.codecs import BitstreamError
+from ecc_edge.codecs.bitstream import (CodecId, CodecMismatchError, CorruptedBitstreamError,
                                         ImageMeta, MessageType, ModelMismatchError, Payload,
                                         TruncatedBitstreamError, pack)
-from ecc_mmdet.codecs.detections import (FRAMING_BYTES, MAX_BOXES, pack_detections,
+from ecc_edge.codecs.detections import (FRAMING_BYTES, MAX_BOXES, pack_detections,
                                          unpack_detections)
 
 

@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from ecc_mmdet.codecs.bitstream import CorruptedBitstreamError
-from ecc_mmdet.codecs.range_coding import (decode_with_cdf_tables, decode_with_histogram,
+from ecc_edge.codecs.bitstream import CorruptedBitstreamError
+from ecc_edge.codecs.range_coding import (decode_with_cdf_tables, decode_with_histogram,
                                            encode_with_cdf_tables, encode_with_histogram)
 
 INT32_MIN, INT32_MAX = -2**31, 2**31 - 1

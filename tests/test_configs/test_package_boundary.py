@@ -14,8 +14,10 @@ def test_apis_import_from_outside_the_repository(tmp_path):
         before = list(sys.path)
         import ecc_mmdet.apis
         repo = {REPO!r}
-        # the package itself and the installed environment (a venv may live in the checkout)
-        allowed = (os.path.join(repo, 'ecc_mmdet') + os.sep, os.path.abspath(sys.prefix) + os.sep)
+        # the installed packages (ecc_mmdet and the torch-free ecc_edge it codes with) and the
+        # installed environment (a venv may live in the checkout)
+        allowed = (os.path.join(repo, 'ecc_mmdet') + os.sep, os.path.join(repo, 'ecc_edge') + os.sep,
+                   os.path.abspath(sys.prefix) + os.sep)
         outside = sorted(name for name, mod in list(sys.modules.items())
                          if getattr(mod, '__file__', None)
                          and os.path.abspath(mod.__file__).startswith(repo + os.sep)

@@ -153,7 +153,7 @@ def test_edge_build_plus_cloud_build_equal_the_full_model_with_exit_and_router()
 
 def test_a_cloud_refuses_payloads_of_another_checkpoint(sides):
     """The fingerprint survives export and reload of a side, and tells checkpoints apart."""
-    from ecc_mmdet.codecs import ModelMismatchError
+    from ecc_edge.codecs import ModelMismatchError
     model, edge, _ = sides
     inputs, samples = fake_batch(model, n=1, seed=4)
     payload = edge.encode(inputs, copy.deepcopy(samples))

@@ -4,7 +4,7 @@ import io
 import pytest
 import torch
 
-from ecc_mmdet.codecs.bitstream import (CodecId, CorruptedBitstreamError, ImageMeta, Payload,
+from ecc_edge.codecs.bitstream import (CodecId, CorruptedBitstreamError, ImageMeta, Payload,
                                         pack, unpack)
 from ecc_mmdet.entropy_models import FactorizedEntropyModel
 

@@ -13,7 +13,7 @@ from mmdet.registry import MODELS
 
 import ecc_mmdet.models.compressors  # noqa: F401  (registers the necks)
 from conftest import fit_neck
-from ecc_mmdet.codecs.bitstream import (CodecId, CorruptedBitstreamError, ImageMeta, Payload,
+from ecc_edge.codecs.bitstream import (CodecId, CorruptedBitstreamError, ImageMeta, Payload,
                                         pack, unpack)
 from ecc_mmdet.models.compressors import (BaseFeatureCompressor, EntropyBottleneckNeck,
                                           Float16Neck, Float32Neck, QuantizeNeck)

@@ -252,7 +252,7 @@ def test_learned_router_trains_only_itself_and_refuses_other_exits(model):
 
 
 def test_edge_finished_images_can_report_their_detections(model):
-    from ecc_mmdet.codecs.detections import FRAMING_BYTES, unpack_detections
+    from ecc_edge.codecs.detections import FRAMING_BYTES, unpack_detections
     m = copy.deepcopy(model)
     m.edge_report = dict(score_thr=0.0, max_boxes=5)
     inputs, samples = fake_batch(m, n=6, seed=3)

@@ -8,7 +8,7 @@ from mmdet.registry import MODELS
 
 import ecc_mmdet  # noqa: F401
 from ecc_mmdet.structures import read as read_comm
-from ecc_mmdet.codecs.bitstream import BitstreamError, CodecMismatchError, CorruptedBitstreamError
+from ecc_edge.codecs.bitstream import BitstreamError, CodecMismatchError, CorruptedBitstreamError
 from ecc_mmdet.utils import ConfigError
 from ecc_mmdet.deployment import DeploymentMeter
 from ecc_mmdet.utils.flops import FlopCache

@@ -7,8 +7,8 @@ import torch.nn.functional as F
 from mmdet.registry import MODELS
 
 import ecc_mmdet  # noqa: F401
-from ecc_mmdet.codecs.bitstream import CodecId, CorruptedBitstreamError, pack, unpack
-from ecc_mmdet.codecs.bitstream import ImageMeta, Payload
+from ecc_edge.codecs.bitstream import CodecId, CorruptedBitstreamError, pack, unpack
+from ecc_edge.codecs.bitstream import ImageMeta, Payload
 from ecc_mmdet.models.compressors import VariableRateBottleneckNeck
 
 from conftest import fake_batch, fit_neck, split_cfg, tiny_model_cfg

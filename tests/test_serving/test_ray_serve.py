@@ -185,7 +185,7 @@ def test_round_trip_through_ray_equals_in_process_decode(ray_server, served_dete
 
 
 def test_refusals_through_ray_and_the_deployment_keeps_serving(ray_server, served_payloads):
-    from ecc_mmdet.codecs import bitstream
+    from ecc_edge.codecs import bitstream
     url, good = ray_server['url'], served_payloads[0]
     cases = [
         (good, {'Authorization': None}, 401, 'Unauthorized'),

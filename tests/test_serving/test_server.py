@@ -187,7 +187,7 @@ def test_edge_reports_are_validated_and_collected(served_model, served_detector,
 
     import numpy as np
 
-    from ecc_mmdet.codecs.detections import pack_detections
+    from ecc_edge.codecs.detections import pack_detections
     fp = served_detector.model_fingerprint()
     report = pack_detections(7, np.array([[1.0, 2.0, 30.0, 40.0]]), [0.9], [2], fingerprint=fp)
     sink = tmp_path / 'reports.jsonl'

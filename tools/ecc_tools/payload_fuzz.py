@@ -14,7 +14,7 @@ from typing import List, NamedTuple, Sequence
 
 import numpy as np
 
-from ecc_mmdet.codecs.bitstream import (CodecId, ImageMeta, MessageType, Payload, pack, unpack)
+from ecc_edge.codecs.bitstream import (CodecId, ImageMeta, MessageType, Payload, pack, unpack)
 
 __all__ = ['FuzzCase', 'fuzz_cases', 'check_boxes']
 

@@ -11,11 +11,11 @@ the same shape for the cloud. It has two paths that must agree:
   ``decompress(codec_params, body, latent_shape, rate_point) -> (1, C, H, W)`` on the cloud. The
   triple plus the rate point (``header_rate_point`` at compress time; None for single-rate
   necks) is everything the decoder needs besides the module's own weights; the detector frames
-  it with :func:`ecc_mmdet.codecs.bitstream.pack` (the rate point travels in the header), the
+  it with :func:`ecc_edge.codecs.bitstream.pack` (the rate point travels in the header), the
   neck never builds payloads.
 
 ``decompress`` validates what it is given and raises
-:class:`~ecc_mmdet.codecs.bitstream.CorruptedBitstreamError` (a ``ValueError``) for impossible
+:class:`~ecc_edge.codecs.bitstream.CorruptedBitstreamError` (a ``ValueError``) for impossible
 headers or bodies, never a deep torch error; ``TypeError`` only when ``codec_params``/``body``
 are not bytes-like.
 """
@@ -29,7 +29,7 @@ import torch
 from mmengine.model import BaseModule
 from torch import Tensor, nn
 
-from ...codecs.bitstream import CodecId, CorruptedBitstreamError
+from ecc_edge.codecs.bitstream import CodecId, CorruptedBitstreamError
 
 __all__ = ['BaseFeatureCompressor', 'CompressedImage', 'MAX_DECODED_ELEMENTS']
 

@@ -11,7 +11,7 @@ need the crop, and the decoder must know (H, W).
 Payload parts of one image:
 
 * codec_params: ``u32 H, u32 W`` (little-endian) -- the feature map's size, for the crop;
-* body: the entropy model's range-coded symbols (see :mod:`ecc_mmdet.codecs.range_coding`);
+* body: the entropy model's range-coded symbols (see :mod:`ecc_edge.codecs.range_coding`);
 * latent_shape: ``(latent_channels, ceil(H / downsample), ceil(W / downsample))``, checked
   against (H, W) on decode.
 
@@ -45,7 +45,7 @@ from mmcv.cnn import build_activation_layer
 from mmdet.registry import MODELS
 from torch import Tensor, nn
 
-from ...codecs.bitstream import CodecId, CorruptedBitstreamError, as_bytes
+from ecc_edge.codecs.bitstream import CodecId, CorruptedBitstreamError, as_bytes
 from ...entropy_models import FactorizedEntropyModel
 from .base import MAX_DECODED_ELEMENTS, BaseFeatureCompressor, CompressedImage
 

@@ -18,7 +18,7 @@ import torch
 from mmdet.registry import MODELS
 from torch import Tensor
 
-from ...codecs.bitstream import CodecId, CorruptedBitstreamError, as_bytes
+from ecc_edge.codecs.bitstream import CodecId, CorruptedBitstreamError, as_bytes
 from .base import BaseFeatureCompressor, CompressedImage
 
 __all__ = ['Float16Neck', 'Float32Neck']

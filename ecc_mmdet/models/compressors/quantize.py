@@ -8,7 +8,7 @@ outside are clipped). With ``L = 2**n_bits - 1`` and ``s_c = (hi_c - lo_c) / L``
     x_hat = lo_c + q * s_c
 
 so ``|x - x_hat| <= s_c / 2`` for unclipped values. The symbols ``q`` of one image (C order) are
-coded with :func:`~ecc_mmdet.codecs.range_coding.encode_with_histogram`, whose body starts with
+coded with :func:`~ecc_edge.codecs.range_coding.encode_with_histogram`, whose body starts with
 the image's own histogram (``2**n_bits`` LEB128 counts: a few hundred bytes at 8 bits, >= 64 KiB
 at 16 bits -- the histogram coder is meant for small alphabets).
 
@@ -31,8 +31,8 @@ import torch
 from mmdet.registry import MODELS
 from torch import Tensor
 
-from ...codecs.bitstream import CodecId, CorruptedBitstreamError, as_bytes
-from ...codecs.range_coding import decode_with_histogram, encode_with_histogram
+from ecc_edge.codecs.bitstream import CodecId, CorruptedBitstreamError, as_bytes
+from ecc_edge.codecs.range_coding import decode_with_histogram, encode_with_histogram
 from .base import BaseFeatureCompressor, CompressedImage
 
 __all__ = ['QuantizeNeck']

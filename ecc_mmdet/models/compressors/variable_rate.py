@@ -22,7 +22,7 @@ import torch
 from mmdet.registry import MODELS
 from torch import Tensor, nn
 
-from ...codecs.bitstream import CodecId, CorruptedBitstreamError
+from ecc_edge.codecs.bitstream import CodecId, CorruptedBitstreamError
 from ...entropy_models import FactorizedEntropyModel
 from .entropy_bottleneck import EntropyBottleneckNeck
 

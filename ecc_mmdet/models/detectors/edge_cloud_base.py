@@ -20,8 +20,8 @@ from mmdet.registry import MODELS
 from mmdet.structures import DetDataSample
 from torch import Tensor
 
-from ...codecs.bitstream import CorruptedBitstreamError, ImageMeta, Payload, pack, unpack
-from ...codecs.detections import pack_detections
+from ecc_edge.codecs.bitstream import CorruptedBitstreamError, ImageMeta, Payload, pack, unpack
+from ecc_edge.codecs.detections import pack_detections
 from ...deployment.fingerprint import model_fingerprint
 from ...deployment.meter import DeploymentMeter
 from ...deployment import sides
@@ -58,7 +58,7 @@ class EdgeCloudDetectorMixin:
             (or without an exit) every image goes to the cloud.
         edge_report: ``dict(score_thr=0.3, max_boxes=100)`` makes every image finished on the
             edge send its detections (scores >= score_thr, the top max_boxes) as a compact report
-            (:mod:`ecc_mmdet.codecs.detections`, ~10 bytes a box) whose real bytes are counted,
+            (:mod:`ecc_edge.codecs.detections`, ~10 bytes a box) whose real bytes are counted,
             for applications that need every result centrally; None (default) sends nothing.
         calibrate_scores: map each tier's scores to P(true positive) before merging (the maps are
             fitted on the calibration split by ``RouterCalibrationHook`` / the benchmark); the
@@ -433,7 +433,7 @@ class EdgeCloudDetectorMixin:
                            rescale: bool = True) -> List[DetDataSample]:
         """Cloud side: payloads -> detections in original-image coordinates.
 
-        Raises a :class:`~ecc_mmdet.codecs.bitstream.BitstreamError` subclass for a truncated,
+        Raises a :class:`~ecc_edge.codecs.bitstream.BitstreamError` subclass for a truncated,
         corrupted, wrong-version or wrong-codec payload. ``batch_data_samples`` (optional) are
         the samples to fill (evaluation keeps ids and ground truth on them); their image meta is
         replaced by what the payload carries, as in deployment.

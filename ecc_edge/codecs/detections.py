@@ -12,7 +12,7 @@ edge model's fingerprint, no latent, no image meta, CRC); its body (little-endia
 
 Boxes are rounded to whole pixels and scores to 1/255: the report is for collection and
 display, not for re-scoring. :func:`unpack_detections` raises only
-:class:`~ecc_mmdet.codecs.bitstream.BitstreamError` subclasses for any input and allocates no more
+:class:`~ecc_edge.codecs.bitstream.BitstreamError` subclasses for any input and allocates no more
 than the input's length implies; it also refuses boxes whose x2 < x1 or y2 < y1 (a CRC is not
 authentication: a forged report with a valid checksum still cannot yield an impossible box).
 """
