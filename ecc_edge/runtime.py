@@ -1,0 +1,186 @@
+"""The light edge runtime: an image -> the payload the cloud server decodes, with ONNX Runtime,
+OpenCV/numpy and constriction only (no torch, mmdet, mmcv or ecc_mmdet).
+
+``tools/export_edge_onnx.py`` writes the two files this reads: ``edge.onnx`` (normalised padded
+image -> the compressor's latent) and ``edge.json`` (the sidecar: preprocessing, coding tables,
+strides, fingerprints, class names; see :mod:`ecc_mmdet.deployment.edge_export`). The steps
+mirror the PyTorch edge exactly:
+
+1. mmdet's test preprocessing: OpenCV bilinear resize with mmcv's rescale rule (keep_ratio) or
+   to the fixed scale, BGR->RGB, (x - mean) / std in float32, zero padding to the size divisor;
+2. the graph (ONNX Runtime, CPU);
+3. the entropy model's ``compress``: symbols = round-half-even(latent - median), range-coded
+   with the same integer tables; codec params = the feature map's (H, W) from the strides;
+4. framing (:func:`ecc_edge.codecs.pack`) with the image meta, rate point and the model
+   fingerprint of the PyTorch model the graph was exported from.
+
+Float differences between ONNX Runtime and PyTorch can move a latent value across a rounding
+boundary: that symbol then differs by one. The coder codes any int32 value, so the payload
+stays decodable (never a desynchronised decoder); the benchmark reports how often it happens.
+"""
+import hashlib
+import json
+import os.path as osp
+import struct
+import time
+from typing import Dict, NamedTuple, Optional, Tuple, Union
+
+import numpy as np
+
+from .codecs.bitstream import CodecId, ImageMeta, Payload, pack
+from .codecs.range_coding import CodingTables, encode_with_cdf_tables
+
+__all__ = ['EdgeRuntimeError', 'LightEdge', 'LightResult', 'load_sidecar']
+
+SIDECAR_FORMAT = 'ecc_edge_sidecar'
+SIDECAR_VERSION = 1
+
+
+class EdgeRuntimeError(ValueError):
+    """A graph or sidecar the runtime cannot use, or an image it cannot read."""
+
+
+class LightResult(NamedTuple):
+    payload: bytes
+    meta: ImageMeta
+    symbols: np.ndarray  # (C, h, w) int32, what was range-coded
+    timings_ms: Dict[str, float]  # preprocess, graph, encode
+
+
+def _digest(sidecar: Dict) -> str:
+    body = {k: v for k, v in sidecar.items() if k != 'sidecar_sha256'}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(',', ':')).encode()
+                          ).hexdigest()
+
+
+def load_sidecar(path: str) -> Dict:
+    """Read and check a sidecar (format, version, its own checksum, the fields used)."""
+    try:
+        with open(path) as f:
+            side = json.load(f)
+    except (OSError, ValueError) as e:
+        raise EdgeRuntimeError(f'sidecar {path}: not readable JSON ({e})') from None
+    if not isinstance(side, dict) or side.get('format') != SIDECAR_FORMAT:
+        raise EdgeRuntimeError(f'{path} is not an ecc_edge sidecar (tools/export_edge_onnx.py '
+                               'writes one beside edge.onnx)')
+    if side.get('version') != SIDECAR_VERSION:
+        raise EdgeRuntimeError(f'sidecar version {side.get("version")}; this runtime reads '
+                               f'{SIDECAR_VERSION}: export the edge again')
+    if side.get('sidecar_sha256') != _digest(side):
+        raise EdgeRuntimeError(f'sidecar {path} is corrupted or was edited (its checksum does '
+                               'not match its content): export the edge again')
+    return side
+
+
+class LightEdge:
+    """The edge of a split detector on ONNX Runtime.
+
+    Args:
+        graph: path of ``edge.onnx``.
+        sidecar: path of its sidecar (default: ``edge.json`` beside the graph).
+        threads: ONNX Runtime intra-op threads (1: a small device's single core).
+    """
+
+    def __init__(self, graph: str, sidecar: Optional[str] = None, threads: int = 1):
+        import onnxruntime as ort
+        sidecar = sidecar or osp.join(osp.dirname(graph), 'edge.json')
+        self.sidecar = side = load_sidecar(sidecar)
+        try:
+            with open(graph, 'rb') as f:
+                data = f.read()
+        except OSError as e:
+            raise EdgeRuntimeError(f'edge graph {graph}: {e}') from None
+        if hashlib.sha256(data).hexdigest() != side['graph_sha256']:
+            raise EdgeRuntimeError(f'{sidecar} belongs to another graph than {graph} (graph '
+                                   'SHA-256 mismatch): use the pair export_edge_onnx wrote')
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = int(threads)
+        opts.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(data, opts, providers=['CPUExecutionProvider'])
+        pre, codec = side['preprocess'], side['codec']
+        self.pre = pre
+        self.mean = np.asarray(pre['mean'], np.float32).reshape(1, 3, 1, 1)
+        self.std = np.asarray(pre['std'], np.float32).reshape(1, 3, 1, 1)
+        self.codec_id = CodecId(codec['codec_id'])
+        self.rate_point = codec['rate_point']
+        self.medians = np.asarray(codec['medians'], np.float32).reshape(-1, 1, 1)
+        width = max(codec['lengths'])
+        pmf = np.zeros((len(codec['pmf_table']), width), np.int64)
+        for i, row in enumerate(codec['pmf_table']):
+            pmf[i, :len(row)] = row
+        self.tables = CodingTables(pmf, np.asarray(codec['offsets']),
+                                   np.asarray(codec['lengths']))
+        self.strides = [int(s) for s in side['feature_strides']]
+        self.fingerprint = bytes.fromhex(side['model_fingerprint'])
+        self.class_names = side.get('class_names')
+
+    # ------------------------------------------------------------------ steps
+    def read(self, image: Union[str, np.ndarray]) -> np.ndarray:
+        """A path (decoded like mmdet's LoadImageFromFile: colour, BGR) or a BGR uint8 array."""
+        import cv2
+        if isinstance(image, np.ndarray):
+            img = image
+        else:
+            img = cv2.imread(str(image), cv2.IMREAD_COLOR)
+            if img is None:
+                raise EdgeRuntimeError(f'cannot read an image from {image}')
+        if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8 or min(img.shape[:2]) < 1:
+            raise EdgeRuntimeError(f'expected an (H, W, 3) uint8 BGR image, got {img.dtype} '
+                                   f'{img.shape}')
+        return img
+
+    def preprocess(self, img: np.ndarray) -> Tuple[np.ndarray, ImageMeta]:
+        """BGR uint8 image -> (1, 3, H, W) float32 network input and its image meta."""
+        import cv2
+        h, w = img.shape[:2]
+        resize = self.pre['resize']
+        if resize is not None:
+            sw, sh = resize['scale']
+            if resize['keep_ratio']:  # mmcv.rescale_size
+                f = min(max(sw, sh) / max(h, w), min(sw, sh) / min(h, w))
+                nw, nh = int(w * f + 0.5), int(h * f + 0.5)
+            else:
+                nw, nh = sw, sh
+            img = cv2.resize(img, (nw, nh), interpolation=cv2.INTER_LINEAR)
+        nh, nw = img.shape[:2]
+        x = img[..., ::-1] if self.pre['bgr_to_rgb'] else img
+        x = np.ascontiguousarray(x.transpose(2, 0, 1))[None].astype(np.float32)
+        x = (x - self.mean) / self.std
+        d = self.pre['pad_size_divisor']
+        ph, pw = -(-nh // d) * d, -(-nw // d) * d
+        if (ph, pw) != (nh, nw):
+            x = np.pad(x, ((0, 0), (0, 0), (0, ph - nh), (0, pw - nw)),
+                       constant_values=self.pre['pad_value'])
+        meta = ImageMeta(ori_shape=(h, w), img_shape=(nh, nw), batch_input_shape=(ph, pw),
+                         scale_factor=(nw / w, nh / h))
+        return x, meta
+
+    def feature_size(self, h: int, w: int) -> Tuple[int, int]:
+        for s in self.strides:
+            h, w = -(-h // s), -(-w // s)
+        return h, w
+
+    def symbols(self, x: np.ndarray) -> np.ndarray:
+        """Network input -> (C, h, w) int32 symbols (the entropy model's rounding)."""
+        y = self.session.run(None, {'input': x})[0][0]
+        sym = np.round(y - self.medians)  # half to even, as torch.round
+        if not np.isfinite(sym).all() or (sym.size and np.abs(sym).max() >= 2**31):
+            raise EdgeRuntimeError('the latent has non-finite or out-of-range values')
+        return sym.astype(np.int32)
+
+    def process(self, image: Union[str, np.ndarray]) -> LightResult:
+        """Image -> the framed payload the cloud server decodes."""
+        t0 = time.perf_counter()
+        x, meta = self.preprocess(self.read(image))
+        t1 = time.perf_counter()
+        sym = self.symbols(x)
+        t2 = time.perf_counter()
+        c, lh, lw = sym.shape
+        body = encode_with_cdf_tables(sym.reshape(c, -1), self.tables, None)
+        fh, fw = self.feature_size(*meta.batch_input_shape)
+        payload = pack(Payload(self.codec_id, (c, lh, lw), meta, struct.pack('<2I', fh, fw),
+                               body, rate_point=self.rate_point, fingerprint=self.fingerprint))
+        t3 = time.perf_counter()
+        return LightResult(payload, meta, sym, dict(preprocess=(t1 - t0) * 1e3,
+                                                    graph=(t2 - t1) * 1e3,
+                                                    encode=(t3 - t2) * 1e3))

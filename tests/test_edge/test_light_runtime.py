@@ -1,0 +1,117 @@
+"""The light edge runtime (ecc_edge): no torch/mmdet/mmcv in its process, its payloads decode on
+the PyTorch cloud, its symbols and preprocessing match the PyTorch edge, bad files are refused."""
+import json
+import os.path as osp
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import REPO
+
+
+@pytest.fixture(scope='module')
+def exported(served_model, served_detector, tmp_path_factory):
+    from ecc_mmdet.apis import load_config
+    from ecc_mmdet.deployment.edge_export import check_graph, export_edge_onnx
+    out = tmp_path_factory.mktemp('light')
+    cfg = load_config(served_model['config'])
+    graph, sidecar = export_edge_onnx(served_detector, cfg, str(out), ['a'] * 6)
+    assert check_graph(graph, served_detector) < 1e-3
+    return graph, sidecar
+
+
+def test_the_runtime_imports_without_torch_mmdet_mmcv(exported, served_model):
+    graph, _ = exported
+    image = sorted(__import__('glob').glob(osp.join(served_model['data_root'], 'val', '*')))[0]
+    code = f"""
+import sys
+from ecc_edge.runtime import LightEdge
+from ecc_edge.codecs import unpack
+edge = LightEdge({graph!r})
+res = edge.process({image!r})
+assert unpack(res.payload).latent_shape == res.symbols.shape
+heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'mmdet', 'mmcv',
+                                                              'mmengine', 'ecc_mmdet'))
+assert not heavy, heavy
+print('ok', len(res.payload))
+"""
+    proc = subprocess.run([sys.executable, '-c', code], cwd=REPO, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.startswith('ok'), proc.stderr[-2000:]
+
+
+def test_payloads_match_the_pytorch_edge_and_decode_on_the_cloud(exported, served_model,
+                                                                 served_detector):
+    from ecc_edge.codecs import unpack
+    from ecc_edge.runtime import LightEdge
+    from ecc_mmdet.apis import build_test_dataset, iter_batches, load_config
+    edge = LightEdge(exported[0])
+    cfg = load_config(served_model['config'])
+    dataset = build_test_dataset(cfg)
+    agree = total = 0
+    for (inputs, samples), info in zip(iter_batches(served_detector, dataset, batch_size=1),
+                                       dataset):
+        path = info['data_samples'].img_path
+        light = edge.process(path)
+        x, meta = edge.preprocess(edge.read(path))
+        # preprocessing equals mmdet's pipeline + data preprocessor, element for element
+        assert np.array_equal(x, inputs.numpy())
+        ref = served_detector.encode(inputs, samples)[0]
+        p, q = unpack(light.payload), unpack(ref)
+        assert (p.meta, p.latent_shape, p.codec_params, p.fingerprint, p.rate_point) == \
+            (q.meta, q.latent_shape, q.codec_params, q.fingerprint, q.rate_point)
+        with torch.no_grad():
+            f = served_detector.edge_features(inputs)
+            y = served_detector.compressor._latent(f)
+            med = served_detector.compressor.entropy_model._medians().view(1, -1, 1, 1)
+            sym = torch.round(y - med).to(torch.int32)[0].numpy()
+        agree += int((sym == light.symbols).sum())
+        total += sym.size
+        # the cloud decodes the light payload; with equal symbols the detections are equal
+        got = served_detector.decode_and_predict([light.payload])[0].pred_instances
+        want = served_detector.decode_and_predict([ref])[0].pred_instances
+        if np.array_equal(sym, light.symbols):
+            assert light.payload == ref
+            torch.testing.assert_close(got.bboxes, want.bboxes)
+        assert torch.isfinite(got.bboxes).all()
+    assert agree / total >= 0.999
+
+
+def test_bad_sidecars_graphs_and_images_are_refused(exported, tmp_path):
+    from ecc_edge.runtime import EdgeRuntimeError, LightEdge
+    graph, sidecar = exported
+    side = json.load(open(sidecar))
+    edited = dict(side, model_fingerprint='00' * 8)  # checksum no longer matches
+    bad = tmp_path / 'edited.json'
+    bad.write_text(json.dumps(edited))
+    with pytest.raises(EdgeRuntimeError, match='corrupted or was edited'):
+        LightEdge(graph, str(bad))
+    (tmp_path / 'junk.json').write_text('{not json')
+    with pytest.raises(EdgeRuntimeError, match='not readable JSON'):
+        LightEdge(graph, str(tmp_path / 'junk.json'))
+    other = tmp_path / 'other.onnx'
+    other.write_bytes(open(graph, 'rb').read() + b'\0')
+    with pytest.raises(EdgeRuntimeError, match='another graph'):
+        LightEdge(str(other), sidecar)
+    edge = LightEdge(graph, sidecar)
+    with pytest.raises(EdgeRuntimeError, match='cannot read an image'):
+        edge.process(str(tmp_path / 'missing.png'))
+    with pytest.raises(EdgeRuntimeError, match='uint8 BGR'):
+        edge.process(np.zeros((8, 8), np.uint8))
+
+
+def test_export_refuses_what_the_runtime_cannot_express(served_model, tmp_path):
+    from ecc_mmdet.apis import build_detector, load_config
+    from ecc_mmdet.deployment.edge_export import export_edge_onnx
+    from ecc_mmdet.utils import ConfigError
+    cfg = load_config(served_model['config'])
+    cfg.model.compressor = dict(type='QuantizeNeck', n_bits=8)
+    with pytest.raises(ConfigError, match='learned bottlenecks'):
+        export_edge_onnx(build_detector(cfg.model), cfg, str(tmp_path))
+    cfg = load_config(served_model['config'])
+    cfg.test_dataloader.dataset.pipeline.insert(1, dict(type='RandomFlip', prob=1.0))
+    with pytest.raises(ConfigError, match="cannot express the test transform 'RandomFlip'"):
+        export_edge_onnx(build_detector(cfg.model), cfg, str(tmp_path))
