@@ -33,18 +33,23 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
-import ecc_tools  # noqa: F401  (imports ecc_mmdet: registers our components)
-
-from ecc_mmdet.deployment.meter import EDGE_STEPS
-from ecc_mmdet.utils import ConfigError, DatasetNotFoundError
+from ecc_edge.client import EdgeResult, check_token
 
 IMAGE_EXTS = ('.jpg', '.jpeg', '.png', '.bmp', '.webp', '.tif', '.tiff')
 
 
+class ConfigError(ValueError):
+    """A config, checkpoint, token or source problem (exit status 2)."""
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    p.add_argument('config', help='a split (EdgeCloud*) detector config')
-    p.add_argument('checkpoint', help='its full checkpoint, or edge.pth of export_edge_cloud')
+    p.add_argument('config', nargs='?', help='a split (EdgeCloud*) detector config')
+    p.add_argument('checkpoint', nargs='?',
+                   help='its full checkpoint, or edge.pth of export_edge_cloud')
+    p.add_argument('--light', metavar='DIR',
+                   help='run the exported edge (edge.onnx + edge.json of export_edge_onnx) on '
+                   'ONNX Runtime instead of CONFIG + CHECKPOINT: no torch/mmdet/mmcv imported')
     p.add_argument('--server', required=True, help='base URL of the cloud server')
     p.add_argument('--source', required=True,
                    help='a folder of images (sorted by name), a video file, or camera:N')
@@ -59,7 +64,8 @@ def parse_args(argv=None):
     p.add_argument('--timeout', type=float, default=30.0, help='seconds per HTTP step')
     p.add_argument('--retries', type=int, default=5,
                    help='retries of an unanswered or 503 request (same request id)')
-    p.add_argument('--threads', type=int, default=None, help='torch intra-op threads')
+    p.add_argument('--threads', type=int, default=None,
+                   help='intra-op threads (torch, or ONNX Runtime with --light; default 1 there)')
     p.add_argument('--device', default='cpu')
     return p.parse_args(argv)
 
@@ -67,7 +73,6 @@ def parse_args(argv=None):
 # ------------------------------------------------------------------------------------ inputs
 def read_token(args):
     """The bearer token from ``--token-file`` or ``ECC_SERVE_TOKEN``; None only when asked."""
-    from ecc_mmdet.serving.client import check_token
     if args.token_file:
         try:
             with open(args.token_file) as f:
@@ -167,10 +172,43 @@ def load_ann_file(path: str, class_names):
 
 
 # ---------------------------------------------------------------------------------- the run
-def run(args, token) -> int:
+class LightRunner:
+    """The exported edge on ONNX Runtime (``ecc_edge.runtime``), with EdgeRunner's interface.
+    Its graph has no exits: every image is offloaded."""
+    edge_steps = ('graph', 'encode')
+
+    def __init__(self, folder: str, threads: int = 1):
+        from ecc_edge.runtime import LightEdge
+        self.edge = LightEdge(osp.join(folder, 'edge.onnx'), threads=threads)
+        self.class_names = self.edge.class_names
+
+    def process(self, image, img_id: int) -> EdgeResult:
+        r = self.edge.process(image)
+        return EdgeResult(img_id, 'cloud', r.payload, None, r.timings_ms)
+
+
+def build_runner(args):
+    """The light runtime (``--light``), or the PyTorch edge of CONFIG + CHECKPOINT."""
+    if args.light:
+        if args.config or args.checkpoint:
+            raise ConfigError('--light DIR replaces CONFIG and CHECKPOINT: give one or the other')
+        return LightRunner(args.light, threads=args.threads or 1)
+    if not (args.config and args.checkpoint):
+        raise ConfigError('give CONFIG and CHECKPOINT, or --light DIR')
+    import ecc_tools  # noqa: F401  (imports ecc_mmdet: registers our components)
     import torch
 
-    from ecc_mmdet.serving.client import CloudClient, EdgeRunner, coco_results
+    from ecc_mmdet.deployment.meter import EDGE_STEPS
+    from ecc_mmdet.serving.client import EdgeRunner
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    runner = EdgeRunner(args.config, args.checkpoint, device=args.device)
+    runner.edge_steps = EDGE_STEPS
+    return runner
+
+
+def run(args, token) -> int:
+    from ecc_edge.client import CloudClient, coco_results
     if not args.server.startswith(('http://', 'https://')):
         raise ConfigError(f'--server {args.server}: expected http://HOST:PORT or https://...')
     if args.concurrency < 1 or (args.max_images is not None and args.max_images < 1):
@@ -178,9 +216,7 @@ def run(args, token) -> int:
     source = Source(args.source)
     if args.ann_file and not source.is_folder:
         raise ConfigError('--ann-file matches images by file name: it needs a folder source')
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    runner = EdgeRunner(args.config, args.checkpoint, device=args.device)
+    runner = build_runner(args)
     ann_ids, cat_ids = (load_ann_file(args.ann_file, runner.class_names) if args.ann_file
                         else (None, None))
 
@@ -255,7 +291,7 @@ def run(args, token) -> int:
         except IndexError:
             raise ConfigError(f'--ann-file has {len(cat_ids)} categories of the config\'s '
                               'classes: labels beyond them cannot be mapped')
-        timings.append(timing_row(rec))
+        timings.append(timing_row(rec, runner.edge_steps))
     summary = summarize(timings, wall, skipped, interrupted)
     for path, obj in ((args.out, results), (args.timings, dict(summary=summary,
                                                                 images=timings))):
@@ -272,10 +308,10 @@ def run(args, token) -> int:
     return 0
 
 
-def timing_row(rec) -> dict:
+def timing_row(rec, edge_steps) -> dict:
     steps = rec['steps_ms']
     row = dict(img_id=rec['img_id'], file=rec['file'], tier=rec['tier'], bytes=rec['bytes'],
-               edge_ms=sum(steps.get(k, 0.0) for k in EDGE_STEPS),
+               edge_ms=sum(steps.get(k, 0.0) for k in edge_steps),
                encode_ms=steps.get('encode', 0.0), steps_ms=steps, retries=0, client_ms=None,
                attempt_ms=None, queue_ms=None, decode_ms=None, cloud_ms=None, server_ms=None,
                network_ms=None, batch_size=None, replayed=False)
@@ -307,9 +343,17 @@ def summarize(rows, wall_s, skipped, interrupted) -> dict:
 
 def main(argv=None):
     args = parse_args(argv)
+    errors = (ConfigError, FileNotFoundError)
+    if args.light:
+        from ecc_edge.runtime import EdgeRuntimeError
+        errors += (EdgeRuntimeError, )
+    else:  # the PyTorch edge's own errors (importing them loads ecc_mmdet)
+        from ecc_mmdet.utils import ConfigError as ModelConfigError
+        from ecc_mmdet.utils import DatasetNotFoundError
+        errors += (ModelConfigError, DatasetNotFoundError)
     try:
         return run(args, read_token(args))
-    except (ConfigError, DatasetNotFoundError, FileNotFoundError) as e:
+    except errors as e:
         print(f'error: {e}', file=sys.stderr)
         return 2
 

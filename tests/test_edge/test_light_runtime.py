@@ -12,13 +12,15 @@ import torch
 from conftest import REPO
 
 
+
 @pytest.fixture(scope='module')
 def exported(served_model, served_detector, tmp_path_factory):
     from ecc_mmdet.apis import load_config
     from ecc_mmdet.deployment.edge_export import check_graph, export_edge_onnx
+    from ecc_mmdet.serving.runtime import class_names_of
     out = tmp_path_factory.mktemp('light')
     cfg = load_config(served_model['config'])
-    graph, sidecar = export_edge_onnx(served_detector, cfg, str(out), ['a'] * 6)
+    graph, sidecar = export_edge_onnx(served_detector, cfg, str(out), class_names_of(cfg))
     assert check_graph(graph, served_detector) < 1e-3
     return graph, sidecar
 
@@ -115,3 +117,37 @@ def test_export_refuses_what_the_runtime_cannot_express(served_model, tmp_path):
     cfg.test_dataloader.dataset.pipeline.insert(1, dict(type='RandomFlip', prob=1.0))
     with pytest.raises(ConfigError, match="cannot express the test transform 'RandomFlip'"):
         export_edge_onnx(build_detector(cfg.model), cfg, str(tmp_path))
+
+
+def test_edge_client_light_mode_against_a_real_server(exported, served_model, tmp_path):
+    """tools/edge_client.py --light: the whole client run without torch/mmdet/mmcv in its
+    process, its payloads answered by the PyTorch cloud server; COCO results written."""
+    from serving_utils import TOKEN, cloud_server
+    token_file = tmp_path / 'token'
+    token_file.write_text(TOKEN)
+    root = served_model['data_root']
+    out = tmp_path / 'results.json'
+    args = ['--light', osp.dirname(exported[0]), '--source', osp.join(root, 'val'),
+            '--token-file', str(token_file), '--out', str(out), '--ann-file',
+            osp.join(root, 'annotations', 'instances_val.json')]
+    code = f"""
+import runpy, sys
+sys.path.insert(0, {osp.join(REPO, 'tools')!r})
+sys.argv = ['edge_client.py', '--server', sys.argv[1]] + {args!r}
+try:
+    runpy.run_path({osp.join(REPO, 'tools', 'edge_client.py')!r}, run_name='__main__')
+except SystemExit as e:
+    status = e.code
+heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'mmdet', 'mmcv',
+                                                              'mmengine', 'ecc_mmdet'))
+print('heavy', heavy)
+sys.exit(status)
+"""
+    with cloud_server(served_model, tmp_path) as (url, _):
+        proc = subprocess.run([sys.executable, '-c', code, url], cwd=REPO, capture_output=True,
+                              text=True, timeout=180)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert 'heavy []' in proc.stdout and '4 images, 4 offloaded' in proc.stdout
+    results = json.loads(out.read_text())
+    assert results and all(len(r['bbox']) == 4 and np.isfinite(r['score']) for r in results)
+    assert TOKEN not in proc.stdout + proc.stderr
