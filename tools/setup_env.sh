@@ -30,7 +30,8 @@ fi
 
 # The stamp records exactly what was installed; if it matches, there is nothing to do.
 stamp_content() {
-  cat "$REPO/requirements/runtime.txt" "$REPO/requirements/serving.txt" "$REPO/requirements/tests.txt" "$REPO/setup.py"
+  cat "$REPO/requirements/runtime.txt" "$REPO/requirements/serving.txt" "$REPO/requirements/edge.txt" \
+    "$REPO/requirements/tests.txt" "$REPO/setup.py"
   echo "mmcv==$MMCV_VERSION"
 }
 STAMP="$VENV/.ecc_mmdet_stamp"
@@ -80,9 +81,9 @@ else
   "${PIP[@]}" install -q --no-build-isolation "$wheel"
 fi
 
-log "installing pinned runtime, serving and test requirements"
+log "installing pinned runtime, serving, edge and test requirements"
 "${PIP[@]}" install -q -r "$REPO/requirements/runtime.txt" -r "$REPO/requirements/serving.txt" \
-  -r "$REPO/requirements/tests.txt"
+  -r "$REPO/requirements/edge.txt" -r "$REPO/requirements/tests.txt"
 log "installing ecc_mmdet in editable mode"
 "${PIP[@]}" install -q --no-build-isolation --no-deps -e "$REPO"
 
@@ -94,7 +95,7 @@ fi
 
 "$PY" - <<'PY'
 import torch, mmcv, mmcv.ops, mmengine, mmdet, constriction, pycocotools, ecc_mmdet
-import fastapi, uvicorn, httpx, prometheus_client, ray
+import fastapi, uvicorn, httpx, prometheus_client, ray, onnxruntime, ecc_edge.runtime
 print(f'[setup] torch {torch.__version__} | mmcv {mmcv.__version__} | mmengine {mmengine.__version__} '
       f'| mmdet {mmdet.__version__} | ecc_mmdet {ecc_mmdet.__version__}')
 PY

@@ -1,0 +1,242 @@
+"""The light edge runtime against the PyTorch edge on this CPU: equivalence, latency, memory,
+installed size.
+
+    python tools/benchmark_light_edge.py CONFIG CHECKPOINT [--data-root DIR] [--num-images 100] \
+        [--out docs/benchmarks/light_edge.json]
+
+1. exports the edge (``tools/export_edge_onnx.py``'s code) into a temporary folder;
+2. per validation image: the light runtime's payload and the PyTorch edge's; the quantised
+   symbols compared element by element; both payloads decoded by the same PyTorch cloud and
+   scored with COCO mAP; the light runtime's preprocessing compared with mmdet's;
+3. latency per image, single thread, both edges on the same images (load + preprocess + graph or
+   edge stages + entropy coding + framing), best of ``--repeats``;
+4. peak resident memory of a fresh process running each edge over the images;
+5. installed size of each edge's Python dependencies (the distributions it imports, with their
+   requirements), from the installed files.
+Writes JSON and a table; the issue's targets in its last lines.
+"""
+import argparse
+import json
+import os
+import os.path as osp
+import re
+import subprocess
+import sys
+import tempfile
+import time
+
+import ecc_tools  # noqa: F401  (imports ecc_mmdet: registers our components)
+
+LIGHT_DISTS = ('onnxruntime', 'numpy', 'opencv-python', 'constriction', 'httpx')
+FULL_DISTS = ('torch', 'mmcv', 'mmdet', 'mmengine', 'numpy', 'opencv-python', 'constriction',
+              'pycocotools', 'httpx')
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p.add_argument('config')
+    p.add_argument('checkpoint')
+    p.add_argument('--data-root')
+    p.add_argument('--num-images', type=int, default=100)
+    p.add_argument('--repeats', type=int, default=3)
+    p.add_argument('--out', default='work_dirs/benchmarks/light_edge.json')
+    return p.parse_args(argv)
+
+
+def installed_size(roots):
+    """Bytes on disk of the distributions ``roots`` and everything they require (markers and
+    extras ignored: an upper bound of what must be installed)."""
+    from importlib import metadata
+    seen, stack, total, names = set(), list(roots), 0, []
+    while stack:
+        name = re.split(r'[\s<>=!~;\[(]', stack.pop(), maxsplit=1)[0].strip().lower()
+        key = name.replace('_', '-')
+        if not key or key in seen:
+            continue
+        seen.add(key)
+        try:
+            dist = metadata.distribution(name)
+        except metadata.PackageNotFoundError:
+            continue
+        size = 0
+        for f in dist.files or ():
+            try:
+                size += os.path.getsize(dist.locate_file(f))
+            except OSError:
+                pass
+        total += size
+        names.append((dist.metadata['Name'], size))
+        for req in dist.requires or ():
+            if 'extra ==' not in req:
+                stack.append(req)
+    return total, sorted(names, key=lambda x: -x[1])
+
+
+# VmHWM (this process image's peak RSS), not ru_maxrss: Linux carries ru_maxrss over fork and
+# exec, so a child of a big parent would report the parent's size
+_PEAK = """
+import re, sys
+paths = sys.argv[2:]
+{setup}
+for p in paths:
+    {step}
+print('PEAK_KB', re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1))
+"""
+
+
+def peak_memory_kb(setup: str, step: str, paths, cwd: str) -> int:
+    code = _PEAK.format(setup=setup, step=step)
+    out = subprocess.run([sys.executable, '-c', code, 'x', *paths], cwd=cwd, text=True,
+                         capture_output=True, timeout=900,
+                         env=dict(os.environ, OMP_NUM_THREADS='1'))
+    m = re.search(r'PEAK_KB (\d+)', out.stdout)
+    if not m:
+        raise RuntimeError(f'memory probe failed:\n{out.stderr[-2000:]}')
+    return int(m.group(1))
+
+
+def run(args):
+    import numpy as np
+    import torch
+    from mmengine.evaluator import Evaluator
+
+    from ecc_edge.codecs import unpack
+    from ecc_edge.runtime import LightEdge
+    from ecc_mmdet.apis import build_detector, build_test_dataset, iter_batches, load_config
+    from ecc_mmdet.deployment.edge_export import check_graph, export_edge_onnx
+    from ecc_mmdet.serving.client import EdgeRunner
+    from ecc_mmdet.serving.runtime import class_names_of
+
+    torch.set_num_threads(1)
+    cfg = load_config(args.config, args.data_root)
+    model = build_detector(cfg.model, args.checkpoint)
+    tmp = tempfile.mkdtemp(prefix='light_edge_')
+    graph, sidecar = export_edge_onnx(model, cfg, tmp, class_names_of(cfg))
+    max_diff = check_graph(graph, model)
+    light = LightEdge(graph, sidecar, threads=1)
+    dataset = build_test_dataset(cfg)
+    ann = cfg.test_evaluator[0]['ann_file'] if isinstance(cfg.test_evaluator, list) else \
+        cfg.test_evaluator['ann_file']
+    evals = {}
+    for k in ('pytorch', 'light'):
+        evals[k] = Evaluator([dict(type='CocoMetric', ann_file=ann, metric='bbox')])
+        evals[k].dataset_meta = dataset.metainfo
+    agree = total = equal_payloads = equal_inputs = 0
+    paths, bytes_light, bytes_torch = [], 0, 0
+    n = min(args.num_images, len(dataset))
+    print(f'[light] equivalence on {n} images', flush=True)
+    with torch.no_grad():
+        for (inputs, samples), i in zip(iter_batches(model, dataset, n, 1), range(n)):
+            path = samples[0].img_path
+            paths.append(path)
+            x, _ = light.preprocess(light.read(path))
+            equal_inputs += int(np.array_equal(x, inputs.numpy()))
+            res = light.process(path)
+            ref = model.encode(inputs, [s.clone() for s in samples])[0]
+            p, q = unpack(res.payload), unpack(ref)
+            f = model.edge_features(inputs)
+            point = model.compressor._rate_point(False)
+            y = model.compressor._latent(f, *point)
+            med = model.compressor._coder(*point)._medians().view(1, -1, 1, 1)
+            sym = torch.round(y - med).to(torch.int32)[0].numpy()
+            agree += int((sym == res.symbols).sum())
+            total += sym.size
+            equal_payloads += int(res.payload == ref)
+            assert p.meta == q.meta and p.latent_shape == q.latent_shape
+            bytes_light += len(res.payload)
+            bytes_torch += len(ref)
+            evals['light'].process(data_samples=model.decode_and_predict(
+                [res.payload], [s.clone() for s in samples]))
+            evals['pytorch'].process(data_samples=model.decode_and_predict(
+                [ref], [s.clone() for s in samples]))
+    maps = {k: 100 * e.evaluate(n)['coco/bbox_mAP'] for k, e in evals.items()}
+
+    print('[light] latency, single thread', flush=True)
+    runner = EdgeRunner(args.config if not args.data_root else cfg, args.checkpoint)
+    lat = {'light': [], 'pytorch': []}
+    for _ in range(args.repeats):
+        for k, fn in (('light', lambda p: light.process(p)),
+                      ('pytorch', lambda p: runner.process(p, 0))):
+            t0 = time.perf_counter()
+            for pth in paths:
+                fn(pth)
+            lat[k].append((time.perf_counter() - t0) / len(paths) * 1e3)
+    latency = {k: min(v) for k, v in lat.items()}
+
+    print('[light] peak memory (fresh processes)', flush=True)
+    repo = osp.dirname(osp.dirname(osp.abspath(__file__)))
+    mem = dict(
+        light=peak_memory_kb(f'from ecc_edge.runtime import LightEdge\n'
+                             f'e = LightEdge({graph!r}, threads=1)', 'e.process(p)', paths, repo),
+        pytorch=peak_memory_kb(
+            f'sys.path.insert(0, {osp.join(repo, "tools")!r})\nimport ecc_tools\n'
+            f'import torch; torch.set_num_threads(1)\n'
+            f'from ecc_mmdet.serving.client import EdgeRunner\n'
+            f'r = EdgeRunner({args.config!r}, {args.checkpoint!r})', 'r.process(p, 0)', paths,
+            repo))
+    size = {k: installed_size(d) for k, d in (('light', LIGHT_DISTS), ('pytorch', FULL_DISTS))}
+    return dict(config=args.config, checkpoint=args.checkpoint, num_images=n,
+                graph_bytes=osp.getsize(graph), onnx_vs_torch_max_abs_latent=max_diff,
+                symbols=dict(total=total, agree=agree, rate=agree / total),
+                equal_payloads=equal_payloads, equal_inputs=equal_inputs,
+                bytes_per_image=dict(light=bytes_light / n, pytorch=bytes_torch / n),
+                mAP=maps, latency_ms=latency, latency_runs_ms=lat,
+                peak_memory_mb={k: v / 1024 for k, v in mem.items()},
+                installed_mb={k: v[0] / 2**20 for k, v in size.items()},
+                installed_top={k: [(n_, s / 2**20) for n_, s in v[1][:8]]
+                               for k, v in size.items()})
+
+
+def table(r) -> str:
+    s = r['symbols']
+    lat, mem, size = r['latency_ms'], r['peak_memory_mb'], r['installed_mb']
+    lines = [
+        f'Light edge runtime (ONNX Runtime) vs PyTorch edge, {r["num_images"]} images, '
+        'single thread', '',
+        f'{"":28s}{"light":>12s}{"pytorch":>12s}{"ratio":>9s}',
+        f'{"latency ms/image":28s}{lat["light"]:>12.2f}{lat["pytorch"]:>12.2f}'
+        f'{lat["light"] / lat["pytorch"]:>9.2f}',
+        f'{"peak memory MB":28s}{mem["light"]:>12.0f}{mem["pytorch"]:>12.0f}'
+        f'{mem["light"] / mem["pytorch"]:>9.2f}',
+        f'{"installed deps MB":28s}{size["light"]:>12.0f}{size["pytorch"]:>12.0f}'
+        f'{size["light"] / size["pytorch"]:>9.3f}',
+        f'{"bbox mAP (PyTorch cloud)":28s}{r["mAP"]["light"]:>12.2f}{r["mAP"]["pytorch"]:>12.2f}',
+        f'{"bytes/image":28s}{r["bytes_per_image"]["light"]:>12.1f}'
+        f'{r["bytes_per_image"]["pytorch"]:>12.1f}', '',
+        f'symbols equal: {s["agree"]}/{s["total"]} = {100 * s["rate"]:.4f} %; payloads '
+        f'byte-identical: {r["equal_payloads"]}/{r["num_images"]}; network inputs identical: '
+        f'{r["equal_inputs"]}/{r["num_images"]}; max |latent diff| {r["onnx_vs_torch_max_abs_latent"]:.1e}',
+        'router agreement: not applicable (the light runtime has no exits yet)', '',
+        'Targets:']
+    ratio = lat['light'] / lat['pytorch']
+    lines.append(f'  latency <= 0.7x PyTorch edge: {ratio:.2f}x -> '
+                 f'{"met" if ratio <= 0.7 else "MISSED"}')
+    sr = size['light'] / size['pytorch']
+    lines.append(f'  installed deps <= 1/10 of the full stack: {sr:.3f} -> '
+                 f'{"met" if sr <= 0.1 else "MISSED"}')
+    dm = abs(r['mAP']['light'] - r['mAP']['pytorch'])
+    lines.append(f'  mAP within 0.1 of the PyTorch edge: |diff| {dm:.2f} -> '
+                 f'{"met" if dm <= 0.1 else "MISSED"}')
+    lines.append(f'  symbols agree on >= 99.9 %: {100 * s["rate"]:.4f} % -> '
+                 f'{"met" if s["rate"] >= 0.999 else "MISSED"}')
+    return '\n'.join(lines)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    t0 = time.time()
+    res = run(args)
+    res['wall_s'] = time.time() - t0
+    os.makedirs(osp.dirname(osp.abspath(args.out)), exist_ok=True)
+    with open(args.out, 'w') as f:
+        json.dump(res, f, indent=1)
+    text = table(res)
+    with open(osp.splitext(args.out)[0] + '.txt', 'w') as f:
+        f.write(text + '\n')
+    print(text)
+    print(f'[light] wrote {args.out} and its .txt ({res["wall_s"]:.0f} s)')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
