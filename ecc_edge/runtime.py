@@ -14,6 +14,12 @@ mirror the PyTorch edge exactly:
 4. framing (:func:`ecc_edge.codecs.pack`) with the image meta, rate point and the model
    fingerprint of the PyTorch model the graph was exported from.
 
+A dynamic model's graph also outputs its edge exit's raw maps: the runtime then decodes the
+exit's detections, scores the image with the router (:mod:`ecc_edge.exits`, the same rules as
+the PyTorch edge) and either finishes it on the edge (tier ``edge_main``: its detections, with
+the edge tier's score map applied; a detections report as payload when the model has
+``edge_report``, else no payload) or offloads it (tier ``cloud``: the payload as above).
+
 Float differences between ONNX Runtime and PyTorch can move a latent value across a rounding
 boundary: that symbol then differs by one. The coder codes any int32 value, so the payload
 stays decodable (never a desynchronised decoder); the benchmark reports how often it happens.
@@ -28,7 +34,9 @@ from typing import Dict, NamedTuple, Optional, Tuple, Union
 import numpy as np
 
 from .codecs.bitstream import CodecId, ImageMeta, Payload, pack
+from .codecs.detections import pack_detections
 from .codecs.range_coding import CodingTables, encode_with_cdf_tables
+from .exits import ExitDetections, apply_score_map, decode_exit, offload, router_score
 
 __all__ = ['EdgeRuntimeError', 'LightEdge', 'LightResult', 'load_sidecar']
 
@@ -41,10 +49,18 @@ class EdgeRuntimeError(ValueError):
 
 
 class LightResult(NamedTuple):
-    payload: bytes
+    """``payload``: the features payload (tier 'cloud'), an edge-finished image's detections
+    report (models with ``edge_report``) or None; ``symbols``: what was range-coded (None for
+    an edge-finished image); ``detections``: the exit's detections of an edge-finished image
+    (original-image pixels, scores after the edge score map), else None; ``router_score``:
+    None for a model without exits."""
+    payload: Optional[bytes]
     meta: ImageMeta
-    symbols: np.ndarray  # (C, h, w) int32, what was range-coded
-    timings_ms: Dict[str, float]  # preprocess, graph, encode
+    symbols: Optional[np.ndarray]  # (C, h, w) int32
+    timings_ms: Dict[str, float]  # preprocess, graph[, exit, route], encode / report
+    tier: str = 'cloud'
+    detections: Optional[ExitDetections] = None
+    router_score: Optional[float] = None
 
 
 def _digest(sidecar: Dict) -> str:
@@ -113,6 +129,22 @@ class LightEdge:
         self.strides = [int(s) for s in side['feature_strides']]
         self.fingerprint = bytes.fromhex(side['model_fingerprint'])
         self.class_names = side.get('class_names')
+        # a dynamic model: exit + router (+ score maps, edge report)
+        self.exit, self.router = side.get('exit'), side.get('router')
+        self.score_maps = side.get('score_maps')
+        self.edge_report = side.get('edge_report')
+        if (self.exit is None) != (self.router is None):
+            raise EdgeRuntimeError(f'sidecar {sidecar}: an exit without a router (or the '
+                                   'reverse): export the edge again')
+        names = [o.name for o in self.session.get_outputs()]
+        if self.exit is not None:
+            n_lv = len(self.exit['anchors']['strides'])
+            want = ['latent'] + [f'{p}_{i}' for p in ['cls', 'bbox'] + (
+                ['ctr'] if self.exit['score_factors'] else []) for i in range(n_lv)]
+            if names != want:
+                raise EdgeRuntimeError(f'the graph outputs {names}, its sidecar describes '
+                                       f'{want}: export the edge again')
+        self.output_names = names
 
     # ------------------------------------------------------------------ steps
     def read(self, image: Union[str, np.ndarray]) -> np.ndarray:
@@ -160,27 +192,77 @@ class LightEdge:
             h, w = -(-h // s), -(-w // s)
         return h, w
 
-    def symbols(self, x: np.ndarray) -> np.ndarray:
-        """Network input -> (C, h, w) int32 symbols (the entropy model's rounding)."""
-        y = self.session.run(None, {'input': x})[0][0]
-        sym = np.round(y - self.medians)  # half to even, as torch.round
+    def _symbols(self, y: np.ndarray) -> np.ndarray:
+        sym = np.round(y[0] - self.medians)  # half to even, as torch.round
         if not np.isfinite(sym).all() or (sym.size and np.abs(sym).max() >= 2**31):
             raise EdgeRuntimeError('the latent has non-finite or out-of-range values')
         return sym.astype(np.int32)
 
-    def process(self, image: Union[str, np.ndarray]) -> LightResult:
-        """Image -> the framed payload the cloud server decodes."""
-        t0 = time.perf_counter()
-        x, meta = self.preprocess(self.read(image))
-        t1 = time.perf_counter()
-        sym = self.symbols(x)
-        t2 = time.perf_counter()
+    def symbols(self, x: np.ndarray) -> np.ndarray:
+        """Network input -> (C, h, w) int32 symbols (the entropy model's rounding)."""
+        return self._symbols(self.session.run(['latent'], {'input': x})[0])
+
+    def run_graph(self, x: np.ndarray) -> Dict[str, np.ndarray]:
+        """Network input -> every graph output by name."""
+        return dict(zip(self.output_names, self.session.run(None, {'input': x})))
+
+    def _payload(self, sym: np.ndarray, meta: ImageMeta) -> bytes:
         c, lh, lw = sym.shape
         body = encode_with_cdf_tables(sym.reshape(c, -1), self.tables, None)
         fh, fw = self.feature_size(*meta.batch_input_shape)
-        payload = pack(Payload(self.codec_id, (c, lh, lw), meta, struct.pack('<2I', fh, fw),
-                               body, rate_point=self.rate_point, fingerprint=self.fingerprint))
+        return pack(Payload(self.codec_id, (c, lh, lw), meta, struct.pack('<2I', fh, fw), body,
+                            rate_point=self.rate_point, fingerprint=self.fingerprint))
+
+    def exit_and_route(self, outputs: Dict[str, np.ndarray], meta: ImageMeta
+                       ) -> Tuple[ExitDetections, float, bool]:
+        """A dynamic model's graph outputs -> (exit detections with RAW scores, router score,
+        offload?)."""
+        dets, cls_maps = decode_exit(outputs, self.exit, meta.img_shape, meta.scale_factor)
+        score = router_score(self.router, dets, cls_maps, self.exit['cls_out_channels'])
+        return dets, score, offload(self.router, score)
+
+    def finish_on_edge(self, dets: ExitDetections) -> ExitDetections:
+        """The edge tier's score map (``calibrate_scores``), as the PyTorch edge applies it."""
+        if self.score_maps is None:
+            return dets
+        return dets._replace(scores=apply_score_map(self.score_maps['edge'], dets.scores))
+
+    def report(self, dets: ExitDetections, img_id: int) -> bytes:
+        """``EdgeCloudDetectorMixin.report_detections``: scores >= score_thr, best first, the
+        top max_boxes, packed with the model fingerprint."""
+        keep = np.nonzero(dets.scores >= self.edge_report['score_thr'])[0]
+        keep = keep[np.argsort(-dets.scores[keep], kind='stable')][:self.edge_report['max_boxes']]
+        return pack_detections(int(img_id), dets.bboxes[keep], dets.scores[keep],
+                               dets.labels[keep], fingerprint=self.fingerprint)
+
+    def process(self, image: Union[str, np.ndarray], img_id: int = 0) -> LightResult:
+        """Image -> the framed payload the cloud server decodes (a dynamic model: or the edge
+        exit's detections, when the router keeps the image on the edge). ``img_id`` goes into
+        an edge-finished image's detections report."""
+        t0 = time.perf_counter()
+        x, meta = self.preprocess(self.read(image))
+        t1 = time.perf_counter()
+        if self.exit is None:
+            sym = self.symbols(x)
+            t2 = time.perf_counter()
+            payload = self._payload(sym, meta)
+            t3 = time.perf_counter()
+            return LightResult(payload, meta, sym, dict(preprocess=(t1 - t0) * 1e3,
+                                                        graph=(t2 - t1) * 1e3,
+                                                        encode=(t3 - t2) * 1e3))
+        outputs = self.run_graph(x)
+        t2 = time.perf_counter()
+        dets, score, off = self.exit_and_route(outputs, meta)
         t3 = time.perf_counter()
-        return LightResult(payload, meta, sym, dict(preprocess=(t1 - t0) * 1e3,
-                                                    graph=(t2 - t1) * 1e3,
-                                                    encode=(t3 - t2) * 1e3))
+        times = dict(preprocess=(t1 - t0) * 1e3, graph=(t2 - t1) * 1e3, route=(t3 - t2) * 1e3)
+        if off:
+            sym = self._symbols(outputs['latent'])
+            payload = self._payload(sym, meta)
+            times['encode'] = (time.perf_counter() - t3) * 1e3
+            return LightResult(payload, meta, sym, times, 'cloud', None, score)
+        dets = self.finish_on_edge(dets)
+        payload = None
+        if self.edge_report is not None:
+            payload = self.report(dets, img_id)
+            times['report'] = (time.perf_counter() - t3) * 1e3
+        return LightResult(payload, meta, None, times, 'edge_main', dets, score)

@@ -14,6 +14,12 @@ installed size.
 5. installed size of each edge's Python dependencies (the distributions it imports, with their
    requirements), from the installed files.
 Writes JSON and a table; the issue's targets in its last lines.
+
+A dynamic model (edge exit + router) is calibrated first as ``tools/export_edge_onnx.py`` does
+(its config's calibration split under ``--data-root``), and step 2 compares the two dynamic
+systems: per image the router decisions of both edges (router agreement), the edge detections
+of images both keep on the edge, the symbols of images both offload, and the COCO mAP of each
+system (its edge-finished detections + the PyTorch cloud's answer to its offloaded payloads).
 """
 import argparse
 import json
@@ -102,18 +108,20 @@ def run(args):
 
     from ecc_edge.codecs import unpack
     from ecc_edge.runtime import LightEdge
-    from ecc_mmdet.apis import build_detector, build_test_dataset, iter_batches, load_config
+    from ecc_mmdet.apis import build_test_dataset, iter_batches
     from ecc_mmdet.deployment.edge_export import check_graph, export_edge_onnx
     from ecc_mmdet.serving.client import EdgeRunner
     from ecc_mmdet.serving.runtime import class_names_of
 
+    from export_edge_onnx import load_model
     torch.set_num_threads(1)
-    cfg = load_config(args.config, args.data_root)
-    model = build_detector(cfg.model, args.checkpoint)
+    cfg, model = load_model(argparse.Namespace(config=args.config, checkpoint=args.checkpoint,
+                                               data_root=args.data_root))
     tmp = tempfile.mkdtemp(prefix='light_edge_')
     graph, sidecar = export_edge_onnx(model, cfg, tmp, class_names_of(cfg))
     max_diff = check_graph(graph, model)
     light = LightEdge(graph, sidecar, threads=1)
+    dynamic = light.exit is not None
     dataset = build_test_dataset(cfg)
     ann = cfg.test_evaluator[0]['ann_file'] if isinstance(cfg.test_evaluator, list) else \
         cfg.test_evaluator['ann_file']
@@ -125,8 +133,16 @@ def run(args):
     paths, bytes_light, bytes_torch = [], 0, 0
     n = min(args.num_images, len(dataset))
     print(f'[light] equivalence on {n} images', flush=True)
+    dyn = None
+    if dynamic:
+        dyn = dynamic_equivalence(model, light, dataset, n, evals)
+        agree, total = dyn.pop('agree'), dyn.pop('total')
+        equal_payloads, equal_inputs = dyn.pop('equal_payloads'), dyn.pop('equal_inputs')
+        paths, bytes_light, bytes_torch = dyn.pop('paths'), dyn.pop('bytes_light'), \
+            dyn.pop('bytes_torch')
     with torch.no_grad():
-        for (inputs, samples), i in zip(iter_batches(model, dataset, n, 1), range(n)):
+        for (inputs, samples), i in zip(iter_batches(model, dataset, n, 1),
+                                        range(0 if dynamic else n)):
             path = samples[0].img_path
             paths.append(path)
             x, _ = light.preprocess(light.read(path))
@@ -153,6 +169,9 @@ def run(args):
 
     print('[light] latency, single thread', flush=True)
     runner = EdgeRunner(args.config if not args.data_root else cfg, args.checkpoint)
+    if dynamic:  # the calibration the export used (EdgeRunner builds an uncalibrated model)
+        runner.model.router.threshold.fill_(float(model.router.threshold))
+        object.__setattr__(runner.model, 'score_maps', model.score_maps)
     lat = {'light': [], 'pytorch': []}
     for _ in range(args.repeats):
         for k, fn in (('light', lambda p: light.process(p)),
@@ -172,19 +191,109 @@ def run(args):
             f'sys.path.insert(0, {osp.join(repo, "tools")!r})\nimport ecc_tools\n'
             f'import torch; torch.set_num_threads(1)\n'
             f'from ecc_mmdet.serving.client import EdgeRunner\n'
-            f'r = EdgeRunner({args.config!r}, {args.checkpoint!r})', 'r.process(p, 0)', paths,
-            repo))
+            f'r = EdgeRunner({args.config!r}, {args.checkpoint!r})' + (_CALIBRATE.format(
+                sidecar=sidecar) if dynamic else ''), 'r.process(p, 0)', paths, repo))
     size = {k: installed_size(d) for k, d in (('light', LIGHT_DISTS), ('pytorch', FULL_DISTS))}
     return dict(config=args.config, checkpoint=args.checkpoint, num_images=n,
                 graph_bytes=osp.getsize(graph), onnx_vs_torch_max_abs_latent=max_diff,
-                symbols=dict(total=total, agree=agree, rate=agree / total),
+                symbols=dict(total=total, agree=agree, rate=agree / total if total else 1.0),
                 equal_payloads=equal_payloads, equal_inputs=equal_inputs,
                 bytes_per_image=dict(light=bytes_light / n, pytorch=bytes_torch / n),
                 mAP=maps, latency_ms=latency, latency_runs_ms=lat,
                 peak_memory_mb={k: v / 1024 for k, v in mem.items()},
                 installed_mb={k: v[0] / 2**20 for k, v in size.items()},
                 installed_top={k: [(n_, s / 2**20) for n_, s in v[1][:8]]
-                               for k, v in size.items()})
+                               for k, v in size.items()}, dynamic=dyn)
+
+
+# the fresh PyTorch edge of the memory probe gets the exported calibration (threshold, maps)
+_CALIBRATE = """
+import json
+from ecc_mmdet.evaluation.score_calibration import ScoreMap
+side = json.load(open({sidecar!r}))
+r.model.router.threshold.fill_(float(side['router']['threshold']))
+maps = side['score_maps']
+object.__setattr__(r.model, 'score_maps', None if maps is None else
+                   {{k: ScoreMap(v['x'], v['y']) for k, v in maps.items()}})"""
+
+
+def dynamic_equivalence(model, light, dataset, n, evals):
+    """The light and the PyTorch dynamic systems on the first ``n`` images, one at a time."""
+    import numpy as np
+    import torch
+    from mmdet.structures import DetDataSample
+    from mmengine.structures import InstanceData
+
+    from ecc_mmdet.apis import iter_batches
+    from ecc_mmdet.deployment.pipeline import run_edge
+    st = dict(agree=0, total=0, equal_payloads=0, equal_inputs=0, paths=[], bytes_light=0,
+              bytes_torch=0)
+    same_tier = off_light = off_torch = both_edge = both_cloud = 0
+    box_diff = score_diff = 0.0
+    same_dets = 0
+    score_gaps = []  # |router score - threshold| of the images the two edges route differently
+    t = float(model.router.threshold)
+    with torch.no_grad():
+        for (inputs, samples), _ in zip(iter_batches(model, dataset, n, 1), range(n)):
+            path, img_id = samples[0].img_path, samples[0].img_id
+            st['paths'].append(path)
+            x, _ = light.preprocess(light.read(path))
+            st['equal_inputs'] += int(np.array_equal(x, inputs.numpy()))
+            res = light.process(path, img_id)
+            out = run_edge(model, inputs, [s.clone() for s in samples])
+            tier = out.tiers[0]
+            same_tier += int(res.tier == tier)
+            off_light += int(res.tier == 'cloud')
+            off_torch += int(tier == 'cloud')
+            if res.tier != tier:
+                score_gaps.append(abs(res.router_score - t))
+            # the PyTorch system
+            if tier == 'cloud':
+                pt = model.decode_and_predict([out.payloads[0]], [s.clone() for s in samples])
+            else:
+                pt = [out.results[0]]
+            st['bytes_torch'] += len(out.payloads[0] or b'')
+            st['bytes_light'] += len(res.payload or b'')
+            # the light system
+            if res.tier == 'cloud':
+                lt = model.decode_and_predict([res.payload], [s.clone() for s in samples])
+                if tier == 'cloud':
+                    f = model.edge_features(inputs)
+                    point = model.compressor._rate_point(False)
+                    y = model.compressor._latent(f, *point)
+                    med = model.compressor._coder(*point)._medians().view(1, -1, 1, 1)
+                    sym = torch.round(y - med).to(torch.int32)[0].numpy()
+                    st['agree'] += int((sym == res.symbols).sum())
+                    st['total'] += sym.size
+                    st['equal_payloads'] += int(res.payload == out.payloads[0])
+                    both_cloud += 1
+            else:
+                d = res.detections
+                ds = DetDataSample(metainfo=samples[0].metainfo)
+                ds.pred_instances = InstanceData(bboxes=torch.from_numpy(d.bboxes),
+                                                 scores=torch.from_numpy(d.scores),
+                                                 labels=torch.from_numpy(d.labels))
+                lt = [ds]
+                if tier != 'cloud':
+                    both_edge += 1
+                    inst = out.results[0].pred_instances
+                    if len(inst) == len(d.labels) and np.array_equal(inst.labels.numpy(),
+                                                                     d.labels):
+                        same_dets += 1
+                        if len(inst):
+                            box_diff = max(box_diff, float(abs(inst.bboxes.numpy()
+                                                               - d.bboxes).max()))
+                            score_diff = max(score_diff, float(abs(inst.scores.numpy()
+                                                                   - d.scores).max()))
+            evals['light'].process(data_samples=lt)
+            evals['pytorch'].process(data_samples=pt)
+    st.update(compared_payloads=both_cloud, router_agreement=same_tier / n,
+              offload_ratio=dict(light=off_light / n, pytorch=off_torch / n),
+              router=light.router, score_maps=light.score_maps is not None,
+              edge_images_both=both_edge, edge_detections_identical_sets=same_dets,
+              edge_max_abs_box_diff_px=box_diff, edge_max_abs_score_diff=score_diff,
+              disagreeing_router_score_gaps=score_gaps)
+    return st
 
 
 def table(r) -> str:
@@ -204,10 +313,11 @@ def table(r) -> str:
         f'{"bytes/image":28s}{r["bytes_per_image"]["light"]:>12.1f}'
         f'{r["bytes_per_image"]["pytorch"]:>12.1f}', '',
         f'symbols equal: {s["agree"]}/{s["total"]} = {100 * s["rate"]:.4f} %; payloads '
-        f'byte-identical: {r["equal_payloads"]}/{r["num_images"]}; network inputs identical: '
+        f'byte-identical: {r["equal_payloads"]}/'
+        f'{(r.get("dynamic") or {}).get("compared_payloads", r["num_images"])}; '
+        f'network inputs identical: '
         f'{r["equal_inputs"]}/{r["num_images"]}; max |latent diff| {r["onnx_vs_torch_max_abs_latent"]:.1e}',
-        'router agreement: not applicable (the light runtime has no exits yet)', '',
-        'Targets:']
+        ] + _dynamic_lines(r) + ['', 'Targets:']
     ratio = lat['light'] / lat['pytorch']
     lines.append(f'  latency <= 0.7x PyTorch edge: {ratio:.2f}x -> '
                  f'{"met" if ratio <= 0.7 else "MISSED"}')
@@ -219,7 +329,32 @@ def table(r) -> str:
                  f'{"met" if dm <= 0.1 else "MISSED"}')
     lines.append(f'  symbols agree on >= 99.9 %: {100 * s["rate"]:.4f} % -> '
                  f'{"met" if s["rate"] >= 0.999 else "MISSED"}')
+    d = r.get('dynamic')
+    if d:
+        a = d['router_agreement']
+        lines.append(f'  router agreement >= 99 %: {100 * a:.1f} % -> '
+                     f'{"met" if a >= 0.99 else "MISSED"}')
     return '\n'.join(lines)
+
+
+def _dynamic_lines(r):
+    d = r.get('dynamic')
+    if not d:
+        return ['router agreement: not applicable (a model without edge exits: every image '
+                'offloaded)']
+    rt = d['router']
+    params = ', '.join(f'{k}={v}' for k, v in rt.items() if k not in ('kind', 'threshold'))
+    return [
+        f'dynamic system: {rt["kind"]}({params}), calibrated threshold {rt["threshold"]:.6g}'
+        f'{", edge score map" if d["score_maps"] else ""}; mAP above = edge-finished '
+        'detections + the PyTorch cloud on the offloaded payloads; bytes include reports',
+        f'router agreement: {100 * d["router_agreement"]:.1f} % of {r["num_images"]} images; '
+        f'offload ratio light {d["offload_ratio"]["light"]:.2f}, PyTorch '
+        f'{d["offload_ratio"]["pytorch"]:.2f}',
+        f'edge detections (images both keep on the edge): identical label sets '
+        f'{d["edge_detections_identical_sets"]}/{d["edge_images_both"]}, max |box diff| '
+        f'{d["edge_max_abs_box_diff_px"]:.1e} px, max |score diff| '
+        f'{d["edge_max_abs_score_diff"]:.1e}; symbols/payloads above: images both offload']
 
 
 def main(argv=None):

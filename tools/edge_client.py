@@ -174,17 +174,36 @@ def load_ann_file(path: str, class_names):
 # ---------------------------------------------------------------------------------- the run
 class LightRunner:
     """The exported edge on ONNX Runtime (``ecc_edge.runtime``), with EdgeRunner's interface.
-    Its graph has no exits: every image is offloaded."""
-    edge_steps = ('graph', 'encode')
+    A graph without exits offloads every image; a dynamic model's graph finishes the images its
+    router keeps on the edge (tier ``edge_main``, detections in the server's JSON form, a
+    detections report as payload when the model has ``edge_report``)."""
 
     def __init__(self, folder: str, threads: int = 1):
         from ecc_edge.runtime import LightEdge
         self.edge = LightEdge(osp.join(folder, 'edge.onnx'), threads=threads)
         self.class_names = self.edge.class_names
+        self.edge_steps = ('graph', 'encode') if self.edge.exit is None else \
+            ('graph', 'route', 'encode', 'report')
+
+    def detections_json(self, dets, meta) -> dict:
+        """``detections_to_json`` of ``ecc_mmdet.serving.client``: boxes clamped to the image
+        and rounded to 1e-3 px, scores to 1e-6."""
+        h, w = meta.ori_shape
+        boxes = dets.bboxes.astype('float32').copy()
+        boxes[:, 0::2] = boxes[:, 0::2].clip(0, w)
+        boxes[:, 1::2] = boxes[:, 1::2].clip(0, h)
+        names = self.class_names
+        out = []
+        for box, score, label in zip(boxes.tolist(), dets.scores.tolist(), dets.labels.tolist()):
+            name = names[label] if names and label < len(names) else str(label)
+            out.append(dict(bbox=[round(v, 3) for v in box], score=round(float(score), 6),
+                            label=int(label), class_name=name))
+        return dict(detections=out, image_size=[int(h), int(w)])
 
     def process(self, image, img_id: int) -> EdgeResult:
-        r = self.edge.process(image)
-        return EdgeResult(img_id, 'cloud', r.payload, None, r.timings_ms)
+        r = self.edge.process(image, img_id)
+        dets = None if r.detections is None else self.detections_json(r.detections, r.meta)
+        return EdgeResult(img_id, r.tier, r.payload, dets, r.timings_ms)
 
 
 def build_runner(args):

@@ -1,6 +1,11 @@
 """Export the edge of a split detector for the light runtime: edge.onnx + edge.json.
 
-    python tools/export_edge_onnx.py CONFIG CHECKPOINT --out-dir DIR
+    python tools/export_edge_onnx.py CONFIG CHECKPOINT --out-dir DIR [--data-root DIR]
+
+A dynamic model (edge exit + router) is calibrated first, as RouterCalibrationHook and the
+benchmarks do (the router's threshold for its target offload ratio and, with
+``calibrate_scores``, the per-tier score maps, on the config's calibration split under
+``--data-root``); the calibrated threshold and maps go into the sidecar.
 
 The graph maps a normalised, padded image batch to the compressor's latent; the sidecar holds
 the preprocessing, the coding tables, the fingerprints and the class names
@@ -28,14 +33,43 @@ def parse_args(argv=None):
     p.add_argument('checkpoint', help='its checkpoint (full, or edge.pth of export_edge_cloud)')
     p.add_argument('--out-dir', required=True)
     p.add_argument('--opset', type=int, default=17)
+    p.add_argument('--data-root', help='dataset root of the calibration split (a dynamic model '
+                   'with target_offload_ratio or calibrate_scores needs it)')
     return p.parse_args(argv)
 
 
-def export(args):
-    cfg = load_config(args.config)
+def needs_calibration(cfg) -> bool:
+    """A dynamic config whose router threshold or score maps come from calibration."""
+    m = cfg.model
+    if not m.get('edge_exit') or not m.get('router'):
+        return False
+    ratio = m.router.get('target_offload_ratio')
+    if m.router.get('threshold') is None and ratio is None:
+        ratio = 0.5  # BaseRouter's default
+    return bool(m.get('calibrate_scores')) or (ratio is not None and
+                                               float(ratio) not in (0.0, 1.0))
+
+
+def load_model(args):
+    """(config, model): a dynamic model calibrated like ``load_dynamic``/``calibrate_dynamic``
+    do for the tools."""
+    cfg = load_config(args.config, args.data_root)
     if not osp.isfile(args.checkpoint):
         raise ConfigError(f'Checkpoint not found: {args.checkpoint}')
-    model = build_detector(cfg.model, args.checkpoint)
+    if needs_calibration(cfg):
+        if not args.data_root:
+            raise ConfigError(
+                f'{args.config} is a dynamic model whose router threshold / score maps are '
+                'calibrated on its calibration split: give --data-root DIR (the dataset with '
+                'that split) so the export can calibrate it')
+        from ecc_tools.rate_accuracy import calibrated_dynamic_model
+        model, cfg = calibrated_dynamic_model(args.config, args.checkpoint, args.data_root)
+        return cfg, model.eval()
+    return cfg, build_detector(cfg.model, args.checkpoint)
+
+
+def export(args):
+    cfg, model = load_model(args)
     if not isinstance(model, EdgeCloudDetectorMixin):
         raise ConfigError(f'{args.config} builds a {type(model).__name__}, not a split detector')
     os.makedirs(args.out_dir, exist_ok=True)
@@ -51,7 +85,7 @@ def main(argv=None):
         print(f'error: {e}', file=sys.stderr)
         return 2
     print(f'wrote {graph} ({osp.getsize(graph) / 1024:.0f} KiB) and {sidecar}; ONNX Runtime vs '
-          f'PyTorch latent: max |diff| {diff:.2e}')
+          f'PyTorch (latent and exit maps): max |diff| {diff:.2e}')
     return 0
 
 

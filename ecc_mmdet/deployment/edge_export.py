@@ -9,14 +9,22 @@ give the feature map's size (the codec params), the model fingerprint the cloud 
 class names, and the SHA-256 of the graph file it belongs to. The sidecar is itself checksummed
 (``sidecar_sha256`` over its canonical JSON), so a corrupted or edited one is refused.
 
+A dynamic model (``edge_exit`` + ``router``) exports its exit too: the graph then also outputs
+the exit head's raw per-level maps (``cls_<l>``, ``bbox_<l>``, and ``ctr_<l>`` for a head with
+score factors such as ATSS's centerness) computed from the same F_k, and the sidecar gains
+``exit`` (head kind, classes, anchors, box coder, test_cfg), ``router`` (kind, parameters and the
+CALIBRATED threshold: calibrate the model before export), ``score_maps`` (per tier, the isotonic
+map's knots for ``np.interp``; None without ``calibrate_scores``) and ``edge_report``; the light
+runtime (:mod:`ecc_edge.exits`) decodes, routes and maps scores like the PyTorch edge.
+
 What the light runtime cannot express yet is refused here with the reason: codecs other than
-the learned bottlenecks, test pipelines other than load + Resize (+ annotations, packing), and
-models with edge exits or a router (their box decoding, NMS, score maps and routing rule are
-not ported to numpy yet: export such a model without ``edge_exit``/``router`` to offload every
-image, or run its edge with PyTorch).
+the learned bottlenecks, test pipelines other than load + Resize (+ annotations, packing),
+extension exits, learned and random routers, and exit heads other than the AnchorHead family
+(AnchorGenerator, DeltaXYWHBBoxCoder, sigmoid classification, mmdet's own post-processing).
 """
 import hashlib
 import json
+import math
 import os.path as osp
 from typing import Dict, List, Optional, Tuple
 
@@ -43,10 +51,29 @@ class EdgeGraph(nn.Module):
         super().__init__()
         self.model = model
         self.point = model.compressor._rate_point(False)
+        self.with_exit = getattr(model, 'edge_exit', None) is not None and \
+            getattr(model, 'router', None) is not None
 
     def forward(self, x):
         f = self.model.splitter.forward_edge(x)
-        return self.model.compressor._latent(f, *self.point)
+        latent = self.model.compressor._latent(f, *self.point)
+        if not self.with_exit:
+            return latent
+        outs = self.model.edge_exit(f)  # (cls_scores, bbox_preds[, centernesses]) per level
+        return (latent, ) + tuple(t for part in outs for t in part)
+
+    def output_names(self) -> List[str]:
+        if not self.with_exit:
+            return ['latent']
+        n_lv = len(self.model.edge_exit.head.prior_generator.strides)
+        parts = ['cls', 'bbox'] + (['ctr'] if _has_score_factors(self.model.edge_exit) else [])
+        return ['latent'] + [f'{p}_{i}' for p in parts for i in range(n_lv)]
+
+
+def _has_score_factors(edge_exit) -> bool:
+    """ATSS's centerness is the one score factor ported (the head's third output)."""
+    from mmdet.models.dense_heads import ATSSHead
+    return isinstance(edge_exit.head, ATSSHead)
 
 
 def _preprocess_spec(cfg) -> Dict:
@@ -115,12 +142,112 @@ def sidecar_digest(sidecar: Dict) -> str:
 
 
 def _check_exits(model) -> None:
-    if getattr(model, 'edge_exit', None) is not None or getattr(model, 'router', None) is not None:
+    """Refuse (ConfigError) a dynamic model whose exit/router the light runtime cannot run."""
+    edge_exit, router = getattr(model, 'edge_exit', None), getattr(model, 'router', None)
+    if edge_exit is None and router is None:
+        return
+    if edge_exit is None or router is None:
+        return  # an exit without a router (or the reverse) offloads every image: latent only
+    if getattr(model, 'extension_exit', None) is not None:
+        raise ConfigError('the light edge runtime does not run extension exits (MEANet): export '
+                          'the model without extension_exit/hard_classes, or run its edge with '
+                          'PyTorch (tools/edge_client.py without --light)')
+    _router_spec(router)
+    _exit_spec(edge_exit)
+
+
+def _router_spec(router) -> Dict:
+    import math
+
+    from ..models.routers import EntropyRouter, ScoreBandRouter
+    kind = type(router).__name__
+    if type(router) is EntropyRouter:
+        params = dict(top_k=int(router.top_k))
+    elif type(router) is ScoreBandRouter:
+        params = dict(low=float(router.low), high=float(router.high))
+    else:
         raise ConfigError(
-            'this model has edge exits / a router: the light edge runtime does not decode exit '
-            'heads or route yet. Export it without edge_exit and router (every image is '
-            'offloaded; the cloud checkpoint is unchanged) or run its edge with PyTorch '
-            '(tools/edge_client.py without --light)')
+            f'the light edge runtime ports EntropyRouter and ScoreBandRouter, not {kind} '
+            '(LearnedRouter: an MLP on F_k the runtime does not run; RandomRouter: a control '
+            'for experiments, not for deployment). Use one of those two routers, or run the '
+            'edge with PyTorch')
+    t = float(router.threshold)
+    if math.isnan(t):
+        raise ConfigError(
+            f'the {kind} router has target_offload_ratio={router.target_offload_ratio} but no '
+            'calibrated threshold: calibrate the model before export (tools/export_edge_onnx.py '
+            '--data-root DIR calibrates it on the config\'s calibration split), or give '
+            'router.threshold')
+    return dict(kind=kind, threshold=t, **params)
+
+
+def _exit_spec(edge_exit) -> Dict:
+    from mmdet.models.dense_heads import AnchorHead
+    from mmdet.models.dense_heads.base_dense_head import BaseDenseHead
+    from mmdet.models.task_modules.coders import DeltaXYWHBBoxCoder
+    from mmdet.models.task_modules.prior_generators import AnchorGenerator
+    head = edge_exit.head
+    kind = type(head).__name__
+    if not isinstance(head, AnchorHead) or any(
+            getattr(type(head), m) is not getattr(BaseDenseHead, m)
+            for m in ('predict_by_feat', '_predict_by_feat_single', '_bbox_post_process')):
+        raise ConfigError(f'the light edge runtime decodes AnchorHead-family exit heads with '
+                          f'mmdet\'s own post-processing (ATSSHead, RetinaHead), not {kind}')
+    coder, gen = head.bbox_coder, head.prior_generator
+    if type(coder) is not DeltaXYWHBBoxCoder or coder.add_ctr_clamp:
+        raise ConfigError(f'the light edge runtime decodes DeltaXYWHBBoxCoder boxes (without '
+                          f'add_ctr_clamp), not {type(coder).__name__}')
+    if type(gen) is not AnchorGenerator:
+        raise ConfigError(f'the light edge runtime builds AnchorGenerator anchors, not '
+                          f'{type(gen).__name__}')
+    if not head.use_sigmoid_cls or getattr(head.loss_cls, 'custom_cls_channels', False):
+        raise ConfigError('the light edge runtime decodes sigmoid classification exit heads only')
+    cfg = head.test_cfg or {}
+    nms = dict(cfg.get('nms') or {})
+    if nms.get('type', 'nms') != 'nms' or set(nms) - {'type', 'iou_threshold'}:
+        raise ConfigError(f'the light edge runtime runs mmcv\'s plain class-aware nms '
+                          f'(iou_threshold only), the exit asks for {nms}')
+    if cfg.get('max_per_img') is None or 'iou_threshold' not in nms:
+        raise ConfigError('the exit test_cfg needs nms=dict(type=\'nms\', iou_threshold=...) '
+                          'and max_per_img')
+    return dict(
+        kind=kind, num_classes=int(head.num_classes), num_anchors=int(head.num_base_priors),
+        cls_out_channels=int(head.cls_out_channels), score_factors=_has_score_factors(edge_exit),
+        anchors=dict(strides=[[float(v) for v in st] for st in gen.strides],
+                     ratios=[float(r) for r in gen.ratios.tolist()],
+                     scales=[float(v) for v in gen.scales.tolist()],
+                     octave_base_scale=gen.octave_base_scale,
+                     scales_per_octave=gen.scales_per_octave,
+                     center_offset=float(gen.center_offset),
+                     base_anchors=[[[float(v) for v in row] for row in b.tolist()]
+                                   for b in gen.base_anchors]),
+        bbox_coder=dict(means=[float(v) for v in coder.means],
+                        stds=[float(v) for v in coder.stds], clip_border=bool(coder.clip_border),
+                        # decode()'s default, which the dense heads use
+                        wh_ratio_clip=16 / 1000, max_ratio=float(abs(math.log(16 / 1000)))),
+        test_cfg=dict(nms_pre=int(cfg.get('nms_pre', -1)),
+                      score_thr=float(cfg.get('score_thr', 0)),
+                      min_bbox_size=float(cfg.get('min_bbox_size', -1)),
+                      iou_threshold=float(nms['iou_threshold']),
+                      max_per_img=int(cfg['max_per_img'])))
+
+
+def _dynamic_spec(model) -> Dict:
+    """The sidecar keys of a dynamic model (empty for a model without exit + router)."""
+    if getattr(model, 'edge_exit', None) is None or getattr(model, 'router', None) is None:
+        return {}
+    maps = None
+    if model.calibrate_scores:
+        if model.score_maps is None:
+            raise ConfigError('calibrate_scores=True but the model has no score maps: calibrate '
+                              'it before export (tools/export_edge_onnx.py --data-root DIR)')
+        maps = {tier: dict(x=[float(v) for v in m.x], y=[float(v) for v in m.y])
+                for tier, m in model.score_maps.items()}
+    report = None if model.edge_report is None else dict(
+        score_thr=float(model.edge_report['score_thr']),
+        max_boxes=int(model.edge_report['max_boxes']))
+    return dict(exit=_exit_spec(model.edge_exit), router=_router_spec(model.router),
+                score_maps=maps, edge_report=report)
 
 
 def build_sidecar(model, cfg, graph_sha256: str, class_names=None) -> Dict:
@@ -130,6 +257,7 @@ def build_sidecar(model, cfg, graph_sha256: str, class_names=None) -> Dict:
                 preprocess=_preprocess_spec(cfg), codec=_codec_spec(model),
                 feature_strides=_strides(model),
                 class_names=list(class_names) if class_names else None)
+    side.update(_dynamic_spec(model))
     side['sidecar_sha256'] = sidecar_digest(side)
     return side
 
@@ -141,15 +269,17 @@ def export_edge_onnx(model, cfg, out_dir: str, class_names=None, opset: int = 17
     _check_exits(model)  # refuse what the runtime cannot express before exporting anything
     _codec_spec(model)
     _preprocess_spec(cfg)
+    _dynamic_spec(model)
     graph = EdgeGraph(model).eval()
     onnx_path, side_path = osp.join(out_dir, 'edge.onnx'), osp.join(out_dir, 'edge.json')
     x = torch.zeros(1, 3, *probe_size)
+    names = graph.output_names()
+    axes = {'input': {2: 'height', 3: 'width'}}
+    axes.update({n: {2: f'{n}_h', 3: f'{n}_w'} for n in names})
     try:
         with torch.no_grad():
             torch.onnx.export(graph, (x, ), onnx_path, dynamo=False, input_names=['input'],
-                              output_names=['latent'], opset_version=opset,
-                              dynamic_axes={'input': {2: 'height', 3: 'width'},
-                                            'latent': {2: 'latent_h', 3: 'latent_w'}})
+                              output_names=names, opset_version=opset, dynamic_axes=axes)
     except Exception as e:  # an op ONNX cannot express: say which model part failed
         raise ConfigError(f'ONNX export of the edge ({type(model.backbone).__name__} stages '
                           f'+ {type(model.compressor).__name__}) failed: '
@@ -164,8 +294,9 @@ def export_edge_onnx(model, cfg, out_dir: str, class_names=None, opset: int = 17
 
 def check_graph(onnx_path: str, model, sizes=((128, 128), (96, 160)),
                 tolerance: float = 1e-3) -> Optional[float]:
-    """Max |ONNX Runtime - PyTorch| on the latent for a few input sizes (a dynamic shape the
-    runtime cannot take fails here, at export time); None without onnxruntime."""
+    """Max |ONNX Runtime - PyTorch| on the latent (and a dynamic model's exit maps) for a few
+    input sizes (a dynamic shape the runtime cannot take fails here, at export time); None
+    without onnxruntime."""
     try:
         import onnxruntime as ort
     except ImportError:
@@ -177,12 +308,14 @@ def check_graph(onnx_path: str, model, sizes=((128, 128), (96, 160)),
     for h, w in sizes:
         x = torch.randn(1, 3, h, w, generator=g)
         with torch.no_grad():
-            ref = graph(x).numpy()
-        got = sess.run(None, {'input': x.numpy()})[0]
-        if got.shape != ref.shape:
-            raise ConfigError(f'the exported graph gives a {got.shape} latent for a {h}x{w} '
-                              f'input, PyTorch {ref.shape}: a dynamic shape it cannot take')
-        worst = max(worst, float(abs(got - ref).max()))
+            refs = graph(x)
+        refs = [t.numpy() for t in (refs if isinstance(refs, tuple) else (refs, ))]
+        gots = sess.run(None, {'input': x.numpy()})
+        for name, got, ref in zip(graph.output_names(), gots, refs):
+            if got.shape != ref.shape:
+                raise ConfigError(f'the exported graph gives a {got.shape} {name} for a {h}x{w} '
+                                  f'input, PyTorch {ref.shape}: a dynamic shape it cannot take')
+            worst = max(worst, float(abs(got - ref).max()))
     if worst > tolerance:
         raise ConfigError(f'the exported graph differs from PyTorch by {worst:.2e} (> '
                           f'{tolerance}): an op is exported wrongly')
