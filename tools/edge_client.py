@@ -67,6 +67,8 @@ def parse_args(argv=None):
     p.add_argument('--threads', type=int, default=None,
                    help='intra-op threads (torch, or ONNX Runtime with --light; default 1 there)')
     p.add_argument('--device', default='cpu')
+    p.add_argument('--data-root', help='dataset root with the calibration split (a dynamic '
+                   'model calibrates its router and score maps on it)')
     return p.parse_args(argv)
 
 
@@ -217,11 +219,22 @@ def build_runner(args):
     import ecc_tools  # noqa: F401  (imports ecc_mmdet: registers our components)
     import torch
 
+    from ecc_mmdet.apis.inference import load_config
     from ecc_mmdet.deployment.meter import EDGE_STEPS
     from ecc_mmdet.serving.client import EdgeRunner
     if args.threads:
         torch.set_num_threads(args.threads)
-    runner = EdgeRunner(args.config, args.checkpoint, device=args.device)
+    from ecc_tools.dynamic import needs_calibration
+    calibrated = None
+    if needs_calibration(load_config(args.config)):
+        if not args.data_root:
+            raise ConfigError(
+                f'{args.config} is a dynamic model whose router threshold / score maps are '
+                'fitted on its calibration split: give --data-root DIR (the dataset with that '
+                'split, the same the cloud calibrates on) and the full checkpoint')
+        from ecc_tools.rate_accuracy import calibrated_dynamic_model
+        calibrated, _ = calibrated_dynamic_model(args.config, args.checkpoint, args.data_root)
+    runner = EdgeRunner(args.config, args.checkpoint, device=args.device, model=calibrated)
     runner.edge_steps = EDGE_STEPS
     return runner
 

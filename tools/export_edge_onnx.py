@@ -38,24 +38,13 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def needs_calibration(cfg) -> bool:
-    """A dynamic config whose router threshold or score maps come from calibration."""
-    m = cfg.model
-    if not m.get('edge_exit') or not m.get('router'):
-        return False
-    ratio = m.router.get('target_offload_ratio')
-    if m.router.get('threshold') is None and ratio is None:
-        ratio = 0.5  # BaseRouter's default
-    return bool(m.get('calibrate_scores')) or (ratio is not None and
-                                               float(ratio) not in (0.0, 1.0))
-
-
 def load_model(args):
     """(config, model): a dynamic model calibrated like ``load_dynamic``/``calibrate_dynamic``
     do for the tools."""
     cfg = load_config(args.config, args.data_root)
     if not osp.isfile(args.checkpoint):
         raise ConfigError(f'Checkpoint not found: {args.checkpoint}')
+    from ecc_tools.dynamic import needs_calibration
     if needs_calibration(cfg):
         if not args.data_root:
             raise ConfigError(

@@ -33,6 +33,8 @@ def parse_args(argv=None):
     p.add_argument('--token-file', help='file holding the bearer token')
     p.add_argument('--insecure-no-auth', action='store_true',
                    help='serve without authentication (experiments on loopback only)')
+    p.add_argument('--data-root', help='dataset root with the calibration split (dynamic '
+                   'models with calibrate_scores or a target offload ratio need it)')
     p.add_argument('--reports-out', help='append the accepted detections reports of '
                    'edge-finished images (POST /v1/report) to this JSON-lines file')
     p.add_argument('--threads', type=int, default=None, help='torch intra-op threads')
@@ -54,8 +56,22 @@ def build_service(args):
                           'token')
     cfg = load_config(args.config, cfg_options=args.cfg_options)
     serving = ServingConfig.from_dict(cfg.get('serving', None))
-    runtime = CloudRuntime.from_files(cfg, args.checkpoint, device=args.device,
-                                      max_input_side=serving.max_input_side)
+    from ecc_tools.dynamic import needs_calibration
+    if needs_calibration(cfg):  # the cloud's score map comes from the calibration split
+        if not args.data_root:
+            raise ConfigError(
+                f'{args.config} is a dynamic model with calibrate_scores / a target offload '
+                'ratio: its score maps are fitted on the calibration split at startup. Give '
+                '--data-root DIR (the dataset with that split; the edge calibrates on the same '
+                'images) and the full checkpoint')
+        from ecc_mmdet.serving.runtime import class_names_of
+        from ecc_tools.rate_accuracy import calibrated_dynamic_model
+        model, _ = calibrated_dynamic_model(args.config, args.checkpoint, args.data_root)
+        runtime = CloudRuntime(model.to(args.device), class_names_of(cfg),
+                               max_input_side=serving.max_input_side)
+    else:
+        runtime = CloudRuntime.from_files(cfg, args.checkpoint, device=args.device,
+                                          max_input_side=serving.max_input_side)
     return CloudService(runtime, token, serving, report_sink=_jsonl_sink(args.reports_out))
 
 

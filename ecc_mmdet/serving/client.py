@@ -52,19 +52,24 @@ class EdgeRunner:
             (loaded strictly: a device must not run with weights silently missing). A
             ``cloud.pth`` is refused.
         device: torch device of the edge model.
+        model: an already built (e.g. calibrated) full model to take the edge from instead of
+            loading ``checkpoint``: a dynamic model's router threshold and score maps come
+            from its calibration split and are not in any checkpoint.
 
-    Raises ``ConfigError`` for a missing file, a cloud-only export or a config that is not a
-    split detector.
+    Raises ``ConfigError`` for a missing file, a cloud-only export, a config that is not a
+    split detector, or a dynamic model whose router is not calibrated.
     """
 
-    def __init__(self, config, checkpoint: str, device: str = 'cpu'):
+    def __init__(self, config, checkpoint: str, device: str = 'cpu', model=None):
         import torch
         from mmengine.runner import load_checkpoint
 
         from ..apis.inference import build_detector, load_config
         from ..utils.config_checks import ConfigError
-        from .runtime import class_names_of
         self.cfg = cfg = load_config(config)
+        if model is not None:
+            self._finish(model.build_edge(), cfg, device)
+            return
         if not osp.isfile(checkpoint):
             raise ConfigError(f'Checkpoint not found: {checkpoint}')
         try:
@@ -86,6 +91,20 @@ class EdgeRunner:
         if side == 'edge':
             load_checkpoint(model, checkpoint, map_location='cpu', logger='silent',
                             strict=True)
+        self._finish(model, cfg, device)
+
+    def _finish(self, model, cfg, device):
+        import math
+
+        from ..utils.config_checks import ConfigError
+        from .runtime import class_names_of
+        router = getattr(model, 'router', None)
+        if router is not None and model.edge_exit is not None and \
+                math.isnan(float(router.threshold)):
+            raise ConfigError(
+                f'the router ({type(router).__name__}) has a target offload ratio but no '
+                'calibrated threshold: calibrate the model on its calibration split first '
+                '(tools/edge_client.py --data-root DIR does)')
         self.model = model.to(device).eval()
         self.class_names = class_names_of(cfg)
         self._file_pipeline, self._array_pipeline = self._pipelines(cfg)

@@ -57,6 +57,13 @@ class CloudRuntime:
         if not hasattr(model, 'decode_and_predict'):
             raise ConfigError(f'{type(model).__name__} is not a split (EdgeCloud*) detector: '
                               'it has no cloud side to serve')
+        if getattr(model, 'calibrate_scores', False) and model.edge_exit is not None \
+                and model.router is not None and model.score_maps is None:
+            raise ConfigError(
+                'this dynamic model maps the cloud\'s scores with a score map fitted on the '
+                'calibration split, and none is fitted: calibrate it first '
+                '(tools/serve_cloud.py --data-root DIR does; in code '
+                'ecc_mmdet.deployment.calibration.calibrate_dynamic)')
         self.model = model.eval()
         self.class_names = tuple(class_names) if class_names else None
         self.max_input_side = int(max_input_side)

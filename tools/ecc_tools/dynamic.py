@@ -50,6 +50,18 @@ def calibration_dataset_cfg(cfg):
     raise ValueError('the dynamic config has no RouterCalibrationHook: no calibration split')
 
 
+def needs_calibration(cfg) -> bool:
+    """A dynamic config whose router threshold or score maps come from calibration."""
+    m = cfg.model
+    if not m.get('edge_exit') or not m.get('router'):
+        return False
+    ratio = m.router.get('target_offload_ratio')
+    if m.router.get('threshold') is None and ratio is None:
+        ratio = 0.5  # BaseRouter's default
+    return bool(m.get('calibrate_scores')) or (ratio is not None and
+                                               float(ratio) not in (0.0, 1.0))
+
+
 def load_dynamic(config: str, checkpoint: str, data_root: Optional[str] = None,
                  with_calibration_split: bool = True, **model_overrides):
     """(config, model, calibration dataset or None) of a dynamic config. ``model_overrides``

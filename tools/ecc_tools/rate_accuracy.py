@@ -158,11 +158,8 @@ def calibrated_dynamic_model(config: str, checkpoint: str, data_root: Optional[s
     from ecc_mmdet.apis.inference import iter_batches
     from ecc_mmdet.deployment.calibration import calibrate_dynamic
 
-    from .dynamic import load_dynamic
-    cfg = load_config(config, data_root)
-    ratio = (cfg.model.get('router') or {}).get('target_offload_ratio')
-    needs = bool(cfg.model.get('calibrate_scores')) or (
-        ratio is not None and float(ratio) not in (0.0, 1.0))
+    from .dynamic import load_dynamic, needs_calibration
+    needs = needs_calibration(load_config(config, data_root))
     scfg, model, calib = load_dynamic(config, checkpoint, data_root, with_calibration_split=needs)
     if needs:
         hook = next(h for h in scfg.custom_hooks if h.get('type') == 'RouterCalibrationHook')
