@@ -298,3 +298,25 @@ def test_bad_sources_exit_2_with_one_line(case, served_model, tmp_path, token_fi
             'camera': 'camera:N', 'no_token': 'no bearer token',
             'bad_token': 'one word of visible ASCII'}[case] in err
     assert TOKEN not in err
+
+
+def test_uncalibrated_dynamic_models_are_refused_up_front(served_model, tmp_path):
+    """A target offload ratio and score maps come from the calibration split: a server or an
+    edge built without them says so at startup instead of failing every request."""
+    from mmengine.runner import save_checkpoint
+
+    from ecc_mmdet.apis import build_detector, load_config
+    from ecc_mmdet.serving.client import EdgeRunner
+    from ecc_mmdet.serving.runtime import CloudRuntime
+    from ecc_mmdet.utils import ConfigError
+    cfg = load_config(served_model['config'])
+    cfg.model.update(edge_exit=EXIT, calibrate_scores=True,
+                     router=dict(type='EntropyRouter', target_offload_ratio=0.5))
+    config, ckpt = str(tmp_path / 'dyn.py'), str(tmp_path / 'dyn.pth')
+    cfg.dump(config)
+    model = build_detector(cfg.model, served_model['checkpoint'])
+    save_checkpoint({'state_dict': model.state_dict(), 'meta': {}}, ckpt)
+    with pytest.raises(ConfigError, match='no score map|none is fitted'):
+        CloudRuntime(model)
+    with pytest.raises(ConfigError, match='no calibrated threshold'):
+        EdgeRunner(config, ckpt)
