@@ -38,7 +38,8 @@ from .codecs.detections import pack_detections
 from .codecs.range_coding import CodingTables, encode_with_cdf_tables
 from .exits import ExitDetections, apply_score_map, decode_exit, offload, router_score
 
-__all__ = ['EdgeRuntimeError', 'LightEdge', 'LightResult', 'load_sidecar']
+__all__ = ['EdgeRuntimeError', 'LightEdge', 'LightResult', 'SIDECAR_FORMAT', 'SIDECAR_VERSION',
+           'load_sidecar', 'sidecar_digest']
 
 SIDECAR_FORMAT = 'ecc_edge_sidecar'
 SIDECAR_VERSION = 1
@@ -63,7 +64,9 @@ class LightResult(NamedTuple):
     router_score: Optional[float] = None
 
 
-def _digest(sidecar: Dict) -> str:
+def sidecar_digest(sidecar: Dict) -> str:
+    """SHA-256 of the sidecar's canonical JSON without its own digest field (the exporter
+    writes it, the runtime checks it)."""
     body = {k: v for k, v in sidecar.items() if k != 'sidecar_sha256'}
     return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(',', ':')).encode()
                           ).hexdigest()
@@ -82,7 +85,7 @@ def load_sidecar(path: str) -> Dict:
     if side.get('version') != SIDECAR_VERSION:
         raise EdgeRuntimeError(f'sidecar version {side.get("version")}; this runtime reads '
                                f'{SIDECAR_VERSION}: export the edge again')
-    if side.get('sidecar_sha256') != _digest(side):
+    if side.get('sidecar_sha256') != sidecar_digest(side):
         raise EdgeRuntimeError(f'sidecar {path} is corrupted or was edited (its checksum does '
                                'not match its content): export the edge again')
     return side

@@ -10,13 +10,11 @@ load. Targets (checked here, never in tests): codec time <= 10 % of split infere
 throughput >= 0.9x unsplit; real body bytes <= 1.03 x estimate (the header is reported apart).
 """
 import argparse
-import json
-import os
-import os.path as osp
 import statistics
 import time
 
 import ecc_tools  # noqa: F401  (imports ecc_mmdet: registers our components)
+from ecc_tools.cli import write_report
 import torch
 
 from ecc_mmdet.apis.inference import (build_detector, build_test_dataset, iter_batches,
@@ -148,12 +146,8 @@ def table(res) -> str:
 def main(argv=None):
     args = parse_args(argv)
     res = run(args)
-    os.makedirs(osp.dirname(osp.abspath(args.out)), exist_ok=True)
-    with open(args.out, 'w') as f:
-        json.dump(res, f, indent=2)
     text = table(res)
-    with open(osp.splitext(args.out)[0] + '.txt', 'w') as f:
-        f.write(text + '\n')
+    write_report(args.out, res, text, indent=2)
     print(text)
     print(f'\nwritten: {args.out}')
 

@@ -22,7 +22,6 @@ of images both keep on the edge, the symbols of images both offload, and the COC
 system (its edge-finished detections + the PyTorch cloud's answer to its offloaded payloads).
 """
 import argparse
-import json
 import os
 import os.path as osp
 import re
@@ -32,6 +31,7 @@ import tempfile
 import time
 
 import ecc_tools  # noqa: F401  (imports ecc_mmdet: registers our components)
+from ecc_tools.cli import write_report
 
 LIGHT_DISTS = ('onnxruntime', 'numpy', 'opencv-python', 'constriction', 'httpx')
 FULL_DISTS = ('torch', 'mmcv', 'mmdet', 'mmengine', 'numpy', 'opencv-python', 'constriction',
@@ -208,7 +208,6 @@ def run(args):
 
 # the fresh PyTorch edge of the memory probe gets the exported calibration (threshold, maps)
 _CALIBRATE = """
-import json
 from ecc_mmdet.evaluation.score_calibration import ScoreMap
 side = json.load(open({sidecar!r}))
 r.model.router.threshold.fill_(float(side['router']['threshold']))
@@ -362,12 +361,8 @@ def main(argv=None):
     t0 = time.time()
     res = run(args)
     res['wall_s'] = time.time() - t0
-    os.makedirs(osp.dirname(osp.abspath(args.out)), exist_ok=True)
-    with open(args.out, 'w') as f:
-        json.dump(res, f, indent=1)
     text = table(res)
-    with open(osp.splitext(args.out)[0] + '.txt', 'w') as f:
-        f.write(text + '\n')
+    write_report(args.out, res, text, indent=1)
     print(text)
     print(f'[light] wrote {args.out} and its .txt ({res["wall_s"]:.0f} s)')
     return 0

@@ -20,12 +20,12 @@ for the same images. Writes JSON, a table (.txt) and a plot (.png) beside it; ta
 import argparse
 import json
 import os
-import os.path as osp
 import platform
 import sys
 import time
 
 import ecc_tools  # noqa: F401  (imports ecc_mmdet: registers our components)
+from ecc_tools.cli import write_report
 
 
 def parse_args(argv=None):
@@ -187,14 +187,10 @@ def main(argv=None):
     t0 = time.time()
     res = run(args)
     res['wall_s'] = time.time() - t0
-    os.makedirs(osp.dirname(osp.abspath(args.out)), exist_ok=True)
-    with open(args.out, 'w') as f:
-        json.dump(res, f, indent=1)
     text = table(res)
-    with open(osp.splitext(args.out)[0] + '.txt', 'w') as f:
-        f.write(text + '\n')
+    stem = write_report(args.out, res, text, indent=1)
     from ecc_tools.serving_bench import plot
-    plot(res, osp.splitext(args.out)[0] + '.png')
+    plot(res, stem + '.png')
     print(text)
     print(f'[serving] wrote {args.out} and its .txt ({res["wall_s"]:.0f} s)')
     return 0

@@ -31,14 +31,14 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from torch import nn
 
+from ecc_edge.runtime import SIDECAR_FORMAT, SIDECAR_VERSION, sidecar_digest
+
 from ..utils.config_checks import ConfigError
 from .fingerprint import model_fingerprint
 
 __all__ = ['EdgeGraph', 'SIDECAR_FORMAT', 'build_sidecar', 'check_graph', 'export_edge_onnx',
            'sidecar_digest']
 
-SIDECAR_FORMAT = 'ecc_edge_sidecar'
-SIDECAR_VERSION = 1
 _PIPELINE_OK = ('LoadImageFromFile', 'LoadAnnotations', 'PackDetInputs')
 
 
@@ -126,19 +126,6 @@ def _codec_spec(model) -> Dict:
                 lengths=[int(v) + 1 for v in em._pmf_length.cpu().tolist()],
                 pmf_table=[[int(v) for v in row] for row in em._pmf_table.cpu().tolist()],
                 tables_fingerprint=int(em._tables_fingerprint.item()))
-
-
-def _strides(model) -> List[int]:
-    sp = model.splitter
-    return [2] + [2] * sp.has_maxpool + list(getattr(sp.backbone, 'strides', ()))[
-        :sp.split_after]
-
-
-def sidecar_digest(sidecar: Dict) -> str:
-    """SHA-256 of the sidecar's canonical JSON without its own digest field."""
-    body = {k: v for k, v in sidecar.items() if k != 'sidecar_sha256'}
-    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(',', ':')).encode()
-                          ).hexdigest()
 
 
 def _check_exits(model) -> None:
@@ -255,7 +242,7 @@ def build_sidecar(model, cfg, graph_sha256: str, class_names=None) -> Dict:
     side = dict(format=SIDECAR_FORMAT, version=SIDECAR_VERSION, graph_sha256=graph_sha256,
                 model_fingerprint=model_fingerprint(model).hex(),
                 preprocess=_preprocess_spec(cfg), codec=_codec_spec(model),
-                feature_strides=_strides(model),
+                feature_strides=model.splitter.edge_strides(),
                 class_names=list(class_names) if class_names else None)
     side.update(_dynamic_spec(model))
     side['sidecar_sha256'] = sidecar_digest(side)

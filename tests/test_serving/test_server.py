@@ -219,6 +219,7 @@ def test_several_uvicorn_workers_from_the_app_factory(served_model, served_detec
     import subprocess
     import sys
 
+    from ecc_tools.serving_bench import stop
     from serving_utils import REPO, wait_ready
     with socket.socket() as s:  # a free port (uvicorn's --workers needs a number)
         s.bind(('127.0.0.1', 0))
@@ -243,11 +244,6 @@ def test_several_uvicorn_workers_from_the_app_factory(served_model, served_detec
                 ref.scores.tolist(), abs=1e-6)
         assert post(url, served_payloads[0], headers={}).status_code == 401
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
         log.close()
     assert TOKEN not in (tmp_path / 'uvicorn.log').read_text()

@@ -52,3 +52,16 @@ def build_runner(build_cfg, args):
         print(f'error: {e}', file=sys.stderr)
         return None
     return Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
+
+
+def write_report(out: str, res: dict, text: str, indent: int = 1) -> str:
+    """A benchmark's JSON at ``out`` and its table beside it (``.txt``) -> the path stem
+    (for a plot beside them)."""
+    import json
+    os.makedirs(osp.dirname(osp.abspath(out)), exist_ok=True)
+    with open(out, 'w') as f:
+        json.dump(res, f, indent=indent)
+    stem = osp.splitext(out)[0]
+    with open(stem + '.txt', 'w') as f:
+        f.write(text + '\n')
+    return stem

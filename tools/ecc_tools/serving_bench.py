@@ -58,45 +58,71 @@ def prepare(config: str, checkpoint: str, data_root: Optional[str], num_images: 
     return model, images
 
 
-@contextlib.contextmanager
-def server(config: str, checkpoint: str, token: str, options: Sequence[str] = (),
-           threads: int = 1, timeout: float = 300):
-    """``tools/serve_cloud.py`` on a free loopback port -> yields its base URL."""
+def wait_ready(url: str, proc, log, timeout: float = 300.0) -> None:
+    """Until ``GET /readyz`` answers 200; RuntimeError with the server's log tail if it exits
+    or is not ready in ``timeout`` seconds."""
     import httpx
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if proc.poll() is not None:
+            log.seek(0)
+            raise RuntimeError(f'server exited ({proc.returncode}):\n{log.read()[-3000:]}')
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(url + '/readyz', timeout=2).status_code == 200:
+                return
+        time.sleep(0.3)
+    raise RuntimeError(f'server at {url} not ready after {timeout} s')
+
+
+def stop(proc, timeout: float = 60) -> None:
+    """SIGTERM (graceful: in-flight requests finish), then kill after ``timeout``."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@contextlib.contextmanager
+def server(config: str, checkpoint: str, token: Optional[str], options: Sequence[str] = (),
+           threads: int = 1, timeout: float = 300, extra_args: Sequence[str] = (),
+           log_dir: Optional[str] = None):
+    """``tools/serve_cloud.py`` on a free loopback port -> yields (base URL, Popen; its
+    ``log`` attribute is the server's output file). ``token`` None serves without one
+    (``--insecure-no-auth``); ``options`` go to ``--cfg-options``, ``extra_args`` as given.
+    Stopped gracefully on exit."""
     with tempfile.TemporaryDirectory() as tmp:
         port_file = osp.join(tmp, 'port')
-        env = dict(os.environ, ECC_SERVE_TOKEN=token, OMP_NUM_THREADS=str(threads))
+        env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONUNBUFFERED='1')
+        env.pop('ECC_SERVE_TOKEN', None)
         cmd = [sys.executable, osp.join(TOOLS, 'serve_cloud.py'), config, checkpoint,
                '--host', LOOPBACK, '--port', '0', '--port-file', port_file,
-               '--threads', str(threads)]
+               '--threads', str(threads), *map(str, extra_args)]
+        if token is None:
+            cmd.append('--insecure-no-auth')
+        else:
+            env['ECC_SERVE_TOKEN'] = token
         if options:
             cmd += ['--cfg-options', *options]
-        log = open(osp.join(tmp, 'server.log'), 'w+')
-        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+        # a file, not a pipe: nobody reads a pipe while the server runs, and a full one blocks
+        log = open(osp.join(log_dir or tmp, f'server-{time.monotonic_ns()}.log'), 'w+')
+        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
+        proc.log = log
         try:
             t0 = time.time()
-            url = None
-            while time.time() - t0 < timeout:
-                if proc.poll() is not None:
+            while not osp.exists(port_file):
+                if proc.poll() is not None or time.time() - t0 > timeout:
                     log.seek(0)
-                    raise RuntimeError(f'server exited ({proc.returncode}):\n{log.read()[-2000:]}')
-                if url is None and osp.exists(port_file):
-                    url = f'http://{LOOPBACK}:{open(port_file).read().strip()}'
-                if url is not None:
-                    with contextlib.suppress(httpx.HTTPError):
-                        if httpx.get(url + '/readyz', timeout=2).status_code == 200:
-                            break
-                time.sleep(0.3)
-            else:
-                raise RuntimeError(f'server not ready after {timeout} s')
+                    raise RuntimeError(f'server did not start ({proc.poll()}):\n'
+                                       f'{log.read()[-3000:]}')
+                time.sleep(0.2)
+            url = f'http://{LOOPBACK}:{open(port_file).read().strip()}'
+            wait_ready(url, proc, log, timeout - (time.time() - t0))
             yield url, proc
         finally:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(60)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+            stop(proc)
             log.close()
 
 

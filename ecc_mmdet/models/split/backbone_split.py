@@ -99,11 +99,14 @@ class BackboneSplitter(nn.Module):
         which lacks the edge modules, checks payloads against it): each stride-s step of the
         stem and the edge stages maps a side n to ceil(n / s) (ResNet's padding: 7x7/3 convs,
         3x3 max-pool)."""
-        strides = [2] + [2] * self.has_maxpool
-        strides += list(getattr(self.backbone, 'strides', ()))[:self.split_after]
-        for s in strides:
+        for s in self.edge_strides():
             h, w = -(-h // s), -(-w // s)
         return h, w
+
+    def edge_strides(self) -> List[int]:
+        """The strides of the stem's and the edge stages' downsampling steps, in order."""
+        return ([2] + [2] * self.has_maxpool +
+                list(getattr(self.backbone, 'strides', ()))[:self.split_after])
 
     @torch.no_grad()
     def split_channels(self) -> int:
