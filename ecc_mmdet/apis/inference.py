@@ -11,8 +11,14 @@ from mmengine.runner import load_checkpoint
 from ..utils.config_checks import ConfigError, check_dataset_paths
 from ..utils.data_root import set_data_root
 
-_SPLIT_TYPES = {'EdgeCloudTwoStageDetector': 'TwoStageDetector',
-                'EdgeCloudSingleStageDetector': 'SingleStageDetector'}
+
+def _split_class(type_name):
+    """The registered split detector class named ``type_name``, or None."""
+    from mmdet.registry import MODELS
+
+    from ..models.detectors import EdgeCloudDetectorMixin
+    cls = MODELS.get(type_name) if isinstance(type_name, str) else type_name
+    return cls if isinstance(cls, type) and issubclass(cls, EdgeCloudDetectorMixin) else None
 
 
 def load_config(config, data_root: Optional[str] = None, cfg_options: Optional[dict] = None
@@ -33,13 +39,12 @@ def load_config(config, data_root: Optional[str] = None, cfg_options: Optional[d
 def unsplit_model_cfg(model_cfg) -> dict:
     """The ordinary detector a split config was made from (same weights, no compressor)."""
     cfg = copy.deepcopy(model_cfg)
-    base = _SPLIT_TYPES.get(cfg['type'])
-    if base is not None:
-        # FasterRCNN/RetinaNet etc. are thin subclasses of these two; the base class runs the same
-        cfg['type'] = base
-        for k in ('split_after', 'compressor', 'measure_flops', 'estimate_rate', 'edge_exit',
-                  'router', 'train_exits_only', 'edge_report', 'calibrate_scores',
-                  'extension_exit', 'hard_classes'):
+    split = _split_class(cfg['type'])
+    if split is not None:
+        # FasterRCNN/RetinaNet etc. are thin subclasses of Two/SingleStageDetector, which run the
+        # same; RTMDet, YOLOX and the DETR family have their own split class
+        cfg['type'] = split.unsplit_type
+        for k in split.EDGE_CLOUD_KEYS:
             cfg.pop(k, None)
     return cfg
 
@@ -50,10 +55,14 @@ def split_model_cfg(model_cfg, split_after: int, compressor: dict) -> dict:
     The weights of the ordinary detector load into the result unchanged (the compressor's are
     new), e.g. to evaluate training-free codecs such as ``QuantizeNeck`` on a trained model.
     """
+    from mmdet.registry import MODELS
     cfg = copy.deepcopy(model_cfg)
-    two_stage = 'roi_head' in cfg
-    cfg['type'] = next(k for k, v in _SPLIT_TYPES.items()
-                       if v == ('TwoStageDetector' if two_stage else 'SingleStageDetector'))
+    own = MODELS.get(f"EdgeCloud{cfg['type']}") if isinstance(cfg['type'], str) else None
+    if _split_class(own) is not None:
+        cfg['type'] = own.__name__  # RTMDet, YOLOX, the DETR family
+    else:
+        cfg['type'] = ('EdgeCloudTwoStageDetector' if 'roi_head' in cfg
+                       else 'EdgeCloudSingleStageDetector')
     cfg.update(split_after=split_after, compressor=compressor)
     return cfg
 

@@ -60,10 +60,16 @@ class _RemovedAttributeError(AttributeError):
     pass
 
 
+# top-level children that are not cloud-only: the edge's, and those both sides use
+_NOT_CLOUD_ONLY = ('backbone', 'splitter', 'compressor', 'edge_exit', 'router', 'extension_exit',
+                   'data_preprocessor')
+
+
 def _cloud_only(model) -> List[nn.Module]:
-    bb = model.splitter.backbone
-    mods = model.splitter.stages(model.splitter.split_after, len(bb.res_layers))
-    mods += [getattr(model, n, None) for n in ('neck', 'rpn_head', 'roi_head', 'bbox_head')]
+    """The backbone's cloud stages, every other top-level child of the detector (neck, heads,
+    a DETR's encoder, decoder and query embeddings, ...) and the compressor's decoder."""
+    mods = list(model.splitter.cloud_modules())
+    mods += [m for name, m in model.named_children() if name not in _NOT_CLOUD_ONLY]
     comp = model.compressor
     return mods + _minus(comp.cloud_modules(), list(comp.edge_modules()) + comp.coding_models())
 
@@ -99,6 +105,8 @@ def _build_side(model, side: str):
     # through the memo every reference to a dropped module becomes its placeholder; the
     # distiller (a frozen teacher, training only) is left out altogether
     memo = dict(placeholders)
+    if side == 'edge':  # bare parameters of the detector itself (a DETR's level_embed) are cloud's
+        memo.update({id(p): None for p in model._parameters.values() if p is not None})
     if getattr(model, 'distiller', None) is not None:
         memo[id(model.distiller)] = None
     fingerprint = model_fingerprint(model)

@@ -116,10 +116,10 @@ def test_unsplit_checkpoint_loads_into_split_model(tmp_path):
 
 def test_unsupported_backbone_and_bad_split_points():
     cfg = tiny_model_cfg(TINY_FRCNN)
-    with pytest.raises(ConfigError, match='ResNet family'):
+    with pytest.raises(ConfigError, match='Cannot split backbone Darknet.*MobileNetV2'):
         bad = split_cfg(cfg)
-        bad.backbone = dict(type='MobileNetV2', out_indices=(1, 2, 4, 7))
-        bad.neck.in_channels = [24, 32, 96, 1280]
+        bad.backbone = dict(type='Darknet', depth=53, out_indices=(2, 3, 4, 5))
+        bad.neck.in_channels = [128, 256, 512, 1024]
         MODELS.build(bad)
     with pytest.raises(ConfigError, match=r'split_after must be an int in \[0, 4\]'):
         MODELS.build(split_cfg(cfg, 5))
@@ -134,36 +134,6 @@ def test_unsupported_backbone_and_bad_split_points():
         c = split_cfg(cfg)
         c.compressor = None
         MODELS.build(c)
-
-
-@pytest.mark.parametrize('backbone', [
-    dict(type='ResNetV1d', depth=18, base_channels=8),
-    dict(type='ResNeXt', depth=50, groups=4, base_width=4, base_channels=8),
-    dict(type='RegNet', arch='regnetx_400mf'),
-    dict(type='Res2Net', depth=50, base_channels=8, scales=2, base_width=4),
-])
-def test_resnet_family_split_matches_backbone(backbone):
-    """Edge + cloud halves reproduce backbone.forward for every supported family member."""
-    from ecc_mmdet.models.split import BackboneSplitter
-    torch.manual_seed(0)
-    bb = MODELS.build(dict(backbone, out_indices=(0, 1, 2, 3)))
-    bb.eval()  # mmdet's ResNet.train() returns None, so no chaining
-    x = torch.randn(1, 3, 64, 64)
-    with torch.no_grad():
-        ref = bb(x)
-        for k in (0, 1):
-            sp = BackboneSplitter(bb, k)
-            got = sp.forward_cloud(sp.forward_edge(x))
-            assert len(got) == len(ref)
-            for a, b in zip(ref, got):
-                assert torch.equal(a, b)
-        # the shape arithmetic the cloud checks payloads with matches the real edge half
-        bb.out_indices = (2, 3)
-        for k in (0, 1, 2, 3):
-            sp = BackboneSplitter(bb, k)
-            for h, w in ((64, 64), (33, 47), (97, 1), (130, 65)):
-                f = sp.forward_edge(torch.randn(1, 3, h, w))
-                assert sp.feature_size(h, w) == tuple(f.shape[-2:]), (k, h, w)
 
 
 def test_checkpoint_of_another_compressor_is_refused(tmp_path):

@@ -69,6 +69,7 @@ from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 from mmengine.runner import IterBasedTrainLoop
 from mmengine.runner.checkpoint import _load_checkpoint, _load_checkpoint_to_model
+from mmdet.models.detectors.base_detr import DetectionTransformer
 from mmdet.registry import HOOKS, MODELS
 from mmdet.structures.bbox import bbox2roi, get_box_tensor
 from torch import Tensor, nn
@@ -385,7 +386,14 @@ class KnowledgeAdaptationHook(Hook):
                               f'teacher {type(teacher).__name__} has no bbox_head')
         if not hasattr(teacher, 'backbone') or not hasattr(teacher.backbone, 'out_indices'):
             raise ConfigError('KnowledgeAdaptationHook: the teacher needs a backbone with '
-                              'out_indices (ResNet family) for the feature distillation')
+                              'out_indices (a backbone the splitter supports) for the feature '
+                              'distillation')
+        if isinstance(model, DetectionTransformer) and self.response_loss_weight > 0:
+            raise ConfigError(
+                'KnowledgeAdaptationHook: response distillation (response_loss_weight > 0) is '
+                'implemented for RoI heads and dense heads, not for the query-based heads of '
+                f'DETR-style detectors ({type(model).__name__}); set response_loss_weight=0 '
+                '(feature distillation and the detection losses still train it)')
         pre_s, pre_t = model.data_preprocessor, teacher.data_preprocessor
         for attr in ('mean', 'std'):
             a, b = getattr(pre_s, attr, None), getattr(pre_t, attr, None)
@@ -572,8 +580,8 @@ class KnowledgeAdaptationHook(Hook):
 
     def _feature_loss(self, model, batch_inputs, batch_data_samples, intermediates) -> Tensor:
         student = intermediates['backbone_outs']
-        split = model.splitter.split_after
-        s_idx = sorted(i for i in model.splitter.out_indices if i >= split - 1)
+        # the splitter refuses out_indices computed before the split: the cloud returns them all
+        s_idx = sorted(model.splitter.out_indices)
         with torch.no_grad():
             t_outs = self.teacher.backbone(batch_inputs)
         t_map = dict(zip(sorted(self.teacher.backbone.out_indices), t_outs))

@@ -74,6 +74,28 @@ class EdgeCloudDetectorMixin:
             labels and, with ``edge_exit.distill_weight > 0``, from the cloud's detections.
     """
 
+    # the keys a split config adds to an ordinary detector's (see the class docstring)
+    EDGE_CLOUD_KEYS = ('split_after', 'compressor', 'measure_flops', 'estimate_rate', 'edge_exit',
+                       'router', 'train_exits_only', 'edge_report', 'calibrate_scores',
+                       'extension_exit', 'hard_classes')
+    #: the registered mmdet type the split class was made from (what ``unsplit_model_cfg`` gives)
+    unsplit_type = None
+
+    def __init__(self, split_after: int = 1, compressor: dict = None,
+                 measure_flops: bool = True, estimate_rate: bool = True,
+                 edge_exit: dict = None, router: dict = None, train_exits_only: bool = False,
+                 edge_report: dict = None, calibrate_scores: bool = False,
+                 extension_exit: dict = None, hard_classes: list = None, **kwargs):
+        self._check_detector_kwargs(kwargs)
+        super().__init__(**kwargs)
+        self._init_edge_cloud(split_after, compressor, measure_flops, estimate_rate, edge_exit,
+                              router, train_exits_only, edge_report, calibrate_scores,
+                              extension_exit, hard_classes)
+
+    @classmethod
+    def _check_detector_kwargs(cls, kwargs: dict) -> None:
+        """Refuse the keys of another detector family with the type to use instead."""
+
     def _init_edge_cloud(self, split_after: int, compressor: dict, measure_flops: bool = True,
                          estimate_rate: bool = True, edge_exit: Optional[dict] = None,
                          router: Optional[dict] = None, train_exits_only: bool = False,

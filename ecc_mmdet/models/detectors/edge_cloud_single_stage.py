@@ -1,30 +1,40 @@
-"""Single-stage (RetinaNet, FCOS, ATSS, ...) detector split into an edge and a cloud part."""
-from mmdet.models.detectors import SingleStageDetector
+"""Single-stage (RetinaNet, FCOS, ATSS, RTMDet, YOLOX, ...) detectors split into edge and cloud."""
+from mmdet.models.detectors import RTMDet, SingleStageDetector, YOLOX
 from mmdet.registry import MODELS
 
 from ...utils.config_checks import ConfigError
 from .edge_cloud_base import EdgeCloudDetectorMixin
 
 
-@MODELS.register_module()
-class EdgeCloudSingleStageDetector(EdgeCloudDetectorMixin, SingleStageDetector):
-    """Any ``SingleStageDetector`` config becomes a split one by changing ``type`` and adding
-    ``split_after`` and ``compressor``; ``edge_exit`` + ``router`` make it dynamic (see
-    :class:`EdgeCloudDetectorMixin`)."""
+class EdgeCloudSingleStageMixin(EdgeCloudDetectorMixin):
+    """The single-stage cloud step: dense head on the neck's features."""
 
-    def __init__(self, split_after: int = 1, compressor: dict = None,
-                 measure_flops: bool = True, estimate_rate: bool = True,
-                 edge_exit: dict = None, router: dict = None, train_exits_only: bool = False,
-                 edge_report: dict = None, calibrate_scores: bool = False,
-                 extension_exit: dict = None, hard_classes: list = None, **kwargs):
+    @classmethod
+    def _check_detector_kwargs(cls, kwargs):
         if 'rpn_head' in kwargs or 'roi_head' in kwargs:
-            raise ConfigError('EdgeCloudSingleStageDetector got a two-stage config (rpn_head / '
-                              "roi_head); use type='EdgeCloudTwoStageDetector' for it")
-        super().__init__(**kwargs)
-        self._init_edge_cloud(split_after, compressor, measure_flops, estimate_rate, edge_exit,
-                              router, train_exits_only, edge_report, calibrate_scores,
-                              extension_exit, hard_classes)
+            raise ConfigError(f'{cls.__name__} got a two-stage config (rpn_head / roi_head); '
+                              "use type='EdgeCloudTwoStageDetector' for it")
 
     def predict_from_features(self, x, batch_data_samples, rescale: bool = True):
         results_list = self.bbox_head.predict(x, batch_data_samples, rescale=rescale)
         return self.add_pred_to_datasample(batch_data_samples, results_list)
+
+
+@MODELS.register_module()
+class EdgeCloudSingleStageDetector(EdgeCloudSingleStageMixin, SingleStageDetector):
+    """Any ``SingleStageDetector`` config becomes a split one by changing ``type`` and adding
+    ``split_after`` and ``compressor``; ``edge_exit`` + ``router`` make it dynamic (see
+    :class:`EdgeCloudDetectorMixin`)."""
+    unsplit_type = 'SingleStageDetector'
+
+
+@MODELS.register_module()
+class EdgeCloudRTMDet(EdgeCloudSingleStageMixin, RTMDet):
+    """``type='RTMDet'`` made split (keeps RTMDet's own arguments, e.g. ``use_syncbn``)."""
+    unsplit_type = 'RTMDet'
+
+
+@MODELS.register_module()
+class EdgeCloudYOLOX(EdgeCloudSingleStageMixin, YOLOX):
+    """``type='YOLOX'`` made split."""
+    unsplit_type = 'YOLOX'

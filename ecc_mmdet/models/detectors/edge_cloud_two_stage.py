@@ -11,19 +11,13 @@ class EdgeCloudTwoStageDetector(EdgeCloudDetectorMixin, TwoStageDetector):
     """Any ``TwoStageDetector`` config becomes a split one by changing ``type`` and adding
     ``split_after`` and ``compressor``; ``edge_exit`` + ``router`` make it dynamic (see
     :class:`EdgeCloudDetectorMixin`)."""
+    unsplit_type = 'TwoStageDetector'
 
-    def __init__(self, split_after: int = 1, compressor: dict = None,
-                 measure_flops: bool = True, estimate_rate: bool = True,
-                 edge_exit: dict = None, router: dict = None, train_exits_only: bool = False,
-                 edge_report: dict = None, calibrate_scores: bool = False,
-                 extension_exit: dict = None, hard_classes: list = None, **kwargs):
+    @classmethod
+    def _check_detector_kwargs(cls, kwargs):
         if 'bbox_head' in kwargs:
             raise ConfigError('EdgeCloudTwoStageDetector got a single-stage config (bbox_head); '
                               "use type='EdgeCloudSingleStageDetector' for it")
-        super().__init__(**kwargs)
-        self._init_edge_cloud(split_after, compressor, measure_flops, estimate_rate, edge_exit,
-                              router, train_exits_only, edge_report, calibrate_scores,
-                              extension_exit, hard_classes)
 
     def predict_from_features(self, x, batch_data_samples, rescale: bool = True):
         if batch_data_samples[0].get('proposals', None) is None:
