@@ -12,6 +12,26 @@ REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 BASELINE_CFG = osp.join(REPO, 'configs', 'faster_rcnn_r18_fpn_synthetic.py')
 TINY_FRCNN = osp.join(REPO, 'configs', '_base_', 'models', 'faster_rcnn_r18_fpn_tiny.py')
 TINY_RETINA = osp.join(REPO, 'configs', '_base_', 'models', 'retinanet_r18_fpn_tiny.py')
+# RTMDet-tiny narrowed to 1/8 width (CSPNeXt + CSPNeXtPAFPN + RTMDetSepBNHead), 6 classes
+TINY_RTMDET = dict(
+    type='RTMDet', use_syncbn=False,
+    data_preprocessor=dict(type='DetDataPreprocessor', mean=[103.53, 116.28, 123.675],
+                           std=[57.375, 57.12, 58.395], pad_size_divisor=32),
+    backbone=dict(type='CSPNeXt', deepen_factor=0.167, widen_factor=0.125,
+                  norm_cfg=dict(type='BN')),
+    neck=dict(type='CSPNeXtPAFPN', expand_ratio=0.5, in_channels=[32, 64, 128],
+              out_channels=32, num_csp_blocks=1, norm_cfg=dict(type='BN')),
+    bbox_head=dict(type='RTMDetSepBNHead', num_classes=6, in_channels=32, stacked_convs=1,
+                   feat_channels=32, anchor_generator=dict(type='MlvlPointGenerator', offset=0,
+                                                           strides=[8, 16, 32]),
+                   bbox_coder=dict(type='DistancePointBBoxCoder'), norm_cfg=dict(type='BN'),
+                   loss_cls=dict(type='QualityFocalLoss', use_sigmoid=True, beta=2.0),
+                   loss_bbox=dict(type='GIoULoss', loss_weight=2.0)),
+    train_cfg=dict(assigner=dict(type='DynamicSoftLabelAssigner', topk=13), allowed_border=-1,
+                   pos_weight=-1, debug=False),
+    test_cfg=dict(nms_pre=200, score_thr=0.01, nms=dict(type='nms', iou_threshold=0.65),
+                  max_per_img=50))
+
 # the repository's tools share code in tools/ecc_tools (not part of the installed package)
 sys.path.insert(0, osp.join(REPO, 'tools'))
 

@@ -8,6 +8,8 @@ features.
         [--student NAME CONFIG CKPT ...] [--train-betas 0.01 0.05 0.2] \
         [--jpeg-qualities 5 10 20 40 70 95] [--webp-qualities ...] [--avif-qualities ...] \
         [--fit-to-input] [--quantize-bits 8 4] [--data-root DIR] \
+        [--family RTMDet-tiny configs/rtmdet_tiny_synthetic.py TEACHER.pth \
+                  configs/ecc_rtmdet_tiny_synthetic_kd.py STUDENT.pth] \
         [--out work_dirs/benchmarks/rate_accuracy.json]
 
 In one run, on one dataset (default: the config's synthetic validation set), it evaluates
@@ -17,6 +19,8 @@ In one run, on one dataset (default: the config's synthetic validation set), it 
   first scaled down to the detector's input size (a no-op for images already that small),
 - n-bit features: QuantizeNeck at the students' split point, teacher weights, no training,
 - learned bottleneck students (given with --student, or trained here with --train-betas),
+- other detector families (--family): their own teacher, on the original images and sent with
+  WebP, and their KD student, so students of different detectors compare at the same bytes,
 and writes JSON rows (method, setting, bytes/image, bbox mAP, edge GFLOPs, latency), a table, a
 rate-accuracy plot (PNG, bytes on a log axis) and the BD-rate of the learned bottleneck against
 the Pareto front of all input codecs (and against each codec), plus the check of the targets:
@@ -45,6 +49,11 @@ def parse_args(argv=None):
     p.add_argument('--variable-rate-student', nargs=3, action='append', default=[],
                    metavar=('NAME', 'CONFIG', 'CKPT'),
                    help='a student with a VariableRateBottleneckNeck: a row per rate point')
+    p.add_argument('--family', nargs=5, action='append', default=[],
+                   metavar=('NAME', 'TEACHER_CFG', 'TEACHER_CKPT', 'STUDENT_CFG', 'STUDENT_CKPT'),
+                   help='another detector family: its teacher (original images and WebP) and '
+                        'its KD student')
+    p.add_argument('--family-webp-qualities', type=int, nargs='*', default=[5, 30])
     p.add_argument('--train-betas', type=float, nargs='*', default=[],
                    help=f'train a KD student ({KD_CONFIG}) per beta, reusing finished ones')
     p.add_argument('--students-dir', default='work_dirs/benchmarks/students')
@@ -87,7 +96,9 @@ def main(argv=None):
     rows = run_rate_accuracy(args.teacher_config, args.teacher_checkpoint, students, codecs,
                              args.fit_to_input, args.quantize_bits, args.split_after,
                              args.data_root, args.num_images, args.bandwidth, args.bootstrap,
-                             [tuple(s) for s in args.variable_rate_student])
+                             [tuple(s) for s in args.variable_rate_student],
+                             families=[tuple(f) for f in args.family],
+                             family_codecs={'webp': args.family_webp_qualities})
     summary = summarize(rows)
     os.makedirs(osp.dirname(osp.abspath(args.out)), exist_ok=True)
     stem = osp.splitext(args.out)[0]

@@ -473,3 +473,45 @@ def test_background_weight_of_the_feature_loss_counts_errors_where_objects_are()
     assert loss(0.0, fg_only) == pytest.approx(9.0)  # every counted cell is off by 3
     with pytest.raises(ConfigError, match='feature_loss_background_weight'):
         KnowledgeAdaptationHook(feature_loss_background_weight=1.5)
+
+
+def test_rtmdet_student_both_stages(tmp_path):
+    """The CSPNeXt split (out_indices count the stem as layer 0) distils every cloud stage
+    output, and RTMDet's sigmoid dense scores give the response loss."""
+    from mmengine.config import ConfigDict
+    from mmengine.registry import init_default_scope
+    init_default_scope('mmdet')
+    base = ConfigDict(copy.deepcopy(conftest.TINY_RTMDET))
+    torch.manual_seed(0)
+    ckpt = save_model(MODELS.build(base), tmp_path / 'rtmdet.pth')
+    student = MODELS.build(dict(copy.deepcopy(base), type='EdgeCloudRTMDet', split_after=1,
+                                compressor=BOTTLENECK, measure_flops=False))
+    hook = KnowledgeAdaptationHook(base, ckpt, bottleneck_epochs=1)
+    runner = FakeRunner(student)
+    hook.before_train(runner)
+    assert hook.num_copied == len(hook.teacher.state_dict())
+    inputs, samples = fake_batch(student)
+    optim = torch.optim.AdamW(student.parameters(), lr=1e-3)
+    h1 = train_steps(student, hook, runner, inputs, samples, optim, 2)
+    assert h1[0]['loss_kd_feat'] > 0
+    runner.epoch = 1
+    before = snapshot(student)
+    h2 = train_steps(student, hook, runner, inputs, samples, optim, 2)
+    changed = changed_keys(before, snapshot(student))
+    assert {k for k in changed if k.startswith('bbox_head.')}
+    assert not {k for k in changed if k.startswith(('backbone.stem.', 'backbone.stage1.',
+                                                    'compressor.g_a.'))}
+    assert all(math.isfinite(h['loss_kd_resp']) and h['loss_kd_resp'] > 0 for h in h2)
+
+
+def test_detr_student_refuses_response_distillation():
+    from mmdet.models.detectors.base_detr import DetectionTransformer
+    cls = type('AnyDETR', (DetectionTransformer, ), {})
+    cls.__abstractmethods__ = frozenset()  # only the type matters to the check
+    detr = cls.__new__(cls)
+    torch.nn.Module.__init__(detr)
+    hook = KnowledgeAdaptationHook(response_loss_weight=1.0)
+    teacher = types.SimpleNamespace(bbox_head=object(), backbone=types.SimpleNamespace(
+        out_indices=(1, 2, 3)), data_preprocessor=None)
+    with pytest.raises(ConfigError, match='set response_loss_weight=0'):
+        hook._check_compatible(detr, teacher)

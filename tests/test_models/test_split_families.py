@@ -14,6 +14,8 @@ import ecc_mmdet  # noqa: F401
 from ecc_mmdet.apis.inference import split_model_cfg, unsplit_model_cfg
 from ecc_mmdet.utils import ConfigError
 
+from conftest import TINY_RTMDET
+
 
 
 @pytest.fixture(autouse=True)
@@ -23,20 +25,6 @@ def _mmdet_scope():
 
 BN = dict(type='BN')
 CSP_NECK = dict(in_channels=[32, 64, 128], out_channels=32, num_csp_blocks=1, norm_cfg=BN)
-
-TINY_RTMDET = dict(
-    type='RTMDet', use_syncbn=False,
-    data_preprocessor=dict(type='DetDataPreprocessor', mean=[103.53, 116.28, 123.675],
-                           std=[57.375, 57.12, 58.395], pad_size_divisor=32),
-    backbone=dict(type='CSPNeXt', deepen_factor=0.167, widen_factor=0.125, norm_cfg=BN),
-    neck=dict(type='CSPNeXtPAFPN', expand_ratio=0.5, **CSP_NECK),
-    bbox_head=dict(type='RTMDetSepBNHead', num_classes=6, in_channels=32, stacked_convs=1,
-                   feat_channels=32, anchor_generator=dict(type='MlvlPointGenerator', offset=0,
-                                                           strides=[8, 16, 32]),
-                   bbox_coder=dict(type='DistancePointBBoxCoder'), norm_cfg=BN),
-    train_cfg=dict(assigner=dict(type='DynamicSoftLabelAssigner', topk=13)),
-    test_cfg=dict(nms_pre=200, score_thr=0.01, nms=dict(type='nms', iou_threshold=0.65),
-                  max_per_img=50))
 
 TINY_YOLOX = dict(
     type='YOLOX',

@@ -96,3 +96,25 @@ def test_variable_rate_points_form_their_own_curve():
     assert s['bd_rate_learned_vs_input_front'] == pytest.approx(-0.5, abs=1e-9)  # unchanged
     vr = [p for p in s['learned_vs_front_at_same_mAP'] if p['method'] == 'variable-rate student']
     assert [p['ratio'] for p in vr] == pytest.approx([0.25] * 3)
+
+
+def test_other_families_are_compared_with_their_own_teacher_and_front():
+    """A second detector family (e.g. RTMDet) next to the main one: its rows never enter the
+    main family's front or targets; its own summary uses its own teacher and WebP rows."""
+    fam = [_row('RTMDet teacher', 'original image', 0.0, 12.0, None, None),
+           _row('RTMDet cloud-only WebP', 'q=5', 1.0, 8.0),
+           _row('RTMDet cloud-only WebP', 'q=30', 4.0, 11.0),
+           _row('RTMDet learned bottleneck', 'KD student', 1.0, 10.0, 0.2, 0.8)]
+    main = [TEACHER] + WEBP + _learned(0.5)
+    s = summarize(main + fam)
+    assert s == {**summarize(main), 'families': s['families']}  # main results unchanged
+    f = s['families']['RTMDet']
+    assert f['teacher_mAP'] == 12.0 and f['gap_to_teacher'] == pytest.approx(2.0)
+    # its front: 1 KB at 8 mAP -> 4 KB at 11 mAP; at 10 mAP: 1 KB * 4 ** (2/3)
+    assert f['input_front_bytes_at_student_mAP'] == pytest.approx(1000 * 4 ** (2 / 3))
+    assert f['bytes_ratio_to_input_front'] == pytest.approx(4 ** (-2 / 3))
+    assert f['edge_flops_fraction'] == pytest.approx(0.2)
+    assert s['families']['main']['student_mAP'] == 19.5
+    text = table(main + fam, s, 1.0)
+    assert 'RTMDet student: 1.00 KB at 10.0 mAP, 2.0 below its teacher, 0.40x its input-codec ' \
+           "front's bytes, edge 20 % of its FLOPs" in text

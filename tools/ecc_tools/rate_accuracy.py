@@ -66,7 +66,9 @@ def run_rate_accuracy(teacher_config: str, teacher_checkpoint: str,
                       data_root: Optional[str] = None, num_images: Optional[int] = None,
                       bandwidth: float = 1.0, bootstrap: int = 200,
                       variable_rate_students: Sequence[Tuple[str, str, str]] = (),
-                      dynamic_students: Sequence[Tuple[str, str, str]] = ()) -> List[dict]:
+                      dynamic_students: Sequence[Tuple[str, str, str]] = (),
+                      families: Sequence[Tuple[str, str, str, str, str]] = (),
+                      family_codecs: Dict[str, Sequence[int]] = None) -> List[dict]:
     """Evaluate every method; ``students`` are (name, config, checkpoint) of trained students.
 
     ``image_codecs``: codec -> qualities (default: JPEG at 5..95). ``fit_to_input``: also send
@@ -78,6 +80,12 @@ def run_rate_accuracy(teacher_config: str, teacher_checkpoint: str,
     ``dynamic_students``: (name, config, checkpoint) of dynamic models (edge exit + router); the
     router is calibrated to its target offload ratio on the config's calibration split, then the
     system runs the real deployment path (bytes averaged over all images).
+    ``families``: (family, teacher config, teacher checkpoint, student config, student
+    checkpoint) of other detector families (e.g. RTMDet-tiny next to Faster R-CNN): their
+    teacher on the original images and on ``family_codecs`` (default WebP q=5, 30: the best
+    input codec on the synthetic set), and their KD student, as rows whose method starts with the
+    family's name, on the same images; :func:`summarize` compares each family's student with its
+    own teacher and its own input-codec front.
     """
     if image_codecs is None:
         image_codecs = {'jpeg': (5, 10, 20, 40, 70, 95)}
@@ -141,6 +149,25 @@ def run_rate_accuracy(teacher_config: str, teacher_checkpoint: str,
         print(f'- {DYNAMIC} {name}', flush=True)
         model, scfg = calibrated_dynamic_model(config, ckpt, data_root)
         rows.append(row(DYNAMIC, name, evaluate(model, build_test_dataset(scfg)), bandwidth))
+
+    for family, f_tcfg, f_tckpt, f_scfg, f_sckpt in families:
+        fcfg = load_config(f_tcfg, data_root)
+        fteacher = build_detector(fcfg.model, f_tckpt)
+        print(f'- {family}: teacher on original images', flush=True)
+        rows.append(row(f'{family} teacher', 'original image',
+                        evaluate(fteacher, build_test_dataset(fcfg), comm=False), bandwidth))
+        f_pipeline = fcfg.test_dataloader.dataset.pipeline
+        for codec, qualities in (family_codecs or {'webp': (5, 30)}).items():
+            method = f'{family} {input_codec_method(codec, False)}'
+            for q in qualities:
+                print(f'- {method} q={q}', flush=True)
+                ds = build_test_dataset(fcfg, add_image_codec_baseline(f_pipeline, codec, q))
+                rows.append(row(method, f'q={q}', evaluate(fteacher, ds), bandwidth))
+        print(f'- {family}: {LEARNED}', flush=True)
+        scfg = load_config(f_scfg, data_root)
+        rows.append(row(f'{family} {LEARNED}', 'KD student',
+                        evaluate(build_detector(scfg.model, f_sckpt), build_test_dataset(scfg)),
+                        bandwidth))
 
     if bootstrap:
         print(f'- bootstrap: {bootstrap} resamples of {len(predictions[0])} images', flush=True)
@@ -258,6 +285,7 @@ def summarize(rows):
         if learned:
             s['bd_rate_variable_rate_vs_single_rate_students'] = bd_rate(*_curve(learned),
                                                                          *_curve(variable))
+    s['families'] = _family_summaries(rows)
     if not learned:
         return s
     best = max(learned, key=lambda r: r['bbox_mAP'])
@@ -292,6 +320,35 @@ def summarize(rows):
             ratio <= TARGET_BYTES_RATIO if ratio is not None else not good_in),
         edge_flops_at_most_15pct=(s['best_learned_edge_flops_fraction'] or 1) <= TARGET_EDGE_FLOPS)
     return s
+
+
+def _family_summaries(rows) -> Dict[str, dict]:
+    """Per family (rows named '<family> teacher' / '<family> cloud-only ...' / '<family>
+    learned bottleneck', and the main family's unprefixed rows as 'main'): the student's bytes,
+    mAP and edge FLOPs share, its gap to its own teacher and its bytes against its own
+    input-codec front at the same mAP."""
+    out = {}
+    names = ['main'] + [r['method'][:-len(' teacher')] for r in rows
+                        if r['method'].endswith(' teacher')]
+    for fam in names:
+        pre = '' if fam == 'main' else fam + ' '
+        teacher = next((r for r in rows if r['method'] == pre + 'teacher'), None)
+        students = [r for r in rows if r['method'] == pre + LEARNED]
+        inputs = [r for r in rows if r['method'].startswith(pre + INPUT_PREFIX)]
+        if teacher is None or not students:
+            continue
+        st = max(students, key=lambda r: r['bbox_mAP'])
+        whole = (st['edge_gflops'] or 0) + (st['cloud_gflops'] or 0)
+        fb = front_bytes_at(front_rows(inputs), st['bbox_mAP']) if inputs else None
+        out[fam] = dict(teacher_mAP=teacher['bbox_mAP'], student=st['setting'],
+                        student_bytes=st['bytes_per_image'], student_mAP=st['bbox_mAP'],
+                        gap_to_teacher=teacher['bbox_mAP'] - st['bbox_mAP'],
+                        gap_to_teacher_ci=_paired(teacher, st),
+                        edge_flops_fraction=(st['edge_gflops'] / whole) if whole else None,
+                        input_front_bytes_at_student_mAP=fb,
+                        bytes_ratio_to_input_front=None if fb is None else
+                        st['bytes_per_image'] / fb)
+    return out
 
 
 def _fmt(v, spec):
@@ -335,6 +392,18 @@ def table(rows, summary, bandwidth) -> str:
               f"{p['ratio']:.2f}x")
         lines.append(f"{p['method']} {p['setting']}: {p['bytes'] / 1000:.2f} KB at "
                      f"{p['mAP']:.1f} mAP; {vs}")
+    fams = summary.get('families') or {}
+    if len(fams) > 1:
+        for fam, f in fams.items():
+            ci = f['gap_to_teacher_ci']
+            ci = f' (95% CI [{ci[0]:.1f}, {ci[1]:.1f}])' if ci else ''
+            vs = ('its input-codec front does not reach that mAP'
+                  if f['bytes_ratio_to_input_front'] is None else
+                  f"{f['bytes_ratio_to_input_front']:.2f}x its input-codec front's bytes")
+            lines.append(f"{'Faster R-CNN (main)' if fam == 'main' else fam} student: "
+                         f"{f['student_bytes'] / 1000:.2f} KB at {f['student_mAP']:.1f} mAP, "
+                         f"{f['gap_to_teacher']:.1f} below its teacher{ci}, {vs}, edge "
+                         f"{100 * (f['edge_flops_fraction'] or 0):.0f} % of its FLOPs")
     for method, bd in (summary.get('bd_rate_learned_vs') or {}).items():
         if bd is not None:
             lines.append(f'BD-rate learned bottleneck vs {method}: {100 * bd:+.1f} %')
@@ -354,7 +423,11 @@ def plot(rows, path):
     styles = {'cloud-only JPEG': 'o-', 'cloud-only WebP': 'D-', 'cloud-only AVIF': 'P-',
               'learned bottleneck': 's-', 'variable-rate student': '*-', '8-bit features': '^',
               '4-bit features': 'v', DYNAMIC: 'h'}
-    for method in dict.fromkeys(r['method'] for r in rows if r['method'] != 'teacher'):
+    for r in rows:  # other families' teachers: one more reference line each
+        if r['method'].endswith(' teacher'):
+            ax.axhline(r['bbox_mAP'], color='tab:purple', ls=':', lw=1, label=r['method'])
+    for method in dict.fromkeys(r['method'] for r in rows
+                                if not r['method'].endswith('teacher')):
         pts = sorted((r['bytes_per_image'], r['bbox_mAP']) for r in rows if r['method'] == method)
         style = styles.get(method.replace(' (fitted)', ''), 'x-')
         if method.endswith(' (fitted)'):
