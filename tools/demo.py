@@ -1,6 +1,7 @@
 """The main job on the embedded default: the whole edge-cloud story in one command.
 
     python tools/demo.py [--work-dir work_dirs/demo] [--data data/synthetic_coco] [--bandwidth 1]
+    python tools/demo.py --detector rtmdet [--work-dir work_dirs/demo_rtmdet]
 
 1. creates the synthetic COCO-format dataset if it is missing;
 2. trains the unsplit teacher (Faster R-CNN R18-FPN), or reuses its checkpoint;
@@ -9,6 +10,10 @@
 4. evaluates the teacher, cloud-only JPEG / WebP / AVIF at several qualities, 8-bit features
    and the student
    with CocoMetric + CommunicationMetric, prints one comparison table and saves the plot.
+
+``--detector rtmdet`` runs the same stages with RTMDet-tiny (CSPNeXt) as teacher and split KD
+student instead of Faster R-CNN R18 (no dynamic stage: its edge exit is configured for the
+Faster R-CNN student).
 
 Every stage is skipped when its result exists, and a half-finished training resumes. The exact
 commands are printed, so each step can be re-run by hand with tools/train.py.
@@ -27,35 +32,42 @@ from ecc_tools import REPO  # noqa: E402  (imports ecc_mmdet: registers our comp
 from ecc_tools.workflow import train_stage  # noqa: E402
 from ecc_mmdet.datasets.synthetic_coco import ensure_synthetic_coco  # noqa: E402
 
-TEACHER_CFG = 'configs/faster_rcnn_r18_fpn_synthetic.py'
-STUDENT_CFG = 'configs/ecc_faster_rcnn_r18_synthetic_kd.py'
 DYNAMIC_CFG = 'configs/ecc_faster_rcnn_r18_synthetic_dynamic.py'
 # what a sceptical user would send instead: the best image codecs at low and mid qualities
 IMAGE_CODECS = {'jpeg': (10, 30, 60, 90), 'webp': (5, 30), 'avif': (5, 30)}
+# the same stages with another detector family: (teacher, student) configs
+DETECTORS = {
+    'faster_rcnn': ('configs/faster_rcnn_r18_fpn_synthetic.py',
+                    'configs/ecc_faster_rcnn_r18_synthetic_kd.py'),
+    'rtmdet': ('configs/rtmdet_tiny_synthetic.py', 'configs/ecc_rtmdet_tiny_synthetic_kd.py'),
+}
 
 
-def compare(args, teacher_ckpt, student_ckpt, dynamic_ckpt):
+def compare(args, teacher_ckpt, student_ckpt, dynamic_ckpt=None):
     from mmengine.config import Config
 
     from ecc_tools.rate_accuracy import plot, run_rate_accuracy, summarize, table
     out = osp.join(args.work_dir, 'comparison.json')
-    newest_input = max(osp.getmtime(c) for c in (teacher_ckpt, student_ckpt, dynamic_ckpt))
+    ckpts = [c for c in (teacher_ckpt, student_ckpt, dynamic_ckpt) if c]
+    newest_input = max(osp.getmtime(c) for c in ckpts)
     if osp.isfile(out) and osp.getmtime(out) > newest_input:
         print(f'  reusing {out}', flush=True)
         res = json.load(open(out))
         if res.get('bandwidth_mbps') == args.bandwidth and \
                 res.get('image_codecs') == {k: list(v) for k, v in IMAGE_CODECS.items()}:
             return res['rows'], res['summary']
-    scfg = Config.fromfile(STUDENT_CFG)
+    teacher_cfg, student_cfg = DETECTORS[args.detector]
+    scfg = Config.fromfile(student_cfg)
     beta = scfg.model.compressor.get('beta')
-    router = Config.fromfile(DYNAMIC_CFG).model.router
+    dynamic = []
+    if dynamic_ckpt:
+        router = Config.fromfile(DYNAMIC_CFG).model.router
+        dynamic = [(f"{router['type'].replace('Router', '').lower()} router, target "
+                    f"offload {router['target_offload_ratio']:g}", DYNAMIC_CFG, dynamic_ckpt)]
     rows = run_rate_accuracy(
-        TEACHER_CFG, teacher_ckpt, [(f'KD student (beta={beta:g})', STUDENT_CFG, student_ckpt)],
+        teacher_cfg, teacher_ckpt, [(f'KD student (beta={beta:g})', student_cfg, student_ckpt)],
         image_codecs=IMAGE_CODECS, quantize_bits=(8, ), split_after=scfg.model.split_after,
-        data_root=args.data, bandwidth=args.bandwidth,
-        dynamic_students=[(f"{router['type'].replace('Router', '').lower()} router, target "
-                           f"offload {router['target_offload_ratio']:g}", DYNAMIC_CFG,
-                           dynamic_ckpt)])
+        data_root=args.data, bandwidth=args.bandwidth, dynamic_students=dynamic)
     summary = summarize(rows)
     with open(out, 'w') as f:
         json.dump(dict(rows=rows, summary=summary, bandwidth_mbps=args.bandwidth,
@@ -68,34 +80,45 @@ def compare(args, teacher_ckpt, student_ckpt, dynamic_ckpt):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--work-dir', default='work_dirs/demo')
+    parser.add_argument('--detector', choices=sorted(DETECTORS), default='faster_rcnn',
+                        help='detector family of teacher and student (default faster_rcnn)')
+    parser.add_argument('--work-dir', default=None,
+                        help='default work_dirs/demo (work_dirs/demo_rtmdet for rtmdet)')
     parser.add_argument('--data', default='data/synthetic_coco')
     parser.add_argument('--bandwidth', type=float, default=1.0,
                         help='uplink Mbit/s for the modelled latency column (default 1)')
     args = parser.parse_args(argv)
+    if args.work_dir is None:
+        args.work_dir = 'work_dirs/demo' if args.detector == 'faster_rcnn' else \
+            f'work_dirs/demo_{args.detector}'
+    teacher_cfg, student_cfg = DETECTORS[args.detector]
+    steps = 5 if args.detector == 'faster_rcnn' else 4
     os.chdir(REPO)
     t_start = time.time()
 
-    print('[1/5] synthetic COCO dataset', flush=True)
+    print(f'[1/{steps}] synthetic COCO dataset', flush=True)
     summary = ensure_synthetic_coco(args.data, progress=True, num_calib=400)
     print(f"  {'generated' if summary['generated'] else 'reused'} {args.data}: "
           f"{summary['num_images']['train']} train / {summary['num_images']['val']} val / "
           f"{summary['num_images']['calib']} held-out router-calibration images", flush=True)
 
-    print(f'[2/5] teacher: unsplit Faster R-CNN R18-FPN ({TEACHER_CFG})', flush=True)
-    teacher = train_stage(TEACHER_CFG, osp.join(args.work_dir, 'baseline'), args.data)
+    print(f'[2/{steps}] teacher: unsplit {args.detector} ({teacher_cfg})', flush=True)
+    teacher = train_stage(teacher_cfg, osp.join(args.work_dir, 'baseline'), args.data)
 
-    print(f'[3/5] student: split detector trained from the teacher ({STUDENT_CFG})', flush=True)
-    student = train_stage(STUDENT_CFG, osp.join(args.work_dir, 'student'), args.data,
-                          [f'teacher_config={TEACHER_CFG}', f'teacher_checkpoint={teacher}'])
-
-    print(f'[4/5] dynamic system: edge exit trained on the frozen student ({DYNAMIC_CFG})',
+    print(f'[3/{steps}] student: split detector trained from the teacher ({student_cfg})',
           flush=True)
-    dynamic = train_stage(DYNAMIC_CFG, osp.join(args.work_dir, 'dynamic'), args.data,
-                          [f'load_from={student}'])
+    student = train_stage(student_cfg, osp.join(args.work_dir, 'student'), args.data,
+                          [f'teacher_config={teacher_cfg}', f'teacher_checkpoint={teacher}'])
 
-    print('[5/5] evaluate teacher, cloud-only JPEG/WebP/AVIF, 8-bit features, the student and '
-          'the dynamic system', flush=True)
+    dynamic = None
+    if args.detector == 'faster_rcnn':
+        print(f'[4/5] dynamic system: edge exit trained on the frozen student ({DYNAMIC_CFG})',
+              flush=True)
+        dynamic = train_stage(DYNAMIC_CFG, osp.join(args.work_dir, 'dynamic'), args.data,
+                              [f'load_from={student}'])
+
+    print(f'[{steps}/{steps}] evaluate teacher, cloud-only JPEG/WebP/AVIF, 8-bit features, the '
+          f"student{' and the dynamic system' if dynamic else ''}", flush=True)
     from ecc_tools.rate_accuracy import table
     rows, res = compare(args, teacher, student, dynamic)
     print('\nSynthetic validation set (100 images, 128x128), COCO bbox mAP 0-100; latency is '

@@ -132,8 +132,7 @@ class _Distiller:
 class KnowledgeAdaptationHook(Hook):
     """Distil a split student from its unsplit teacher in two stages (see the module docstring).
 
-    Configure it in ``custom_hooks``; the student must be an ``EdgeCloudTwoStageDetector`` or
-    ``EdgeCloudSingleStageDetector``.
+    Configure it in ``custom_hooks``; the student must be a split (``EdgeCloud*``) detector.
 
     Args:
         teacher_config: the teacher's mmdet config: a file path (``'configs/x.py'``, also
@@ -225,8 +224,9 @@ class KnowledgeAdaptationHook(Hook):
             raise ConfigError(
                 'KnowledgeAdaptationHook distils a split edge/cloud student, but the model is '
                 f'a {type(model).__name__} (no attach_distiller). Use an '
-                "EdgeCloudTwoStageDetector / EdgeCloudSingleStageDetector: set model.type and "
-                'add split_after and compressor (the README shows a complete config), '
+                'EdgeCloud* detector (EdgeCloudTwoStageDetector, EdgeCloudSingleStageDetector, '
+                'EdgeCloudRTMDet, EdgeCloudDINO, ...): set model.type and add split_after and '
+                'compressor (the README shows a complete config), '
                 'or remove the hook from custom_hooks.')
         if isinstance(runner.model, DistributedDataParallel) and \
                 not runner.model.find_unused_parameters:
