@@ -28,8 +28,8 @@ TINY_BACKBONES = {
                             init_cfg=None),
 }
 # CSPDarknet's Focus stem slices even/odd pixels: it needs even sides (its configs pad to 32)
-SIZES = {'CSPDarknet': ((64, 64), (70, 94), (34, 130))}
-ODD_SIZES = ((64, 64), (67, 93), (33, 130), (97, 35))
+SIZES = {'CSPDarknet': ((64, 64), (46, 38), (34, 66))}
+ODD_SIZES = ((64, 64), (45, 37), (33, 70), (19, 51))
 
 
 def _build(name):
