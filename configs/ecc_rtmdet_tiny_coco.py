@@ -1,7 +1,7 @@
 # Split RTMDet-tiny on COCO 2017, the real-time detector an edge user starts from:
 # edge = CSPNeXt stem + stage1 + EntropyBottleneckNeck encoder; cloud = decoder + stages 2-4 +
-# CSPNeXtPAFPN + RTMDetSepBNHead. Everything else (pipeline with Mosaic/MixUp, EMA, schedule) is
-# mmdet's own config.
+# CSPNeXtPAFPN + RTMDetSepBNHead. Pipeline (Mosaic/MixUp and its stage-2 switch) and schedule
+# are mmdet's own config.
 #   python tools/train.py configs/ecc_rtmdet_tiny_coco.py      (data in data/coco/, see README)
 _base_ = 'mmdet::rtmdet/rtmdet_tiny_8xb32-300e_coco.py'
 custom_imports = dict(imports=['ecc_mmdet'], allow_failed_imports=False)
@@ -25,9 +25,9 @@ test_evaluator = val_evaluator
 # Loaded only when training starts: building this config's model does not need it.
 teacher_config = 'mmdet::rtmdet/rtmdet_tiny_8xb32-300e_coco.py'
 teacher_checkpoint = 'checkpoints/rtmdet_tiny_8xb32-300e_coco.pth'
+# mmdet's EMAHook is left out: its averaged copy keeps the entropy model's integer coding
+# tables from step 0, and swapping it in for validation fails once the tables are built.
 custom_hooks = [
-    dict(type='EMAHook', ema_type='ExpMomentumEMA', momentum=0.0002, update_buffers=True,
-         priority=49),
     dict(type='PipelineSwitchHook', switch_epoch=280,
          switch_pipeline={{_base_.train_pipeline_stage2}}),
     dict(type='KnowledgeAdaptationHook', bottleneck_epochs=20, feature_loss_weight=1.0,

@@ -57,9 +57,9 @@ def split_model_cfg(model_cfg, split_after: int, compressor: dict) -> dict:
     """
     from mmdet.registry import MODELS
     cfg = copy.deepcopy(model_cfg)
-    own = MODELS.get(f"EdgeCloud{cfg['type']}") if isinstance(cfg['type'], str) else None
-    if _split_class(own) is not None:
-        cfg['type'] = own.__name__  # RTMDet, YOLOX, the DETR family
+    own = f"EdgeCloud{cfg['type']}" if isinstance(cfg['type'], str) else None
+    if own is not None and MODELS.get(own) is not None:
+        cfg['type'] = own  # RTMDet, YOLOX, the DETR family (or the refusal of one)
     else:
         cfg['type'] = ('EdgeCloudTwoStageDetector' if 'roi_head' in cfg
                        else 'EdgeCloudSingleStageDetector')

@@ -515,3 +515,14 @@ def test_detr_student_refuses_response_distillation():
         out_indices=(1, 2, 3)), data_preprocessor=None)
     with pytest.raises(ConfigError, match='set response_loss_weight=0'):
         hook._check_compatible(detr, teacher)
+
+
+def test_objectness_gated_head_refuses_response_distillation():
+    """YOLOX trains class logits only where objects are: dense response KD would copy noise."""
+    student = types.SimpleNamespace(bbox_head=types.SimpleNamespace(loss_obj=object()),
+                                    data_preprocessor=None)
+    teacher = types.SimpleNamespace(bbox_head=object(), backbone=types.SimpleNamespace(
+        out_indices=(2, 3, 4)), data_preprocessor=None)
+    with pytest.raises(ConfigError, match='objectness.*set response_loss_weight=0'):
+        KnowledgeAdaptationHook(response_loss_weight=1.0)._check_compatible(student, teacher)
+    KnowledgeAdaptationHook(response_loss_weight=0.0)._check_compatible(student, teacher)

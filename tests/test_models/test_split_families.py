@@ -75,6 +75,42 @@ def _deformable(kind, backbone, in_channels):
     return cfg
 
 
+def _detr(kind='DETR'):
+    """A tiny DETR / Conditional DETR on ResNet-18/8 (one encoder and decoder layer; 32 dims,
+    Conditional DETR 256: its decoder hard-codes a 128-feature sine encoding)."""
+    d = 32 if kind == 'DETR' else 256
+    attn = dict(embed_dims=d, num_heads=2, batch_first=True)
+    ffn = dict(embed_dims=d, feedforward_channels=64)
+    dec_attn = dict(attn) if kind == 'DETR' else dict(embed_dims=d, num_heads=2,
+                                                      cross_attn=False)
+    cross = dict(attn) if kind == 'DETR' else dict(embed_dims=d, num_heads=2, cross_attn=True)
+    return dict(
+        type=kind, num_queries=20,
+        data_preprocessor=dict(type='DetDataPreprocessor', mean=[123.675, 116.28, 103.53],
+                               std=[58.395, 57.12, 57.375], bgr_to_rgb=True,
+                               pad_size_divisor=1),
+        backbone=dict(type='ResNet', depth=18, base_channels=8, out_indices=(3, ),
+                      norm_eval=False),
+        neck=dict(type='ChannelMapper', in_channels=[64], kernel_size=1, out_channels=d,
+                  act_cfg=None, norm_cfg=None, num_outs=1),
+        encoder=dict(num_layers=1, layer_cfg=dict(self_attn_cfg=attn, ffn_cfg=ffn)),
+        decoder=dict(num_layers=1, return_intermediate=True,
+                     layer_cfg=dict(self_attn_cfg=dec_attn, cross_attn_cfg=cross,
+                                    ffn_cfg=ffn)),
+        positional_encoding=dict(num_feats=d // 2, normalize=True),
+        # given explicitly: DETRHead edits its default loss_cls dict in place (a mutable default)
+        bbox_head=dict(type=f'{kind}Head', num_classes=6, embed_dims=d,
+                       loss_cls=dict(type='CrossEntropyLoss', bg_cls_weight=0.1,
+                                     use_sigmoid=False, loss_weight=1.0, class_weight=1.0)
+                       if kind == 'DETR' else dict(type='FocalLoss', use_sigmoid=True,
+                                                   gamma=2.0, alpha=0.25, loss_weight=2.0)),
+        train_cfg=dict(assigner=dict(type='HungarianAssigner', match_costs=[
+            dict(type='ClassificationCost', weight=1.0),
+            dict(type='BBoxL1Cost', weight=5.0, box_format='xywh'),
+            dict(type='IoUCost', iou_mode='giou', weight=2.0)])),
+        test_cfg=dict(max_per_img=20))
+
+
 R18 = dict(type='ResNet', depth=18, base_channels=8, out_indices=(1, 2, 3), norm_eval=False)
 SWIN = dict(type='SwinTransformer', embed_dims=16, depths=(1, 1, 1, 1), num_heads=(1, 2, 2, 4),
             window_size=4, out_indices=(1, 2, 3), init_cfg=None)
@@ -104,6 +140,8 @@ FAMILIES = {  # name -> (unsplit config, split_after)
     'DINO/Swin': (TINY_DINO_SWIN, 2),
     'DeformableDETR/ResNet': (TINY_DEFORMABLE_R18, 1),
     'RetinaNet/MobileNetV2': (TINY_RETINA_MNV2, 3),
+    'DETR/ResNet': (_detr('DETR'), 2),
+    'ConditionalDETR/ResNet': (_detr('ConditionalDETR'), 1),
 }
 
 
@@ -166,6 +204,10 @@ def test_side_builds_hold_only_their_side(name):
     assert not any(k.startswith(('neck.', 'bbox_head.', 'encoder.', 'decoder.', 'level_embed'))
                    for k in e_keys)
     assert any(k.startswith('bbox_head.') for k in c_keys)
+    edge_only = ('backbone.patch_embed.', 'backbone.stem.', 'backbone.stage1.', 'compressor.')
+    assert any(k.startswith(edge_only) for k in e_keys)
+    assert not any(k.startswith(edge_only) and 'pairing' not in k for k in c_keys
+                   if not k.startswith('compressor.'))
     inputs, samples = _batch(unsplit)
     with torch.no_grad():
         payloads = edge.encode(inputs, samples)
@@ -200,5 +242,13 @@ def test_family_errors():
         MODELS.build(split_model_cfg(TINY_RTMDET, 3, dict(type='Float32Neck')))
     bad = copy.deepcopy(TINY_DINO_SWIN)
     bad['backbone']['frozen_stages'] = 2
+    model = MODELS.build(split_model_cfg(bad, 2, dict(type='Float32Neck')))
+    model.eval()  # evaluating such a split is fine; training it is refused before a step
     with pytest.raises(ConfigError, match='frozen_stages=2 .* Use frozen_stages <= 1'):
-        MODELS.build(split_model_cfg(bad, 2, dict(type='Float32Neck')))
+        model.train()
+
+
+def test_ddq_detr_is_refused_by_name():
+    with pytest.raises(ConfigError, match='EdgeCloudDDQDETR|DDQDETR cannot be split yet'):
+        MODELS.build(dict(type='EdgeCloudDDQDETR', split_after=1,
+                          compressor=dict(type='Float32Neck')))

@@ -152,6 +152,11 @@ def run_rate_accuracy(teacher_config: str, teacher_checkpoint: str,
 
     for family, f_tcfg, f_tckpt, f_scfg, f_sckpt in families:
         fcfg = load_config(f_tcfg, data_root)
+        f_ann = fcfg.test_evaluator['ann_file'] if isinstance(fcfg.test_evaluator, dict) else \
+            fcfg.test_evaluator[0]['ann_file']
+        if f_ann != ann_file:
+            raise ValueError(f'{family}: {f_tcfg} evaluates on {f_ann}, the main teacher on '
+                             f'{ann_file}; families are compared on the same images')
         fteacher = build_detector(fcfg.model, f_tckpt)
         print(f'- {family}: teacher on original images', flush=True)
         rows.append(row(f'{family} teacher', 'original image',
@@ -400,7 +405,7 @@ def table(rows, summary, bandwidth) -> str:
             vs = ('its input-codec front does not reach that mAP'
                   if f['bytes_ratio_to_input_front'] is None else
                   f"{f['bytes_ratio_to_input_front']:.2f}x its input-codec front's bytes")
-            lines.append(f"{'Faster R-CNN (main)' if fam == 'main' else fam} student: "
+            lines.append(f"{'main family' if fam == 'main' else fam} student: "
                          f"{f['student_bytes'] / 1000:.2f} KB at {f['student_mAP']:.1f} mAP, "
                          f"{f['gap_to_teacher']:.1f} below its teacher{ci}, {vs}, edge "
                          f"{100 * (f['edge_flops_fraction'] or 0):.0f} % of its FLOPs")

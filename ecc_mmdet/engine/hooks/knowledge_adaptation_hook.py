@@ -388,6 +388,13 @@ class KnowledgeAdaptationHook(Hook):
             raise ConfigError('KnowledgeAdaptationHook: the teacher needs a backbone with '
                               'out_indices (a backbone the splitter supports) for the feature '
                               'distillation')
+        head = getattr(model, 'bbox_head', None)
+        if getattr(head, 'loss_obj', None) is not None and self.response_loss_weight > 0:
+            raise ConfigError(
+                f'KnowledgeAdaptationHook: {type(head).__name__} gates its class scores by an '
+                'objectness branch and trains the class logits only where objects are, so '
+                'distilling the dense class scores everywhere would copy untrained logits; set '
+                'response_loss_weight=0 (feature distillation and the labels still train it)')
         if isinstance(model, DetectionTransformer) and self.response_loss_weight > 0:
             raise ConfigError(
                 'KnowledgeAdaptationHook: response distillation (response_loss_weight > 0) is '

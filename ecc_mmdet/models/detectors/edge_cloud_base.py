@@ -214,6 +214,9 @@ class EdgeCloudDetectorMixin:
         self.meter.estimate_rate = bool(value)
 
     def train(self, mode: bool = True):
+        problem = getattr(getattr(self, 'splitter', None), 'frozen_stages_problem', None)
+        if mode and problem and not getattr(self, 'train_exits_only', None):
+            raise ConfigError(problem)  # before anything trains; evaluation is unaffected
         super().train(mode)
         self._forget_exit()
         trained = getattr(self, 'train_exits_only', None)

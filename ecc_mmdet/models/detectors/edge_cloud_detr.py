@@ -1,8 +1,9 @@
-"""DETR-style detectors (DETR, Conditional/DAB/Deformable DETR, DINO, DDQ) split into edge and
+"""DETR-style detectors (DETR, Conditional/DAB/Deformable DETR, DINO) split into edge and
 cloud: the backbone is cut as for any detector; the transformer encoder, decoder and query
 head all run on the cloud, on the decoded features.
 
-One split class per mmdet DETR class (``type='EdgeCloudDINO'`` for ``type='DINO'``), made from
+One split class per mmdet DETR class (``type='EdgeCloudDINO'`` for ``type='DINO'``; DDQ-DETR
+excepted, see ``_NOT_SPLIT``), made from
 :class:`EdgeCloudDETRMixin` for every ``DetectionTransformer`` subclass that keeps the base
 ``extract_feat -> forward_transformer -> bbox_head`` flow, so a DETR config becomes a split one
 by prefixing its type and adding ``split_after`` and ``compressor``.
@@ -35,8 +36,13 @@ class EdgeCloudDETRMixin(EdgeCloudDetectorMixin):
         return self.add_pred_to_datasample(batch_data_samples, results_list)
 
 
+# DDQ-DETR hands every submodule (the backbone's too) a dict holding the head's classifier
+# branches, so an edge-only build would carry cloud weights: not split until that is handled
+_NOT_SPLIT = ('DDQDETR', )
+
+
 def _keeps_base_flow(cls) -> bool:
-    return all(getattr(cls, m) is getattr(DetectionTransformer, m)
+    return cls.__name__ not in _NOT_SPLIT and all(getattr(cls, m) is getattr(DetectionTransformer, m)
                for m in ('extract_feat', 'loss', 'predict', '_forward'))
 
 
@@ -53,3 +59,18 @@ for _name in sorted(dir(mmdet_detectors)):
         globals()[_split.__name__] = _split
         DETR_SPLIT_TYPES[_split.__name__] = _name
         __all__.append(_split.__name__)
+
+
+def _refuse(name):
+    def build(**kwargs):
+        raise ConfigError(
+            f'{name} cannot be split yet: mmdet\'s {name} gives every submodule (the backbone '
+            "included) a dict holding the head's classifier branches, so an edge-only build "
+            'would carry cloud weights. Split DINO or Deformable DETR instead '
+            "(type='EdgeCloudDINO' / 'EdgeCloudDeformableDETR').")
+    build.__name__ = f'EdgeCloud{name}'
+    return build
+
+
+for _name in _NOT_SPLIT:
+    MODELS.register_module(name=f'EdgeCloud{_name}', module=_refuse(_name))

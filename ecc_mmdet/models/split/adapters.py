@@ -49,15 +49,24 @@ class BackboneAdapter:
     """Stem + sequential stages. Subclasses give the modules; the cut itself lives in
     :class:`~ecc_mmdet.models.split.BackboneSplitter`.
 
-    Attributes the subclass sets in ``__init__``: ``stem_modules`` (list), ``stage_modules``
-    (list, one entry per stage).
+    The subclass sets ``stem_names`` and ``stage_names`` in ``__init__``: submodule paths in the
+    backbone, resolved on every use, so a module replaced after construction (e.g. SyncBN
+    reverted to BN by the Runner) is the one cut, frozen and fingerprinted.
     """
     families: Tuple[str, ...] = ()
 
     def __init__(self, backbone: nn.Module):
         self.backbone = backbone
-        self.stem_modules: List[nn.Module] = []
-        self.stage_modules: List[nn.Module] = []
+        self.stem_names: List[str] = []
+        self.stage_names: List[str] = []
+
+    @property
+    def stem_modules(self) -> List[nn.Module]:
+        return [self.backbone.get_submodule(n) for n in self.stem_names]
+
+    @property
+    def stage_modules(self) -> List[nn.Module]:
+        return [self.backbone.get_submodule(n) for n in self.stage_names]
 
     @classmethod
     def matches(cls, backbone: nn.Module) -> bool:
@@ -65,7 +74,7 @@ class BackboneAdapter:
 
     @property
     def num_stages(self) -> int:
-        return len(self.stage_modules)
+        return len(self.stage_names)
 
     def out_stage(self, index: int) -> int:
         """The stage whose output ``out_indices`` entry ``index`` names (-1 = the stem)."""
@@ -76,8 +85,11 @@ class BackboneAdapter:
             x = m(x)
         return x
 
+    def _stage(self, i: int) -> nn.Module:
+        return self.backbone.get_submodule(self.stage_names[i])
+
     def stage(self, i: int, x: Tensor) -> Tensor:
-        return self.stage_modules[i](x)
+        return self._stage(i)(x)
 
     def output(self, i: int, x: Tensor) -> Tensor:
         """Stage ``i``'s running state as the tensor the backbone returns for it."""
@@ -144,8 +156,8 @@ class ResNetAdapter(BackboneAdapter):
         self.has_maxpool = type(bb).forward is ResNet.forward
         self.deep_stem = getattr(bb, 'deep_stem', False)
         # the parameterised stem modules (relu and max-pool hold no state)
-        self.stem_modules = [bb.stem] if self.deep_stem else [bb.conv1, bb.norm1]
-        self.stage_modules = [getattr(bb, n) for n in bb.res_layers]
+        self.stem_names = ['stem'] if self.deep_stem else ['conv1', bb.norm1_name]
+        self.stage_names = list(bb.res_layers)
 
     def stem(self, x):
         bb = self.backbone
@@ -162,9 +174,8 @@ class ResNetAdapter(BackboneAdapter):
 class LayerListAdapter(BackboneAdapter):
     """Backbones whose forward runs ``getattr(self, name)`` over ``self.layers``."""
 
-    def _set_layers(self, stem: List[nn.Module], names: Sequence[str]):
-        self.stem_modules = stem
-        self.stage_modules = [getattr(self.backbone, n) for n in names]
+    def _set_layers(self, stem: Sequence[str], names: Sequence[str]):
+        self.stem_names, self.stage_names = list(stem), list(names)
 
 
 @register_adapter
@@ -180,7 +191,7 @@ class CSPAdapter(LayerListAdapter):
     def __init__(self, backbone):
         super().__init__(backbone)
         names = list(backbone.layers)
-        self._set_layers([getattr(backbone, names[0])], names[1:])
+        self._set_layers(names[:1], names[1:])
 
     def out_stage(self, index):
         return index - 1
@@ -208,7 +219,7 @@ class MobileNetV2Adapter(LayerListAdapter):
 
     def __init__(self, backbone):
         super().__init__(backbone)
-        self._set_layers([backbone.conv1], backbone.layers)
+        self._set_layers(['conv1'], backbone.layers)
 
     def stem_strides(self):
         return [2]
@@ -240,8 +251,8 @@ class SwinAdapter(BackboneAdapter):
 
     def __init__(self, backbone):
         super().__init__(backbone)
-        self.stem_modules = [backbone.patch_embed, backbone.drop_after_pos]
-        self.stage_modules = list(backbone.stages)
+        self.stem_names = ['patch_embed', 'drop_after_pos']
+        self.stage_names = [f'stages.{i}' for i in range(len(backbone.stages))]
 
     def check(self):
         if self.backbone.use_abs_pos_embed:
@@ -251,12 +262,12 @@ class SwinAdapter(BackboneAdapter):
         return None
 
     def _run_blocks(self, i: int, x: Tensor, hw) -> Tensor:
-        for block in self.stage_modules[i].blocks:
+        for block in self._stage(i).blocks:
             x = block(x, hw)
         return x
 
     def _downsample(self, i: int, x: Tensor, hw):
-        down = self.stage_modules[i].downsample
+        down = self._stage(i).downsample
         return down(x, hw) if down else (x, hw)
 
     def forward_edge(self, x, k):
@@ -291,12 +302,12 @@ class SwinAdapter(BackboneAdapter):
 
     def edge_modules(self, k):
         mods = list(self.stem_modules) + list(self.stage_modules[:max(k - 1, 0)])
-        return mods + ([self.stage_modules[k - 1].blocks] if k > 0 else [])
+        return mods + ([self._stage(k - 1).blocks] if k > 0 else [])
 
     def cloud_modules(self, k):
         mods = []
         if k > 0:
-            down = self.stage_modules[k - 1].downsample
+            down = self._stage(k - 1).downsample
             mods += ([down] if down else []) + self._norms([k - 1])
         return mods + list(self.stage_modules[k:]) + self._norms(range(k, self.num_stages))
 

@@ -62,9 +62,12 @@ class BackboneSplitter(nn.Module):
             return any(id(m) in cloud for f in adapter.frozen_modules(n) for m in f.modules())
 
         frozen_stages = getattr(backbone, 'frozen_stages', -1)
+        self.frozen_stages_problem = None
         if freezes_cloud(frozen_stages):
+            # refused when training starts (the detector's train()), not here: evaluating a
+            # split of a config with frozen stages (e.g. QuantizeNeck on mmdet's R50) is fine
             ok = max(n for n in range(-1, num_stages + 1) if not freezes_cloud(n))
-            raise ConfigError(
+            self.frozen_stages_problem = (
                 f'backbone.frozen_stages={frozen_stages} freezes stage(s) that run on the cloud '
                 f'(split_after={split_after}): they follow the codec and must adapt to decoded '
                 f'features. Use frozen_stages <= {ok} with this split, or split later.')
