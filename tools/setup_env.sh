@@ -31,7 +31,7 @@ fi
 # The stamp records exactly what was installed; if it matches, there is nothing to do.
 stamp_content() {
   cat "$REPO/requirements/runtime.txt" "$REPO/requirements/serving.txt" "$REPO/requirements/edge.txt" \
-    "$REPO/requirements/tests.txt" "$REPO/setup.py"
+    "$REPO/requirements/robustness.txt" "$REPO/requirements/tests.txt" "$REPO/setup.py"
   echo "mmcv==$MMCV_VERSION"
 }
 STAMP="$VENV/.ecc_mmdet_stamp"
@@ -81,9 +81,10 @@ else
   "${PIP[@]}" install -q --no-build-isolation "$wheel"
 fi
 
-log "installing pinned runtime, serving, edge and test requirements"
+log "installing pinned runtime, serving, edge, robustness and test requirements"
 "${PIP[@]}" install -q -r "$REPO/requirements/runtime.txt" -r "$REPO/requirements/serving.txt" \
-  -r "$REPO/requirements/edge.txt" -r "$REPO/requirements/tests.txt"
+  -r "$REPO/requirements/edge.txt" -r "$REPO/requirements/robustness.txt" \
+  -r "$REPO/requirements/tests.txt"
 log "installing ecc_mmdet in editable mode"
 "${PIP[@]}" install -q --no-build-isolation --no-deps -e "$REPO"
 
