@@ -102,7 +102,8 @@ def main(argv=None):
     def run(dataset):
         m = evaluate_detector(model, dataset, ann_file=ann_file, comm=split,
                               num_images=args.num_images, progress=False)
-        return 100.0 * m['coco/bbox_mAP'], m.get('comm/bytes_per_image_mean')
+        # CocoMetric returns nothing when the detector found nothing at all (heavy corruption)
+        return 100.0 * m.get('coco/bbox_mAP', 0.0), m.get('comm/bytes_per_image_mean')
 
     print('- clean', flush=True)
     clean, clean_bytes = run(build_test_dataset(cfg))
