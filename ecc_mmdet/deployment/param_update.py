@@ -1,0 +1,86 @@
+"""Normalisation-parameter updates for the edge (the downlink of online adaptation, CEMA-style):
+collect the edge model's normalisation parameters, send them as a PARAM_UPDATE message
+(:mod:`ecc_edge.codecs.param_update`), and apply a received one atomically.
+
+The edge model is what predicts on the device: the backbone's edge stages and the edge exit
+(not the compressor: its coding tables must stay those of the cloud's decoder). Only the affine
+parameters and running statistics of normalisation layers travel.
+
+:func:`apply_param_update` validates everything first -- fingerprint of the model the update
+was made for, a newer sequence number, every name an edge normalisation tensor of this model,
+every shape equal, finite values -- and only then copies; a bad update raises a
+:class:`~ecc_edge.codecs.bitstream.BitstreamError` and leaves the model exactly as it was.
+Afterwards the model's fingerprint is that of its new weights (a side build re-pins it), so the
+cloud serving this edge applies the same update to its own copy.
+"""
+from typing import Dict, List
+
+import torch
+from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _NormBase
+
+from ecc_edge.codecs.bitstream import BitstreamError, CorruptedBitstreamError
+from ecc_edge.codecs.param_update import pack_params, unpack_params
+from .fingerprint import BUFFER_NAME, compute_fingerprint, model_fingerprint, pin_fingerprint
+
+__all__ = ['StaleUpdateError', 'edge_norm_parameters', 'make_param_update',
+           'apply_param_update']
+
+_NORMS = (_NormBase, nn.GroupNorm, nn.LayerNorm)
+
+
+class StaleUpdateError(BitstreamError):
+    """An update not newer than the last one applied (a replay or a reordering)."""
+
+
+def _edge_modules(model) -> List[nn.Module]:
+    mods = list(model.splitter.edge_modules())
+    return mods + [m for m in (getattr(model, 'edge_exit', None),
+                               getattr(model, 'extension_exit', None)) if m is not None]
+
+
+def edge_norm_parameters(model) -> Dict[str, Tensor]:
+    """State-dict name -> tensor of every normalisation parameter and statistic on the edge."""
+    wanted = {id(m) for e in _edge_modules(model) for m in e.modules() if isinstance(m, _NORMS)}
+    out = {}
+    for name, mod in model.named_modules():
+        if id(mod) in wanted:
+            for key, t in list(mod.named_parameters(recurse=False)) + \
+                    list(mod.named_buffers(recurse=False)):
+                if t is not None and t.is_floating_point():
+                    out[f'{name}.{key}'] = t
+    return out
+
+
+def make_param_update(model, seq: int, base_fingerprint: bytes, half: bool = False) -> bytes:
+    """The cloud's adapted copy ``model`` -> a PARAM_UPDATE for an edge whose current
+    fingerprint is ``base_fingerprint``."""
+    tensors = {k: v.detach().cpu().float().numpy() for k, v in edge_norm_parameters(model).items()}
+    return pack_params(seq, tensors, fingerprint=base_fingerprint, half=half)
+
+
+@torch.no_grad()
+def apply_param_update(model, data: bytes, last_seq: int = -1) -> int:
+    """Apply a PARAM_UPDATE to the edge ``model`` (all or nothing); returns its sequence
+    number."""
+    update = unpack_params(data, expected_fingerprint=model_fingerprint(model))
+    if update.seq <= last_seq:
+        raise StaleUpdateError(f'update {update.seq} is not newer than the last applied '
+                               f'({last_seq})')
+    params = edge_norm_parameters(model)
+    unknown = sorted(set(update.tensors) - set(params))
+    if unknown:
+        raise CorruptedBitstreamError(f'update names {len(unknown)} tensor(s) that are not '
+                                      f'edge normalisation parameters of this model, e.g. '
+                                      f'{unknown[:3]}')
+    for name, arr in update.tensors.items():
+        if tuple(arr.shape) != tuple(params[name].shape):
+            raise CorruptedBitstreamError(f'{name}: shape {tuple(arr.shape)}, the model has '
+                                          f'{tuple(params[name].shape)}')
+    for name, arr in update.tensors.items():
+        t = params[name]
+        t.copy_(torch.from_numpy(arr).to(device=t.device, dtype=t.dtype))
+    model.__dict__.pop('_fingerprint_cache', None)
+    if isinstance(getattr(model, BUFFER_NAME, None), Tensor):  # a side build: re-pin
+        pin_fingerprint(model, compute_fingerprint(model))
+    return update.seq
