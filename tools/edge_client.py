@@ -219,22 +219,15 @@ def build_runner(args):
     import ecc_tools  # noqa: F401  (imports ecc_mmdet: registers our components)
     import torch
 
-    from ecc_mmdet.apis.inference import load_config
     from ecc_mmdet.deployment.meter import EDGE_STEPS
     from ecc_mmdet.serving.client import EdgeRunner
     if args.threads:
         torch.set_num_threads(args.threads)
-    from ecc_tools.dynamic import needs_calibration
-    calibrated = None
-    if needs_calibration(load_config(args.config)):
-        if not args.data_root:
-            raise ConfigError(
-                f'{args.config} is a dynamic model whose router threshold / score maps are '
-                'fitted on its calibration split: give --data-root DIR (the dataset with that '
-                'split, the same the cloud calibrates on) and the full checkpoint')
-        from ecc_tools.rate_accuracy import calibrated_dynamic_model
-        calibrated, _ = calibrated_dynamic_model(args.config, args.checkpoint, args.data_root)
-    runner = EdgeRunner(args.config, args.checkpoint, device=args.device, model=calibrated)
+    from ecc_tools.dynamic import calibrated_if_dynamic
+    calibrated = calibrated_if_dynamic(args.config, args.checkpoint, args.data_root,
+                                       'the same images the cloud calibrates on')
+    runner = EdgeRunner(args.config, args.checkpoint, device=args.device,
+                        model=None if calibrated is None else calibrated[0])
     runner.edge_steps = EDGE_STEPS
     return runner
 

@@ -44,15 +44,11 @@ def load_model(args):
     cfg = load_config(args.config, args.data_root)
     if not osp.isfile(args.checkpoint):
         raise ConfigError(f'Checkpoint not found: {args.checkpoint}')
-    from ecc_tools.dynamic import needs_calibration
-    if needs_calibration(cfg):
-        if not args.data_root:
-            raise ConfigError(
-                f'{args.config} is a dynamic model whose router threshold / score maps are '
-                'calibrated on its calibration split: give --data-root DIR (the dataset with '
-                'that split) so the export can calibrate it')
-        from ecc_tools.rate_accuracy import calibrated_dynamic_model
-        model, cfg = calibrated_dynamic_model(args.config, args.checkpoint, args.data_root)
+    from ecc_tools.dynamic import calibrated_if_dynamic
+    calibrated = calibrated_if_dynamic(args.config, args.checkpoint, args.data_root,
+                                       'the export calibrates it there')
+    if calibrated is not None:
+        model, cfg = calibrated
         return cfg, model.eval()
     return cfg, build_detector(cfg.model, args.checkpoint)
 

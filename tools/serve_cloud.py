@@ -56,17 +56,13 @@ def build_service(args):
                           'token')
     cfg = load_config(args.config, cfg_options=args.cfg_options)
     serving = ServingConfig.from_dict(cfg.get('serving', None))
-    from ecc_tools.dynamic import needs_calibration
-    if needs_calibration(cfg):  # the cloud's score map comes from the calibration split
-        if not args.data_root:
-            raise ConfigError(
-                f'{args.config} is a dynamic model with calibrate_scores / a target offload '
-                'ratio: its score maps are fitted on the calibration split at startup. Give '
-                '--data-root DIR (the dataset with that split; the edge calibrates on the same '
-                'images) and the full checkpoint')
+    from ecc_tools.dynamic import calibrated_if_dynamic
+    # the cloud's score maps come from the calibration split, fitted at startup
+    calibrated = calibrated_if_dynamic(args.config, args.checkpoint, args.data_root,
+                                       'at startup; the edge calibrates on the same images')
+    if calibrated is not None:
         from ecc_mmdet.serving.runtime import class_names_of
-        from ecc_tools.rate_accuracy import calibrated_dynamic_model
-        model, _ = calibrated_dynamic_model(args.config, args.checkpoint, args.data_root)
+        model = calibrated[0]
         runtime = CloudRuntime(model.to(args.device), class_names_of(cfg),
                                max_input_side=serving.max_input_side)
     else:

@@ -62,6 +62,24 @@ def needs_calibration(cfg) -> bool:
                                                float(ratio) not in (0.0, 1.0))
 
 
+def calibrated_if_dynamic(config: str, checkpoint: str, data_root: Optional[str],
+                          purpose: str):
+    """(model, config) of a dynamic ``config`` calibrated on its calibration split, as in the
+    Runner; None when the config needs no calibration. Without ``data_root`` a config that needs
+    it is refused, the error saying ``purpose`` (who calibrates, on which images)."""
+    from ecc_mmdet.apis import load_config
+    from ecc_mmdet.utils import ConfigError
+    if not needs_calibration(load_config(config, data_root)):
+        return None
+    if not data_root:
+        raise ConfigError(
+            f'{config} is a dynamic model whose router threshold / score maps are fitted on its '
+            f'calibration split ({purpose}): give --data-root DIR (the dataset with that split) '
+            'and the full checkpoint')
+    from .rate_accuracy import calibrated_dynamic_model
+    return calibrated_dynamic_model(config, checkpoint, data_root)
+
+
 def load_dynamic(config: str, checkpoint: str, data_root: Optional[str] = None,
                  with_calibration_split: bool = True, **model_overrides):
     """(config, model, calibration dataset or None) of a dynamic config. ``model_overrides``

@@ -96,6 +96,13 @@ class EdgeCloudDetectorMixin:
     def _check_detector_kwargs(cls, kwargs: dict) -> None:
         """Refuse the keys of another detector family with the type to use instead."""
 
+    @classmethod
+    def _refuse_two_stage_keys(cls, kwargs: dict) -> None:
+        """For the single-stage and DETR families: a two-stage config needs the two-stage type."""
+        if 'rpn_head' in kwargs or 'roi_head' in kwargs:
+            raise ConfigError(f'{cls.__name__} got a two-stage config (rpn_head / roi_head); '
+                              "use type='EdgeCloudTwoStageDetector' for it")
+
     def _init_edge_cloud(self, split_after: int, compressor: dict, measure_flops: bool = True,
                          estimate_rate: bool = True, edge_exit: Optional[dict] = None,
                          router: Optional[dict] = None, train_exits_only: bool = False,

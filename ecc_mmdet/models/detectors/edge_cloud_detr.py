@@ -23,9 +23,7 @@ class EdgeCloudDETRMixin(EdgeCloudDetectorMixin):
 
     @classmethod
     def _check_detector_kwargs(cls, kwargs):
-        if 'rpn_head' in kwargs or 'roi_head' in kwargs:
-            raise ConfigError(f'{cls.__name__} got a two-stage config (rpn_head / roi_head); '
-                              "use type='EdgeCloudTwoStageDetector' for it")
+        cls._refuse_two_stage_keys(kwargs)
 
     def predict_from_features(self, x, batch_data_samples, rescale: bool = True):
         # the masks of padded pixels come from batch_input_shape / img_shape: on the cloud these

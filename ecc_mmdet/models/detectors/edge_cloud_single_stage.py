@@ -2,7 +2,6 @@
 from mmdet.models.detectors import RTMDet, SingleStageDetector, YOLOX
 from mmdet.registry import MODELS
 
-from ...utils.config_checks import ConfigError
 from .edge_cloud_base import EdgeCloudDetectorMixin
 
 
@@ -11,9 +10,7 @@ class EdgeCloudSingleStageMixin(EdgeCloudDetectorMixin):
 
     @classmethod
     def _check_detector_kwargs(cls, kwargs):
-        if 'rpn_head' in kwargs or 'roi_head' in kwargs:
-            raise ConfigError(f'{cls.__name__} got a two-stage config (rpn_head / roi_head); '
-                              "use type='EdgeCloudTwoStageDetector' for it")
+        cls._refuse_two_stage_keys(kwargs)
 
     def predict_from_features(self, x, batch_data_samples, rescale: bool = True):
         results_list = self.bbox_head.predict(x, batch_data_samples, rescale=rescale)

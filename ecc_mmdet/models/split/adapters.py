@@ -17,6 +17,7 @@ and decorate it with :func:`register_adapter`. The equivalence test in
 ``tests/test_models/test_backbone_adapters.py`` then checks that its halves reproduce the
 unsplit ``forward`` exactly and that ``edge_strides`` predicts the feature size at odd sizes.
 """
+from abc import ABC, abstractmethod
 from typing import List, Optional, Sequence, Tuple, Type
 
 from mmdet.models.backbones import (CSPDarknet, CSPNeXt, MobileNetV2, RegNet, ResNet,
@@ -45,7 +46,7 @@ def adapter_for(backbone: nn.Module) -> Optional['BackboneAdapter']:
     return None
 
 
-class BackboneAdapter:
+class BackboneAdapter(ABC):
     """Stem + sequential stages. Subclasses give the modules; the cut itself lives in
     :class:`~ecc_mmdet.models.split.BackboneSplitter`.
 
@@ -69,8 +70,9 @@ class BackboneAdapter:
         return [self.backbone.get_submodule(n) for n in self.stage_names]
 
     @classmethod
+    @abstractmethod
     def matches(cls, backbone: nn.Module) -> bool:
-        raise NotImplementedError
+        """Whether ``backbone`` belongs to this family (by its ``forward``)."""
 
     @property
     def num_stages(self) -> int:
@@ -116,11 +118,13 @@ class BackboneAdapter:
     def cloud_modules(self, k: int) -> List[nn.Module]:
         return list(self.stage_modules[k:])
 
+    @abstractmethod
     def stem_strides(self) -> List[int]:
-        raise NotImplementedError
+        """Strides of the stem's downsampling steps."""
 
+    @abstractmethod
     def stage_strides(self) -> List[int]:
-        raise NotImplementedError
+        """Stride of each stage (1 for a stage that keeps the resolution)."""
 
     def edge_strides(self, k: int) -> List[int]:
         """Strides of the downsampling steps on the edge; each maps a side n to ceil(n / s)."""
