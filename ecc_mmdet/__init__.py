@@ -10,6 +10,7 @@ from .utils import allow_mmengine_checkpoints
 allow_mmengine_checkpoints()
 
 from . import models  # noqa: E402,F401  (split detectors, compressors)
+from . import adaptation  # noqa: E402,F401  (upload selectors, adapters: TASK_UTILS)
 from .datasets.transforms import (CompressImage, JPEGCompressImage,  # noqa: E402,F401
                                   add_image_codec_baseline, add_jpeg_baseline)
 from .engine import CloudOnlyAccountingHook, KnowledgeAdaptationHook  # noqa: E402,F401

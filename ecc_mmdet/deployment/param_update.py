@@ -23,7 +23,7 @@ from ecc_edge.codecs.bitstream import BitstreamError, CorruptedBitstreamError
 from ecc_edge.codecs.param_update import pack_params, unpack_params
 from .fingerprint import BUFFER_NAME, compute_fingerprint, model_fingerprint, pin_fingerprint
 
-__all__ = ['StaleUpdateError', 'edge_norm_parameters', 'make_param_update',
+__all__ = ['StaleUpdateError', 'edge_norm_modules', 'edge_norm_parameters', 'make_param_update',
            'apply_param_update']
 
 _NORMS = (_NormBase, nn.GroupNorm, nn.LayerNorm)
@@ -39,23 +39,32 @@ def _edge_modules(model) -> List[nn.Module]:
                                getattr(model, 'extension_exit', None)) if m is not None]
 
 
+def edge_norm_modules(model) -> Dict[str, nn.Module]:
+    """Name -> every normalisation layer of the edge model (edge backbone stages and exits)."""
+    wanted = {id(m) for e in _edge_modules(model) for m in e.modules() if isinstance(m, _NORMS)}
+    return {name: mod for name, mod in model.named_modules() if id(mod) in wanted}
+
+
 def edge_norm_parameters(model) -> Dict[str, Tensor]:
     """State-dict name -> tensor of every normalisation parameter and statistic on the edge."""
-    wanted = {id(m) for e in _edge_modules(model) for m in e.modules() if isinstance(m, _NORMS)}
     out = {}
-    for name, mod in model.named_modules():
-        if id(mod) in wanted:
-            for key, t in list(mod.named_parameters(recurse=False)) + \
-                    list(mod.named_buffers(recurse=False)):
-                if t is not None and t.is_floating_point():
-                    out[f'{name}.{key}'] = t
+    for name, mod in edge_norm_modules(model).items():
+        for key, t in list(mod.named_parameters(recurse=False)) + \
+                list(mod.named_buffers(recurse=False)):
+            if t is not None and t.is_floating_point():
+                out[f'{name}.{key}'] = t
     return out
 
 
-def make_param_update(model, seq: int, base_fingerprint: bytes, half: bool = False) -> bytes:
+def make_param_update(model, seq: int, base_fingerprint: bytes, half: bool = False,
+                      affine_only: bool = False) -> bytes:
     """The cloud's adapted copy ``model`` -> a PARAM_UPDATE for an edge whose current
-    fingerprint is ``base_fingerprint``."""
-    tensors = {k: v.detach().cpu().float().numpy() for k, v in edge_norm_parameters(model).items()}
+    fingerprint is ``base_fingerprint``. ``affine_only``: only the layers' weights and biases,
+    not their running statistics (an edge that estimates those itself)."""
+    params = edge_norm_parameters(model)
+    if affine_only:
+        params = {k: v for k, v in params.items() if isinstance(v, nn.Parameter)}
+    tensors = {k: v.detach().cpu().float().numpy() for k, v in params.items()}
     return pack_params(seq, tensors, fingerprint=base_fingerprint, half=half)
 
 

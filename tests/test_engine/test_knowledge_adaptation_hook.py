@@ -19,6 +19,8 @@ from mmdet.registry import HOOKS, MODELS
 
 import ecc_mmdet  # noqa: F401
 import ecc_mmdet.engine  # noqa: F401  (registers KnowledgeAdaptationHook)
+from ecc_mmdet.distillation import (DetectionDistiller, FeatureKDLoss, ResponseKDLoss,
+                                    resolve_path, softmax_kd)
 from ecc_mmdet.engine import KnowledgeAdaptationHook
 from ecc_mmdet.utils import ConfigError, set_data_root
 
@@ -411,7 +413,7 @@ def test_configs_declare_the_hook_and_teacher_paths(teacher_ckpt):
     coco = Config.fromfile(COCO_CFG)
     assert coco.custom_hooks[0].type == 'KnowledgeAdaptationHook'
     assert coco.teacher_checkpoint.endswith('faster_rcnn_r50_fpn_1x_coco_20200130-047c8118.pth')
-    path = KnowledgeAdaptationHook._resolve_path(coco.teacher_config)
+    path = resolve_path(coco.teacher_config)
     assert Config.fromfile(path).model.type == 'FasterRCNN'
     # the COCO checkpoint is only needed once training starts; without it, a clear message
     student = MODELS.build(student_cfg(tiny_model_cfg()))
@@ -424,18 +426,17 @@ def test_configs_declare_the_hook_and_teacher_paths(teacher_ckpt):
 def test_response_kd_is_the_summed_kl_that_is_mmdets_mean_times_the_classes():
     """The documented factor: our softmax KD sums the KL over classes, mmdet's LD loss averages."""
     from mmdet.models.losses import KnowledgeDistillationKLDivLoss
-    from ecc_mmdet.engine.hooks.knowledge_adaptation_hook import _softmax_kd
     g = torch.Generator().manual_seed(0)
     student, teacher = torch.randn(5, 7, generator=g), torch.randn(5, 7, generator=g)
     T = 2.0
-    ours = _softmax_kd(student, teacher, T)
+    ours = softmax_kd(student, teacher, T)
     # the textbook definition, written out
     pt = torch.softmax(teacher / T, -1)
     kl = (pt * (torch.log(pt) - torch.log_softmax(student / T, -1))).sum(-1).mean() * T**2
     torch.testing.assert_close(ours, kl)
     mmdet_ld = KnowledgeDistillationKLDivLoss(loss_weight=1.0, T=T)(student, teacher)
     torch.testing.assert_close(ours, 7 * mmdet_ld)
-    assert float(_softmax_kd(teacher, teacher, T)) == pytest.approx(0.0, abs=1e-6)
+    assert float(softmax_kd(teacher, teacher, T)) == pytest.approx(0.0, abs=1e-6)
 
 
 def test_background_weight_of_the_feature_loss_counts_errors_where_objects_are():
@@ -456,11 +457,11 @@ def test_background_weight_of_the_feature_loss_counts_errors_where_objects_are()
 
     def loss(bg, student):
         hook = KnowledgeAdaptationHook(feature_loss_background_weight=bg)
-        hook.teacher = types.SimpleNamespace(backbone=FakeBackbone())
-        return float(hook._feature_loss(model, inputs, samples, dict(backbone_outs=student)))
+        hook.distiller.teacher = types.SimpleNamespace(backbone=FakeBackbone())
+        return float(hook.distiller.feature_loss(model, inputs, samples, student))
 
-    hook = KnowledgeAdaptationHook(feature_loss_background_weight=0.25)
-    w = hook._foreground_weights(samples, (2, 8, 16, 16), (64, 64))
+    w = FeatureKDLoss(background_weight=0.25).foreground_weights(samples, (2, 8, 16, 16),
+                                                                 (64, 64))
     # box [4, 6, 30, 34] at stride 4 covers columns 1..7 and rows 1..8
     assert w.shape == (2, 1, 16, 16) and float(w[0, 0, 1, 1]) == 1.0 == float(w[0, 0, 8, 7])
     assert float(w[0, 0, 0, 0]) == 0.25 and float(w[0, 0, 9, 0]) == 0.25
@@ -510,11 +511,11 @@ def test_detr_student_refuses_response_distillation():
     cls.__abstractmethods__ = frozenset()  # only the type matters to the check
     detr = cls.__new__(cls)
     torch.nn.Module.__init__(detr)
-    hook = KnowledgeAdaptationHook(response_loss_weight=1.0)
-    teacher = types.SimpleNamespace(bbox_head=object(), backbone=types.SimpleNamespace(
+    distiller = DetectionDistiller()
+    distiller.teacher = types.SimpleNamespace(bbox_head=object(), backbone=types.SimpleNamespace(
         out_indices=(1, 2, 3)), data_preprocessor=None)
     with pytest.raises(ConfigError, match='set response_loss_weight=0'):
-        hook._check_compatible(detr, teacher)
+        distiller.check_compatible(detr, response=True)
 
 
 def test_objectness_gated_head_refuses_response_distillation():
@@ -523,6 +524,88 @@ def test_objectness_gated_head_refuses_response_distillation():
                                     data_preprocessor=None)
     teacher = types.SimpleNamespace(bbox_head=object(), backbone=types.SimpleNamespace(
         out_indices=(2, 3, 4)), data_preprocessor=None)
+    distiller = DetectionDistiller()
+    distiller.teacher = teacher
     with pytest.raises(ConfigError, match='objectness.*set response_loss_weight=0'):
-        KnowledgeAdaptationHook(response_loss_weight=1.0)._check_compatible(student, teacher)
-    KnowledgeAdaptationHook(response_loss_weight=0.0)._check_compatible(student, teacher)
+        distiller.check_compatible(student, response=True)
+    distiller.check_compatible(student, response=False)
+    assert not KnowledgeAdaptationHook(response_loss_weight=0.0)._response_on()
+
+
+# ---------------------------------------------------------------- ecc_mmdet.distillation pieces
+def test_teacher_with_other_classes_is_refused_naming_both_counts(tmp_path):
+    three = tiny_model_cfg()
+    three.roi_head.bbox_head.num_classes = 3
+    ckpt = save_model(MODELS.build(three), tmp_path / 'three.pth')
+    student = MODELS.build(student_cfg(tiny_model_cfg()))  # 6 classes
+    distiller = DetectionDistiller(three, ckpt).build()
+    with pytest.raises(ConfigError, match=r'teacher FasterRCNN detects 3 classes but the '
+                       r'student EdgeCloudTwoStageDetector detects 6.*same dataset metainfo'):
+        distiller.check_classes(student)
+    hook = KnowledgeAdaptationHook(three, ckpt, bottleneck_epochs=1)
+    with pytest.raises(ConfigError, match='detects 3 classes .* detects 6'):
+        hook.before_train(FakeRunner(student))
+    assert student.distiller is None
+    # the last cascade stage decides; a student's edge exit must agree too
+    ns = types.SimpleNamespace
+    distiller.teacher = ns(roi_head=ns(bbox_head=[ns(num_classes=9), ns(num_classes=6)]))
+    distiller.check_classes(ns(bbox_head=ns(num_classes=6), edge_exit=None))
+    with pytest.raises(ConfigError, match="6 classes but the student's edge_exit detects 2"):
+        distiller.check_classes(ns(bbox_head=ns(num_classes=6), edge_exit=ns(num_classes=2)))
+
+
+def test_distiller_and_losses_build_from_config(teacher_ckpt):
+    distiller = MODELS.build(dict(
+        type='DetectionDistiller', teacher_config=tiny_model_cfg(), teacher_checkpoint=teacher_ckpt,
+        feature_loss=dict(type='FeatureKDLoss', background_weight=0.5, loss_weight=2.0),
+        response_loss=dict(type='ResponseKDLoss', temperature=2.0), response_num_rois=16))
+    assert isinstance(distiller, DetectionDistiller) and not distiller.built
+    assert isinstance(distiller.feature_kd, FeatureKDLoss)
+    assert distiller.feature_kd.background_weight == 0.5 and distiller.feature_kd.loss_weight == 2
+    assert distiller.response_kd.temperature == 2.0 and distiller.response_num_rois == 16
+    assert copy.deepcopy(distiller) is distiller  # never copies its teacher
+    assert isinstance(MODELS.build(dict(type='FeatureKDLoss')), FeatureKDLoss)
+    resp = MODELS.build(dict(type='ResponseKDLoss'))
+    assert isinstance(resp, ResponseKDLoss)
+    x = torch.randn(4, 7, generator=torch.Generator().manual_seed(0))
+    assert float(ResponseKDLoss()(x, x, use_sigmoid=False)) == pytest.approx(0.0, abs=1e-6)
+    assert float(ResponseKDLoss()(x, x.flip(-1), use_sigmoid=False)) > 0
+    assert float(ResponseKDLoss()(x, x.flip(-1), use_sigmoid=True)) > 0
+    assert float(ResponseKDLoss(loss_weight=0.0)(x, x.flip(-1), use_sigmoid=False)) == 0
+    for bad in (dict(type='ResponseKDLoss', temperature=0), dict(type='FeatureKDLoss',
+                                                                background_weight=1.5)):
+        with pytest.raises(ConfigError):
+            MODELS.build(bad)
+
+    # the teacher's detections as pseudo labels, leaving the caller's samples untouched
+    distiller.build()
+    teacher = distiller.teacher
+    assert distiller.built and not teacher.training
+    assert not any(p.requires_grad for p in teacher.parameters())
+    teacher.train()
+    inputs, samples = conftest.fake_batch(teacher, size=64, with_gt=True)
+    preds = distiller.predict(inputs, samples)
+    assert not teacher.training
+    assert len(preds) == 2 and all('pred_instances' in p for p in preds)
+    assert all('pred_instances' not in s and 'gt_instances' in s for s in samples)
+    assert preds[0].metainfo['img_id'] == 0
+
+
+def test_hook_takes_a_distiller_config_or_the_flat_arguments_not_both(teacher_ckpt):
+    cfg = dict(type='DetectionDistiller', teacher_config=tiny_model_cfg(),
+               teacher_checkpoint=teacher_ckpt,
+               response_loss=dict(type='ResponseKDLoss', loss_weight=0.0))
+    with pytest.raises(ConfigError, match='not both: move teacher_config'):
+        KnowledgeAdaptationHook(teacher_config=tiny_model_cfg(), distiller=cfg)
+    with pytest.raises(ConfigError, match='not both: move temperature'):
+        KnowledgeAdaptationHook(temperature=2.0, distiller=cfg)
+    hook = HOOKS.build(dict(type='KnowledgeAdaptationHook', bottleneck_epochs=0, distiller=cfg))
+    assert isinstance(hook.distiller, DetectionDistiller) and not hook._response_on()
+    student = MODELS.build(student_cfg(tiny_model_cfg()))
+    hook.before_train(FakeRunner(student))
+    assert hook.teacher is hook.distiller.teacher and hook.stage == 2
+    student.train()
+    hook.before_train_iter(FakeRunner(student), 0)
+    inputs, samples = fake_batch(student)
+    losses = student.loss(inputs, copy.deepcopy(samples))
+    assert 'loss_kd_resp' not in losses and 'loss_cls' in losses

@@ -57,61 +57,33 @@ update nor weight decay moves them. Parameters the model itself froze (e.g. the 
 
 Distributed training: parameters change their ``requires_grad`` after DDP wrapped the model, so
 use ``model_wrapper_cfg=dict(type='MMDistributedDataParallel', find_unused_parameters=True)``.
+
+This module holds the schedule only (stages, freezing, logging, which losses each stage uses).
+The teacher (build, load, checks, initialising the student) and the losses live in
+:mod:`ecc_mmdet.distillation`: :class:`~ecc_mmdet.distillation.DetectionDistiller` with
+``FeatureKDLoss`` and ``ResponseKDLoss``, built from the hook's flat arguments or given whole as
+``distiller=dict(type='DetectionDistiller', ...)``, and reusable outside this hook.
 """
-import os
-import os.path as osp
 from typing import Dict, List, Optional, Set, Union
 
 import torch
-import torch.nn.functional as F
-from mmengine.config import Config, ConfigDict
 from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 from mmengine.runner import IterBasedTrainLoop
-from mmengine.runner.checkpoint import _load_checkpoint, _load_checkpoint_to_model
-from mmdet.models.detectors.base_detr import DetectionTransformer
 from mmdet.registry import HOOKS, MODELS
-from mmdet.structures.bbox import bbox2roi, get_box_tensor
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _NormBase
 from torch.nn.parallel import DistributedDataParallel
 
+from ...distillation import DetectionDistiller
 from ...utils.config_checks import ConfigError
 from ...utils.modules import unique_parameters
 
 __all__ = ['KnowledgeAdaptationHook']
 
-_MODEL_ZOO = 'https://mmdetection.readthedocs.io/en/latest/model_zoo.html'
-
 
 def _unwrap(model: nn.Module) -> nn.Module:
     return model.module if is_model_wrapper(model) else model
-
-
-def _softmax_kd(student: Tensor, teacher: Tensor, temperature: float) -> Tensor:
-    """KL(teacher || student) of softmax(logits / T) over the last dim, mean over rows, x T^2.
-
-    The KL divergence is a *sum* over the classes (Hinton et al. 2015). mmdet's
-    ``knowledge_distillation_kl_div_loss`` (LD, ``KnowledgeDistillationKLDivLoss``) averages over
-    the class dimension instead, i.e. returns this value divided by the number of classes
-    (+ background): 81 on COCO, 7 on the synthetic set. The sum keeps ``response_loss_weight``
-    meaning the same on any dataset; to reproduce an mmdet LD weight ``w``, use
-    ``response_loss_weight = w / num_logits``.
-    """
-    log_ps = F.log_softmax(student.float() / temperature, dim=-1)
-    log_pt = F.log_softmax(teacher.float() / temperature, dim=-1)
-    kl = (log_pt.exp() * (log_pt - log_ps)).sum(-1)
-    return kl.mean() * temperature**2
-
-
-def _sigmoid_kd(student: Tensor, teacher: Tensor, temperature: float) -> Tensor:
-    """Per-class binary KL(teacher || student) of sigmoid(logits / T), summed over the last dim,
-    mean over rows, x T^2 (zero when the logits agree)."""
-    s, t = student.float() / temperature, teacher.float() / temperature
-    pt = torch.sigmoid(t)
-    kl = (F.binary_cross_entropy_with_logits(s, pt, reduction='none') -
-          F.binary_cross_entropy_with_logits(t, pt, reduction='none'))
-    return kl.sum(-1).mean() * temperature**2
 
 
 class _Distiller:
@@ -158,6 +130,9 @@ class KnowledgeAdaptationHook(Hook):
             used as shared RoIs (plus the GT boxes).
         init_student_from_teacher: on a fresh start, copy every teacher tensor whose key and
             shape match into the student (backbone, neck, heads).
+        distiller: a whole ``DetectionDistiller`` config (teacher, ``feature_loss``,
+            ``response_loss``, ``response_num_rois``) instead of the flat teacher and loss
+            arguments above, e.g. to use another registered loss. Give one or the other.
     """
 
     priority = 'NORMAL'
@@ -173,7 +148,8 @@ class KnowledgeAdaptationHook(Hook):
                  temperature: float = 1.0,
                  detection_loss_weight_stage1: float = 0.0,
                  response_num_rois: int = 128,
-                 init_student_from_teacher: bool = True):
+                 init_student_from_teacher: bool = True,
+                 distiller: Union[dict, DetectionDistiller, None] = None):
         if bottleneck_epochs is not None and bottleneck_iters is not None:
             raise ConfigError('KnowledgeAdaptationHook: give bottleneck_epochs or '
                               'bottleneck_iters, not both')
@@ -195,19 +171,41 @@ class KnowledgeAdaptationHook(Hook):
                               f'got {temperature!r}')
         if int(response_num_rois) < 1:
             raise ConfigError('KnowledgeAdaptationHook: response_num_rois must be >= 1')
-        self.teacher_config = teacher_config
-        self.teacher_checkpoint = teacher_checkpoint
+        if distiller is None:
+            distiller = DetectionDistiller(
+                teacher_config, teacher_checkpoint,
+                feature_loss=dict(type='FeatureKDLoss',
+                                  background_weight=feature_loss_background_weight,
+                                  loss_weight=feature_loss_weight),
+                response_loss=dict(type='ResponseKDLoss', temperature=temperature,
+                                   loss_weight=response_loss_weight),
+                response_num_rois=response_num_rois)
+        else:
+            flat = dict(teacher_config=(teacher_config, None),
+                        teacher_checkpoint=(teacher_checkpoint, None),
+                        feature_loss_weight=(feature_loss_weight, 1.0),
+                        feature_loss_background_weight=(feature_loss_background_weight, 1.0),
+                        response_loss_weight=(response_loss_weight, 1.0),
+                        temperature=(temperature, 1.0),
+                        response_num_rois=(response_num_rois, 128))
+            given = [k for k, (v, default) in flat.items() if v != default]
+            if given:
+                raise ConfigError(
+                    f'KnowledgeAdaptationHook: give distiller=dict(...) or the flat teacher/loss '
+                    f'arguments, not both: move {", ".join(given)} into the distiller config '
+                    '(teacher_config, teacher_checkpoint, feature_loss, response_loss, '
+                    'response_num_rois)')
+            if not isinstance(distiller, DetectionDistiller):
+                distiller = MODELS.build(dict(dict(type='DetectionDistiller'), **distiller))
+            if not isinstance(distiller, DetectionDistiller):
+                raise ConfigError('KnowledgeAdaptationHook: distiller must build a '
+                                  f'DetectionDistiller, got {type(distiller).__name__}')
+        self.distiller = distiller  # the teacher and the loss weights live here
         self.bottleneck_epochs = bottleneck_epochs
         self.bottleneck_iters = bottleneck_iters
-        self.feature_loss_weight = float(feature_loss_weight)
-        self.feature_loss_background_weight = float(feature_loss_background_weight)
-        self.response_loss_weight = float(response_loss_weight)
-        self.temperature = float(temperature)
         self.detection_loss_weight_stage1 = float(detection_loss_weight_stage1)
-        self.response_num_rois = int(response_num_rois)
         self.init_student_from_teacher = bool(init_student_from_teacher)
 
-        self.teacher: Optional[nn.Module] = None
         self.stage: Optional[int] = None
         self._by_iter = bottleneck_iters is not None
         self._stage1_len = bottleneck_iters if self._by_iter else bottleneck_epochs
@@ -215,6 +213,14 @@ class KnowledgeAdaptationHook(Hook):
         self._eval_modules: List[nn.Module] = []
         self._logger = None
         self.num_copied = 0  # tensors copied from the teacher by init_student_from_teacher
+
+    @property
+    def teacher(self) -> Optional[nn.Module]:
+        """The distiller's frozen teacher (``None`` before ``before_train``)."""
+        return self.distiller.teacher
+
+    def _response_on(self) -> bool:
+        return float(getattr(self.distiller.response_kd, 'loss_weight', 1.0)) > 0
 
     # ------------------------------------------------------------------ setup
     def before_train(self, runner) -> None:
@@ -237,20 +243,15 @@ class KnowledgeAdaptationHook(Hook):
                 "type='MMDistributedDataParallel', find_unused_parameters=True)).")
         self._resolve_schedule(runner)
         cfg = getattr(runner, 'cfg', None) or {}
-        teacher_config = (self.teacher_config if self.teacher_config is not None else
-                          cfg.get('teacher_config'))
-        teacher_checkpoint = (self.teacher_checkpoint if self.teacher_checkpoint is not None
-                              else cfg.get('teacher_checkpoint'))
         device = next(model.parameters()).device
-        self.teacher = self._build_teacher(teacher_config, teacher_checkpoint).to(device)
-        self.teacher.eval()
-        self.teacher.requires_grad_(False)
-        self._check_compatible(model, self.teacher)
+        self.distiller.build(device=device, cfg=cfg, logger=self._logger)
+        self.distiller.check_compatible(model, response=self._response_on())
+        self.distiller.check_classes(model)
 
         loaded = (getattr(runner, '_has_loaded', False) or bool(cfg.get('load_from'))
                   or getattr(runner, 'iter', 0) > 0)
         if self.init_student_from_teacher and not loaded:
-            self._copy_teacher_into(model)
+            self.num_copied = self.distiller.copy_into(model)
         elif self.init_student_from_teacher:
             self._log('student weights come from load_from/resume (iter '
                       f'{getattr(runner, "iter", 0)}): not initialised from the teacher')
@@ -276,160 +277,6 @@ class KnowledgeAdaptationHook(Hook):
             self._stage1_len = total // 2
             self._log(f'bottleneck stage length not given: using half of training, '
                       f'{self._stage1_len} {"iterations" if iter_loop else "epochs"}')
-
-    @staticmethod
-    def _resolve_path(path: str) -> str:
-        """Existing file for ``path`` (relative paths from the working directory), or ''.
-
-        Configs that ship a teacher next to themselves can write
-        ``teacher_config = '{{fileDirname}}/teacher.py'`` (mmengine expands it to the config's own
-        directory), which works from any working directory.
-        """
-        if '::' in path:  # mmdet::faster_rcnn/... (an installed package's config)
-            try:
-                return Config._get_cfg_path(path, '')[0]
-            except Exception as e:  # noqa: BLE001 -- shown to the user with the cause
-                raise FileNotFoundError(
-                    f'KnowledgeAdaptationHook: cannot resolve teacher_config {path!r}: {e}') from e
-        return path if osp.isfile(path) else ''
-
-    def _build_teacher(self, teacher_config, teacher_checkpoint) -> nn.Module:
-        if teacher_config is None:
-            raise ConfigError('KnowledgeAdaptationHook needs teacher_config (the unsplit '
-                              "detector's config) and teacher_checkpoint: give them to the hook "
-                              'or as top-level teacher_config / teacher_checkpoint in the config')
-        if isinstance(teacher_config, str):
-            path = self._resolve_path(teacher_config)
-            if not path:
-                raise FileNotFoundError(
-                    f'KnowledgeAdaptationHook: teacher_config {teacher_config!r} does not exist '
-                    f'(relative paths are read from the working directory {os.getcwd()}). Set '
-                    'teacher_config to the config of the unsplit detector the student is '
-                    'distilled from: an absolute path, a path relative to where you run '
-                    "training, or an 'mmdet::...' config.")
-            model_cfg = Config.fromfile(path).get('model')
-            name = teacher_config
-        else:
-            model_cfg = teacher_config.get('model', teacher_config)
-            name = 'the given teacher_config dict'
-        if not isinstance(model_cfg, dict) or 'type' not in model_cfg:
-            raise ConfigError(f'KnowledgeAdaptationHook: {name} has no model=dict(type=...)')
-        if teacher_checkpoint is None:
-            raise ConfigError('KnowledgeAdaptationHook: teacher_checkpoint is not set. '
-                              + self._how_to_get_teacher(teacher_config))
-        if '://' not in str(teacher_checkpoint):  # local file (URLs: mmengine downloads them)
-            found = self._resolve_path(str(teacher_checkpoint))
-            if not found:
-                raise FileNotFoundError(
-                    f'KnowledgeAdaptationHook: teacher checkpoint {teacher_checkpoint!r} not '
-                    f'found (relative paths are read from the working directory {os.getcwd()}). '
-                    + self._how_to_get_teacher(teacher_config))
-            teacher_checkpoint = found
-        teacher = MODELS.build(ConfigDict(model_cfg))
-        ckpt = _load_checkpoint(teacher_checkpoint, map_location='cpu')
-        state = ckpt.get('state_dict', ckpt) if isinstance(ckpt, dict) else None
-        if not isinstance(state, dict):
-            raise ConfigError(f'KnowledgeAdaptationHook: {teacher_checkpoint!r} holds no '
-                              'state_dict')
-        self._check_state_dict_fits(teacher, state, teacher_config, teacher_checkpoint)
-        # the check above is the strict one (it forgives only absent num_batches_tracked)
-        _load_checkpoint_to_model(teacher, ckpt, strict=False)
-        self._log(f'teacher {type(teacher).__name__} from {name} loaded from '
-                  f'{teacher_checkpoint} (frozen, eval mode, not part of the student)')
-        return teacher
-
-    @staticmethod
-    def _how_to_get_teacher(teacher_config) -> str:
-        if isinstance(teacher_config, str) and teacher_config.startswith('mmdet::'):
-            return ('Download the checkpoint of that MMDetection model from its model zoo '
-                    f'({_MODEL_ZOO}) and pass it with --cfg-options teacher_checkpoint=PATH.')
-        cfg = teacher_config if isinstance(teacher_config, str) else 'the teacher config'
-        return (f'Train the teacher first (an ordinary MMDetection training of {cfg}, e.g. '
-                'with tools/train.py), then pass its checkpoint with --cfg-options '
-                'teacher_checkpoint=PATH.')
-
-    @staticmethod
-    def _check_state_dict_fits(teacher, state, teacher_config, teacher_checkpoint) -> None:
-        state = {(k[7:] if k.startswith('module.') else k): v for k, v in state.items()}
-        own = teacher.state_dict()
-        missing = [k for k in own if k not in state and not k.endswith('num_batches_tracked')]
-        unexpected = [k for k in state if k not in own]
-        shape = [f'{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}'
-                 for k in own if k in state and hasattr(state[k], 'shape')
-                 and tuple(state[k].shape) != tuple(own[k].shape)]
-        if not (missing or unexpected or shape):
-            return
-        parts = []
-        for what, keys in (('missing', missing), ('unexpected', unexpected),
-                           ('shape mismatch', shape)):
-            if keys:
-                more = f' (+{len(keys) - 5} more)' if len(keys) > 5 else ''
-                parts.append(f'{len(keys)} {what}: {", ".join(keys[:5])}{more}')
-        hint = ''
-        if any(k.startswith('compressor.') for k in unexpected):
-            hint = ('It looks like a split (student) checkpoint; the teacher is the unsplit '
-                    'detector. ')
-        raise ConfigError(
-            f'KnowledgeAdaptationHook: teacher_checkpoint {teacher_checkpoint!r} does not fit '
-            f'teacher_config {teacher_config if isinstance(teacher_config, str) else "(dict)"}'
-            f' -- {"; ".join(parts)}. {hint}Use a checkpoint trained with exactly that config, '
-            'or set teacher_config to the config the checkpoint was trained with.')
-
-    def _check_compatible(self, model, teacher) -> None:
-        two_stage = getattr(model, 'with_roi_head', False)
-        if two_stage and not getattr(teacher, 'with_roi_head', False):
-            raise ConfigError('KnowledgeAdaptationHook: the student is two-stage but the teacher '
-                              f'{type(teacher).__name__} has no roi_head; distil from the '
-                              'unsplit version of the same detector')
-        if not two_stage and not hasattr(teacher, 'bbox_head'):
-            raise ConfigError('KnowledgeAdaptationHook: the student is single-stage but the '
-                              f'teacher {type(teacher).__name__} has no bbox_head')
-        if not hasattr(teacher, 'backbone') or not hasattr(teacher.backbone, 'out_indices'):
-            raise ConfigError('KnowledgeAdaptationHook: the teacher needs a backbone with '
-                              'out_indices (a backbone the splitter supports) for the feature '
-                              'distillation')
-        head = getattr(model, 'bbox_head', None)
-        if getattr(head, 'loss_obj', None) is not None and self.response_loss_weight > 0:
-            raise ConfigError(
-                f'KnowledgeAdaptationHook: {type(head).__name__} gates its class scores by an '
-                'objectness branch and trains the class logits only where objects are, so '
-                'distilling the dense class scores everywhere would copy untrained logits; set '
-                'response_loss_weight=0 (feature distillation and the labels still train it)')
-        if isinstance(model, DetectionTransformer) and self.response_loss_weight > 0:
-            raise ConfigError(
-                'KnowledgeAdaptationHook: response distillation (response_loss_weight > 0) is '
-                'implemented for RoI heads and dense heads, not for the query-based heads of '
-                f'DETR-style detectors ({type(model).__name__}); set response_loss_weight=0 '
-                '(feature distillation and the detection losses still train it)')
-        pre_s, pre_t = model.data_preprocessor, teacher.data_preprocessor
-        for attr in ('mean', 'std'):
-            a, b = getattr(pre_s, attr, None), getattr(pre_t, attr, None)
-            if isinstance(a, Tensor) and isinstance(b, Tensor) and (
-                    a.shape != b.shape or not torch.allclose(a.cpu(), b.cpu())):
-                self._log(f'teacher and student data_preprocessor {attr} differ; the '
-                          'teacher sees the student-normalised images', 'warning')
-
-    def _copy_teacher_into(self, model) -> None:
-        t_state, s_state = self.teacher.state_dict(), model.state_dict()
-        copied, skipped, per_part = 0, [], {}
-        with torch.no_grad():
-            for k, v in t_state.items():
-                if k not in s_state:
-                    continue
-                if s_state[k].shape != v.shape:
-                    skipped.append(k)
-                    continue
-                s_state[k].copy_(v)
-                copied += 1
-                part = k.split('.')[0]
-                per_part[part] = per_part.get(part, 0) + 1
-        own = [k for k in s_state if k not in t_state]
-        parts = ', '.join(f'{k} {n}' for k, n in per_part.items())
-        self._log(f'student initialised from the teacher: copied {copied} tensors ({parts}); '
-                  f'{len(own)} student-only tensors kept (e.g. the compressor)' +
-                  (f'; {len(skipped)} skipped for shape mismatch: {skipped[:5]}'
-                   if skipped else ''))
-        self.num_copied = copied
 
     # ------------------------------------------------------------------ stages
     def _wanted_stage(self, runner) -> int:
@@ -517,8 +364,7 @@ class KnowledgeAdaptationHook(Hook):
         for m in self._eval_modules:
             if m.training:
                 m.eval()
-        if self.teacher is not None and self.teacher.training:
-            self.teacher.eval()
+        self.distiller.eval_teacher()
 
     def before_train_iter(self, runner, batch_idx: int, data_batch=None) -> None:
         model = _unwrap(runner.model)
@@ -552,8 +398,8 @@ class KnowledgeAdaptationHook(Hook):
                     out[k] = v
                 elif w > 0:
                     out[k] = [x * w for x in v] if isinstance(v, (list, tuple)) else v * w
-            out['loss_kd_feat'] = self.feature_loss_weight * self._feature_loss(
-                model, batch_inputs, batch_data_samples, intermediates)
+            out['loss_kd_feat'] = self.distiller.feature_loss(
+                model, batch_inputs, batch_data_samples, intermediates['backbone_outs'])
         else:
             for k, v in losses.items():
                 if k == 'loss_rate':
@@ -561,102 +407,8 @@ class KnowledgeAdaptationHook(Hook):
                     out['rate'] = v.detach() / beta
                 elif k not in comp_keys:  # other compressor losses: frozen, no gradient
                     out[k] = v
-            if self.response_loss_weight > 0:
-                out['loss_kd_resp'] = self.response_loss_weight * self._response_loss(
-                    model, batch_inputs, batch_data_samples, intermediates)
+            if self._response_on():
+                out['loss_kd_resp'] = self.distiller.response_loss(
+                    model, batch_inputs, batch_data_samples, intermediates['neck_outs'])
         out['kd_stage'] = torch.tensor(float(self.stage), device=batch_inputs.device)
         return out
-
-    def _foreground_weights(self, batch_data_samples, shape, input_hw) -> Optional[Tensor]:
-        """(N, 1, h, w) weights: 1 on cells a GT box touches, the background weight elsewhere."""
-        bg = self.feature_loss_background_weight
-        if bg >= 1.0:
-            return None
-        n, _, h, w = shape
-        sy, sx = input_hw[0] / h, input_hw[1] / w
-        weights = torch.full((n, 1, h, w), bg)
-        for k, sample in enumerate(batch_data_samples):
-            gt = sample.get('gt_instances', None)
-            if gt is None or 'bboxes' not in gt or len(gt) == 0:
-                continue
-            for x1, y1, x2, y2 in get_box_tensor(gt.bboxes).detach().cpu().tolist():
-                c0, c1 = max(0, int(x1 // sx)), min(w, int(-(-x2 // sx)))
-                r0, r1 = max(0, int(y1 // sy)), min(h, int(-(-y2 // sy)))
-                weights[k, :, r0:r1, c0:c1] = 1.0
-        return weights
-
-    def _feature_loss(self, model, batch_inputs, batch_data_samples, intermediates) -> Tensor:
-        student = intermediates['backbone_outs']
-        # the splitter refuses out_indices computed before the split: the cloud returns them all
-        s_idx = sorted(model.splitter.out_indices)
-        with torch.no_grad():
-            t_outs = self.teacher.backbone(batch_inputs)
-        t_map = dict(zip(sorted(self.teacher.backbone.out_indices), t_outs))
-        loss = batch_inputs.new_zeros(())
-        for i, s in zip(s_idx, student):
-            t = t_map.get(i)
-            if t is None or t.shape != s.shape:
-                raise ConfigError(
-                    f'KnowledgeAdaptationHook: student backbone output {i} has shape '
-                    f'{tuple(s.shape)} but the teacher gives '
-                    f'{None if t is None else tuple(t.shape)}; feature distillation needs the '
-                    'same backbone (depth, widths, out_indices) in teacher and student')
-            weights = self._foreground_weights(batch_data_samples, s.shape,
-                                               batch_inputs.shape[-2:])
-            if weights is None:
-                loss = loss + F.mse_loss(s.float(), t.float())
-            else:
-                weights = weights.to(s.device)
-                err = (s.float() - t.float()).pow(2).mean(1, keepdim=True)  # mean over channels
-                loss = loss + (err * weights).sum() / weights.sum().clamp_min(1e-12)
-        return loss
-
-    def _response_loss(self, model, batch_inputs, batch_data_samples, intermediates) -> Tensor:
-        x = intermediates['neck_outs']
-        T = self.temperature
-        if getattr(model, 'with_roi_head', False):
-            with torch.no_grad():
-                t_x = self.teacher.extract_feat(batch_inputs)
-                if getattr(self.teacher, 'with_rpn', False):
-                    props = self.teacher.rpn_head.predict(t_x, batch_data_samples,
-                                                          rescale=False)
-                else:
-                    props = [s.proposals for s in batch_data_samples]
-                boxes = []
-                for p, s in zip(props, batch_data_samples):
-                    b = get_box_tensor(p.bboxes)[:self.response_num_rois]
-                    gt = s.get('gt_instances', None)
-                    if gt is not None and 'bboxes' in gt and len(gt) > 0:
-                        b = torch.cat([b, get_box_tensor(gt.bboxes).to(b)])
-                    boxes.append(b)
-                rois = bbox2roi(boxes)
-                if rois.shape[0] == 0:
-                    return x[0].sum() * 0
-                t_cls = self._roi_cls(self.teacher.roi_head, t_x, rois)
-            s_cls = self._roi_cls(model.roi_head, x, rois)
-            if s_cls.shape != t_cls.shape:
-                raise ConfigError(f'KnowledgeAdaptationHook: student RoI scores '
-                                  f'{tuple(s_cls.shape)} vs teacher {tuple(t_cls.shape)}: '
-                                  'teacher and student need the same classes')
-            sigmoid = getattr(getattr(model.roi_head.bbox_head, 'loss_cls', None),
-                              'use_sigmoid', False)
-            return (_sigmoid_kd if sigmoid else _softmax_kd)(s_cls, t_cls, T)
-        head = model.bbox_head
-        with torch.no_grad():
-            t_cls = self.teacher.bbox_head(self.teacher.extract_feat(batch_inputs))[0]
-        s_cls = head(x)[0]
-        c = head.cls_out_channels
-
-        def flat(levels):
-            return torch.cat([lvl.permute(0, 2, 3, 1).reshape(-1, c) for lvl in levels])
-
-        s_flat, t_flat = flat(s_cls), flat(t_cls)
-        sigmoid = getattr(head, 'use_sigmoid_cls', False)
-        return (_sigmoid_kd if sigmoid else _softmax_kd)(s_flat, t_flat, T)
-
-    @staticmethod
-    def _roi_cls(roi_head, x, rois) -> Tensor:
-        if hasattr(roi_head, 'num_stages'):  # cascade: score the shared RoIs with the last stage
-            return roi_head._bbox_forward(roi_head.num_stages - 1, x, rois)['cls_score']
-        return roi_head._bbox_forward(x, rois)['cls_score']
-

@@ -1,21 +1,37 @@
-"""Image-level features of the edge exits' outputs, shared by the routers."""
+"""Image-level features of the edge exits' outputs, shared by the routers and by online
+adaptation (whose upload selection and entropy loss use the same uncertainty as the router)."""
 import torch
 from torch import Tensor
 
 
-def top_anchor_probs(exits, k: int) -> Tensor:
+def top_anchor_probs(exits, k: int, detach: bool = True) -> Tensor:
     """(N, k, C) sigmoid class scores of each image's k anchors with the highest max score
-    (zero-padded when an image has fewer anchors)."""
+    (zero-padded when an image has fewer anchors). ``detach=False`` keeps the graph (the anchor
+    choice itself is not differentiable), for entropy minimisation."""
     c = exits.num_classes
     n = exits.cls_scores[0].shape[0]
-    flat = torch.cat([s.detach().permute(0, 2, 3, 1).reshape(n, -1, c)
+    flat = torch.cat([(s.detach() if detach else s).permute(0, 2, 3, 1).reshape(n, -1, c)
                       for s in exits.cls_scores], 1).sigmoid()
     k_eff = min(k, flat.shape[1])
-    idx = flat.max(-1).values.topk(k_eff, dim=1).indices
+    idx = flat.detach().max(-1).values.topk(k_eff, dim=1).indices
     top = torch.gather(flat, 1, idx[..., None].expand(-1, -1, c))
     if k_eff < k:
         top = torch.cat([top, top.new_zeros(n, k - k_eff, c)], 1)
     return top
+
+
+def class_entropy(p: Tensor) -> Tensor:
+    """(..., C) sigmoid scores -> (...) entropy in [0, 1] of [p_1..p_C, 1 - max p] (renormalised;
+    C classes + background), divided by ln(C + 1)."""
+    q = torch.cat([p, 1 - p.max(-1, keepdim=True).values], -1).clamp_min(1e-12)
+    q = q / q.sum(-1, keepdim=True)
+    return -(q * q.log()).sum(-1) / torch.log(torch.tensor(float(q.shape[-1]), dtype=q.dtype))
+
+
+def top_k_entropy(exits, k: int, detach: bool = True) -> Tensor:
+    """(N,) mean :func:`class_entropy` of each image's ``k`` most confident anchors: the exit's
+    uncertainty about the image (``EntropyRouter``'s score, CEMA's selection statistic)."""
+    return class_entropy(top_anchor_probs(exits, k, detach).double()).mean(-1).clamp(0, 1)
 
 
 def router_features(exits, top_k: int = 16, pool_features: bool = False) -> Tensor:
@@ -24,9 +40,7 @@ def router_features(exits, top_k: int = 16, pool_features: bool = False) -> Tens
     average-pooled."""
     p = top_anchor_probs(exits, top_k)
     maxp = p.max(-1).values
-    q = torch.cat([p, 1 - maxp[..., None]], -1).clamp_min(1e-12)
-    q = q / q.sum(-1, keepdim=True)
-    ent = -(q * q.log()).sum(-1) / torch.log(torch.tensor(float(q.shape[-1])))
+    ent = class_entropy(p)
     counts = torch.stack([
         torch.tensor([float((r.scores >= t).sum()) for r in exits.results], device=p.device)
         for t in (0.3, 0.5, 0.7)], -1) / 10.0

@@ -8,7 +8,7 @@ from torch import Tensor
 
 from ...utils.config_checks import ConfigError
 from .base import BaseRouter
-from .features import top_anchor_probs
+from .features import top_k_entropy
 
 __all__ = ['RandomRouter', 'ScoreBandRouter', 'EntropyRouter']
 
@@ -72,9 +72,4 @@ class EntropyRouter(BaseRouter):
         self.top_k = int(top_k)
 
     def scores(self, exits) -> Tensor:
-        p = top_anchor_probs(exits, self.top_k).double()  # (N, k, C)
-        bg = 1 - p.max(-1, keepdim=True).values
-        q = torch.cat([p, bg], -1).clamp_min(1e-12)
-        q = q / q.sum(-1, keepdim=True)
-        h = -(q * q.log()).sum(-1) / torch.log(torch.tensor(q.shape[-1], dtype=torch.float64))
-        return h.mean(-1).clamp(0, 1)
+        return top_k_entropy(exits, self.top_k)

@@ -1,0 +1,271 @@
+"""Online adaptation under distribution shift: every method on the same corrupted streams.
+
+    python tools/benchmark_online_adaptation.py CONFIG CHECKPOINT \
+        [--corruptions gaussian_noise shot_noise defocus_blur motion_blur fog contrast] \
+        [--severities 3 5] [--methods none norm_stats tent cema upload_all random] \
+        [--num-images 200] [--seeds 0 1] [--continual] [--data-root DIR] \
+        [--cfg-options test_cfg.cloud.steps=4 ...] [--out work_dirs/benchmarks/online.json]
+
+CONFIG selects ``OnlineAdaptationLoop`` (e.g. configs/ecc_faster_rcnn_r18_synthetic_cema.py);
+its settings are CEMA's, the tool only changes ``method`` (and ``random_ratio``: the random
+control uploads at CEMA's measured ratio on the same stream). Per stream (corruption, severity,
+order seed) and method: online mAP of the edge exit and of the whole dynamic system, upload
+ratio, uplink (adaptation images + inference payloads) and downlink bytes per image, and the
+router's offload ratio in the first and last quarter of the stream. A clean stream without
+adaptation is the reference of "mAP lost to the shift". ``--continual`` adds CEMA and no
+adaptation over the severity-3 streams one after another without reset.
+
+Writes JSON, a table and a plot; checks the issue's targets on the averages over corruptions.
+"""
+import argparse
+import copy
+import os
+import os.path as osp
+import statistics
+import tempfile
+
+import ecc_tools  # noqa: F401  (imports ecc_mmdet: registers our components)
+from ecc_tools.cli import write_report
+
+DEFAULT_CORRUPTIONS = ('gaussian_noise', 'shot_noise', 'defocus_blur', 'motion_blur', 'fog',
+                       'contrast')
+METHOD_ORDER = ('none', 'norm_stats', 'tent', 'cema', 'upload_all', 'random')
+FIELDS = ('edge_mAP', 'system_mAP', 'upload_ratio', 'uplink_adapt_bytes_per_image',
+          'uplink_infer_bytes_per_image', 'downlink_bytes_per_image', 'downlink_per_update_ratio',
+          'offload_ratio', 'offload_ratio_first_quarter', 'offload_ratio_last_quarter')
+
+
+def parse_args(argv=None):
+    from mmengine.config import DictAction
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p.add_argument('config')
+    p.add_argument('checkpoint')
+    p.add_argument('--corruptions', nargs='+', default=list(DEFAULT_CORRUPTIONS))
+    p.add_argument('--severities', type=int, nargs='+', default=[3, 5])
+    p.add_argument('--methods', nargs='+', default=list(METHOD_ORDER))
+    p.add_argument('--num-images', type=int, default=200)
+    p.add_argument('--seeds', type=int, nargs='+', default=[0],
+                   help='stream-order seeds (the spread over them is reported)')
+    p.add_argument('--continual', action='store_true')
+    p.add_argument('--data-root')
+    p.add_argument('--cfg-options', nargs='+', action=DictAction)
+    p.add_argument('--out', default='work_dirs/benchmarks/online_adaptation.json')
+    return p.parse_args(argv)
+
+
+def _mean(xs):
+    xs = [x for x in xs if x is not None]
+    return sum(xs) / len(xs) if xs else None
+
+
+def summarize(rows, clean, methods, severities, corruptions):
+    """Averages over corruptions (per seed, then mean and range over seeds) and the targets."""
+    seeds = sorted({r['seed'] for r in rows if r['mode'] == 'reset'})
+    out = {}
+    for s in severities:
+        out[str(s)] = {}
+        for m in methods:
+            per_seed = []
+            for seed in seeds:
+                cells = [r for r in rows if r['mode'] == 'reset' and r['method'] == m
+                         and r['severity'] == s and r['seed'] == seed]
+                if len(cells) == len(corruptions):
+                    per_seed.append({k: _mean([c[k] for c in cells]) for k in FIELDS})
+            if not per_seed:
+                continue
+            agg = {k: _mean([p[k] for p in per_seed]) for k in FIELDS}
+            agg['edge_mAP_range'] = [min(p['edge_mAP'] for p in per_seed),
+                                     max(p['edge_mAP'] for p in per_seed)]
+            out[str(s)][m] = agg
+    clean_map = _mean([c['edge_mAP'] for c in clean])
+    clean_off = _mean([c['offload_ratio'] for c in clean])
+    clean_sys = _mean([c['system_mAP'] for c in clean])
+    for s, per in out.items():
+        base = per.get('none')
+        for m, agg in per.items():
+            if base is not None and clean_map is not None and clean_map > base['edge_mAP']:
+                agg['recovery'] = (agg['edge_mAP'] - base['edge_mAP']) / (clean_map -
+                                                                           base['edge_mAP'])
+            # paired over corruptions (same streams): mean and spread of the mAP change
+            diffs = []
+            for c in corruptions:
+                for seed in seeds:
+                    a = [r['edge_mAP'] for r in rows if r['mode'] == 'reset' and r['method'] == m
+                         and r['severity'] == int(s) and r['corruption'] == c and r['seed'] == seed]
+                    b = [r['edge_mAP'] for r in rows if r['mode'] == 'reset'
+                         and r['method'] == 'none' and r['severity'] == int(s)
+                         and r['corruption'] == c and r['seed'] == seed]
+                    if a and b:
+                        diffs.append(a[0] - b[0])
+            if len(diffs) > 1:
+                agg['edge_gain_vs_none'] = dict(mean=_mean(diffs), sd=statistics.stdev(diffs),
+                                                min=min(diffs), max=max(diffs), n=len(diffs))
+    targets = {}
+    s3 = out.get('3', {})
+    cema = s3.get('cema')
+    if cema is not None:
+        targets['recovery_ge_50pct_at_s3'] = dict(
+            value=cema.get('recovery'), upload_ratio=cema['upload_ratio'],
+            met=bool(cema.get('recovery') is not None and cema['recovery'] >= 0.5
+                     and cema['upload_ratio'] <= 0.3))
+        others = {m: s3[m]['edge_mAP'] for m in ('random', 'norm_stats', 'tent') if m in s3}
+        targets['beats_random_and_edge_only_at_s3'] = dict(
+            cema=cema['edge_mAP'], others=others,
+            met=bool(others) and all(cema['edge_mAP'] > v for v in others.values()))
+        if 'none' in s3 and clean_off is not None:
+            before = abs(s3['none']['offload_ratio_last_quarter'] - clean_off)
+            after = abs(cema['offload_ratio_last_quarter'] - clean_off)
+            targets['offload_ratio_back_toward_clean_at_s3'] = dict(
+                clean=clean_off, none_last_quarter=s3['none']['offload_ratio_last_quarter'],
+                cema_last_quarter=cema['offload_ratio_last_quarter'], met=after < before)
+    ratios = [r['downlink_per_update_ratio'] for r in rows if r['num_updates']]
+    if ratios:
+        targets['downlink_per_update_le_1pct'] = dict(value=max(ratios), met=max(ratios) <= 0.01)
+    return dict(clean_edge_mAP=clean_map, clean_system_mAP=clean_sys,
+                clean_offload_ratio=clean_off, by_severity=out, targets=targets)
+
+
+def _f(v, spec, width):
+    return f'{"-":>{width}}' if v is None else f'{v:{width}{spec}}'
+
+
+def table(res) -> str:
+    s = res['summary']
+    lines = [f"clean stream, no adaptation: edge mAP {s['clean_edge_mAP']:.1f}, system mAP "
+             f"{s['clean_system_mAP']:.1f}, offload ratio {s['clean_offload_ratio']:.2f} "
+             f"({res['num_images']} images, seeds {res['seeds']})", '']
+    head = (f"{'stream':<20}{'method':<12}{'edge':>6}{'sys':>6}{'upl%':>6}{'upKB':>7}"
+            f"{'infKB':>7}{'downB':>7}{'off q1':>7}{'off q4':>7}")
+    lines.append(head)
+    for r in res['rows']:
+        lines.append(
+            f"{r['stream'] + ('' if r['mode'] == 'reset' else ' cont'):<20}"
+            f"{r['method']:<12}{r['edge_mAP']:6.1f}{r['system_mAP']:6.1f}"
+            f"{100 * r['upload_ratio']:6.1f}{r['uplink_adapt_bytes_per_image'] / 1000:7.2f}"
+            f"{r['uplink_infer_bytes_per_image'] / 1000:7.2f}"
+            f"{r['downlink_bytes_per_image']:7.0f}{r['offload_ratio_first_quarter']:7.2f}"
+            f"{r['offload_ratio_last_quarter']:7.2f}" + (f"  seed {r['seed']}"
+                                                         if len(res['seeds']) > 1 else ''))
+    lines += ['', 'averages over corruptions (edge mAP range over seeds; gain = paired change '
+              'of edge mAP vs no adaptation over corruptions x seeds, mean +- sd)']
+    lines.append(f"{'sev':<5}{'method':<12}{'edge':>6}{'range':>13}{'sys':>6}{'recov':>7}"
+                 f"{'gain':>14}{'upl%':>6}{'upKB':>7}{'downB':>7}{'off q4':>7}")
+    for sev, per in s['by_severity'].items():
+        for m, a in per.items():
+            g = a.get('edge_gain_vs_none')
+            gain = f"{g['mean']:+6.1f}+-{g['sd']:4.1f}" if g else f"{'-':>13}"
+            rng = f"[{a['edge_mAP_range'][0]:.1f},{a['edge_mAP_range'][1]:.1f}]"
+            rec = None if a.get('recovery') is None else 100 * a['recovery']
+            lines.append(f"{sev:<5}{m:<12}{a['edge_mAP']:6.1f}{rng:>13}{a['system_mAP']:6.1f}"
+                         f"{_f(rec, '.0f', 6)}%"
+                         f"{gain:>14}{100 * a['upload_ratio']:6.1f}"
+                         f"{a['uplink_adapt_bytes_per_image'] / 1000:7.2f}"
+                         f"{a['downlink_bytes_per_image']:7.0f}"
+                         f"{a['offload_ratio_last_quarter']:7.2f}")
+    lines += ['', 'targets:']
+    for k, t in s['targets'].items():
+        lines.append(f"  {k}: {'MET' if t['met'] else 'missed'} -- "
+                     + ', '.join(f'{kk}={vv:.3f}' if isinstance(vv, float) else f'{kk}={vv}'
+                                 for kk, vv in t.items() if kk != 'met'))
+    return '\n'.join(lines)
+
+
+def plot(res, path) -> None:
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    s = res['summary']
+    sevs = list(s['by_severity'])
+    fig, axes = plt.subplots(1, len(sevs), figsize=(5.2 * len(sevs), 4.2), squeeze=False)
+    for ax, sev in zip(axes[0], sevs):
+        per = s['by_severity'][sev]
+        for m, a in per.items():
+            ax.scatter(100 * a['upload_ratio'], a['edge_mAP'], s=40)
+            ax.annotate(m, (100 * a['upload_ratio'], a['edge_mAP']), fontsize=8,
+                        xytext=(4, 3), textcoords='offset points')
+        ax.axhline(s['clean_edge_mAP'], ls='--', c='k', lw=0.8)
+        ax.text(0, s['clean_edge_mAP'], ' clean, no adaptation', fontsize=7, va='bottom')
+        ax.set_xlabel('images uploaded for adaptation (%)')
+        ax.set_ylabel('online edge-exit mAP (mean over corruptions)')
+        ax.set_title(f'severity {sev}')
+        ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    from mmengine.runner import Runner
+    from ecc_mmdet.apis import load_config
+    from ecc_mmdet.datasets.transforms import CORRUPTIONS
+    from ecc_mmdet.engine.runner import METHODS
+    bad = [c for c in args.corruptions if c not in CORRUPTIONS]
+    badm = [m for m in args.methods if m not in METHODS]
+    if bad or badm or any(not 1 <= s <= 5 for s in args.severities):
+        raise SystemExit(f'error: unknown corruption(s) {bad} (choose from '
+                         f'{", ".join(CORRUPTIONS)}), unknown method(s) {badm} (choose from '
+                         f'{", ".join(METHODS)}) or a severity outside 1..5: {args.severities}')
+    cfg = load_config(args.config, args.data_root, args.cfg_options)
+    if cfg.get('test_cfg', {}).get('type') != 'OnlineAdaptationLoop':
+        raise SystemExit('error: the config does not select OnlineAdaptationLoop as its test_cfg '
+                         '(e.g. configs/ecc_faster_rcnn_r18_synthetic_cema.py)')
+    cfg.load_from = args.checkpoint
+    cfg.work_dir = tempfile.mkdtemp(prefix='online_adaptation_')
+    cfg.log_level = 'WARNING'
+    base_loop = dict(cfg.test_cfg)
+    runner = Runner.from_cfg(cfg)
+
+    def run(method, streams, seed, reset=True, **extra):
+        loop = copy.deepcopy(base_loop)
+        loop.update(method=method, corruptions=streams, order_seed=seed, reset=reset,
+                    num_images=args.num_images, out_file=None, log_interval=0, **extra)
+        if method != 'cema':
+            loop.pop('selector', None)
+        runner._test_loop = loop
+        runner.test()
+        # the router's and the score maps' calibration is deterministic: once is enough
+        runner._hooks = [h for h in runner._hooks if type(h).__name__ != 'RouterCalibrationHook']
+        return runner.test_loop.results
+
+    streams = [(c, s) for s in args.severities for c in args.corruptions]
+    rows, clean = [], []
+    order = [m for m in METHOD_ORDER if m in args.methods]
+    for seed in args.seeds:
+        clean += [dict(r, seed=seed) for r in run('none', [], seed)]
+        print(f'- seed {seed} clean: edge mAP {clean[-1]["edge_mAP"]:.1f}', flush=True)
+        cema = {}
+        for m in order:
+            if m == 'random':
+                if not cema:
+                    raise SystemExit('error: the random control uploads at CEMA\'s ratio: '
+                                     'include cema in --methods')
+                res = []
+                for st in streams:
+                    res += run('random', [st], seed, random_ratio=cema[f'{st[0]}@{st[1]}'])
+            else:
+                res = run(m, streams, seed)
+            for r in res:
+                rows.append(dict(r, seed=seed, mode='reset'))
+                if m == 'cema':
+                    cema[r['stream']] = r['upload_ratio']
+            print(f'- seed {seed} {m}: edge mAP ' + ', '.join(
+                f"{r['stream']} {r['edge_mAP']:.1f}" for r in res), flush=True)
+        if args.continual and 3 in args.severities:
+            for m in ('none', 'cema'):
+                for r in run(m, [(c, 3) for c in args.corruptions], seed, reset=False):
+                    rows.append(dict(r, seed=seed, mode='continual'))
+    res = dict(config=args.config, checkpoint=args.checkpoint, num_images=args.num_images,
+               seeds=args.seeds, corruptions=args.corruptions, severities=args.severities,
+               loop=base_loop, clean=clean, rows=rows,
+               summary=summarize(rows, clean, order, args.severities, args.corruptions))
+    text = table(res)
+    stem = write_report(args.out, res, text)
+    plot(res, stem + '.png')
+    print('\n' + text + f'\n\nwritten: {args.out}, {stem}.txt, {stem}.png')
+    return res
+
+
+if __name__ == '__main__':
+    os.chdir(osp.dirname(osp.dirname(osp.abspath(__file__))))
+    main()
