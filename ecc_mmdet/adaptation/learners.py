@@ -129,19 +129,23 @@ class Tent(_EdgeLearner):
     def step(self, model, batch_inputs: Tensor) -> Dict[str, float]:
         params = norm_affine_parameters(model)
         flags = [p.requires_grad for p in params]
-        for p in params:
-            p.requires_grad_(True)
         try:
+            for p in params:
+                p.requires_grad_(True)
             with torch.enable_grad(), norm_train_mode(model):
                 f, outs = exit_forward(model, batch_inputs)
                 loss = exit_entropy(model, f, outs, self.top_k, detach=False).mean()
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                self.optimizer.step()
+                # gradients of the affine parameters only: nothing else gets a .grad
+                grads = torch.autograd.grad(loss, params, allow_unused=True)
         finally:
             for p, flag in zip(params, flags):
                 p.requires_grad_(flag)
-        return dict(entropy=float(loss))
+        for p, g in zip(params, grads):
+            p.grad = None if g is None else g.detach()
+        self.optimizer.step()
+        for p in params:
+            p.grad = None
+        return dict(entropy=float(loss.detach()))
 
 
 class ReplayBuffer:
@@ -178,6 +182,10 @@ class CloudAdapter:
         score_thr: the teacher's detections at or above it are the pseudo labels.
         entropy_weight: weight of the copy's entropy on the uploads (0 disables it).
         top_k: anchors of the entropy.
+        skip_empty: keep an upload out of training when the teacher found nothing in it at
+            ``score_thr``: under a strong shift that is the teacher failing, not evidence of an
+            empty scene, and training on it teaches the exit to see nothing (its entropy, and
+            with it the router's offload ratio, collapse).
         adapt_teacher: re-estimate the teacher's batch-norm statistics on every upload batch
             before it labels it (CEMA adapts its foundation model's normalisation layers too):
             the teacher here is an ordinary detector, as hurt by the shift as the edge, and
@@ -189,7 +197,7 @@ class CloudAdapter:
     def __init__(self, lr: float = 2.5e-3, momentum: float = 0.9, steps: int = 4,
                  batch_size: int = 8, new_fraction: float = 0.25, capacity: int = 512,
                  score_thr: float = 0.5, entropy_weight: float = 0.0, top_k: int = 10,
-                 adapt_teacher: bool = True, seed: int = 0):
+                 skip_empty: bool = True, adapt_teacher: bool = True, seed: int = 0):
         if not lr > 0 or int(steps) < 1 or int(batch_size) < 1:
             raise ConfigError(f'CloudAdapter needs lr > 0, steps >= 1, batch_size >= 1; got '
                               f'lr={lr}, steps={steps}, batch_size={batch_size}')
@@ -199,7 +207,8 @@ class CloudAdapter:
         self.batch_size, self.new_fraction = int(batch_size), float(new_fraction)
         self.capacity, self.score_thr = int(capacity), float(score_thr)
         self.entropy_weight, self.top_k, self.seed = float(entropy_weight), int(top_k), int(seed)
-        self.adapt_teacher = bool(adapt_teacher)
+        self.adapt_teacher, self.skip_empty = bool(adapt_teacher), bool(skip_empty)
+        self.num_skipped = 0
         self.model = self.distiller = None
         self._teacher_state = None
 
@@ -222,6 +231,7 @@ class CloudAdapter:
         self.optimizer = torch.optim.SGD(self.params, lr=self.lr, momentum=self.momentum)
         self.buffer = ReplayBuffer(self.capacity)
         self.pending: List[tuple] = []
+        self.num_skipped = 0
         self.generator = torch.Generator().manual_seed(self.seed)
 
     def _batch(self, items):
@@ -246,6 +256,9 @@ class CloudAdapter:
             keep = inst.scores >= self.score_thr
             s.gt_instances = inst[keep].clone()
             s.gt_instances.pop('scores')
+            if self.skip_empty and not len(s.gt_instances):
+                self.num_skipped += 1
+                continue
             self.pending.append((img, s))
 
     def _teacher_norm_stats(self, inputs: Tensor) -> None:
@@ -257,7 +270,7 @@ class CloudAdapter:
         try:
             teacher.extract_feat(inputs)
         finally:
-            self.distiller.eval_teacher()
+            teacher.eval()
 
     def loss(self, items) -> Tensor:
         """The copy's training loss on ``items`` (differentiable in the affine parameters)."""

@@ -61,7 +61,8 @@ class EntropySelector(UploadSelector):
         dynamic: let the bound(s) follow the running mean entropy.
         lam: scale of the upper bound (CEMA's lambda).
         warmup: images whose mean entropy is the reference of the dynamic bound.
-        band: (q_lo, q_hi) quantiles of the warm-up entropies that replace e_min and e_max0.
+        band: (q_lo, q_hi) quantiles of the warm-up entropies that replace e_min and e_max0
+            (``lam`` still scales the upper one).
     """
 
     def __init__(self, e_max0: float = 0.4, e_min: float = 0.0, dynamic: bool = True,
@@ -72,7 +73,8 @@ class EntropySelector(UploadSelector):
                 raise ConfigError(f'EntropySelector.band must be (q_lo, q_hi) with 0 <= q_lo < '
                                   f'q_hi <= 1, got {band!r}')
             band = (float(band[0]), float(band[1]))
-        if float(lam) <= 0 or not 0.0 <= float(e_min) < float(e_max0) * float(lam) <= 1.0:
+        if float(lam) <= 0 or (band is None and
+                               not 0.0 <= float(e_min) < float(e_max0) * float(lam) <= 1.0):
             raise ConfigError('EntropySelector needs 0 <= e_min < e_max0 * lam <= 1 and lam > 0 '
                               f'(normalised entropies), got e_min={e_min}, e_max0={e_max0}, '
                               f'lam={lam}')
@@ -122,7 +124,7 @@ class EntropySelector(UploadSelector):
                     self.warm_values.append(v)
                     qs = torch.quantile(torch.tensor(self.warm_values, dtype=torch.float64),
                                         torch.tensor(self.band, dtype=torch.float64)).tolist()
-                    self.e_min, self.e_max0 = qs[0], qs[1] / self.lam
+                    self.e_min, self.e_max0 = qs[0], qs[1]
             out[i] = self.e_low < v < self.e_max
         return out
 

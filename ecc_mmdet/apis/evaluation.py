@@ -14,6 +14,17 @@ from ..structures import comm_record
 from .inference import iter_batches
 
 
+def score_only_seen_images(evaluator, img_ids) -> None:
+    """Make the evaluator's COCO metrics score only ``img_ids``.
+
+    mmdet's ``CocoMetric`` scores every image of its annotation file, so evaluating the first N
+    images of a larger set would count the others as images whose objects were all missed.
+    """
+    for metric in getattr(evaluator, 'metrics', [evaluator]):
+        if type(metric).__name__ == 'CocoMetric' or hasattr(metric, '_coco_api'):
+            metric.img_ids = list(img_ids)
+
+
 def evaluate_detector(model, dataset, ann_file: str, comm: bool = True,
                       bandwidth_mbps: Sequence[float] = (10.0, ), num_images: Optional[int] = None,
                       batch_size: int = 1, progress: bool = True,
@@ -38,8 +49,10 @@ def evaluate_detector(model, dataset, ann_file: str, comm: bool = True,
     n = len(dataset) if num_images is None else min(num_images, len(dataset))
     bar = ProgressBar(n) if progress else None
     cloud_only = CloudOnlyAccounting() if comm and not hasattr(model, 'compressor') else None
+    seen = []
     with torch.no_grad():
         for inputs, samples in iter_batches(model, dataset, n, batch_size):
+            seen += [s.metainfo['img_id'] for s in samples]
             if cloud_only is not None:
                 results = cloud_only.run(lambda: model.predict(inputs, samples), len(samples),
                                          tuple(samples[0].metainfo.get('img_shape', ())))
@@ -60,4 +73,6 @@ def evaluate_detector(model, dataset, ann_file: str, comm: bool = True,
                     bar.update()
     if bar is not None:
         print(flush=True)
+    if n < len(dataset):
+        score_only_seen_images(evaluator, seen)
     return evaluator.evaluate(n)

@@ -100,8 +100,9 @@ class DetectionDistiller:
         return self
 
     def eval_teacher(self) -> None:
-        """Put the teacher back in eval mode (a ``.train()`` somewhere reached it)."""
-        if self.teacher is not None and self.teacher.training:
+        """Put the teacher back in eval mode (a ``.train()`` somewhere reached it, or some of its
+        layers were switched to train mode)."""
+        if self.teacher is not None and any(m.training for m in self.teacher.modules()):
             self.teacher.eval()
 
     def _log(self, msg: str, level: str = 'info') -> None:

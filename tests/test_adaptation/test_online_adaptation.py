@@ -105,8 +105,11 @@ def test_edge_learners_change_only_edge_normalisation_layers(dynamic_model, lear
     assert changed and changed <= norms | {k for k in before if k.endswith('num_batches_tracked')}
     if isinstance(learner, Tent):  # the affine parameters moved too, not only the statistics
         assert any(k.endswith(('weight', 'bias')) for k in changed)
-    assert not model.training and all(p.requires_grad == q.requires_grad for p, q in
-                                      zip(model.parameters(), dynamic_model.parameters()))
+    assert not any(m.training for m in model.modules())
+    assert all(p.requires_grad == q.requires_grad for p, q in
+               zip(model.parameters(), dynamic_model.parameters()))
+    affine = {id(p) for p in norm_affine_parameters(model)}
+    assert all(p.grad is None for p in model.parameters() if id(p) not in affine)
 
 
 def test_cloud_adaptation_lowers_the_loss_and_the_downlink_copies_it_exactly(dynamic_model,
@@ -134,6 +137,23 @@ def test_cloud_adaptation_lowers_the_loss_and_the_downlink_copies_it_exactly(dyn
     assert used == {s.metainfo['img_id'] for _, s in items}
     assert loss() < first  # adaptation improves the edge model's loss on the shifted images
     assert len(cloud.buffer) == 4 and not cloud.pending
+    # an upload in which the teacher finds nothing is kept out of training (skip_empty)
+    strict = CloudAdapter(score_thr=1.0, adapt_teacher=False)
+    strict.attach(edge, distiller)
+    strict.receive(images[:2], samples[:2])
+    assert strict.num_skipped == 2 and not strict.pending and strict.adapt() == set()
+    # the teacher's BN statistics follow the uploads (CEMA adapts its big model too), it labels
+    # in eval mode, and a new stream starts from the checkpoint's statistics again
+    t0 = _states(teacher)
+    adapting = CloudAdapter(score_thr=0.0, adapt_teacher=True)
+    adapting.attach(edge, distiller)
+    adapting.receive(images[:2], samples[:2])
+    assert not any(m.training for m in teacher.modules())
+    moved = [k for k in t0 if 'running_mean' in k and not torch.equal(t0[k],
+                                                                      teacher.state_dict()[k])]
+    assert moved
+    adapting.attach(edge, distiller)
+    assert all(torch.equal(t0[k], v) for k, v in teacher.state_dict().items())
     # only the copy's edge normalisation layers moved
     ref, now = _states(dynamic_model), _states(cloud.model)
     changed = {k for k in ref if not torch.equal(ref[k], now[k])}
@@ -184,24 +204,24 @@ def _runner(files, tmp_path, **loop):
     cfg.work_dir = str(tmp_path)
     cfg.custom_hooks[0].num_images = 8
     cfg.test_dataloader.batch_size = 2
-    cfg.test_cfg.update(corruptions=[('gaussian_noise', 3)], update_interval=1,
-                        log_interval=1, **loop)
+    cfg.test_cfg.update(dict(dict(corruptions=[('gaussian_noise', 3)], update_interval=1,
+                                  log_interval=1), **loop))
     cfg.log_level = 'WARNING'
     return Runner.from_cfg(cfg)
 
 
 def test_loop_scores_every_image_before_any_update_that_used_it(loop_files, tmp_path):
     runner = _runner(loop_files, tmp_path, method='upload_all',
-                     cloud=dict(steps=2, batch_size=2))
+                     cloud=dict(steps=2, batch_size=2, score_thr=0.0))
     metrics = runner.test()
     loop = runner.test_loop
     assert len(loop.predicted_with) == 4 and loop.updates  # 2 batches, an update after each
     trained_by = {}
-    for seq, ids in loop.updates:
+    for stream, seq, ids in loop.updates:
         trained_by[seq] = set(ids) | trained_by.get(seq - 1, set())
-    for img, seq in loop.predicted_with:
+    for stream, img, seq in loop.predicted_with:
         assert img not in trained_by.get(seq, set()), (img, seq)
-    assert [s for _, s in loop.predicted_with] == [0, 0, 1, 1]  # batch 2 saw update 1
+    assert [s for _, _, s in loop.predicted_with] == [0, 0, 1, 1]  # batch 2 saw update 1
     (res,) = loop.results
     assert res['stream'] == 'gaussian_noise@3' and res['num_images'] == 4
     assert res['upload_ratio'] == 1.0 and res['uplink_adapt_bytes_per_image'] > 0
@@ -215,10 +235,46 @@ def test_loop_scores_every_image_before_any_update_that_used_it(loop_files, tmp_
     assert all(torch.equal(ref[k], now[k]) for k in ref)
 
 
+def test_loop_resets_per_stream_refuses_a_bad_downlink_and_restores_the_model(
+        loop_files, tmp_path, monkeypatch):
+    import ecc_mmdet.engine.runner.online_adaptation_loop as mod
+    real = mod.make_param_update
+
+    def corrupt_first(model, seq, *a, **kw):
+        msg = real(model, seq, *a, **kw)
+        return msg[:-5] + bytes([msg[-5] ^ 0xFF]) + msg[-4:] if seq == 1 else msg
+
+    monkeypatch.setattr(mod, 'make_param_update', corrupt_first)
+    runner = _runner(loop_files, tmp_path, method='upload_all',
+                     corruptions=[('gaussian_noise', 3), ('fog', 3)],
+                     cloud=dict(steps=1, batch_size=2, score_thr=0.0))
+    runner.test()
+    loop = runner.test_loop
+    first, second = loop.results
+    # update 1 of each stream is corrupted: refused, the edge goes on with its parameters
+    assert first['refused_updates'] == second['refused_updates'] == 1
+    assert first['num_updates'] == second['num_updates'] == 1
+    seqs = {s: [q for st, _, q in loop.predicted_with if st == s] for s in ('gaussian_noise@3',
+                                                                            'fog@3')}
+    assert seqs == {'gaussian_noise@3': [0, 0, 0, 0], 'fog@3': [0, 0, 0, 0]}  # reset per stream
+    ref = torch.load(loop_files['student'], map_location='cpu', weights_only=False)['state_dict']
+    assert all(torch.equal(ref[k], v) for k, v in runner.model.state_dict().items() if k in ref)
+
+
 def test_loop_without_teacher_or_with_bad_settings_fails_clearly(loop_files, tmp_path):
     runner = _runner(loop_files, tmp_path, method='cema')
     runner.cfg.teacher_checkpoint = None
     with pytest.raises(ConfigError, match='teacher_checkpoint'):
+        runner.test()
+    # a teacher trained on other class names (same count) is refused too
+    runner = _runner(loop_files, tmp_path, method='cema')
+    tcfg = load_config(runner.cfg.teacher_config)
+    classes = list(tcfg.test_dataloader.dataset.metainfo.classes)
+    tcfg.test_dataloader.dataset.metainfo.classes = tuple(reversed(classes))
+    other = str(tmp_path / 'other_classes.py')
+    tcfg.dump(other)
+    runner.cfg.teacher_config = other
+    with pytest.raises(ConfigError, match='same order'):
         runner.test()
     for bad, match in ((dict(method='magic'), 'method'),
                        (dict(corruptions=[('fogg', 3)]), 'fogg'),

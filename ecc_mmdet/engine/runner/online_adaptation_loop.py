@@ -48,6 +48,8 @@ from mmengine.runner import BaseLoop
 from mmdet.registry import LOOPS, TASK_UTILS
 from mmdet.structures import DetDataSample
 
+from ecc_edge.codecs.bitstream import BitstreamError
+from ...apis.evaluation import score_only_seen_images
 from ...datasets.transforms.corruptions import add_corruption
 from ...datasets.transforms.image_codec import CompressImage
 from ...deployment.fingerprint import model_fingerprint
@@ -157,9 +159,9 @@ class OnlineAdaptationLoop(BaseLoop):
         self.teacher_config, self.teacher_checkpoint = teacher_config, teacher_checkpoint
         self.out_file, self.log_interval = out_file, int(log_interval)
         self.results: List[Dict] = []
-        #: (img_id, sequence number of the edge parameters that predicted it), stream order
+        #: (stream, img_id, sequence number of the edge parameters that predicted it), in order
         self.predicted_with: List[tuple] = []
-        #: (sequence number, image ids the update trained on)
+        #: (stream, sequence number, image ids the update trained on)
         self.updates: List[tuple] = []
 
     @staticmethod
@@ -181,7 +183,27 @@ class OnlineAdaptationLoop(BaseLoop):
         device = next(model.parameters()).device
         distiller.build(device=device, cfg=self.runner.cfg, logger=self.runner.logger)
         distiller.check_classes(model)
+        self._check_class_names()
         return distiller
+
+    def _check_class_names(self) -> None:
+        """Same number of classes is not enough: the teacher's dataset must name the same
+        classes in the same order as the stream's (when its config says)."""
+        from mmengine.config import Config
+        from ...distillation import resolve_path
+        tcfg = self.teacher_config or self.runner.cfg.get('teacher_config')
+        path = resolve_path(tcfg, 'OnlineAdaptationLoop') if isinstance(tcfg, str) else ''
+        if not path:
+            return
+        meta = Config.fromfile(path).get('test_dataloader', {}).get('dataset', {}).get(
+            'metainfo', {}) or {}
+        theirs = meta.get('classes')
+        ours = (self.dataloader.dataset.metainfo or {}).get('classes')
+        if theirs is not None and ours is not None and tuple(theirs) != tuple(ours):
+            raise ConfigError(f'OnlineAdaptationLoop: the teacher ({tcfg}) was trained on the '
+                              f'classes {tuple(theirs)} but the stream has {tuple(ours)}; its '
+                              'pseudo labels would name the wrong classes. Use a teacher '
+                              'trained on the same classes, in the same order.')
 
     def _loader(self, stream):
         cfg = copy.deepcopy(self.dataloader_cfg)
@@ -219,27 +241,31 @@ class OnlineAdaptationLoop(BaseLoop):
         edge_bytes = sum(t.numel() * t.element_size()
                          for t in build_edge(model).state_dict().values())
         metrics, self.results = {}, []
+        self.predicted_with, self.updates = [], []
         self.seq = 0
-        for k, stream in enumerate(self.streams):
-            if self.reset or k == 0:
-                model.load_state_dict(initial)
-                model.__dict__.pop('_fingerprint_cache', None)
-                self.seq, self.last_seq = 0, -1
-                self.selector.reset()
-                if self.edge_learner is not None:
-                    self.edge_learner.attach(model)
-                if self.cloud is not None:
-                    self.cloud.attach(model, distiller)
-            res = self._run_stream(model, stream)
-            res['edge_model_bytes'] = edge_bytes
-            res['downlink_per_update_ratio'] = (res['downlink_bytes_per_update'] / edge_bytes
-                                                if res['num_updates'] else 0.0)
-            self.results.append(res)
-            for key in ('edge_mAP', 'system_mAP', 'upload_ratio', 'offload_ratio',
-                        'uplink_bytes_per_image', 'downlink_bytes_per_image'):
-                metrics[f'{res["stream"]}/{key}'] = res[key]
-        model.load_state_dict(initial)  # leave the model as loaded (another run may follow)
-        model.__dict__.pop('_fingerprint_cache', None)
+        try:
+            for k, stream in enumerate(self.streams):
+                if self.reset or k == 0:
+                    model.load_state_dict(initial)
+                    model.__dict__.pop('_fingerprint_cache', None)
+                    self.seq, self.last_seq = 0, -1
+                    self.selector.reset()
+                    if self.edge_learner is not None:
+                        self.edge_learner.attach(model)
+                    if self.cloud is not None:
+                        self.cloud.attach(model, distiller)
+                res = self._run_stream(model, stream)
+                res['edge_model_bytes'] = edge_bytes
+                res['downlink_per_update_ratio'] = (res['downlink_bytes_per_update'] / edge_bytes
+                                                    if res['num_updates'] else 0.0)
+                self.results.append(res)
+                for key in ('edge_mAP', 'system_mAP', 'upload_ratio', 'offload_ratio',
+                            'uplink_bytes_per_image', 'downlink_bytes_per_image'):
+                    metrics[f'{res["stream"]}/{key}'] = res[key]
+        finally:  # leave the model as loaded (another run may follow), also after an error
+            model.load_state_dict(initial)
+            model.__dict__.pop('_fingerprint_cache', None)
+            model.eval()
         if self.out_file:
             path = osp.join(runner.work_dir, self.out_file)
             with open(path, 'w') as fh:
@@ -266,7 +292,8 @@ class OnlineAdaptationLoop(BaseLoop):
         dataset = loader.dataset
         system_eval, edge_eval = self._evaluators(dataset)
         meter = DeploymentMeter(measure_flops=False, estimate_rate=False)
-        n = uploads = up_adapt = up_infer = down = n_updates = 0
+        skipped0 = getattr(self.cloud, 'num_skipped', 0)
+        n = uploads = up_adapt = up_infer = down = n_updates = refused = 0
         offloads: List[bool] = []
         entropies: List[float] = []
         t0 = time.perf_counter()
@@ -291,7 +318,7 @@ class OnlineAdaptationLoop(BaseLoop):
                 rec = comm_record.read(r)
                 offloads.append(bool(rec.offloaded))
                 up_infer += rec.payload_bytes if rec.offloaded else 0
-                self.predicted_with.append((key, self.seq))
+                self.predicted_with.append((name, key, max(self.last_seq, 0)))
             entropies += entropy.tolist()
             n += len(samples)
             # 2. edge-only adaptation on the batch just scored
@@ -314,14 +341,23 @@ class OnlineAdaptationLoop(BaseLoop):
                         msg = make_param_update(
                             self.cloud.model, self.seq, model_fingerprint(model),
                             half=self.downlink_half, affine_only=self.edge_learner is not None)
-                        self.last_seq = apply_param_update(model, msg, self.last_seq)
-                        down += len(msg)
-                        n_updates += 1
-                        self.updates.append((self.seq, used))
+                        down += len(msg)  # sent, whether or not the edge accepts it
+                        try:
+                            self.last_seq = apply_param_update(model, msg, self.last_seq)
+                        except BitstreamError as e:  # the edge keeps its last good parameters
+                            refused += 1
+                            self.runner.logger.warning(f'[{self.method} {name}] update '
+                                                       f'{self.seq} refused: {e}')
+                        else:
+                            n_updates += 1
+                            self.updates.append((name, self.seq, used))
             if self.log_interval and (b + 1) % self.log_interval == 0:
                 self.runner.logger.info(
                     f'[{self.method} {name}] {n}/{len(dataset)} images, uploaded {uploads}, '
                     f'{n_updates} updates, {time.perf_counter() - t0:.0f} s')
+        seen = list(dict.fromkeys(key for st, key, _ in self.predicted_with if st == name))
+        for ev in (system_eval, edge_eval):  # a subset (num_images) is scored as a subset
+            score_only_seen_images(ev, seen)
         sys_metrics = system_eval.evaluate(n)
         edge_metrics = edge_eval.evaluate(n)
         q = max(1, n // 4)
@@ -335,11 +371,14 @@ class OnlineAdaptationLoop(BaseLoop):
             uplink_infer_bytes_per_image=up_infer / max(n, 1),
             uplink_bytes_per_image=(up_adapt + up_infer) / max(n, 1),
             downlink_bytes_per_image=down / max(n, 1), num_updates=n_updates,
-            downlink_bytes_per_update=down / n_updates if n_updates else 0.0,
+            refused_updates=refused,
+            downlink_bytes_per_update=(down / (n_updates + refused)
+                                       if n_updates + refused else 0.0),
             offload_ratio=float(np.mean(offloads)) if offloads else 0.0,
             offload_ratio_first_quarter=float(np.mean(offloads[:q])) if offloads else 0.0,
             offload_ratio_last_quarter=float(np.mean(offloads[-q:])) if offloads else 0.0,
             mean_entropy=float(np.mean(entropies)) if entropies else 0.0,
             entropy_quantiles=dict(zip(('p10', 'p25', 'p50', 'p75', 'p90'), np.quantile(
                 entropies, [.1, .25, .5, .75, .9]).tolist())) if entropies else {},
+            uploads_without_pseudo_labels=getattr(self.cloud, 'num_skipped', 0) - skipped0,
             selector=self.selector.state(), seconds=time.perf_counter() - t0)
