@@ -32,7 +32,8 @@ DEFAULT_CORRUPTIONS = ('gaussian_noise', 'shot_noise', 'defocus_blur', 'motion_b
 METHOD_ORDER = ('none', 'norm_stats', 'tent', 'cema', 'upload_all', 'random')
 FIELDS = ('edge_mAP', 'system_mAP', 'upload_ratio', 'uplink_adapt_bytes_per_image',
           'uplink_infer_bytes_per_image', 'downlink_bytes_per_image', 'downlink_per_update_ratio',
-          'offload_ratio', 'offload_ratio_first_quarter', 'offload_ratio_last_quarter')
+          'offload_ratio', 'offload_ratio_first_quarter', 'offload_ratio_last_quarter',
+          'teacher_mAP_on_uploads', 'edge_mAP_on_uploads')
 
 
 def parse_args(argv=None):
@@ -50,8 +51,9 @@ def parse_args(argv=None):
     p.add_argument('--data-root')
     p.add_argument('--cfg-options', nargs='+', action=DictAction)
     p.add_argument('--out', default='work_dirs/benchmarks/online_adaptation.json')
-    p.add_argument('--from-json', help='re-render the summary, table and plot of a saved run '
-                   '(its JSON) without running anything; written to --out')
+    p.add_argument('--from-json', nargs='+',
+                   help='re-render the summary, table and plot of saved runs (their JSON; several '
+                   'runs, e.g. other seeds, are merged) without running anything; to --out')
     return p.parse_args(argv)
 
 
@@ -91,7 +93,7 @@ def summarize(rows, clean, methods, severities, corruptions):
                 cells = [r for r in rows if r['mode'] == 'reset' and r['method'] == m
                          and r['severity'] == s and r['seed'] == seed]
                 if len(cells) == len(corruptions):
-                    per_seed.append({k: _mean([c[k] for c in cells]) for k in FIELDS})
+                    per_seed.append({k: _mean([c.get(k) for c in cells]) for k in FIELDS})
             if not per_seed:
                 continue
             agg = {k: _mean([p[k] for p in per_seed]) for k in FIELDS}
@@ -163,9 +165,12 @@ def table(res) -> str:
             f"{r['offload_ratio_last_quarter']:7.2f}" + (f"  seed {r['seed']}"
                                                          if len(res['seeds']) > 1 else ''))
     lines += ['', 'averages over corruptions (edge mAP range over seeds; gain = paired change '
-              'of edge mAP vs no adaptation over corruptions x seeds, mean +- sd)']
+              'of edge mAP vs no adaptation over corruptions x seeds, mean +- sd; tchr@up / '
+              'edge@up = mAP of the teacher\'s pseudo labels / of the edge on the uploaded '
+              'images)']
     lines.append(f"{'sev':<5}{'method':<12}{'edge':>6}{'range':>13}{'sys':>6}{'recov':>7}"
-                 f"{'gain':>14}{'upl%':>6}{'upKB':>7}{'downB':>7}{'off q4':>7}")
+                 f"{'gain':>14}{'upl%':>6}{'upKB':>7}{'downB':>7}{'off q4':>7}{'tchr@up':>8}"
+                 f"{'edge@up':>8}")
     for sev, per in s['by_severity'].items():
         for m, a in per.items():
             g = a.get('edge_gain_vs_none')
@@ -177,7 +182,9 @@ def table(res) -> str:
                          f"{gain:>14}{100 * a['upload_ratio']:6.1f}"
                          f"{a['uplink_adapt_bytes_per_image'] / 1000:7.2f}"
                          f"{a['downlink_bytes_per_image']:7.0f}"
-                         f"{a['offload_ratio_last_quarter']:7.2f}")
+                         f"{a['offload_ratio_last_quarter']:7.2f}"
+                         f"{_f(a.get('teacher_mAP_on_uploads'), '.1f', 8)}"
+                         f"{_f(a.get('edge_mAP_on_uploads'), '.1f', 8)}")
     lines += ['', 'targets:']
     for k, t in s['targets'].items():
         lines.append(f"  {k}: {'MET' if t['met'] else 'missed'} -- "
@@ -195,10 +202,12 @@ def plot(res, path) -> None:
     fig, axes = plt.subplots(1, len(sevs), figsize=(5.2 * len(sevs), 4.2), squeeze=False)
     for ax, sev in zip(axes[0], sevs):
         per = s['by_severity'][sev]
+        markers = dict(none='o', norm_stats='s', tent='D', cema='*', upload_all='^', random='v')
         for m, a in per.items():
-            ax.scatter(100 * a['upload_ratio'], a['edge_mAP'], s=40)
-            ax.annotate(m, (100 * a['upload_ratio'], a['edge_mAP']), fontsize=8,
-                        xytext=(4, 3), textcoords='offset points')
+            ax.scatter(100 * a['upload_ratio'], a['edge_mAP'], s=90 if m == 'cema' else 45,
+                       marker=markers.get(m, 'o'), alpha=0.8,
+                       label=f"{m}: {a['edge_mAP']:.1f} mAP, {100 * a['upload_ratio']:.0f} %")
+        ax.legend(fontsize=7, loc='center right')
         ax.axhline(s['clean_edge_mAP'], ls='--', c='k', lw=0.8)
         ax.text(0, s['clean_edge_mAP'], ' clean, no adaptation', fontsize=7, va='bottom')
         ax.set_xlabel('images uploaded for adaptation (%)')
@@ -222,7 +231,10 @@ def main(argv=None):
     args = parse_args(argv)
     if args.from_json:
         import json
-        res = json.load(open(args.from_json))
+        runs = [json.load(open(f)) for f in args.from_json]
+        res = dict(runs[0], rows=[r for run in runs for r in run['rows']],
+                   clean=[c for run in runs for c in run['clean']],
+                   seeds=sorted({s for run in runs for s in run['seeds']}))
         methods = [m for m in METHOD_ORDER if any(r['method'] == m for r in res['rows'])]
         res['summary'] = summarize(res['rows'], res['clean'], methods, res['severities'],
                                    res['corruptions'])

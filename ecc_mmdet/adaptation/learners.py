@@ -241,17 +241,26 @@ class CloudAdapter:
         return data['inputs'], data['data_samples']
 
     @torch.no_grad()
-    def receive(self, images: Sequence[Tensor], samples: Sequence[DetDataSample]) -> None:
+    def receive(self, images: Sequence[Tensor], samples: Sequence[DetDataSample]
+                ) -> List[DetDataSample]:
         """Uploaded images (uint8 CHW as the cloud decoded them): label once with the teacher
-        and queue them."""
+        and queue them. Returns the teacher's detections in original-image coordinates (to
+        measure the pseudo labels' quality; the loop scores them)."""
         if not images:
-            return
+            return []
         items = [(img, DetDataSample(metainfo=dict(s.metainfo))) for img, s in zip(images, samples)]
         inputs, fresh = self._batch(items)
         if self.adapt_teacher:
             self._teacher_norm_stats(inputs)
         teacher = self.distiller.predict(inputs, fresh, rescale=False)
+        scored = []
         for (img, s), t in zip(items, teacher):
+            r = DetDataSample(metainfo=s.metainfo)
+            r.pred_instances = t.pred_instances.clone()
+            sx, sy = s.metainfo.get('scale_factor', (1.0, 1.0))[:2]
+            r.pred_instances.bboxes = r.pred_instances.bboxes / r.pred_instances.bboxes.new_tensor(
+                [sx, sy, sx, sy])
+            scored.append(r)
             inst = t.pred_instances
             keep = inst.scores >= self.score_thr
             s.gt_instances = inst[keep].clone()
@@ -260,6 +269,7 @@ class CloudAdapter:
                 self.num_skipped += 1
                 continue
             self.pending.append((img, s))
+        return scored
 
     def _teacher_norm_stats(self, inputs: Tensor) -> None:
         teacher = self.distiller.teacher

@@ -225,6 +225,7 @@ def test_loop_scores_every_image_before_any_update_that_used_it(loop_files, tmp_
     (res,) = loop.results
     assert res['stream'] == 'gaussian_noise@3' and res['num_images'] == 4
     assert res['upload_ratio'] == 1.0 and res['uplink_adapt_bytes_per_image'] > 0
+    assert 0 <= res['teacher_mAP_on_uploads'] <= 100 and 'edge_mAP_on_uploads' in res
     assert res['num_updates'] == 2 and res['downlink_bytes_per_update'] > 0
     assert 0 < res['downlink_per_update_ratio'] < 0.05
     assert metrics['gaussian_noise@3/upload_ratio'] == 1.0

@@ -291,6 +291,12 @@ class OnlineAdaptationLoop(BaseLoop):
         loader = self._loader(stream)
         dataset = loader.dataset
         system_eval, edge_eval = self._evaluators(dataset)
+        # the supervision's quality: the teacher's and the edge's detections on the uploads
+        up_teacher, up_edge = (self.runner.build_evaluator(_coco_only(self.evaluator_cfg))
+                               for _ in range(2))
+        for ev in (up_teacher, up_edge):
+            ev.dataset_meta = dataset.metainfo
+        uploaded_ids = []
         meter = DeploymentMeter(measure_flops=False, estimate_rate=False)
         skipped0 = getattr(self.cloud, 'num_skipped', 0)
         n = uploads = up_adapt = up_infer = down = n_updates = refused = 0
@@ -332,7 +338,10 @@ class OnlineAdaptationLoop(BaseLoop):
                     decoded, sizes = self._upload([raw[i] for i in chosen])
                     up_adapt += sum(sizes)
                     uploads += len(chosen)
-                    self.cloud.receive(decoded, [samples[i] for i in chosen])
+                    labels = self.cloud.receive(decoded, [samples[i] for i in chosen])
+                    up_teacher.process(data_samples=labels)
+                    up_edge.process(data_samples=[edge[i] for i in chosen])
+                    uploaded_ids += [keys[i] for i in chosen]
                 # 4. update round and downlink
                 if (b + 1) % self.update_interval == 0:
                     used = self.cloud.adapt()
@@ -360,12 +369,19 @@ class OnlineAdaptationLoop(BaseLoop):
             score_only_seen_images(ev, seen)
         sys_metrics = system_eval.evaluate(n)
         edge_metrics = edge_eval.evaluate(n)
+        on_uploads = {}
+        if uploaded_ids:
+            for key, ev in (('teacher_mAP_on_uploads', up_teacher),
+                            ('edge_mAP_on_uploads', up_edge)):
+                score_only_seen_images(ev, list(dict.fromkeys(uploaded_ids)))
+                on_uploads[key] = 100 * float(ev.evaluate(len(uploaded_ids)).get(
+                    'coco/bbox_mAP', 0.0))
         q = max(1, n // 4)
         return dict(
             stream=name, method=self.method, corruption=None if stream is None else stream[0],
             severity=0 if stream is None else stream[1], num_images=n,
-            edge_mAP=100 * float(edge_metrics['coco/bbox_mAP']),
-            system_mAP=100 * float(sys_metrics['coco/bbox_mAP']),
+            edge_mAP=100 * float(edge_metrics.get('coco/bbox_mAP', 0.0)),
+            system_mAP=100 * float(sys_metrics.get('coco/bbox_mAP', 0.0)),
             upload_ratio=uploads / max(n, 1), num_uploads=uploads,
             uplink_adapt_bytes_per_image=up_adapt / max(n, 1),
             uplink_infer_bytes_per_image=up_infer / max(n, 1),
@@ -381,4 +397,5 @@ class OnlineAdaptationLoop(BaseLoop):
             entropy_quantiles=dict(zip(('p10', 'p25', 'p50', 'p75', 'p90'), np.quantile(
                 entropies, [.1, .25, .5, .75, .9]).tolist())) if entropies else {},
             uploads_without_pseudo_labels=getattr(self.cloud, 'num_skipped', 0) - skipped0,
+            **on_uploads,
             selector=self.selector.state(), seconds=time.perf_counter() - t0)
