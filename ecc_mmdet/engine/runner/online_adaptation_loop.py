@@ -233,10 +233,11 @@ class OnlineAdaptationLoop(BaseLoop):
             raise ConfigError('OnlineAdaptationLoop adapts the edge exit of a dynamic split '
                               'detector (edge_exit + router), e.g. '
                               'configs/ecc_faster_rcnn_r18_synthetic_dynamic.py')
+        # the teacher first: a config error shows before any calibration work
+        distiller = self._build_distiller(model) if self.uses_cloud else None
         runner.call_hook('before_test')  # e.g. RouterCalibrationHook: the clean threshold
         runner.call_hook('before_test_epoch')
         model.eval()
-        distiller = self._build_distiller(model) if self.uses_cloud else None
         initial = copy.deepcopy(model.state_dict())
         edge_bytes = sum(t.numel() * t.element_size()
                          for t in build_edge(model).state_dict().values())
