@@ -68,7 +68,8 @@ __all__ = [
     'BitstreamError', 'TruncatedBitstreamError', 'CorruptedBitstreamError',
     'UnsupportedVersionError', 'CodecMismatchError', 'ModelMismatchError', 'CodecId',
     'ImageCodecId', 'MessageType', 'ImageMeta', 'Payload', 'MAGIC', 'FORMAT_VERSION',
-    'FINGERPRINT_BYTES', 'NO_FINGERPRINT', 'pack', 'unpack', 'framing_overhead', 'as_bytes'
+    'FINGERPRINT_BYTES', 'NO_FINGERPRINT', 'pack', 'unpack', 'pack_message', 'unpack_message',
+    'framing_overhead', 'as_bytes'
 ]
 
 MAGIC = b'ECCB'
@@ -441,3 +442,22 @@ def unpack(data: Union[bytes, bytearray, memoryview],
     return Payload(codec_id=codec_id, latent_shape=tuple(shape), meta=meta, codec_params=params,
                    body=body, msg_type=msg_type,
                    rate_point=None if rate == _SINGLE_RATE else rate, fingerprint=fingerprint)
+
+
+def pack_message(msg_type: 'MessageType', body: bytes, fingerprint: bytes = NO_FINGERPRINT
+                 ) -> bytes:
+    """A message without a feature map (detections report, parameter update): the framing,
+    type and fingerprint around ``body``."""
+    return pack(Payload(0, (), None, body=bytes(body), msg_type=msg_type,
+                        fingerprint=fingerprint))
+
+
+def unpack_message(data, msg_type: 'MessageType', head: struct.Struct, what: str,
+                   expected_fingerprint: Optional[bytes] = None) -> Tuple[bytes, tuple]:
+    """Validate a :func:`pack_message` message of ``msg_type`` -> (body, the fields of its
+    leading ``head`` struct); a body shorter than ``head`` is a :class:`TruncatedBitstreamError`
+    naming ``what``."""
+    body = unpack(data, expected_type=msg_type, expected_fingerprint=expected_fingerprint).body
+    if len(body) < head.size:
+        raise TruncatedBitstreamError(f'{what} body of {len(body)} bytes is truncated')
+    return body, head.unpack_from(body)

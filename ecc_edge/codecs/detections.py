@@ -21,8 +21,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .bitstream import (NO_FINGERPRINT, CorruptedBitstreamError, MessageType, Payload,
-                        TruncatedBitstreamError, pack, unpack)
+from .bitstream import (NO_FINGERPRINT, CorruptedBitstreamError, MessageType, pack_message,
+                        unpack_message)
 
 __all__ = ['Detections', 'pack_detections', 'unpack_detections', 'MAX_BOXES', 'FRAMING_BYTES']
 
@@ -30,7 +30,7 @@ MAX_BOXES = 1000
 _HEAD = struct.Struct('<IH')
 _BOX = struct.Struct('<4HBB')
 #: bytes of a report that are not boxes (message framing + image id + count)
-FRAMING_BYTES = len(pack(Payload(0, (), None, msg_type=MessageType.DETECTIONS))) + _HEAD.size
+FRAMING_BYTES = len(pack_message(MessageType.DETECTIONS, b'')) + _HEAD.size
 
 
 class Detections(NamedTuple):
@@ -57,17 +57,12 @@ def pack_detections(img_id: int, bboxes, scores, labels,
     body = bytearray(_HEAD.pack(int(img_id), len(b)))
     for box, score, label in zip(b.astype(int), s.astype(int), lab.astype(int)):
         body += _BOX.pack(*box.tolist(), label, score)
-    return pack(Payload(0, (), None, body=bytes(body), msg_type=MessageType.DETECTIONS,
-                        fingerprint=fingerprint))
+    return pack_message(MessageType.DETECTIONS, body, fingerprint)
 
 
 def unpack_detections(data, expected_fingerprint=None) -> Detections:
-    body = unpack(data, expected_type=MessageType.DETECTIONS,
-                  expected_fingerprint=expected_fingerprint).body
-    if len(body) < _HEAD.size:
-        raise TruncatedBitstreamError(f'detections report body of {len(body)} bytes is '
-                                      'truncated')
-    img_id, n = _HEAD.unpack_from(body)
+    body, (img_id, n) = unpack_message(data, MessageType.DETECTIONS, _HEAD, 'detections report',
+                                       expected_fingerprint)
     if n > MAX_BOXES:
         raise CorruptedBitstreamError(f'detections report declares {n} boxes (max {MAX_BOXES})')
     size = _HEAD.size + n * _BOX.size

@@ -23,8 +23,8 @@ from typing import Dict, NamedTuple
 
 import numpy as np
 
-from .bitstream import (NO_FINGERPRINT, CorruptedBitstreamError, MessageType, Payload,
-                        TruncatedBitstreamError, pack, unpack)
+from .bitstream import (NO_FINGERPRINT, CorruptedBitstreamError, MessageType,
+                        TruncatedBitstreamError, pack_message, unpack_message)
 
 __all__ = ['ParamUpdate', 'pack_params', 'unpack_params', 'MAX_TENSORS', 'MAX_NAME_BYTES']
 
@@ -59,16 +59,12 @@ def pack_params(seq: int, tensors: Dict[str, np.ndarray], fingerprint: bytes = N
             raise ValueError(f'{name!r} holds non-finite values')
         body += struct.pack('<H', len(raw)) + raw + struct.pack('<BB', code, arr.ndim)
         body += struct.pack(f'<{arr.ndim}I', *arr.shape) + arr.tobytes()
-    return pack(Payload(0, (), None, body=bytes(body), msg_type=MessageType.PARAM_UPDATE,
-                        fingerprint=fingerprint))
+    return pack_message(MessageType.PARAM_UPDATE, body, fingerprint)
 
 
 def unpack_params(data, expected_fingerprint=None) -> ParamUpdate:
-    body = unpack(data, expected_type=MessageType.PARAM_UPDATE,
-                  expected_fingerprint=expected_fingerprint).body
-    if len(body) < _HEAD.size:
-        raise TruncatedBitstreamError(f'parameter update body of {len(body)} bytes is truncated')
-    seq, n = _HEAD.unpack_from(body)
+    body, (seq, n) = unpack_message(data, MessageType.PARAM_UPDATE, _HEAD, 'parameter update',
+                                    expected_fingerprint)
     if n > MAX_TENSORS:
         raise CorruptedBitstreamError(f'parameter update declares {n} tensors (max '
                                       f'{MAX_TENSORS})')
