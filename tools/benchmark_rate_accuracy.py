@@ -70,8 +70,30 @@ def parse_args(argv=None):
     p.add_argument('--bandwidth', type=float, default=1.0, help='Mbit/s for the latency column')
     p.add_argument('--bootstrap', type=int, default=200,
                    help='image resamples for the 95%% intervals (0: none)')
+    p.add_argument('--merge', metavar='PREVIOUS_JSON',
+                   help='add the rows of an earlier run on the same images, teacher and '
+                        'bootstrap (checked) that this run does not re-evaluate, e.g. to add a '
+                        'student without re-encoding every input-codec setting')
     p.add_argument('--out', default='work_dirs/benchmarks/rate_accuracy.json')
     return p.parse_args(argv)
+
+
+def merge_rows(previous_json: str, rows: list) -> list:
+    """Earlier rows not re-evaluated now, then this run's. Refuses a file made on other images,
+    with another teacher or other bootstrap resamples (the teacher's mAP and its resampled
+    mAPs must match exactly), since its intervals would not be paired with this run's."""
+    with open(previous_json) as f:
+        old = json.load(f)['rows']
+    key = lambda r: (r['method'], r['setting'])  # noqa: E731
+    new_teacher = [r for r in rows if r['method'] == 'teacher']
+    old_teacher = [r for r in old if r['method'] == 'teacher']
+    if not new_teacher or not old_teacher or any(
+            new_teacher[0].get(k) != old_teacher[0].get(k) for k in ('bbox_mAP', 'mAP_samples')):
+        raise SystemExit(f'--merge {previous_json}: its teacher row differs from this run\'s '
+                         '(other images, teacher checkpoint or --bootstrap); re-run everything '
+                         'or merge a file from the same setup')
+    fresh = {key(r) for r in rows}
+    return [r for r in old if key(r) not in fresh] + rows
 
 
 def train_students(args, data_root):
@@ -99,6 +121,8 @@ def main(argv=None):
                              [tuple(s) for s in args.variable_rate_student],
                              families=[tuple(f) for f in args.family],
                              family_codecs={'webp': args.family_webp_qualities})
+    if args.merge:
+        rows = merge_rows(args.merge, rows)
     summary = summarize(rows)
     os.makedirs(osp.dirname(osp.abspath(args.out)), exist_ok=True)
     stem = osp.splitext(args.out)[0]

@@ -6,15 +6,18 @@ in :mod:`ecc_mmdet.structures`.
 """
 from .bitstream import (FINGERPRINT_BYTES, FORMAT_VERSION, MAGIC, NO_FINGERPRINT, BitstreamError,
                         CodecId, CodecMismatchError, ImageCodecId, MessageType, ModelMismatchError,
-                        CorruptedBitstreamError, ImageMeta, Payload, TruncatedBitstreamError,
+                        CorruptedBitstreamError, ImageMeta, Payload, RatePointError,
+                        TruncatedBitstreamError,
                         UnsupportedVersionError, as_bytes, framing_overhead, pack, unpack)
 from .range_coding import (decode_with_cdf_tables, decode_with_histogram,
-                           encode_with_cdf_tables, encode_with_histogram)
+                           decode_with_indexed_tables, encode_with_cdf_tables,
+                           encode_with_histogram, encode_with_indexed_tables)
 
 __all__ = [
     'FINGERPRINT_BYTES', 'FORMAT_VERSION', 'MAGIC', 'NO_FINGERPRINT', 'BitstreamError', 'CodecId',
     'CodecMismatchError', 'ImageCodecId', 'MessageType', 'ModelMismatchError',
-    'CorruptedBitstreamError', 'ImageMeta', 'Payload', 'TruncatedBitstreamError',
+    'CorruptedBitstreamError', 'ImageMeta', 'Payload', 'RatePointError', 'TruncatedBitstreamError',
     'UnsupportedVersionError', 'as_bytes', 'framing_overhead', 'pack', 'unpack',
-    'encode_with_cdf_tables', 'decode_with_cdf_tables', 'encode_with_histogram', 'decode_with_histogram'
+    'encode_with_cdf_tables', 'decode_with_cdf_tables', 'encode_with_histogram', 'decode_with_histogram',
+    'encode_with_indexed_tables', 'decode_with_indexed_tables'
 ]

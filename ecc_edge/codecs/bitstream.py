@@ -36,6 +36,8 @@ for ANY input bytes, and ``TypeError`` when the input is not bytes-like:
 * :class:`CorruptedBitstreamError` -- bad magic, a field with an impossible value, CRC mismatch,
   bytes after the CRC, or (with ``check_meta``) an image meta whose fields contradict each
   other.
+* :class:`RatePointError` (a :class:`CorruptedBitstreamError`) -- raised by the decoders, not
+  by ``unpack``: the header's rate point is not one the decoding model has.
 * :class:`UnsupportedVersionError` -- a format version this code does not read (version 1
   payloads included: they carry no message type and no fingerprint).
 * :class:`CodecMismatchError` -- a valid message of another type or codec than the caller
@@ -66,7 +68,8 @@ from typing import Optional, Tuple, Union
 
 __all__ = [
     'BitstreamError', 'TruncatedBitstreamError', 'CorruptedBitstreamError',
-    'UnsupportedVersionError', 'CodecMismatchError', 'ModelMismatchError', 'CodecId',
+    'UnsupportedVersionError', 'CodecMismatchError', 'ModelMismatchError', 'RatePointError',
+    'CodecId',
     'ImageCodecId', 'MessageType', 'ImageMeta', 'Payload', 'MAGIC', 'FORMAT_VERSION',
     'FINGERPRINT_BYTES', 'NO_FINGERPRINT', 'pack', 'unpack', 'pack_message', 'unpack_message',
     'framing_overhead', 'as_bytes'
@@ -92,6 +95,11 @@ class TruncatedBitstreamError(BitstreamError):
 
 class CorruptedBitstreamError(BitstreamError):
     """Bad magic, impossible or contradictory field values, checksum mismatch, trailing bytes."""
+
+
+class RatePointError(CorruptedBitstreamError):
+    """A payload coded at a rate point the decoding model does not have (or a rate point sent
+    to a single-rate model): decoding it with another point's tables would be silently wrong."""
 
 
 class UnsupportedVersionError(BitstreamError):
@@ -121,6 +129,8 @@ class CodecId(enum.IntEnum):
     FLOAT16 = 3
     FLOAT32 = 4  # lossless identity, for tests
     VARIABLE_RATE_BOTTLENECK = 5  # one model, several rate points (the point is in the header)
+    HYPERPRIOR_BOTTLENECK = 6  # mean-scale hyperprior (side information + Gaussian conditional)
+    VARIABLE_RATE_HYPERPRIOR = 7  # the hyperprior with rate points (the point is in the header)
 
 
 class ImageCodecId(enum.IntEnum):

@@ -1,6 +1,6 @@
 """Lossless range coding of integer symbol arrays, built on ``constriction`` (queue = FIFO).
 
-Two static-model coders:
+Three static-model coders:
 
 * :func:`encode_with_cdf_tables` / :func:`decode_with_cdf_tables` -- per-channel integer
   frequency tables shipped with the learned factorized entropy model. Row ``c`` of the tables
@@ -19,6 +19,12 @@ Two static-model coders:
   Frequencies are integers (any total; the entropy model uses a fixed 2**16) so encoder and
   decoder build the identical model: ``Categorical(freq / freq.sum(), perfect=False)`` from
   float64 values that are exact functions of the integers.
+
+* :func:`encode_with_indexed_tables` / :func:`decode_with_indexed_tables` -- a conditional
+  model: symbol ``i`` is coded with table ``indexes[i]`` (the Gaussian conditional of a
+  hyperprior, whose indexes both sides derive from the side information). Symbols are grouped
+  by table in a stable order both sides compute from the indexes alone, each group is coded
+  like a channel above (escapes included).
 
 * :func:`encode_with_histogram` / :func:`decode_with_histogram` -- training-free n-bit
   quantiser symbols in ``[0, alphabet_size)``. The body starts with the empirical histogram
@@ -45,7 +51,8 @@ import numpy as np
 from .bitstream import CorruptedBitstreamError, as_bytes
 
 __all__ = [
-    'encode_with_cdf_tables', 'decode_with_cdf_tables', 'encode_with_histogram',
+    'CodingTables', 'encode_with_cdf_tables', 'decode_with_cdf_tables',
+    'encode_with_indexed_tables', 'decode_with_indexed_tables', 'encode_with_histogram',
     'decode_with_histogram', 'MAX_HISTOGRAM_ALPHABET'
 ]
 
@@ -148,28 +155,14 @@ def _escape_chunks(n: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 # ---------------------------------------------------------------- cdf-table coder
-def encode_with_cdf_tables(symbols: np.ndarray, pmf_tables, offsets,
-                           lengths: Optional[Sequence[int]] = None) -> bytes:
-    """Range-code a (C, N) int32 array, channel c with table c. Lossless for any int32.
-
-    ``pmf_tables``: C 1-D integer arrays (support frequencies then the overflow bin), or a
-    padded (C, Lmax) array plus ``lengths`` (entries used per row, overflow bin included).
-    ``offsets[c]`` is the symbol value of row c's first entry. A :class:`CodingTables` may be
-    passed as ``pmf_tables`` (``offsets``/``lengths`` are then ignored) to skip rebuilding the
-    models for every call.
-    """
-    prep = _prepared(pmf_tables, offsets, lengths)
-    tables, offsets = prep.tables, prep.offsets
-    symbols = _check_int32(symbols)
-    if symbols.ndim != 2 or symbols.shape[0] != len(tables):
-        raise ValueError(f'symbols must have shape (C={len(tables)}, N), got {symbols.shape}')
-    if symbols.size == 0:
-        return b''
+def _encode_groups(groups, prep: CodingTables) -> bytes:
+    """Range-code ``(table index, int64 symbols)`` groups in order, escapes last."""
     enc = RangeEncoder()
     escaped = []
-    for c, table in enumerate(tables):
+    for c, sym in groups:
+        table = prep.tables[c]
         support = table.size - 1
-        idx = symbols[c] - offsets[c]
+        idx = sym - prep.offsets[c]
         esc = (idx < 0) | (idx >= support)
         enc.encode(np.where(esc, support, idx).astype(np.int32), prep.models[c])
         if esc.any():
@@ -187,6 +180,65 @@ def encode_with_cdf_tables(symbols: np.ndarray, pmf_tables, offsets,
     return _words_to_bytes(enc.get_compressed())
 
 
+def _decode_groups(data: bytes, groups, prep: CodingTables) -> list:
+    """Inverse of :func:`_encode_groups` for ``(table index, count)`` groups -> int64 arrays."""
+    words = _bytes_to_words(data, 'range-coded body')
+    out = []
+    try:
+        dec = RangeDecoder(words)
+        esc_groups = []
+        for g, (c, count) in enumerate(groups):
+            support = prep.tables[c].size - 1
+            idx = dec.decode(prep.models[c], int(count)).astype(np.int64)
+            out.append(idx + prep.offsets[c])
+            esc = idx == support
+            if esc.any():
+                esc_groups.append((g, np.flatnonzero(esc), support, prep.offsets[c]))
+        if esc_groups:
+            total = sum(pos.size for _, pos, _, _ in esc_groups)
+            n = dec.decode(Uniform(_NUM_CLASSES), total).astype(np.int64)
+            owner, k, bits = _escape_chunks(n)
+            zp1 = np.ones(total, dtype=np.int64) << n
+            if owner.size:
+                chunk = dec.decode(Uniform(), (1 << bits).astype(np.int32)).astype(np.int64)
+                np.add.at(zp1, owner, chunk << (k * _CHUNK_BITS))
+            z = zp1 - 1
+            u, below = z >> 1, (z & 1).astype(bool)
+            start = 0
+            for g, pos, support, offset in esc_groups:
+                uc, bc = u[start:start + pos.size], below[start:start + pos.size]
+                start += pos.size
+                out[g][pos] = np.where(bc, offset - 1 - uc, offset + support + uc)
+    except CorruptedBitstreamError:
+        raise
+    except Exception as e:  # constriction raises ValueError/KeyError/... on garbage
+        raise CorruptedBitstreamError(f'range decoding failed: {e}') from e
+    for arr in out:
+        if arr.size and (arr.min() < _INT32_MIN or arr.max() > _INT32_MAX):
+            raise CorruptedBitstreamError('decoded escape value outside int32')
+    return out
+
+
+def encode_with_cdf_tables(symbols: np.ndarray, pmf_tables, offsets,
+                           lengths: Optional[Sequence[int]] = None) -> bytes:
+    """Range-code a (C, N) int32 array, channel c with table c. Lossless for any int32.
+
+    ``pmf_tables``: C 1-D integer arrays (support frequencies then the overflow bin), or a
+    padded (C, Lmax) array plus ``lengths`` (entries used per row, overflow bin included).
+    ``offsets[c]`` is the symbol value of row c's first entry. A :class:`CodingTables` may be
+    passed as ``pmf_tables`` (``offsets``/``lengths`` are then ignored) to skip rebuilding the
+    models for every call.
+    """
+    prep = _prepared(pmf_tables, offsets, lengths)
+    symbols = _check_int32(symbols)
+    if symbols.ndim != 2 or symbols.shape[0] != len(prep.tables):
+        raise ValueError(f'symbols must have shape (C={len(prep.tables)}, N), '
+                         f'got {symbols.shape}')
+    if symbols.size == 0:
+        return b''
+    return _encode_groups([(c, symbols[c]) for c in range(symbols.shape[0])], prep)
+
+
 def decode_with_cdf_tables(data: bytes, num_symbols_per_channel: int, pmf_tables, offsets,
                            lengths: Optional[Sequence[int]] = None,
                            verify: bool = True) -> np.ndarray:
@@ -197,49 +249,72 @@ def decode_with_cdf_tables(data: bytes, num_symbols_per_channel: int, pmf_tables
     """
     data = as_bytes(data, 'the range-coded body')
     prep = _prepared(pmf_tables, offsets, lengths)
-    tables, offsets = prep.tables, prep.offsets
     n_sym = int(num_symbols_per_channel)
     if n_sym < 0:
         raise ValueError('num_symbols_per_channel must be >= 0')
-    out = np.zeros((len(tables), n_sym), dtype=np.int64)
-    if out.size == 0:
+    if not prep.tables or n_sym == 0:
         if data:
             raise CorruptedBitstreamError(f'{len(data)} bytes for an empty symbol array')
-        return out.astype(np.int32)
-    words = _bytes_to_words(data, 'range-coded body')
-    try:
-        dec = RangeDecoder(words)
-        esc_channels = []
-        for c, table in enumerate(tables):
-            support = table.size - 1
-            idx = dec.decode(prep.models[c], n_sym).astype(np.int64)
-            out[c] = idx + offsets[c]
-            esc = idx == support
-            if esc.any():
-                esc_channels.append((c, np.flatnonzero(esc), support))
-        if esc_channels:
-            total = sum(pos.size for _, pos, _ in esc_channels)
-            n = dec.decode(Uniform(_NUM_CLASSES), total).astype(np.int64)
-            owner, k, bits = _escape_chunks(n)
-            zp1 = np.ones(total, dtype=np.int64) << n
-            if owner.size:
-                chunk = dec.decode(Uniform(), (1 << bits).astype(np.int32)).astype(np.int64)
-                np.add.at(zp1, owner, chunk << (k * _CHUNK_BITS))
-            z = zp1 - 1
-            u, below = z >> 1, (z & 1).astype(bool)
-            start = 0
-            for c, pos, support in esc_channels:
-                uc, bc = u[start:start + pos.size], below[start:start + pos.size]
-                start += pos.size
-                out[c, pos] = np.where(bc, offsets[c] - 1 - uc, offsets[c] + support + uc)
-    except CorruptedBitstreamError:
-        raise
-    except Exception as e:  # constriction raises ValueError/KeyError/... on garbage
-        raise CorruptedBitstreamError(f'range decoding failed: {e}') from e
-    if out.min() < _INT32_MIN or out.max() > _INT32_MAX:
-        raise CorruptedBitstreamError('decoded escape value outside int32')
+        return np.zeros((len(prep.tables), n_sym), dtype=np.int32)
+    out = np.stack(_decode_groups(data, [(c, n_sym) for c in range(len(prep.tables))], prep))
     out = out.astype(np.int32)
     if verify and encode_with_cdf_tables(out, prep, None) != data:
+        raise CorruptedBitstreamError('range-coded body is not a valid encoding of its symbols')
+    return out
+
+
+# ------------------------------------------------------------- indexed-table coder
+def _check_indexes(indexes: np.ndarray, n: int, num_tables: int) -> np.ndarray:
+    indexes = np.asarray(indexes)
+    if indexes.shape != (n, ) or (indexes.size and not np.issubdtype(indexes.dtype, np.integer)):
+        raise ValueError(f'indexes must be a 1-D integer array of {n} entries')
+    indexes = indexes.astype(np.int64)
+    if indexes.size and (indexes.min() < 0 or indexes.max() >= num_tables):
+        raise ValueError(f'indexes must lie in [0, {num_tables})')
+    return indexes
+
+
+def _index_groups(indexes: np.ndarray):
+    """Symbols grouped by table, in a fixed order both sides derive from the indexes alone:
+    -> (positions sorted by table (stable), [(table, count), ...] of the tables that occur)."""
+    order = np.argsort(indexes, kind='stable')
+    present, counts = np.unique(indexes, return_counts=True)
+    return order, list(zip(present.tolist(), counts.tolist()))
+
+
+def encode_with_indexed_tables(symbols: np.ndarray, indexes: np.ndarray,
+                               tables: CodingTables) -> bytes:
+    """Range-code a 1-D int32 array, symbol i with table ``indexes[i]`` (a conditional entropy
+    model: the decoder must know the same indexes, e.g. from a hyperprior). Lossless for any
+    int32, with the escape scheme of :func:`encode_with_cdf_tables`."""
+    symbols = _check_int32(symbols).reshape(-1)
+    indexes = _check_indexes(indexes, symbols.size, len(tables.tables))
+    if symbols.size == 0:
+        return b''
+    order, groups = _index_groups(indexes)
+    sorted_sym = symbols[order]
+    parts, start = [], 0
+    for c, count in groups:
+        parts.append((c, sorted_sym[start:start + count]))
+        start += count
+    return _encode_groups(parts, tables)
+
+
+def decode_with_indexed_tables(data: bytes, indexes: np.ndarray, tables: CodingTables,
+                               verify: bool = True) -> np.ndarray:
+    """Inverse of :func:`encode_with_indexed_tables` -> 1-D int32 array (one per index)."""
+    data = as_bytes(data, 'the range-coded body')
+    indexes = np.asarray(indexes).reshape(-1)
+    indexes = _check_indexes(indexes, indexes.size, len(tables.tables))
+    if indexes.size == 0:
+        if data:
+            raise CorruptedBitstreamError(f'{len(data)} bytes for an empty symbol array')
+        return np.zeros(0, dtype=np.int32)
+    order, groups = _index_groups(indexes)
+    out = np.empty(indexes.size, dtype=np.int64)
+    out[order] = np.concatenate(_decode_groups(data, groups, tables))
+    out = out.astype(np.int32)
+    if verify and encode_with_indexed_tables(out, indexes, tables) != data:
         raise CorruptedBitstreamError('range-coded body is not a valid encoding of its symbols')
     return out
 

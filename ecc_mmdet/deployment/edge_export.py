@@ -31,6 +31,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from torch import nn
 
+from ecc_edge.codecs.bitstream import CodecId
 from ecc_edge.runtime import SIDECAR_FORMAT, SIDECAR_VERSION, sidecar_digest
 
 from ..utils.config_checks import ConfigError
@@ -110,7 +111,8 @@ def _preprocess_spec(cfg) -> Dict:
 
 def _codec_spec(model) -> Dict:
     comp = model.compressor
-    if not hasattr(comp, 'g_a') or not hasattr(comp, '_coder'):
+    if int(getattr(comp, 'codec_id', 0) or 0) not in (CodecId.ENTROPY_BOTTLENECK,
+                                                      CodecId.VARIABLE_RATE_BOTTLENECK):
         raise ConfigError(f'the light edge runtime codes with the learned bottlenecks '
                           f'(EntropyBottleneckNeck, VariableRateBottleneckNeck), not '
                           f'{type(comp).__name__}')

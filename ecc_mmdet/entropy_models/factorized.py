@@ -58,7 +58,7 @@ class _LowerBound(torch.autograd.Function):
         return grad * passthrough.to(grad.dtype), None
 
 
-def _quantize_pmf(probs: np.ndarray, precision: int) -> np.ndarray:
+def quantize_pmf(probs: np.ndarray, precision: int) -> np.ndarray:
     """float64 probabilities -> int64 frequencies >= 1 summing exactly to 2**precision.
 
     Each entry gets 1 plus its share of the remaining mass (floor), and the leftover units go to
@@ -290,7 +290,7 @@ class FactorizedEntropyModel(nn.Module):
         table = np.zeros((self.channels, max_len + 1), dtype=np.int32)
         for c in range(self.channels):
             n = int(lengths[c])
-            table[c, :n + 1] = _quantize_pmf(np.append(pmf[c, :n], tail[c]), self.table_precision)
+            table[c, :n + 1] = quantize_pmf(np.append(pmf[c, :n], tail[c]), self.table_precision)
         device = self.quantiles.device
         self._offset = (-minima).to(torch.int32).to(device)
         self._pmf_length = lengths.to(torch.int32).to(device)

@@ -1,16 +1,19 @@
 """Feature-compression necks at the edge/cloud split point.
 
 Importing this package registers (into ``mmdet.registry.MODELS``, flat names):
-``EntropyBottleneckNeck``, ``VariableRateBottleneckNeck``, ``QuantizeNeck``, ``Float16Neck``,
+``EntropyBottleneckNeck``, ``VariableRateBottleneckNeck``, ``HyperpriorBottleneckNeck``,
+``VariableRateHyperpriorNeck``, ``QuantizeNeck``, ``Float16Neck``,
 ``Float32Neck``.
 """
 from .base import BaseFeatureCompressor
 from .entropy_bottleneck import EntropyBottleneckNeck
+from .hyperprior import HyperpriorBottleneckNeck
 from .passthrough import Float16Neck, Float32Neck
 from .quantize import QuantizeNeck
-from .variable_rate import VariableRateBottleneckNeck
+from .variable_rate import VariableRateBottleneckNeck, VariableRateHyperpriorNeck
 
 __all__ = [
     'BaseFeatureCompressor', 'EntropyBottleneckNeck', 'QuantizeNeck', 'Float16Neck',
-    'Float32Neck', 'VariableRateBottleneckNeck'
+    'Float32Neck', 'VariableRateBottleneckNeck', 'HyperpriorBottleneckNeck',
+    'VariableRateHyperpriorNeck'
 ]

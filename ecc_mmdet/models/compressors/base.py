@@ -29,7 +29,7 @@ import torch
 from mmengine.model import BaseModule
 from torch import Tensor, nn
 
-from ecc_edge.codecs.bitstream import CodecId, CorruptedBitstreamError
+from ecc_edge.codecs.bitstream import CodecId, CorruptedBitstreamError, RatePointError
 
 __all__ = ['BaseFeatureCompressor', 'CompressedImage', 'MAX_DECODED_ELEMENTS']
 
@@ -159,7 +159,7 @@ class BaseFeatureCompressor(BaseModule):
     def _single_rate(self, rate_point: Optional[int]) -> None:
         """Refuse a header rate point sent to a neck that has one rate."""
         if rate_point is not None:
-            raise CorruptedBitstreamError(
+            raise RatePointError(
                 f'{type(self).__name__} has a single rate, but the payload names rate point '
                 f'{rate_point}: it was coded by a variable-rate model')
 

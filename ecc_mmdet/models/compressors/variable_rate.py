@@ -8,10 +8,11 @@ Each rate point has its own factorized entropy model (a few hundred parameters p
 its coding tables fit its own latent statistics. Training samples a rate point per iteration and
 weights the rate term with that point's ``beta``.
 
-Payload parts of one image: codec_params, body and latent_shape as
-:class:`EntropyBottleneckNeck`'s, the rate point in the payload header (``header_rate_point``), whose coding path this class reuses with
-the rate point's gains and entropy model. A payload whose rate point this model does
-not have is refused (``CorruptedBitstreamError``) before any decoding.
+Two necks share the mechanism (:class:`RatePoints`): :class:`VariableRateBottleneckNeck` (a
+factorized entropy model per point) and :class:`VariableRateHyperpriorNeck` (one hyperprior for
+all points). Payload parts of one image are those of the underlying bottleneck; the rate point
+travels in the payload header (``header_rate_point``). A payload whose rate point this model does
+not have is refused (``RatePointError``, a ``CorruptedBitstreamError``) before any decoding.
 """
 from __future__ import annotations
 
@@ -22,11 +23,12 @@ import torch
 from mmdet.registry import MODELS
 from torch import Tensor, nn
 
-from ecc_edge.codecs.bitstream import CodecId, CorruptedBitstreamError
+from ecc_edge.codecs.bitstream import CodecId, RatePointError
 from ...entropy_models import FactorizedEntropyModel
 from .entropy_bottleneck import EntropyBottleneckNeck
+from .hyperprior import HyperpriorBottleneckNeck
 
-__all__ = ['VariableRateBottleneckNeck']
+__all__ = ['RatePoints', 'VariableRateBottleneckNeck', 'VariableRateHyperpriorNeck']
 
 class _Gains(nn.Module):
     """Per-rate-point, per-channel positive gains, stored as logs. A module (not bare
@@ -42,11 +44,14 @@ class _Gains(nn.Module):
         return y * self.log_gain[rate_point].exp().view(1, -1, *([1] * (y.dim() - 2)))
 
 
-@MODELS.register_module()
-class VariableRateBottleneckNeck(EntropyBottleneckNeck):
-    """Encoder + per-rate gains + per-rate factorized entropy models + decoder.
+class RatePoints:
+    """Mixin: R rate points of one learned bottleneck, chosen at run time by per-channel gains
+    on the latent (and inverse gains on the decoder input). It fills the coding-path hooks of
+    :class:`EntropyBottleneckNeck` (``_rate_point``, ``_point_from_header``, ``_latent``,
+    ``_decoder_input``, ``_rate_weight_of``), so any bottleneck built on them becomes variable
+    rate by listing this mixin first.
 
-    Args (besides :class:`EntropyBottleneckNeck`'s):
+    Args (besides the bottleneck's):
         num_rates: rate points R (2..16); point 0 is the lowest rate, R-1 the highest.
         betas: rate-term weight of each point (lowest rate first, decreasing); default
             ``beta * 2**(R - 1 - r)``: ``beta`` at the highest rate, doubling per point down.
@@ -56,31 +61,24 @@ class VariableRateBottleneckNeck(EntropyBottleneckNeck):
             time with :meth:`set_rate_point`. The decoder reads the point from the payload.
     """
 
-    codec_id = CodecId.VARIABLE_RATE_BOTTLENECK
-    codec_name = 'variable_rate_bottleneck'
-
     def __init__(self, in_channels: int, num_rates: int = 4,
                  betas: Optional[Sequence[float]] = None, gain_step: float = 2.0,
                  rate_point: Optional[int] = None, **kwargs):
         super().__init__(in_channels, **kwargs)
+        name = type(self).__name__
         if isinstance(num_rates, bool) or not isinstance(num_rates, int) \
                 or not 2 <= num_rates <= 16:
-            raise ValueError('VariableRateBottleneckNeck: num_rates must be an int in 2..16, '
-                             f'got {num_rates!r}')
+            raise ValueError(f'{name}: num_rates must be an int in 2..16, got {num_rates!r}')
         if betas is None:
             betas = [self.beta * 2.0**(num_rates - 1 - r) for r in range(num_rates)]
         betas = [float(b) for b in betas]
         if len(betas) != num_rates or any(not b > 0 for b in betas):
-            raise ValueError(f'VariableRateBottleneckNeck: betas must be {num_rates} positive '
+            raise ValueError(f'{name}: betas must be {num_rates} positive '
                              f'numbers (lowest rate first), got {betas!r}')
         if not gain_step > 1:
-            raise ValueError(f'VariableRateBottleneckNeck: gain_step must be > 1, got {gain_step}')
+            raise ValueError(f'{name}: gain_step must be > 1, got {gain_step}')
         self.num_rates = num_rates
         self.betas = betas
-        del self.entropy_model  # one per rate point instead
-        self.rate_entropy_models = nn.ModuleList(
-            FactorizedEntropyModel(self.latent_channels, **self.entropy_model_cfg)
-            for _ in range(num_rates))
         logs = [-(num_rates - 1 - r) * math.log(gain_step) for r in range(num_rates)]
         self.gain = _Gains(num_rates, self.latent_channels, logs)
         self.inv_gain = _Gains(num_rates, self.latent_channels, [-v for v in logs])
@@ -88,12 +86,11 @@ class VariableRateBottleneckNeck(EntropyBottleneckNeck):
         self._last_rate_point = self.rate_point
         self.set_rate_point(num_rates - 1 if rate_point is None else rate_point)
 
-    # ------------------------------------------------------------------ rate points
     def set_rate_point(self, rate_point: int) -> None:
         """Select the rate point of the edge (``compress``) and of eval ``forward``."""
         if isinstance(rate_point, bool) or not isinstance(rate_point, int) \
                 or not 0 <= rate_point < self.num_rates:
-            raise ValueError(f'VariableRateBottleneckNeck: rate_point must be an int in '
+            raise ValueError(f'{type(self).__name__}: rate_point must be an int in '
                              f'0..{self.num_rates - 1}, got {rate_point!r}')
         self.rate_point = rate_point
 
@@ -105,7 +102,6 @@ class VariableRateBottleneckNeck(EntropyBottleneckNeck):
     def header_rate_point(self) -> int:
         return self.rate_point
 
-    # the single-rate bottleneck's coding path, specialised per rate point
     def _rate_point(self, training: bool) -> tuple:
         """Training: a random point per call; otherwise the selected one, as deployed."""
         r = int(torch.randint(self.num_rates, ())) if training else self.rate_point
@@ -114,13 +110,10 @@ class VariableRateBottleneckNeck(EntropyBottleneckNeck):
 
     def _point_from_header(self, rate_point: Optional[int]) -> tuple:
         if rate_point is None or not 0 <= int(rate_point) < self.num_rates:
-            raise CorruptedBitstreamError(
-                f'VariableRateBottleneckNeck: the payload was coded at rate point {rate_point}, '
+            raise RatePointError(
+                f'{type(self).__name__}: the payload was coded at rate point {rate_point}, '
                 f'this model has rate points 0..{self.num_rates - 1}')
         return (int(rate_point), )
-
-    def _coder(self, r: int) -> FactorizedEntropyModel:
-        return self.rate_entropy_models[r]
 
     def _latent(self, x: Tensor, r: int) -> Tensor:
         return self.gain(self.g_a(x), r)
@@ -132,6 +125,35 @@ class VariableRateBottleneckNeck(EntropyBottleneckNeck):
         return self.betas[r]
 
     def edge_modules(self) -> List[nn.Module]:
+        return [*super().edge_modules(), self.gain]
+
+    def cloud_modules(self) -> List[nn.Module]:
+        return [*super().cloud_modules(), self.inv_gain]
+
+    def extra_repr(self) -> str:
+        return (super().extra_repr() + f', num_rates={self.num_rates}, '
+                f'rate_point={self.rate_point}, betas={self.betas}')
+
+
+@MODELS.register_module()
+class VariableRateBottleneckNeck(RatePoints, EntropyBottleneckNeck):
+    """Encoder + per-rate gains + per-rate factorized entropy models + decoder (see
+    :class:`RatePoints` for the arguments)."""
+
+    codec_id = CodecId.VARIABLE_RATE_BOTTLENECK
+    codec_name = 'variable_rate_bottleneck'
+
+    def __init__(self, in_channels: int, **kwargs):
+        super().__init__(in_channels, **kwargs)
+        del self.entropy_model  # one per rate point instead
+        self.rate_entropy_models = nn.ModuleList(
+            FactorizedEntropyModel(self.latent_channels, **self.entropy_model_cfg)
+            for _ in range(self.num_rates))
+
+    def _coder(self, r: int) -> FactorizedEntropyModel:
+        return self.rate_entropy_models[r]
+
+    def edge_modules(self) -> List[nn.Module]:
         return [self.g_a, self.gain, *self.rate_entropy_models]
 
     def coding_models(self) -> List[nn.Module]:
@@ -140,6 +162,17 @@ class VariableRateBottleneckNeck(EntropyBottleneckNeck):
     def cloud_modules(self) -> List[nn.Module]:
         return [*self.rate_entropy_models, self.inv_gain, self.g_s]
 
-    def extra_repr(self) -> str:
-        return (super().extra_repr() + f', num_rates={self.num_rates}, '
-                f'rate_point={self.rate_point}, betas={self.betas}')
+
+@MODELS.register_module()
+class VariableRateHyperpriorNeck(RatePoints, HyperpriorBottleneckNeck):
+    """One hyperprior bottleneck, several rate points (gains on the latent).
+
+    The factorized variable-rate neck needs one entropy model per point, each fitted on a
+    fraction of the training updates. Here the Gaussian conditional has no learned density:
+    the hyperprior predicts each element's scale from the scaled latent itself, so every point
+    shares all coding machinery and only the gains differ. Arguments: :class:`RatePoints`' and
+    :class:`HyperpriorBottleneckNeck`'s.
+    """
+
+    codec_id = CodecId.VARIABLE_RATE_HYPERPRIOR
+    codec_name = 'variable_rate_hyperprior'
