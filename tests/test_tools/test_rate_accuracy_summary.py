@@ -118,3 +118,25 @@ def test_other_families_are_compared_with_their_own_teacher_and_front():
     text = table(main + fam, s, 1.0)
     assert 'RTMDet student: 1.00 KB at 10.0 mAP, 2.0 below its teacher, 0.40x its input-codec ' \
            "front's bytes, edge 20 % of its FLOPs" in text
+
+
+def test_variable_rate_points_against_single_rate_students_of_their_codec():
+    single = [dict(_row('learned bottleneck', f'HP beta={b}', kb, m), codec='hyperprior_bottleneck')
+              for b, kb, m in ((0.2, 1.0, 10.0), (0.05, 4.0, 14.0))]
+    factorized = [_row('learned bottleneck', 'KD beta=0.05', 2.0, 30.0)]  # another codec: ignored
+    vr = [dict(_row('variable-rate student', f'VR r={r}', kb, m), codec='variable_rate_hyperprior')
+          for r, kb, m in ((0, 1.0, 9.8), (1, 2.0, 11.0), (2, 8.0, 15.0))]
+    s = summarize([TEACHER] + WEBP + single + factorized + vr)
+    got = {v['setting']: v for v in s['variable_rate_vs_single_rate']}
+    assert got['VR r=0']['gap'] == pytest.approx(0.2)
+    # 2 KB is halfway between 1 and 4 KB in log-bytes: the single-rate curve reaches 12.0 there
+    assert got['VR r=1']['single_rate_mAP_at_bytes'] == pytest.approx(12.0)
+    assert got['VR r=1']['gap'] == pytest.approx(1.0)
+    assert got['VR r=2']['gap'] is None  # beyond the single-rate students' bytes
+    assert s['targets']['variable_rate_within_0.5_mAP_of_single_rate'] is False
+    ok = [dict(v, bbox_mAP=v['bbox_mAP'] + 0.6) for v in vr[:2]]
+    s = summarize([TEACHER] + WEBP + single + ok)
+    assert s['targets']['variable_rate_within_0.5_mAP_of_single_rate'] is True
+    assert s['bd_rate_by_codec_vs_input_front']['hyperprior_bottleneck'] is not None
+    assert 'variable-rate VR r=1: 2.00 KB at 11.6 mAP vs the single-rate hyperprior_bottleneck ' \
+        'students: they reach 12.0 there, +0.4 mAP' in table([TEACHER] + WEBP + single + ok, s, 1.0)

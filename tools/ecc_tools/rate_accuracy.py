@@ -8,6 +8,7 @@ camera resolution and, optionally, fitted to the detector's input size), Quantiz
 the students' split point (teacher weights, no training) and trained students, and summarises
 the result against the targets. The reference curve is the Pareto front over *all* input codecs.
 """
+import math
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -29,6 +30,10 @@ TARGET_BD_RATE = -0.50          # vs the Pareto front of all input codecs
 TARGET_MAP_GAP = 1.0            # student within this many mAP points of the teacher ...
 TARGET_BYTES_RATIO = 0.25       # ... at <= this fraction of the cheapest input codec doing so
 TARGET_EDGE_FLOPS = 0.15
+TARGET_VARIABLE_RATE_GAP = 0.5  # each rate point within this many mAP of single-rate students
+#: the single-rate codec each variable-rate codec is compared with
+SINGLE_RATE_OF = {'variable_rate_bottleneck': 'entropy_bottleneck',
+                  'variable_rate_hyperprior': 'hyperprior_bottleneck'}
 
 
 def row(method, setting, metrics, bandwidth):
@@ -133,6 +138,7 @@ def run_rate_accuracy(teacher_config: str, teacher_checkpoint: str,
         scfg = load_config(config, data_root)
         model = build_detector(scfg.model, ckpt)
         rows.append(row(LEARNED, name, evaluate(model, build_test_dataset(scfg)), bandwidth))
+        rows[-1]['codec'] = model.compressor.codec_name
 
     for name, config, ckpt in variable_rate_students:
         scfg = load_config(config, data_root)
@@ -144,6 +150,7 @@ def run_rate_accuracy(teacher_config: str, teacher_checkpoint: str,
             print(f'- {VARIABLE} {name} rate point {r}', flush=True)
             model.compressor.set_rate_point(r)
             rows.append(row(VARIABLE, f'{name} r={r}', evaluate(model, vr_dataset), bandwidth))
+            rows[-1]['codec'] = model.compressor.codec_name
 
     for name, config, ckpt in dynamic_students:
         print(f'- {DYNAMIC} {name}', flush=True)
@@ -261,6 +268,42 @@ def _label(r) -> str:
     return f"{method} {r['setting']}"
 
 
+def codec_of(r) -> str:
+    """The compressor of a learned row (rows written before the field existed were all
+    factorized)."""
+    return r.get('codec') or ('variable_rate_bottleneck' if r['method'] == VARIABLE
+                              else 'entropy_bottleneck')
+
+
+def map_at_bytes(rows, nbytes: float) -> Optional[float]:
+    """mAP of the curve through ``rows`` at ``nbytes``, linear in log-bytes; None outside."""
+    pts = sorted((r['bytes_per_image'], r['bbox_mAP']) for r in rows)
+    for (b0, m0), (b1, m1) in zip(pts, pts[1:]):
+        if b0 <= nbytes <= b1:
+            if b1 == b0:
+                return max(m0, m1)
+            t = (math.log(nbytes) - math.log(b0)) / (math.log(b1) - math.log(b0))
+            return m0 + t * (m1 - m0)
+    if pts and len(pts) == 1 and abs(pts[0][0] - nbytes) <= 0.05 * nbytes:
+        return pts[0][1]
+    return None
+
+
+def _variable_vs_single(rows) -> List[dict]:
+    """Each variable-rate point against the single-rate students of its codec at its bytes."""
+    out = []
+    for r in rows:
+        if r['method'] != VARIABLE:
+            continue
+        base = SINGLE_RATE_OF.get(codec_of(r))
+        single = [s for s in rows if s['method'] == LEARNED and codec_of(s) == base]
+        m = map_at_bytes(single, r['bytes_per_image']) if single else None
+        out.append(dict(setting=r['setting'], bytes=r['bytes_per_image'], mAP=r['bbox_mAP'],
+                        single_rate_codec=base, single_rate_mAP_at_bytes=m,
+                        gap=None if m is None else m - r['bbox_mAP']))
+    return out
+
+
 def summarize(rows):
     teacher = next(r for r in rows if r['method'] == 'teacher')
     inputs = [r for r in rows if r['method'].startswith(INPUT_PREFIX)]
@@ -284,6 +327,13 @@ def summarize(rows):
         s['bd_rate_learned_vs'] = {
             m: bd_rate(*_curve([r for r in inputs if r['method'] == m]), *_curve(learned))
             for m in dict.fromkeys(r['method'] for r in inputs)}
+    if inputs and learned:
+        s['bd_rate_by_codec_vs_input_front'] = {
+            c: bd_rate(*_curve(inputs), *_curve([r for r in rows if codec_of(r) == c and
+                                                 r['method'] in (LEARNED, VARIABLE)]))
+            for c in dict.fromkeys(codec_of(r) for r in rows
+                                   if r['method'] in (LEARNED, VARIABLE))}
+    s['variable_rate_vs_single_rate'] = _variable_vs_single(rows)
     variable = [r for r in rows if r['method'] == VARIABLE]
     if inputs and variable:
         s['bd_rate_variable_rate_vs_input_front'] = bd_rate(*_curve(inputs), *_curve(variable))
@@ -324,6 +374,15 @@ def summarize(rows):
         within_1_mAP_at_quarter_bytes=bool(good_learned) and (
             ratio <= TARGET_BYTES_RATIO if ratio is not None else not good_in),
         edge_flops_at_most_15pct=(s['best_learned_edge_flops_fraction'] or 1) <= TARGET_EDGE_FLOPS)
+    by_model = {}
+    for v in s['variable_rate_vs_single_rate']:
+        by_model.setdefault(v['setting'].rsplit(' r=', 1)[0], []).append(v['gap'])
+    if by_model:
+        # met when some variable-rate model has every point within the gap of its single-rate
+        # students (a point outside their byte range cannot be compared: not met)
+        s['targets']['variable_rate_within_0.5_mAP_of_single_rate'] = any(
+            all(g is not None and g <= TARGET_VARIABLE_RATE_GAP for g in gaps)
+            for gaps in by_model.values())
     return s
 
 
@@ -391,6 +450,15 @@ def table(rows, summary, bandwidth) -> str:
                        'variable-rate student vs the single-rate students')):
         if summary.get(key) is not None:
             lines.append(f'BD-rate {what}: {100 * summary[key]:+.1f} %')
+    for codec, bd in (summary.get('bd_rate_by_codec_vs_input_front') or {}).items():
+        if bd is not None:
+            lines.append(f'BD-rate {codec} (all its students and rate points) vs the input-codec '
+                         f'front: {100 * bd:+.1f} %')
+    for v in summary.get('variable_rate_vs_single_rate') or []:
+        vs = ('outside their byte range' if v['gap'] is None else
+              f"they reach {v['single_rate_mAP_at_bytes']:.1f} there, {v['gap']:+.1f} mAP")
+        lines.append(f"variable-rate {v['setting']}: {v['bytes'] / 1000:.2f} KB at {v['mAP']:.1f} "
+                     f"mAP vs the single-rate {v['single_rate_codec']} students: {vs}")
     for p in summary.get('learned_vs_front_at_same_mAP') or []:
         vs = ('the input-codec front does not reach that mAP' if p['front_bytes'] is None else
               f"the input-codec front needs {p['front_bytes'] / 1000:.2f} KB: "
