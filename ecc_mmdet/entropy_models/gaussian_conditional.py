@@ -144,6 +144,15 @@ class GaussianConditionalEntropyModel(nn.Module):
         return -torch.log2(likelihoods).reshape(likelihoods.shape[0], -1).sum(dim=1)
 
     # ------------------------------------------------------------------- coding
+    def update(self, force: bool = False) -> bool:
+        """The tables depend on the constructor only and are built there: nothing to update
+        (the interface of FactorizedEntropyModel, which the distillation hook calls when it fixes
+        the deployment tables)."""
+        return False
+
+    def tables_ready(self) -> bool:
+        return self._pmf_table.numel() > 0
+
     def __getstate__(self):
         """Copies and pickles leave out the cached range-coder models (native objects)."""
         state = dict(self.__dict__)

@@ -165,6 +165,42 @@ def test_stages_freeze_exactly_and_distillation_losses_fall(teacher_ckpt):
     assert student.distiller is None
 
 
+def test_hyperprior_student_both_stages(teacher_ckpt):
+    """Stage 2 fixes the hyperprior's coding machinery as deployed: h_a, h_s (the edge computes
+    the indexes too), both entropy models and the encoder stay put, the decoder learns, and the
+    student codes exactly what its eval forward computes."""
+    torch.manual_seed(1)
+    hp = dict(type='HyperpriorBottleneckNeck', latent_channels=8, hyper_channels=4,
+              hyper_downsample=2, beta=0.05)
+    student = MODELS.build(student_cfg(tiny_model_cfg(), compressor=hp))
+    hook = KnowledgeAdaptationHook(teacher_config=tiny_model_cfg(), teacher_checkpoint=teacher_ckpt,
+                                   bottleneck_epochs=1, init_student_from_teacher=False)
+    runner = FakeRunner(student)
+    hook.before_train(runner)
+    inputs, samples = fake_batch(student)
+    optim = torch.optim.AdamW(student.parameters(), lr=1e-3, weight_decay=0.1)
+    before = snapshot(student)
+    train_steps(student, hook, runner, inputs, samples, optim, 3)
+    moved = {k.split('.')[1] for k in changed_keys(before, snapshot(student))}
+    assert {'g_a', 'h_a', 'h_s', 'g_s', 'hyper_entropy_model'} <= moved
+    runner.epoch = 1
+    hook.before_train_iter(runner, 0)
+    comp = student.compressor
+    assert hook.stage == 2 and not comp.gaussian.training and not comp.hyper_entropy_model.training
+    before = snapshot(student)
+    h2 = train_steps(student, hook, runner, inputs, samples, optim, 3)
+    moved = {k for k in changed_keys(before, snapshot(student)) if k.startswith('compressor.')}
+    assert moved and {k.split('.')[1] for k in moved} == {'g_s'}, sorted(moved)
+    assert h2[0]['rate'] > 0
+    hook.after_train(runner)
+    student.eval()
+    payloads = student.encode(inputs, samples)
+    f = student.edge_features(inputs)
+    with torch.no_grad():
+        assert torch.equal(student.decompress_payloads(student.unpack_payloads(payloads, samples)),
+                           student.compressor(f)[0])
+
+
 @pytest.mark.parametrize('two_stage', [True, False])
 def test_lossless_student_from_teacher_has_zero_response_loss(teacher_ckpt, tmp_path, two_stage):
     """Float32Neck + init from the teacher = the teacher: loss_kd_resp is 0 until heads differ."""
