@@ -74,14 +74,39 @@ def test_rate_accuracy_benchmark_end_to_end(tiny_coco, tmp_path):
     assert res['summary']['teacher_mAP'] == rows[('teacher', 'original image')]['bbox_mAP']
     assert set(res['summary']['targets']) == {'bd_rate_vs_input_front_le_minus_50pct',
                                               'within_1_mAP_at_quarter_bytes',
-                                              'edge_flops_at_most_15pct'}
+                                              'edge_flops_at_most_15pct',
+                                              'variable_rate_within_0.5_mAP_of_single_rate'}
+    assert learned['codec'] == 'entropy_bottleneck'
+    assert rows[('variable-rate student', 'vr r=0')]['codec'] == 'variable_rate_bottleneck'
     assert osp.getsize(str(out).replace('.json', '.png')) > 1000
     # One student is one point on the learned curve and BD-rate needs two per curve, so it is
     # None here by construction -- and the table then prints no BD-rate line. The value itself is
     # checked on constructed curves in test_rate_accuracy_summary.py.
     assert res['summary']['bd_rate_learned_vs_input_front'] is None
     assert all(v is None for v in res['summary']['bd_rate_learned_vs'].values())
-    assert 'BD-rate' not in open(str(out).replace('.json', '.txt')).read()
+    assert 'BD-rate learned' not in open(str(out).replace('.json', '.txt')).read()
+    # --merge: a later run adds a student without re-encoding any image; the earlier rows stay
+    merged = tmp_path / 'ra' / 'merged.json'
+    run_tool('benchmark_rate_accuracy', '--teacher-config', TEACHER, '--teacher-checkpoint',
+             teacher, '--student', 'again', STUDENT, student, '--jpeg-qualities',
+             '--webp-qualities', '--avif-qualities', '--quantize-bits', '--data-root', tiny_coco,
+             '--num-images', '3', '--bootstrap', '20', '--merge', out, '--out', merged)
+    res2 = json.load(open(merged))
+    assert [(r['method'], r['setting']) for r in res2['rows']] == \
+        [m for m in methods if m[0] != 'teacher'] + [('teacher', 'original image'),
+                                                     ('learned bottleneck', 'again')]
+    assert res2['rows'][-1]['mAP_samples'] == learned['mAP_samples']  # same model, same resamples
+    other = tmp_path / 'ra' / 'other.json'
+    with open(out) as f:
+        doc = json.load(f)
+    doc['rows'][0]['bbox_mAP'] += 1.0  # made with another teacher or other images
+    with open(other, 'w') as f:
+        json.dump(doc, f)
+    proc = run_tool('benchmark_rate_accuracy', '--teacher-config', TEACHER, '--teacher-checkpoint',
+                    teacher, '--jpeg-qualities', '--webp-qualities', '--avif-qualities',
+                    '--quantize-bits', '--data-root', tiny_coco, '--num-images', '3',
+                    '--bootstrap', '20', '--merge', other, '--out', merged, check=False)
+    assert proc.returncode != 0 and 'teacher row differs' in proc.stderr + proc.stdout
 
 
 def test_codec_benchmark_end_to_end(tiny_coco, tmp_path):
