@@ -214,3 +214,18 @@ def test_variable_rate_hyperprior_points_round_trip_and_rate_is_monotone():
         with pytest.raises(RatePointError, match=f'rate point {bad}, this model has'):
             vr.decompress(params, body, shape, rate_point=bad)
     assert vr.codec_id == CodecId.VARIABLE_RATE_HYPERPRIOR
+
+
+def test_bit_map_sums_to_the_estimate_and_follows_the_content(neck):
+    from ecc_mmdet.models.compressors import EntropyBottleneckNeck
+    x = _features(seed=1)
+    m = neck.bit_map(x)
+    assert m.shape == (3, 12, 10)  # latent of a 24x20 map at downsample 2
+    torch.testing.assert_close(m.sum((1, 2)), neck.estimate_bits(x), rtol=1e-4, atol=1e-2)
+    # the content is in the top half: the hyperprior spends most of its bits there
+    assert m[:, :6].sum() > 2 * m[:, 6:].sum()
+    torch.manual_seed(0)
+    fact = fit_neck(EntropyBottleneckNeck(C, latent_channels=6, beta=0.002,
+                                          rate_unit='bits_per_element'), x, steps=50, seed=0)
+    torch.testing.assert_close(fact.bit_map(x).sum((1, 2)), fact.estimate_bits(x), rtol=1e-4,
+                               atol=1e-2)

@@ -122,3 +122,26 @@ def test_codec_benchmark_end_to_end(tiny_coco, tmp_path):
     assert set(res['targets']) == {'codec_share_le_10pct', 'throughput_ratio_ge_0p9',
                                    'real_within_3pct_of_estimate'}
     assert 'real / estimated body' in proc.stdout
+
+
+def test_bit_allocation_figures_and_tool(tiny_coco, tmp_path):
+    from benchmark_bit_allocation import allocation, box_coverage
+    from mmdet.structures import DetDataSample
+    from mmengine.structures import InstanceData
+    s = DetDataSample(metainfo=dict(scale_factor=(2.0, 2.0)))
+    s.gt_instances = InstanceData(bboxes=torch.tensor([[0.0, 0.0, 8.0, 4.0]]))  # 16x8 input px
+    cover = box_coverage([s], (32, 32), (4, 4))  # 8-px cells: two full cells of the top row
+    assert cover[0, 0].tolist() == [1.0, 1.0, 0.0, 0.0] and float(cover.sum()) == 2.0
+    bits = torch.ones(1, 4, 4)
+    bits[0, 0, :2] = 7.0  # 14 of the 28 bits on 2 of the 16 cells
+    a = allocation(bits, cover)
+    assert a['bits_per_image'] == 28.0 and a['object_area_share'] == 2 / 16
+    assert a['object_bits_share'] == 0.5 and a['object_to_background_bits_per_area'] == 7.0
+    _, student = _checkpoints(tmp_path)
+    out = tmp_path / 'ba.json'
+    run_tool('benchmark_bit_allocation', '--student', 'kd', STUDENT, student, '--data-root',
+             tiny_coco, '--num-images', '3', '--out', out)
+    row, = json.load(open(out))['rows']
+    assert row['codec'] == 'entropy_bottleneck' and row['bits_per_image'] > 0
+    assert 0 < row['object_area_share'] < 1 and 0 < row['object_bits_share'] < 1
+    assert 'KB' not in open(str(out).replace('.json', '.txt')).read()

@@ -206,6 +206,16 @@ class EntropyBottleneckNeck(BaseFeatureCompressor):
         return coder.bits(likelihoods).float()
 
     @torch.no_grad()
+    def bit_map(self, x: Tensor) -> Tensor:
+        """Estimated bits per latent position (N, h, w), summed over channels: where the rate
+        goes (diagnostics; its sum per image is :meth:`estimate_bits`)."""
+        self._check_input(x)
+        point = self._rate_point(False)
+        coder = self._coder(*point)
+        _, likelihoods = coder(self._latent(x, *point), training=False)
+        return -torch.log2(likelihoods).sum(1).float()
+
+    @torch.no_grad()
     def compress(self, x: Tensor) -> List[CompressedImage]:
         self._check_input(x)
         h, w = (int(v) for v in x.shape[-2:])

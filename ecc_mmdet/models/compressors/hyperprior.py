@@ -106,14 +106,13 @@ class HyperpriorBottleneckNeck(EntropyBottleneckNeck):
         return means, self.gaussian.index_from_fixed_point(log_acc, 2 * self.h_s.frac_bits)
 
     def _coded(self, x: Tensor, point: tuple):
-        """The deployed (eval) coding path -> (y, y_hat, z_hat, means, indexes, bits)."""
+        """The deployed (eval) coding path -> (y_hat, y likelihoods, z likelihoods)."""
         y = self._latent(x, *point)
         z_hat, z_lik = self.hyper_entropy_model(self.h_a(y), training=False)
         means, idx = self._exact_params(z_hat, y.shape[-2:])
         y_hat, _ = self.gaussian.quantize(y, means.to(y.dtype), False)
         y_lik = self.gaussian.likelihood(y_hat, means.to(y.dtype), self.gaussian.scales_of(idx))
-        bits = self.gaussian.bits(y_lik) + self.hyper_entropy_model.bits(z_lik)
-        return y, y_hat, z_hat, means, idx, bits
+        return y_hat, y_lik, z_lik
 
     # --------------------------------------------------------------- interface
     def forward(self, x: Tensor, num_pixels=None) -> Tuple[Tensor, Dict[str, Tensor]]:
@@ -124,7 +123,8 @@ class HyperpriorBottleneckNeck(EntropyBottleneckNeck):
         h, w = x.shape[-2:]
         point = self._rate_point(self.training)
         if not self.gaussian.training:
-            _, y_hat, _, _, _, bits = self._coded(x, point)
+            y_hat, y_lik, z_lik = self._coded(x, point)
+            bits = self.gaussian.bits(y_lik) + self.hyper_entropy_model.bits(z_lik)
         else:
             y = self._latent(x, *point)
             z_hat, z_lik = self.hyper_entropy_model(self.h_a(y))
@@ -149,7 +149,20 @@ class HyperpriorBottleneckNeck(EntropyBottleneckNeck):
     def estimate_bits(self, x: Tensor) -> Tensor:
         """-log2 p(y_hat | z_hat) - log2 p(z_hat) per image under the coding tables' scales."""
         self._check_input(x)
-        return self._coded(x, self._rate_point(False))[-1].float()
+        _, y_lik, z_lik = self._coded(x, self._rate_point(False))
+        return (self.gaussian.bits(y_lik) + self.hyper_entropy_model.bits(z_lik)).float()
+
+    @torch.no_grad()
+    def bit_map(self, x: Tensor) -> Tensor:
+        """Estimated bits per latent position (N, h, w): y's, plus each z cell's bits spread
+        evenly over the latent cells it describes."""
+        self._check_input(x)
+        _, y_lik, z_lik = self._coded(x, self._rate_point(False))
+        d = self.hyper_downsample
+        z_bits = -torch.log2(z_lik).sum(1) / (d * d)
+        z_bits = z_bits.repeat_interleave(d, -2).repeat_interleave(d, -1)
+        h, w = y_lik.shape[-2:]
+        return (-torch.log2(y_lik).sum(1) + z_bits[..., :h, :w]).float()
 
     @torch.no_grad()
     def compress(self, x: Tensor) -> List[CompressedImage]:
