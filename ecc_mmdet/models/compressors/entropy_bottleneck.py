@@ -229,6 +229,13 @@ class EntropyBottleneckNeck(BaseFeatureCompressor):
     @torch.no_grad()
     def decompress(self, codec_params: bytes, body: bytes, latent_shape,
                    rate_point: Optional[int] = None) -> Tensor:
+        point, (h, w), shape, body = self._parse(codec_params, body, latent_shape, rate_point)
+        y_hat = self._coder(*point).decompress([body], shape[1:]).to(self.device)
+        return self._decode(self._decoder_input(y_hat, *point), h, w).float()
+
+    def _parse(self, codec_params, body, latent_shape, rate_point):
+        """Validate what ``decompress`` got -> (rate point hook arguments, the codec_params
+        fields (H, W first), the checked latent shape, the body as bytes)."""
         params = as_bytes(codec_params, 'codec_params')
         body = as_bytes(body, 'body')
         if len(params) != self._PARAMS.size:
@@ -236,10 +243,8 @@ class EntropyBottleneckNeck(BaseFeatureCompressor):
                 f'{type(self).__name__}: codec_params must be {self._PARAMS.size} bytes '
                 f'({self._PARAMS_DOC}), got {len(params)}')
         point = self._point_from_header(rate_point)
-        h, w = self._PARAMS.unpack(params)
-        shape = self._checked_latent_shape(h, w, latent_shape)
-        y_hat = self._coder(*point).decompress([body], shape[1:]).to(self.device)
-        return self._decode(self._decoder_input(y_hat, *point), h, w).float()
+        fields = self._PARAMS.unpack(params)
+        return point, fields, self._checked_latent_shape(*fields[:2], latent_shape), body
 
     def _checked_latent_shape(self, h: int, w: int, latent_shape) -> Tuple[int, ...]:
         """The latent shape, checked against the feature size (h, w) read from codec_params."""

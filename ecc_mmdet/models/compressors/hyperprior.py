@@ -32,7 +32,7 @@ from mmcv.cnn import build_activation_layer
 from mmdet.registry import MODELS
 from torch import Tensor, nn
 
-from ecc_edge.codecs.bitstream import CodecId, CorruptedBitstreamError, as_bytes
+from ecc_edge.codecs.bitstream import CodecId, CorruptedBitstreamError
 from ...entropy_models import (ExactHyperSynthesis, FactorizedEntropyModel,
                                GaussianConditionalEntropyModel)
 from .base import CompressedImage
@@ -183,19 +183,11 @@ class HyperpriorBottleneckNeck(EntropyBottleneckNeck):
     @torch.no_grad()
     def decompress(self, codec_params: bytes, body: bytes, latent_shape,
                    rate_point: Optional[int] = None) -> Tensor:
-        name = type(self).__name__
-        params = as_bytes(codec_params, 'codec_params')
-        body = as_bytes(body, 'body')
-        if len(params) != self._PARAMS.size:
-            raise CorruptedBitstreamError(
-                f'{name}: codec_params must be {self._PARAMS.size} bytes ({self._PARAMS_DOC}), '
-                f'got {len(params)}')
-        point = self._point_from_header(rate_point)
-        h, w, z_len = self._PARAMS.unpack(params)
-        shape = self._checked_latent_shape(h, w, latent_shape)
+        point, (h, w, z_len), shape, body = self._parse(codec_params, body, latent_shape,
+                                                        rate_point)
         if z_len > len(body):
             raise CorruptedBitstreamError(
-                f"{name}: codec_params declare {z_len} bytes of z's body, the body has "
+                f"{type(self).__name__}: codec_params declare {z_len} bytes of z's body, the body has "
                 f'{len(body)}')
         zh, zw = self.hyper_size(*shape[1:])
         z_hat = self.hyper_entropy_model.decompress([body[:z_len]], (zh, zw)).to(self.device)
