@@ -79,7 +79,8 @@ def parse_args(argv=None):
 
 
 def merge_rows(previous_json: str, rows: list) -> list:
-    """Earlier rows not re-evaluated now, then this run's. Refuses a file made on other images,
+    """The earlier rows in their order (those re-evaluated now replaced), then this run's new
+    ones. Refuses a file made on other images,
     with another teacher or other bootstrap resamples (the teacher's mAP and each resampled mAP
     must agree to float noise), since its intervals would not be paired with this run's."""
     with open(previous_json) as f:
@@ -97,8 +98,9 @@ def merge_rows(previous_json: str, rows: list) -> list:
         raise SystemExit(f'--merge {previous_json}: its teacher row differs from this run\'s '
                          '(other images, teacher checkpoint or --bootstrap); re-run everything '
                          'or merge a file from the same setup')
-    fresh = {key(r) for r in rows}
-    return [r for r in old if key(r) not in fresh] + rows
+    fresh = {key(r): r for r in rows}
+    known = {key(r) for r in old}
+    return [fresh.get(key(r), r) for r in old] + [r for r in rows if key(r) not in known]
 
 
 def train_students(args, data_root):
