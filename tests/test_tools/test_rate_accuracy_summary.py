@@ -133,6 +133,8 @@ def test_variable_rate_points_against_single_rate_students_of_their_codec():
     assert got['VR r=1']['single_rate_mAP_at_bytes'] == pytest.approx(12.0)
     assert got['VR r=1']['gap'] == pytest.approx(1.0)
     assert got['VR r=2']['gap'] is None  # beyond the single-rate students' bytes
+    from ecc_tools.rate_accuracy import map_at_bytes
+    assert map_at_bytes(single, 4100.0) == 14.0  # 2.5 % beyond the end: the same bytes
     assert s['targets']['variable_rate_within_0.5_mAP_of_single_rate'] is False
     ok = [dict(v, bbox_mAP=v['bbox_mAP'] + 0.6) for v in vr[:2]]
     s = summarize([TEACHER] + WEBP + single + ok)

@@ -275,17 +275,20 @@ def codec_of(r) -> str:
                               else 'entropy_bottleneck')
 
 
-def map_at_bytes(rows, nbytes: float) -> Optional[float]:
-    """mAP of the curve through ``rows`` at ``nbytes``, linear in log-bytes; None outside."""
+def map_at_bytes(rows, nbytes: float, slack: float = 0.05) -> Optional[float]:
+    """mAP of the curve through ``rows`` at ``nbytes``, linear in log-bytes; within ``slack``
+    (relative) beyond its ends the end point counts (the same bytes); None further out."""
     pts = sorted((r['bytes_per_image'], r['bbox_mAP']) for r in rows)
+    if pts and pts[0][0] * (1 - slack) <= nbytes < pts[0][0]:
+        return pts[0][1]
+    if pts and pts[-1][0] < nbytes <= pts[-1][0] * (1 + slack):
+        return pts[-1][1]
     for (b0, m0), (b1, m1) in zip(pts, pts[1:]):
         if b0 <= nbytes <= b1:
             if b1 == b0:
                 return max(m0, m1)
             t = (math.log(nbytes) - math.log(b0)) / (math.log(b1) - math.log(b0))
             return m0 + t * (m1 - m0)
-    if pts and len(pts) == 1 and abs(pts[0][0] - nbytes) <= 0.05 * nbytes:
-        return pts[0][1]
     return None
 
 
