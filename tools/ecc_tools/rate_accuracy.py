@@ -293,13 +293,14 @@ def map_at_bytes(rows, nbytes: float, slack: float = 0.05) -> Optional[float]:
 
 
 def _variable_vs_single(rows) -> List[dict]:
-    """Each variable-rate point against the single-rate students of its codec at its bytes."""
+    """Each variable-rate point against the best single-rate students of its codec (their
+    Pareto front, whatever their training recipe) at its bytes."""
     out = []
     for r in rows:
         if r['method'] != VARIABLE:
             continue
         base = SINGLE_RATE_OF.get(codec_of(r))
-        single = [s for s in rows if s['method'] == LEARNED and codec_of(s) == base]
+        single = front_rows([s for s in rows if s['method'] == LEARNED and codec_of(s) == base])
         m = map_at_bytes(single, r['bytes_per_image']) if single else None
         out.append(dict(setting=r['setting'], bytes=r['bytes_per_image'], mAP=r['bbox_mAP'],
                         single_rate_codec=base, single_rate_mAP_at_bytes=m,
