@@ -76,11 +76,12 @@ def run(name, config, ckpt, data_root=None, num_images=None) -> dict:
 
 
 def table(rows) -> str:
-    lines = [f"{'student':<34}{'codec':<26}{'bytes/img':>10}{'object area':>12}"
+    w = max([34] + [len(r['name']) + 2 for r in rows])
+    lines = [f"{'student':<{w}}{'codec':<26}{'bytes/img':>10}{'object area':>12}"
              f"{'object bits':>12}{'bits/area in:out':>18}"]
     for r in rows:
         ratio = r['object_to_background_bits_per_area']
-        lines.append(f"{r['name']:<34}{r['codec']:<26}{r['bits_per_image'] / 8:>10.0f}"
+        lines.append(f"{r['name']:<{w}}{r['codec']:<26}{r['bits_per_image'] / 8:>10.0f}"
                      f"{100 * r['object_area_share']:>11.1f}%"
                      f"{100 * (r['object_bits_share'] or 0):>11.1f}%"
                      f"{'-' if ratio is None else f'{ratio:.2f}':>18}")
