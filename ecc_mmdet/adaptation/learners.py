@@ -29,7 +29,7 @@ from torch.nn.modules.batchnorm import _NormBase
 from ..deployment.param_update import edge_norm_modules
 from ..models.exits.edge_exit import ExitOutput
 from ..models.routers.features import top_k_entropy
-from ..utils.config_checks import ConfigError
+from ..errors import ConfigError
 
 __all__ = ['norm_affine_parameters', 'norm_train_mode', 'exit_forward', 'exit_entropy',
            'exit_pseudo_label_loss', 'NormStats', 'Tent', 'ReplayBuffer', 'CloudAdapter']

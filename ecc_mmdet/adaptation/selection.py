@@ -31,7 +31,7 @@ import torch
 from mmdet.registry import TASK_UTILS
 from torch import Tensor
 
-from ..utils.config_checks import ConfigError
+from ..errors import ConfigError
 
 __all__ = ['UploadSelector', 'EntropySelector', 'UploadAll', 'UploadNone', 'RandomUpload']
 

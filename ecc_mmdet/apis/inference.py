@@ -8,7 +8,8 @@ from mmengine.config import Config
 from mmengine.dataset import pseudo_collate
 from mmengine.runner import load_checkpoint
 
-from ..utils.config_checks import ConfigError, check_dataset_paths
+from ..errors import ConfigError
+from ..utils.config_checks import check_dataset_paths
 from ..utils.data_root import set_data_root
 
 

@@ -15,7 +15,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from ..utils.config_checks import ConfigError
+from ..errors import ConfigError
 
 __all__ = ['router_scores', 'calibrate_router', 'check_calibration_split', 'tier_predictions',
            'score_maps_from_predictions', 'fit_score_maps', 'calibrate_dynamic']

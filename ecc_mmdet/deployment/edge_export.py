@@ -34,7 +34,7 @@ from torch import nn
 from ecc_edge.codecs.bitstream import CodecId
 from ecc_edge.runtime import SIDECAR_FORMAT, SIDECAR_VERSION, sidecar_digest
 
-from ..utils.config_checks import ConfigError
+from ..errors import ConfigError
 from .fingerprint import model_fingerprint
 
 __all__ = ['EdgeGraph', 'SIDECAR_FORMAT', 'build_sidecar', 'check_graph', 'export_edge_onnx',

@@ -16,7 +16,7 @@ from mmdet.structures import DetDataSample
 from mmdet.structures.bbox import bbox2roi, get_box_tensor
 from torch import Tensor, nn
 
-from ..utils.config_checks import ConfigError
+from ..errors import ConfigError
 from .teacher import build_teacher
 
 __all__ = ['DetectionDistiller']

@@ -11,7 +11,7 @@ from mmdet.registry import MODELS
 from mmdet.structures.bbox import get_box_tensor
 from torch import Tensor, nn
 
-from ..utils.config_checks import ConfigError
+from ..errors import ConfigError
 
 __all__ = ['softmax_kd', 'sigmoid_kd', 'ResponseKDLoss', 'FeatureKDLoss']
 

@@ -13,7 +13,7 @@ from mmengine.runner.checkpoint import _load_checkpoint, _load_checkpoint_to_mod
 from mmdet.registry import MODELS
 from torch import nn
 
-from ..utils.config_checks import ConfigError
+from ..errors import ConfigError
 
 __all__ = ['build_teacher', 'resolve_path']
 

@@ -65,7 +65,7 @@ class EdgeRunner:
         from mmengine.runner import load_checkpoint
 
         from ..apis.inference import build_detector, load_config
-        from ..utils.config_checks import ConfigError
+        from ..errors import ConfigError
         self.cfg = cfg = load_config(config)
         if model is not None:
             self._finish(model.build_edge(), cfg, device)
@@ -96,7 +96,7 @@ class EdgeRunner:
     def _finish(self, model, cfg, device):
         import math
 
-        from ..utils.config_checks import ConfigError
+        from ..errors import ConfigError
         from .runtime import class_names_of
         router = getattr(model, 'router', None)
         if router is not None and model.edge_exit is not None and \
@@ -118,7 +118,7 @@ class EdgeRunner:
         from mmcv.transforms import Compose
         from mmdet.utils import register_all_modules
 
-        from ..utils.config_checks import ConfigError
+        from ..errors import ConfigError
         register_all_modules(init_default_scope=True)
         steps = [copy.deepcopy(t) for t in cfg.test_dataloader.dataset.pipeline
                  if 'LoadAnnotations' not in str(t.get('type', ''))]

@@ -26,7 +26,7 @@ import os
 import os.path as osp
 from typing import Dict, Mapping, Optional
 
-from ..utils.config_checks import ConfigError
+from ..errors import ConfigError
 from .service import ServingConfig
 
 __all__ = ['CloudReplica', 'DEFAULT_RAY_OPTIONS', 'RAY_OPTION_KEYS', 'REPLICA_HEADER', 'Secret',

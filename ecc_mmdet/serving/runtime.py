@@ -15,7 +15,7 @@ from mmengine.runner import load_checkpoint
 from ecc_edge.codecs.bitstream import BitstreamError, Payload
 from ..deployment import DeploymentMeter, run_cloud
 from ..structures import comm_record
-from ..utils.config_checks import ConfigError
+from ..errors import ConfigError
 
 __all__ = ['CloudRuntime', 'LimitExceededError', 'ParsedPayload', 'class_names_of']
 

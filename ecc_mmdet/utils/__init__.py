@@ -1,6 +1,6 @@
+from ..errors import ConfigError, DatasetNotFoundError
 from .checkpoint_compat import allow_mmengine_checkpoints
-from .config_checks import (ConfigError, DatasetNotFoundError, check_config, check_custom_imports,
-                            check_dataset_paths)
+from .config_checks import check_config, check_custom_imports, check_dataset_paths
 from .data_root import set_data_root
 from .dist import setup_cpu_distributed
 

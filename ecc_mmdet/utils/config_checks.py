@@ -8,6 +8,8 @@ import os.path as osp
 
 from mmengine.config import Config, ConfigDict
 
+from ..errors import ConfigError, DatasetNotFoundError
+
 SYNTHETIC_HINT = ('To create the synthetic dataset, run:\n'
                   '    python -m ecc_mmdet.datasets.synthetic_coco --out {root}\n')
 COCO_HINT = ('For COCO 2017, put it at data/coco/ (annotations/instances_{train,val}2017.json, '
@@ -15,12 +17,6 @@ COCO_HINT = ('For COCO 2017, put it at data/coco/ (annotations/instances_{train,
              'train_dataloader.dataset.data_root=/path/to/coco/ ...\n')
 
 
-class ConfigError(ValueError):
-    """A config is inconsistent or incomplete; the message says what to change."""
-
-
-class DatasetNotFoundError(FileNotFoundError):
-    """A dataset path in the config does not exist; the message says how to get the data."""
 
 
 def ecc_type_names():

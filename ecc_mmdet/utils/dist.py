@@ -15,7 +15,7 @@ import torch
 import torch.distributed as torch_dist
 from mmengine.logging import print_log
 
-from .config_checks import ConfigError
+from ..errors import ConfigError
 
 _ENV = ('RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'MASTER_ADDR', 'MASTER_PORT')
 

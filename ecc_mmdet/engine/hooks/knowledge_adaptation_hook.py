@@ -76,7 +76,7 @@ from torch.nn.modules.batchnorm import _NormBase
 from torch.nn.parallel import DistributedDataParallel
 
 from ...distillation import DetectionDistiller
-from ...utils.config_checks import ConfigError
+from ...errors import ConfigError
 from ...utils.modules import unique_parameters
 
 __all__ = ['KnowledgeAdaptationHook']

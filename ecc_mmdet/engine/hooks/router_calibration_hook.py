@@ -16,7 +16,7 @@ from mmengine.model import is_model_wrapper
 from mmdet.registry import HOOKS
 
 from ...deployment.calibration import calibrate_dynamic, check_calibration_split
-from ...utils.config_checks import ConfigError
+from ...errors import ConfigError
 
 __all__ = ['RouterCalibrationHook']
 

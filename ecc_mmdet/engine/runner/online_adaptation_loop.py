@@ -60,7 +60,7 @@ from ...deployment.sides import build_edge
 from ...models.routers.features import top_k_entropy
 from ...structures import comm_record
 from ...structures.comm_record import COMM_KEY
-from ...utils.config_checks import ConfigError
+from ...errors import ConfigError
 
 __all__ = ['OnlineAdaptationLoop', 'METHODS']
 

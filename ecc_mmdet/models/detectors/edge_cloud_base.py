@@ -26,7 +26,7 @@ from ...deployment.fingerprint import model_fingerprint
 from ...deployment.meter import DeploymentMeter
 from ...deployment import sides
 from ...deployment.pipeline import run_cloud, run_deployment, run_edge
-from ...utils.config_checks import ConfigError
+from ...errors import ConfigError
 from ...utils.modules import count_parameters
 from ..exits import ExitOutput
 from ..routers import LearnedRouter, exit_fingerprint

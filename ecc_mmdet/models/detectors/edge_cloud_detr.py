@@ -12,7 +12,7 @@ import mmdet.models.detectors as mmdet_detectors
 from mmdet.models.detectors.base_detr import DetectionTransformer
 from mmdet.registry import MODELS
 
-from ...utils.config_checks import ConfigError
+from ...errors import ConfigError
 from .edge_cloud_base import EdgeCloudDetectorMixin
 
 __all__ = ['EdgeCloudDETRMixin', 'DETR_SPLIT_TYPES']

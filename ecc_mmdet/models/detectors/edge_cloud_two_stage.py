@@ -2,7 +2,7 @@
 from mmdet.models.detectors import TwoStageDetector
 from mmdet.registry import MODELS
 
-from ...utils.config_checks import ConfigError
+from ...errors import ConfigError
 from .edge_cloud_base import EdgeCloudDetectorMixin
 
 

@@ -18,7 +18,7 @@ from mmengine.model import BaseModule
 from mmengine.structures import InstanceData
 from torch import Tensor, nn
 
-from ...utils.config_checks import ConfigError
+from ...errors import ConfigError
 
 __all__ = ['EdgeExit', 'EdgeExitPyramid', 'ExitOutput']
 

@@ -13,7 +13,7 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor, nn
 
-from ...utils.config_checks import ConfigError
+from ...errors import ConfigError
 
 __all__ = ['BaseRouter', 'threshold_for_ratio']
 

@@ -6,7 +6,7 @@ import torch
 from mmdet.registry import MODELS
 from torch import Tensor
 
-from ...utils.config_checks import ConfigError
+from ...errors import ConfigError
 from .base import BaseRouter
 from .features import top_k_entropy
 

@@ -12,7 +12,7 @@ import torch
 from mmdet.registry import MODELS
 from torch import Tensor, nn
 
-from ...utils.config_checks import ConfigError
+from ...errors import ConfigError
 from .base import BaseRouter
 from .features import router_features
 

@@ -11,7 +11,7 @@ from typing import List, Tuple
 import torch
 from torch import Tensor, nn
 
-from ...utils.config_checks import ConfigError
+from ...errors import ConfigError
 from .adapters import adapter_for, supported_backbones
 
 # Families with an adapter; subclasses that keep their family's forward() work too.
