@@ -8,13 +8,16 @@ shutting down), ``GET /metrics`` (Prometheus text format). On shutdown uvicorn s
 connections and waits for the requests in flight; the lifespan hook then drains the batcher.
 """
 import contextlib
+import os
 from typing import Callable, Union
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from .service import CloudService
+from ..apis.inference import load_config
+from .runtime import CloudRuntime
+from .service import CloudService, ServingConfig
 
 __all__ = ['create_app']
 
@@ -41,19 +44,19 @@ def create_app(service: Union[CloudService, Callable[[], CloudService]]) -> Fast
 def install_routes(app: FastAPI) -> None:
     """The routes, reading the service from ``app.state.service`` (shared with Ray Serve)."""
 
+    async def answer(request: Request, handler: str) -> JSONResponse:
+        svc: CloudService = request.app.state.service
+        reply = await getattr(svc, handler)({k.lower(): v for k, v in request.headers.items()},
+                                            request.stream())
+        return JSONResponse(reply.body, status_code=reply.status, headers=reply.headers)
+
     @app.post('/v1/detect')
     async def detect(request: Request):
-        svc: CloudService = request.app.state.service
-        reply = await svc.detect({k.lower(): v for k, v in request.headers.items()},
-                                 request.stream())
-        return JSONResponse(reply.body, status_code=reply.status, headers=reply.headers)
+        return await answer(request, 'detect')
 
     @app.post('/v1/report')
     async def report(request: Request):
-        svc: CloudService = request.app.state.service
-        reply = await svc.report({k.lower(): v for k, v in request.headers.items()},
-                                 request.stream())
-        return JSONResponse(reply.body, status_code=reply.status, headers=reply.headers)
+        return await answer(request, 'report')
 
     @app.get('/healthz')
     async def healthz():
@@ -75,11 +78,6 @@ def app_from_env() -> FastAPI:
     """App factory for ``uvicorn --factory ecc_mmdet.serving.app:app_from_env --workers N``:
     each worker builds its own model from ``ECC_SERVE_CONFIG`` / ``ECC_SERVE_CHECKPOINT`` and
     reads the token from ``ECC_SERVE_TOKEN`` or the file named by ``ECC_SERVE_TOKEN_FILE``."""
-    import os
-
-    from ..apis.inference import load_config
-    from .runtime import CloudRuntime
-    from .service import ServingConfig
 
     def build():
         cfg = load_config(os.environ['ECC_SERVE_CONFIG'])

@@ -10,7 +10,6 @@ latent_shape: (C, H, W). Neither has learned parts (``losses == {}``, no edge/cl
 """
 from __future__ import annotations
 
-from abc import abstractmethod
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
@@ -23,16 +22,20 @@ from .base import BaseFeatureCompressor, CompressedImage
 
 __all__ = ['Float16Neck', 'Float32Neck']
 
-_F16_MAX = 65504.0
-
-
 class _RawFloatNeck(BaseFeatureCompressor):
     _np_dtype: str = None  # little-endian numpy dtype of the body
-    _bits: int = None
+    _clamp: Optional[float] = None  # the dtype's largest finite value, where float32's is larger
 
-    @abstractmethod
+    @property
+    def _bits(self) -> int:
+        return 8 * np.dtype(self._np_dtype).itemsize
+
     def _to_wire(self, x: Tensor) -> Tensor:
         """The values the body carries, as float32 (differentiable)."""
+        x = x.float()
+        if self._clamp is not None:
+            x = x.clamp(-self._clamp, self._clamp)
+        return x.to(getattr(torch, np.dtype(self._np_dtype).name)).float()
 
     def forward(self, x: Tensor, num_pixels=None) -> Tuple[Tensor, Dict[str, Tensor]]:
         self._check_input(x)
@@ -77,10 +80,7 @@ class Float16Neck(_RawFloatNeck):
     codec_id = CodecId.FLOAT16
     codec_name = 'float16'
     _np_dtype = '<f2'
-    _bits = 16
-
-    def _to_wire(self, x: Tensor) -> Tensor:
-        return x.float().clamp(-_F16_MAX, _F16_MAX).half().float()
+    _clamp = 65504.0
 
 
 @MODELS.register_module()
@@ -90,7 +90,3 @@ class Float32Neck(_RawFloatNeck):
     codec_id = CodecId.FLOAT32
     codec_name = 'float32'
     _np_dtype = '<f4'
-    _bits = 32
-
-    def _to_wire(self, x: Tensor) -> Tensor:
-        return x.float()

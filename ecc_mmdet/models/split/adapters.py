@@ -12,7 +12,7 @@ backbone's usual outputs at ``out_indices``. An adapter says, for its family:
   image it claims by shape arithmetic alone (:meth:`BackboneAdapter.edge_strides`).
 
 Adding a family: subclass :class:`BackboneAdapter` (or :class:`LayerListAdapter` when the
-backbone runs ``getattr(self, name)`` over a ``layers`` list), give ``families`` and ``matches``,
+backbone runs ``getattr(self, name)`` over a ``layers`` list), give ``families`` and ``forwards``,
 and decorate it with :func:`register_adapter`. The equivalence test in
 ``tests/test_models/test_backbone_adapters.py`` then checks that its halves reproduce the
 unsplit ``forward`` exactly and that ``edge_strides`` predicts the feature size at odd sizes.
@@ -69,10 +69,13 @@ class BackboneAdapter(ABC):
     def stage_modules(self) -> List[nn.Module]:
         return [self.backbone.get_submodule(n) for n in self.stage_names]
 
+    #: the ``forward`` functions of the family (a user subclass that keeps one still matches)
+    forwards: Tuple[object, ...] = ()
+
     @classmethod
-    @abstractmethod
     def matches(cls, backbone: nn.Module) -> bool:
         """Whether ``backbone`` belongs to this family (by its ``forward``)."""
+        return type(backbone).forward in cls.forwards
 
     @property
     def num_stages(self) -> int:
@@ -149,10 +152,7 @@ class ResNetAdapter(BackboneAdapter):
     """ResNet, ResNetV1d, ResNeXt, Res2Net (ResNet.forward: stem, max-pool, res_layers) and
     RegNet (RegNet.forward: stem without max-pool)."""
     families = ('ResNet', 'ResNetV1d', 'ResNeXt', 'Res2Net', 'RegNet')
-
-    @classmethod
-    def matches(cls, backbone):
-        return type(backbone).forward in (ResNet.forward, RegNet.forward)
+    forwards = (ResNet.forward, RegNet.forward)
 
     def __init__(self, backbone):
         super().__init__(backbone)
@@ -187,10 +187,7 @@ class CSPAdapter(LayerListAdapter):
     """CSPDarknet (YOLOX, YOLOv5) and CSPNeXt (RTMDet): ``layers = [stem, stage1, ...]`` and
     ``out_indices`` count the stem as layer 0, so out index i is stage i - 1's output."""
     families = ('CSPDarknet', 'CSPNeXt')
-
-    @classmethod
-    def matches(cls, backbone):
-        return type(backbone).forward in (CSPDarknet.forward, CSPNeXt.forward)
+    forwards = (CSPDarknet.forward, CSPNeXt.forward)
 
     def __init__(self, backbone):
         super().__init__(backbone)
@@ -216,10 +213,7 @@ class CSPAdapter(LayerListAdapter):
 class MobileNetV2Adapter(LayerListAdapter):
     """MobileNetV2: ``conv1`` is the stem, ``layers = [layer1..layer7, conv2]`` the stages."""
     families = ('MobileNetV2', )
-
-    @classmethod
-    def matches(cls, backbone):
-        return type(backbone).forward is MobileNetV2.forward
+    forwards = (MobileNetV2.forward, )
 
     def __init__(self, backbone):
         super().__init__(backbone)
@@ -248,10 +242,7 @@ class SwinAdapter(BackboneAdapter):
     cloud can still return it (normalised) when ``k - 1`` is in ``out_indices``. The token
     sequence travels as a ``(N, C, H, W)`` map: ``hw_shape`` is the map's size."""
     families = ('SwinTransformer', )
-
-    @classmethod
-    def matches(cls, backbone):
-        return type(backbone).forward is SwinTransformer.forward
+    forwards = (SwinTransformer.forward, )
 
     def __init__(self, backbone):
         super().__init__(backbone)
