@@ -176,6 +176,18 @@ def predictions_as_ground_truth(config, checkpoint, data_root, out_json, batch_s
     return len(anns)
 
 
+def own_predictions_root(config, checkpoint, data_root, root):
+    """A data root with ``data_root``'s val images whose ground truth is the checkpoint's own
+    test-set predictions (:func:`predictions_as_ground_truth`): a tool pointed at it with
+    ``--data-root`` must score mAP 100 on the clean images, and something below for anything
+    that changes the detections. Returns ``root``."""
+    os.makedirs(osp.join(root, 'annotations'))
+    os.symlink(osp.join(data_root, 'val'), osp.join(root, 'val'))
+    assert predictions_as_ground_truth(config, checkpoint, data_root, osp.join(
+        root, 'annotations', 'instances_val.json')) > 0
+    return root
+
+
 def fit_neck(neck, x, steps=100, lr=1e-2, seed=1):
     """Adam on MSE + the neck's own losses for a fixed feature map (one optimiser, as the
     detector has); returns the neck in eval mode (coding tables built)."""

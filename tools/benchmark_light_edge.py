@@ -101,52 +101,38 @@ def peak_memory_kb(setup: str, step: str, paths, cwd: str) -> int:
     return int(m.group(1))
 
 
-def run(args):
-    import numpy as np
-    import torch
-    from mmengine.evaluator import Evaluator
-
-    from ecc_edge.codecs import unpack
+def _export(args):
+    """The model (calibrated when dynamic) and its edge exported into a temporary folder
+    -> (cfg, model, graph, sidecar, ONNX-vs-torch max latent difference, light edge)."""
     from ecc_edge.runtime import LightEdge
-    from ecc_mmdet.apis import build_test_dataset, iter_batches
     from ecc_mmdet.deployment.edge_export import check_graph, export_edge_onnx
-    from ecc_mmdet.serving.client import EdgeRunner
     from ecc_mmdet.serving.runtime import class_names_of
 
     from export_edge_onnx import load_model
-    torch.set_num_threads(1)
     cfg, model = load_model(argparse.Namespace(config=args.config, checkpoint=args.checkpoint,
                                                data_root=args.data_root))
     tmp = tempfile.mkdtemp(prefix='light_edge_')
     graph, sidecar = export_edge_onnx(model, cfg, tmp, class_names_of(cfg))
     max_diff = check_graph(graph, model)
-    light = LightEdge(graph, sidecar, threads=1)
-    dynamic = light.exit is not None
-    dataset = build_test_dataset(cfg)
-    ann = cfg.test_evaluator[0]['ann_file'] if isinstance(cfg.test_evaluator, list) else \
-        cfg.test_evaluator['ann_file']
-    evals = {}
-    for k in ('pytorch', 'light'):
-        evals[k] = Evaluator([dict(type='CocoMetric', ann_file=ann, metric='bbox')])
-        evals[k].dataset_meta = dataset.metainfo
-    agree = total = equal_payloads = equal_inputs = 0
-    paths, bytes_light, bytes_torch = [], 0, 0
-    n = min(args.num_images, len(dataset))
-    print(f'[light] equivalence on {n} images', flush=True)
-    dyn = None
-    if dynamic:
-        dyn = dynamic_equivalence(model, light, dataset, n, evals)
-        agree, total = dyn.pop('agree'), dyn.pop('total')
-        equal_payloads, equal_inputs = dyn.pop('equal_payloads'), dyn.pop('equal_inputs')
-        paths, bytes_light, bytes_torch = dyn.pop('paths'), dyn.pop('bytes_light'), \
-            dyn.pop('bytes_torch')
+    return cfg, model, graph, sidecar, max_diff, LightEdge(graph, sidecar, threads=1)
+
+
+def _static_equivalence(model, light, dataset, n, evals) -> dict:
+    """The light and the PyTorch edge of a static model on the first ``n`` images: inputs,
+    quantised symbols and payloads compared, both payloads decoded and scored in ``evals``."""
+    import numpy as np
+    import torch
+
+    from ecc_edge.codecs import unpack
+    from ecc_mmdet.apis import iter_batches
+    eq = dict(agree=0, total=0, equal_payloads=0, equal_inputs=0, paths=[], bytes_light=0,
+              bytes_torch=0)
     with torch.no_grad():
-        for (inputs, samples), i in zip(iter_batches(model, dataset, n, 1),
-                                        range(0 if dynamic else n)):
+        for inputs, samples in iter_batches(model, dataset, n, 1):
             path = samples[0].img_path
-            paths.append(path)
+            eq['paths'].append(path)
             x, _ = light.preprocess(light.read(path))
-            equal_inputs += int(np.array_equal(x, inputs.numpy()))
+            eq['equal_inputs'] += int(np.array_equal(x, inputs.numpy()))
             res = light.process(path)
             ref = model.encode(inputs, [s.clone() for s in samples])[0]
             p, q = unpack(res.payload), unpack(ref)
@@ -155,23 +141,27 @@ def run(args):
             y = model.compressor._latent(f, *point)
             med = model.compressor._coder(*point)._medians().view(1, -1, 1, 1)
             sym = torch.round(y - med).to(torch.int32)[0].numpy()
-            agree += int((sym == res.symbols).sum())
-            total += sym.size
-            equal_payloads += int(res.payload == ref)
+            eq['agree'] += int((sym == res.symbols).sum())
+            eq['total'] += sym.size
+            eq['equal_payloads'] += int(res.payload == ref)
             assert p.meta == q.meta and p.latent_shape == q.latent_shape
-            bytes_light += len(res.payload)
-            bytes_torch += len(ref)
+            eq['bytes_light'] += len(res.payload)
+            eq['bytes_torch'] += len(ref)
             evals['light'].process(data_samples=model.decode_and_predict(
                 [res.payload], [s.clone() for s in samples]))
             evals['pytorch'].process(data_samples=model.decode_and_predict(
                 [ref], [s.clone() for s in samples]))
-    maps = {k: 100 * e.evaluate(n)['coco/bbox_mAP'] for k, e in evals.items()}
+    return eq
 
+
+def _latency(args, cfg, model, light, paths, dynamic: bool) -> dict:
+    """ms per image of each edge over ``paths``, one list entry per repeat."""
+    from ecc_mmdet.serving.client import EdgeRunner
     print('[light] latency, single thread', flush=True)
     runner = EdgeRunner(args.config if not args.data_root else cfg, args.checkpoint)
     if dynamic:  # the calibration the export used (EdgeRunner builds an uncalibrated model)
         runner.model.router.threshold.fill_(float(model.router.threshold))
-        object.__setattr__(runner.model, 'score_maps', model.score_maps)
+        runner.model.score_maps = model.score_maps
     lat = {'light': [], 'pytorch': []}
     for _ in range(args.repeats):
         for k, fn in (('light', lambda p: light.process(p)),
@@ -180,11 +170,14 @@ def run(args):
             for pth in paths:
                 fn(pth)
             lat[k].append((time.perf_counter() - t0) / len(paths) * 1e3)
-    latency = {k: min(v) for k, v in lat.items()}
+    return lat
 
+
+def _peak_memory(args, graph, sidecar, paths, dynamic: bool) -> dict:
+    """Peak resident KB of a fresh process running each edge over ``paths``."""
     print('[light] peak memory (fresh processes)', flush=True)
     repo = osp.dirname(osp.dirname(osp.abspath(__file__)))
-    mem = dict(
+    return dict(
         light=peak_memory_kb(f'from ecc_edge.runtime import LightEdge\n'
                              f'e = LightEdge({graph!r}, threads=1)', 'e.process(p)', paths, repo),
         pytorch=peak_memory_kb(
@@ -193,13 +186,46 @@ def run(args):
             f'from ecc_mmdet.serving.client import EdgeRunner\n'
             f'r = EdgeRunner({args.config!r}, {args.checkpoint!r})' + (_CALIBRATE.format(
                 sidecar=sidecar) if dynamic else ''), 'r.process(p, 0)', paths, repo))
+
+
+_EQUIVALENCE_KEYS = ('agree', 'total', 'equal_payloads', 'equal_inputs', 'paths', 'bytes_light',
+                     'bytes_torch')
+
+
+def run(args):
+    import torch
+    from mmengine.evaluator import Evaluator
+
+    from ecc_mmdet.apis import build_test_dataset
+    torch.set_num_threads(1)
+    cfg, model, graph, sidecar, max_diff, light = _export(args)
+    dynamic = light.exit is not None
+    dataset = build_test_dataset(cfg)
+    ann = cfg.test_evaluator[0]['ann_file'] if isinstance(cfg.test_evaluator, list) else \
+        cfg.test_evaluator['ann_file']
+    evals = {}
+    for k in ('pytorch', 'light'):
+        evals[k] = Evaluator([dict(type='CocoMetric', ann_file=ann, metric='bbox')])
+        evals[k].dataset_meta = dataset.metainfo
+    n = min(args.num_images, len(dataset))
+    print(f'[light] equivalence on {n} images', flush=True)
+    dyn = None
+    if dynamic:
+        dyn = dynamic_equivalence(model, light, dataset, n, evals)
+        eq = {k: dyn.pop(k) for k in _EQUIVALENCE_KEYS}
+    else:
+        eq = _static_equivalence(model, light, dataset, n, evals)
+    maps = {k: 100 * e.evaluate(n)['coco/bbox_mAP'] for k, e in evals.items()}
+    lat = _latency(args, cfg, model, light, eq['paths'], dynamic)
+    mem = _peak_memory(args, graph, sidecar, eq['paths'], dynamic)
     size = {k: installed_size(d) for k, d in (('light', LIGHT_DISTS), ('pytorch', FULL_DISTS))}
+    agree, total = eq['agree'], eq['total']
     return dict(config=args.config, checkpoint=args.checkpoint, num_images=n,
                 graph_bytes=osp.getsize(graph), onnx_vs_torch_max_abs_latent=max_diff,
                 symbols=dict(total=total, agree=agree, rate=agree / total if total else 1.0),
-                equal_payloads=equal_payloads, equal_inputs=equal_inputs,
-                bytes_per_image=dict(light=bytes_light / n, pytorch=bytes_torch / n),
-                mAP=maps, latency_ms=latency, latency_runs_ms=lat,
+                equal_payloads=eq['equal_payloads'], equal_inputs=eq['equal_inputs'],
+                bytes_per_image=dict(light=eq['bytes_light'] / n, pytorch=eq['bytes_torch'] / n),
+                mAP=maps, latency_ms={k: min(v) for k, v in lat.items()}, latency_runs_ms=lat,
                 peak_memory_mb={k: v / 1024 for k, v in mem.items()},
                 installed_mb={k: v[0] / 2**20 for k, v in size.items()},
                 installed_top={k: [(n_, s / 2**20) for n_, s in v[1][:8]]
@@ -212,8 +238,8 @@ from ecc_mmdet.evaluation.score_calibration import ScoreMap
 side = json.load(open({sidecar!r}))
 r.model.router.threshold.fill_(float(side['router']['threshold']))
 maps = side['score_maps']
-object.__setattr__(r.model, 'score_maps', None if maps is None else
-                   {{k: ScoreMap(v['x'], v['y']) for k, v in maps.items()}})"""
+r.model.score_maps = None if maps is None else {{k: ScoreMap(v['x'], v['y'])
+                                                for k, v in maps.items()}}"""
 
 
 def dynamic_equivalence(model, light, dataset, n, evals):

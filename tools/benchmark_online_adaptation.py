@@ -81,9 +81,8 @@ def _spread(diffs):
                 n=len(diffs))
 
 
-def summarize(rows, clean, methods, severities, corruptions):
-    """Averages over corruptions (per seed, then mean and range over seeds) and the targets."""
-    seeds = sorted({r['seed'] for r in rows if r['mode'] == 'reset'})
+def _by_severity(rows, methods, severities, corruptions, seeds) -> dict:
+    """severity -> method -> the FIELDS averaged over corruptions per seed, then over seeds."""
     out = {}
     for s in severities:
         out[str(s)] = {}
@@ -100,9 +99,12 @@ def summarize(rows, clean, methods, severities, corruptions):
             agg['edge_mAP_range'] = [min(p['edge_mAP'] for p in per_seed),
                                      max(p['edge_mAP'] for p in per_seed)]
             out[str(s)][m] = agg
-    clean_map = _mean([c['edge_mAP'] for c in clean])
-    clean_off = _mean([c['offload_ratio'] for c in clean])
-    clean_sys = _mean([c['system_mAP'] for c in clean])
+    return out
+
+
+def _add_gains(out, rows, clean_map, corruptions, seeds) -> None:
+    """Per cell: the share of the mAP lost to the shift that the method recovers, and its
+    paired mAP change against no adaptation."""
     for s, per in out.items():
         base = per.get('none')
         for m, agg in per.items():
@@ -113,29 +115,43 @@ def summarize(rows, clean, methods, severities, corruptions):
             diffs = _paired(rows, m, 'none', int(s), corruptions, seeds)
             if len(diffs) > 1:
                 agg['edge_gain_vs_none'] = _spread(diffs)
-    targets = {}
+
+
+def _cema_targets(s3, rows, clean_off, corruptions, seeds) -> dict:
+    """The issue's targets on CEMA at severity 3 (``s3``: method -> averages)."""
+    cema = s3['cema']
+    targets = dict(recovery_ge_50pct_at_s3=dict(
+        value=cema.get('recovery'), upload_ratio=cema['upload_ratio'],
+        met=bool(cema.get('recovery') is not None and cema['recovery'] >= 0.5
+                 and cema['upload_ratio'] <= 0.3)))
+    others = {m: s3[m]['edge_mAP'] for m in ('random', 'norm_stats', 'tent') if m in s3}
+    # paired over the same streams: CEMA minus each, mean and sd over corruptions x seeds
+    paired = {m: _spread(d) for m in others
+              if len(d := _paired(rows, 'cema', m, 3, corruptions, seeds)) > 1}
+    targets['beats_random_and_edge_only_at_s3'] = dict(
+        cema=cema['edge_mAP'], others=others,
+        cema_minus=({m: f"{v['mean']:+.2f} +- {v['sd']:.2f}" for m, v in paired.items()}),
+        met=bool(others) and all(cema['edge_mAP'] > v for v in others.values()),
+        beyond_noise=bool(paired) and all(v['mean'] > v['sd'] for v in paired.values()))
+    if 'none' in s3 and clean_off is not None:
+        before = abs(s3['none']['offload_ratio_last_quarter'] - clean_off)
+        after = abs(cema['offload_ratio_last_quarter'] - clean_off)
+        targets['offload_ratio_back_toward_clean_at_s3'] = dict(
+            clean=clean_off, none_last_quarter=s3['none']['offload_ratio_last_quarter'],
+            cema_last_quarter=cema['offload_ratio_last_quarter'], met=after < before)
+    return targets
+
+
+def summarize(rows, clean, methods, severities, corruptions):
+    """Averages over corruptions (per seed, then mean and range over seeds) and the targets."""
+    seeds = sorted({r['seed'] for r in rows if r['mode'] == 'reset'})
+    out = _by_severity(rows, methods, severities, corruptions, seeds)
+    clean_map = _mean([c['edge_mAP'] for c in clean])
+    clean_off = _mean([c['offload_ratio'] for c in clean])
+    clean_sys = _mean([c['system_mAP'] for c in clean])
+    _add_gains(out, rows, clean_map, corruptions, seeds)
     s3 = out.get('3', {})
-    cema = s3.get('cema')
-    if cema is not None:
-        targets['recovery_ge_50pct_at_s3'] = dict(
-            value=cema.get('recovery'), upload_ratio=cema['upload_ratio'],
-            met=bool(cema.get('recovery') is not None and cema['recovery'] >= 0.5
-                     and cema['upload_ratio'] <= 0.3))
-        others = {m: s3[m]['edge_mAP'] for m in ('random', 'norm_stats', 'tent') if m in s3}
-        # paired over the same streams: CEMA minus each, mean and sd over corruptions x seeds
-        paired = {m: _spread(d) for m in others
-                  if len(d := _paired(rows, 'cema', m, 3, corruptions, seeds)) > 1}
-        targets['beats_random_and_edge_only_at_s3'] = dict(
-            cema=cema['edge_mAP'], others=others,
-            cema_minus=({m: f"{v['mean']:+.2f} +- {v['sd']:.2f}" for m, v in paired.items()}),
-            met=bool(others) and all(cema['edge_mAP'] > v for v in others.values()),
-            beyond_noise=bool(paired) and all(v['mean'] > v['sd'] for v in paired.values()))
-        if 'none' in s3 and clean_off is not None:
-            before = abs(s3['none']['offload_ratio_last_quarter'] - clean_off)
-            after = abs(cema['offload_ratio_last_quarter'] - clean_off)
-            targets['offload_ratio_back_toward_clean_at_s3'] = dict(
-                clean=clean_off, none_last_quarter=s3['none']['offload_ratio_last_quarter'],
-                cema_last_quarter=cema['offload_ratio_last_quarter'], met=after < before)
+    targets = _cema_targets(s3, rows, clean_off, corruptions, seeds) if 'cema' in s3 else {}
     ratios = [r['downlink_per_update_ratio'] for r in rows if r['num_updates']]
     if ratios:
         targets['downlink_per_update_le_1pct'] = dict(value=max(ratios), met=max(ratios) <= 0.01)
@@ -227,20 +243,22 @@ def _report(res, out):
     return res
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    if args.from_json:
-        import json
-        runs = [json.load(open(f)) for f in args.from_json]
-        res = dict(runs[0], rows=[r for run in runs for r in run['rows']],
-                   clean=[c for run in runs for c in run['clean']],
-                   seeds=sorted({s for run in runs for s in run['seeds']}))
-        methods = [m for m in METHOD_ORDER if any(r['method'] == m for r in res['rows'])]
-        res['summary'] = summarize(res['rows'], res['clean'], methods, res['severities'],
-                                   res['corruptions'])
-        return _report(res, args.out)
-    if not args.config or not args.checkpoint:
-        raise SystemExit('error: give CONFIG and CHECKPOINT (or --from-json J)')
+def _merged(args) -> dict:
+    """``--from-json``: the runs' rows and clean streams together, summarised again."""
+    import json
+    runs = [json.load(open(f)) for f in args.from_json]
+    res = dict(runs[0], rows=[r for run in runs for r in run['rows']],
+               clean=[c for run in runs for c in run['clean']],
+               seeds=sorted({s for run in runs for s in run['seeds']}))
+    methods = [m for m in METHOD_ORDER if any(r['method'] == m for r in res['rows'])]
+    res['summary'] = summarize(res['rows'], res['clean'], methods, res['severities'],
+                               res['corruptions'])
+    return res
+
+
+def _runner(args):
+    """A Runner of CONFIG (an OnlineAdaptationLoop) from CHECKPOINT -> (runner, its loop
+    settings); unknown corruptions, methods or severities are refused first."""
     from mmengine.runner import Runner
     from ecc_mmdet.apis import load_config
     from ecc_mmdet.datasets.transforms import CORRUPTIONS
@@ -259,47 +277,71 @@ def main(argv=None):
     cfg.work_dir = tempfile.mkdtemp(prefix='online_adaptation_')
     cfg.log_level = 'WARNING'
     base_loop = dict(cfg.test_cfg)
-    runner = Runner.from_cfg(cfg)
+    return Runner.from_cfg(cfg), base_loop
+
+
+def _run_loop(runner, base_loop, num_images, method, streams, seed, reset=True, **extra):
+    """One method over ``streams`` -> the loop's per-stream results."""
+    loop = copy.deepcopy(base_loop)
+    loop.update(method=method, corruptions=streams, order_seed=seed, reset=reset,
+                num_images=num_images, out_file=None, log_interval=0, **extra)
+    if method != 'cema':
+        loop.pop('selector', None)
+    runner._test_loop = loop
+    runner.test()
+    # the router's and the score maps' calibration is deterministic: once is enough
+    runner._hooks = [h for h in runner._hooks if type(h).__name__ != 'RouterCalibrationHook']
+    return runner.test_loop.results
+
+
+def _seed_rows(args, run, seed, streams, order):
+    """Every method on every stream with one order seed -> (rows, clean-stream rows)."""
+    rows = []
+    clean = [dict(r, seed=seed) for r in run('none', [], seed)]
+    print(f'- seed {seed} clean: edge mAP {clean[-1]["edge_mAP"]:.1f}', flush=True)
+    cema = {}
+    for m in order:
+        if m == 'random':
+            if not cema:
+                raise SystemExit('error: the random control uploads at CEMA\'s ratio: '
+                                 'include cema in --methods')
+            res = []
+            for st in streams:
+                res += run('random', [st], seed, random_ratio=cema[f'{st[0]}@{st[1]}'])
+        else:
+            res = run(m, streams, seed)
+        for r in res:
+            rows.append(dict(r, seed=seed, mode='reset'))
+            if m == 'cema':
+                cema[r['stream']] = r['upload_ratio']
+        print(f'- seed {seed} {m}: edge mAP ' + ', '.join(
+            f"{r['stream']} {r['edge_mAP']:.1f}" for r in res), flush=True)
+    if args.continual and 3 in args.severities:
+        for m in ('none', 'cema'):
+            for r in run(m, [(c, 3) for c in args.corruptions], seed, reset=False):
+                rows.append(dict(r, seed=seed, mode='continual'))
+    return rows, clean
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.from_json:
+        return _report(_merged(args), args.out)
+    if not args.config or not args.checkpoint:
+        raise SystemExit('error: give CONFIG and CHECKPOINT (or --from-json J)')
+    runner, base_loop = _runner(args)
 
     def run(method, streams, seed, reset=True, **extra):
-        loop = copy.deepcopy(base_loop)
-        loop.update(method=method, corruptions=streams, order_seed=seed, reset=reset,
-                    num_images=args.num_images, out_file=None, log_interval=0, **extra)
-        if method != 'cema':
-            loop.pop('selector', None)
-        runner._test_loop = loop
-        runner.test()
-        # the router's and the score maps' calibration is deterministic: once is enough
-        runner._hooks = [h for h in runner._hooks if type(h).__name__ != 'RouterCalibrationHook']
-        return runner.test_loop.results
+        return _run_loop(runner, base_loop, args.num_images, method, streams, seed, reset,
+                         **extra)
 
     streams = [(c, s) for s in args.severities for c in args.corruptions]
     rows, clean = [], []
     order = [m for m in METHOD_ORDER if m in args.methods]
     for seed in args.seeds:
-        clean += [dict(r, seed=seed) for r in run('none', [], seed)]
-        print(f'- seed {seed} clean: edge mAP {clean[-1]["edge_mAP"]:.1f}', flush=True)
-        cema = {}
-        for m in order:
-            if m == 'random':
-                if not cema:
-                    raise SystemExit('error: the random control uploads at CEMA\'s ratio: '
-                                     'include cema in --methods')
-                res = []
-                for st in streams:
-                    res += run('random', [st], seed, random_ratio=cema[f'{st[0]}@{st[1]}'])
-            else:
-                res = run(m, streams, seed)
-            for r in res:
-                rows.append(dict(r, seed=seed, mode='reset'))
-                if m == 'cema':
-                    cema[r['stream']] = r['upload_ratio']
-            print(f'- seed {seed} {m}: edge mAP ' + ', '.join(
-                f"{r['stream']} {r['edge_mAP']:.1f}" for r in res), flush=True)
-        if args.continual and 3 in args.severities:
-            for m in ('none', 'cema'):
-                for r in run(m, [(c, 3) for c in args.corruptions], seed, reset=False):
-                    rows.append(dict(r, seed=seed, mode='continual'))
+        seed_rows, seed_clean = _seed_rows(args, run, seed, streams, order)
+        rows += seed_rows
+        clean += seed_clean
     res = dict(config=args.config, checkpoint=args.checkpoint, num_images=args.num_images,
                seeds=args.seeds, corruptions=args.corruptions, severities=args.severities,
                loop=base_loop, clean=clean, rows=rows,

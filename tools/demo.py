@@ -2,6 +2,7 @@
 
     python tools/demo.py [--work-dir work_dirs/demo] [--data data/synthetic_coco] [--bandwidth 1]
     python tools/demo.py --detector rtmdet [--work-dir work_dirs/demo_rtmdet]
+    python tools/demo.py --tiny --work-dir /tmp/demo_tiny   # smoke run: minutes, no real numbers
 
 1. creates the synthetic COCO-format dataset if it is missing;
 2. trains the unsplit teacher (Faster R-CNN R18-FPN), or reuses its checkpoint;
@@ -17,6 +18,11 @@ Faster R-CNN student).
 
 Every stage is skipped when its result exists, and a half-finished training resumes. The exact
 commands are printed, so each step can be re-run by hand with tools/train.py.
+
+``--tiny`` runs every stage end to end at the smallest setting (the test suite does): its own
+8 train / 4 val / 8 calibration images of 64 px (in ``WORK_DIR/data`` unless ``--data`` is
+given) and one epoch per training (two for the KD student: one per stage), from copies of the
+configs with that schedule written to ``WORK_DIR/tiny_configs``. Its numbers mean nothing.
 """
 import argparse
 import json
@@ -41,6 +47,31 @@ DETECTORS = {
                     'configs/ecc_faster_rcnn_r18_synthetic_kd.py'),
     'rtmdet': ('configs/rtmdet_tiny_synthetic.py', 'configs/ecc_rtmdet_tiny_synthetic_kd.py'),
 }
+
+
+TINY_DATA = dict(num_train=8, num_val=4, num_calib=8, image_size=64, min_objects=2,
+                 max_objects=4)
+
+
+def tiny_config(config: str, work_dir: str) -> str:
+    """A copy of ``config`` with the tiny schedule (see the module docstring); returns its path.
+    The stage's final checkpoint follows (``epoch_<max_epochs>``), as for any config."""
+    from mmengine.config import Config
+    cfg = Config.fromfile(config)
+    kd = [h for h in cfg.get('custom_hooks', []) if h.get('type') == 'KnowledgeAdaptationHook']
+    for h in kd:
+        h.bottleneck_epochs = 1
+    epochs = 2 if kd else 1
+    cfg.train_cfg.update(max_epochs=epochs, val_interval=epochs)
+    cfg.default_hooks.checkpoint.update(interval=1)
+    cfg.default_hooks.logger.update(interval=1)
+    for h in cfg.get('custom_hooks', []):
+        if h.get('type') == 'RouterCalibrationHook':
+            h.num_images = TINY_DATA['num_calib']
+    path = osp.join(work_dir, 'tiny_configs', osp.basename(config))
+    os.makedirs(osp.dirname(path), exist_ok=True)
+    cfg.dump(path)
+    return path
 
 
 def compare(args, teacher_ckpt, student_ckpt, dynamic_ckpt=None):
@@ -84,44 +115,54 @@ def main(argv=None):
                         help='detector family of teacher and student (default faster_rcnn)')
     parser.add_argument('--work-dir', default=None,
                         help='default work_dirs/demo (work_dirs/demo_rtmdet for rtmdet)')
-    parser.add_argument('--data', default='data/synthetic_coco')
+    parser.add_argument('--data', default=None,
+                        help='default data/synthetic_coco (WORK_DIR/data with --tiny)')
     parser.add_argument('--bandwidth', type=float, default=1.0,
                         help='uplink Mbit/s for the modelled latency column (default 1)')
+    parser.add_argument('--tiny', action='store_true',
+                        help='smoke run: a few 64-px images, one epoch per stage (see above)')
     args = parser.parse_args(argv)
     if args.work_dir is None:
         args.work_dir = 'work_dirs/demo' if args.detector == 'faster_rcnn' else \
             f'work_dirs/demo_{args.detector}'
+    if args.data is None:
+        args.data = osp.join(args.work_dir, 'data') if args.tiny else 'data/synthetic_coco'
     teacher_cfg, student_cfg = DETECTORS[args.detector]
+    train_cfgs = [teacher_cfg, student_cfg, DYNAMIC_CFG]
     steps = 5 if args.detector == 'faster_rcnn' else 4
     os.chdir(REPO)
+    if args.tiny:
+        train_cfgs = [tiny_config(c, args.work_dir) for c in train_cfgs]
     t_start = time.time()
 
     print(f'[1/{steps}] synthetic COCO dataset', flush=True)
-    summary = ensure_synthetic_coco(args.data, progress=True, num_calib=400)
+    summary = ensure_synthetic_coco(args.data, progress=True,
+                                    **(TINY_DATA if args.tiny else dict(num_calib=400)))
     print(f"  {'generated' if summary['generated'] else 'reused'} {args.data}: "
           f"{summary['num_images']['train']} train / {summary['num_images']['val']} val / "
           f"{summary['num_images']['calib']} held-out router-calibration images", flush=True)
 
     print(f'[2/{steps}] teacher: unsplit {args.detector} ({teacher_cfg})', flush=True)
-    teacher = train_stage(teacher_cfg, osp.join(args.work_dir, 'baseline'), args.data)
+    teacher = train_stage(train_cfgs[0], osp.join(args.work_dir, 'baseline'), args.data)
 
     print(f'[3/{steps}] student: split detector trained from the teacher ({student_cfg})',
           flush=True)
-    student = train_stage(student_cfg, osp.join(args.work_dir, 'student'), args.data,
+    student = train_stage(train_cfgs[1], osp.join(args.work_dir, 'student'), args.data,
                           [f'teacher_config={teacher_cfg}', f'teacher_checkpoint={teacher}'])
 
     dynamic = None
     if args.detector == 'faster_rcnn':
         print(f'[4/5] dynamic system: edge exit trained on the frozen student ({DYNAMIC_CFG})',
               flush=True)
-        dynamic = train_stage(DYNAMIC_CFG, osp.join(args.work_dir, 'dynamic'), args.data,
+        dynamic = train_stage(train_cfgs[2], osp.join(args.work_dir, 'dynamic'), args.data,
                               [f'load_from={student}'])
 
     print(f'[{steps}/{steps}] evaluate teacher, cloud-only JPEG/WebP/AVIF, 8-bit features, the '
           f"student{' and the dynamic system' if dynamic else ''}", flush=True)
     from ecc_tools.rate_accuracy import table
     rows, res = compare(args, teacher, student, dynamic)
-    print('\nSynthetic validation set (100 images, 128x128), COCO bbox mAP 0-100; latency is '
+    print(f"\nSynthetic validation set ({summary['num_images']['val']} images), COCO bbox mAP "
+          '0-100; latency is '
           f'modelled at a {args.bandwidth:g} Mbit/s uplink with this machine\'s compute times')
     print(table(rows, res, args.bandwidth))
     wall = time.time() - t_start

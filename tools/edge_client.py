@@ -219,7 +219,7 @@ def build_runner(args):
     import ecc_tools  # noqa: F401  (imports ecc_mmdet: registers our components)
     import torch
 
-    from ecc_mmdet.deployment.meter import EDGE_STEPS
+    from ecc_mmdet.evaluation.meter import EDGE_STEPS
     from ecc_mmdet.serving.client import EdgeRunner
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -232,8 +232,38 @@ def build_runner(args):
     return runner
 
 
-def run(args, token) -> int:
-    from ecc_edge.client import CloudClient, coco_results
+class _Sender:
+    """Up to ``concurrency`` payloads in flight on sender threads; the edge waits for a slot
+    instead of queueing without bound. ``failed`` is set by the first send that fails."""
+
+    def __init__(self, client, concurrency: int):
+        self.client = client
+        self.pool = ThreadPoolExecutor(concurrency, thread_name_prefix='edge-send')
+        self.slots = threading.BoundedSemaphore(concurrency)  # in-flight bound
+        self.failed = threading.Event()
+        self.run_id = uuid.uuid4().hex[:12]  # request ids unique to this run, stable across retries
+
+    def _done(self, fut):
+        self.slots.release()
+        if fut.exception() is not None:
+            self.failed.set()
+
+    def submit(self, rec: dict, res, index: int) -> None:
+        """Send the features (or the report of an edge-finished image); the future goes in
+        ``rec``."""
+        self.slots.acquire()  # blocks while --concurrency payloads are in flight
+        send = self.client.send if res.tier == 'cloud' else self.client.send_report
+        key = 'future' if res.tier == 'cloud' else 'report_future'
+        rec[key] = self.pool.submit(send, res.payload, f'{self.run_id}-{index}')
+        rec[key].add_done_callback(self._done)
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True)
+        self.client.close()
+
+
+def _check_args(args):
+    """The source, once the arguments that do not need the model are checked."""
     if not args.server.startswith(('http://', 'https://')):
         raise ConfigError(f'--server {args.server}: expected http://HOST:PORT or https://...')
     if args.concurrency < 1 or (args.max_images is not None and args.max_images < 1):
@@ -241,28 +271,18 @@ def run(args, token) -> int:
     source = Source(args.source)
     if args.ann_file and not source.is_folder:
         raise ConfigError('--ann-file matches images by file name: it needs a folder source')
-    runner = build_runner(args)
-    ann_ids, cat_ids = (load_ann_file(args.ann_file, runner.class_names) if args.ann_file
-                        else (None, None))
+    return source
 
-    client = CloudClient(args.server, token, timeout=args.timeout, max_retries=args.retries,
-                         concurrency=args.concurrency)
-    pool = ThreadPoolExecutor(args.concurrency, thread_name_prefix='edge-send')
-    slots = threading.BoundedSemaphore(args.concurrency)  # in-flight bound
-    failed = threading.Event()
-    run_id = uuid.uuid4().hex[:12]  # request ids unique to this run, stable across retries
 
-    def done(fut):
-        slots.release()
-        if fut.exception() is not None:
-            failed.set()
-
+def _run_edge(args, source, runner, sender: _Sender, ann_ids):
+    """The edge over the source, payloads handed to ``sender`` -> (records, images skipped
+    (not in --ann-file), interrupted, wall seconds)."""
     records, skipped, interrupted = [], 0, False
     every = max(1, (source.total or 1000) // 10)
     t0 = time.perf_counter()
     try:
         for name, image in source:
-            if failed.is_set() or (args.max_images and len(records) >= args.max_images):
+            if sender.failed.is_set() or (args.max_images and len(records) >= args.max_images):
                 break
             if ann_ids is not None:
                 if name not in ann_ids:
@@ -276,11 +296,7 @@ def run(args, token) -> int:
                        bytes=len(res.payload) if res.payload is not None else 0,
                        answer=res.detections)
             if res.payload is not None:  # features, or the report of an edge-finished image
-                slots.acquire()  # blocks while --concurrency payloads are in flight
-                send = client.send if res.tier == 'cloud' else client.send_report
-                key = 'future' if res.tier == 'cloud' else 'report_future'
-                rec[key] = pool.submit(send, res.payload, f'{run_id}-{len(records)}')
-                rec[key].add_done_callback(done)
+                sender.submit(rec, res, len(records))
             records.append(rec)
             if len(records) % every == 0:
                 rate = len(records) / (time.perf_counter() - t0)
@@ -289,10 +305,12 @@ def run(args, token) -> int:
     except KeyboardInterrupt:  # a camera runs until stopped: keep what was done
         interrupted = True
     finally:
-        pool.shutdown(wait=True)
-        client.close()
-    wall = time.perf_counter() - t0
+        sender.close()
+    return records, skipped, interrupted, time.perf_counter() - t0
 
+
+def _collect_answers(records) -> bool:
+    """Put the cloud's detections into the records; False (said on stderr) when a send failed."""
     for rec in records:
         for key in ('future', 'report_future'):
             fut = rec.pop(key, None)
@@ -300,14 +318,14 @@ def run(args, token) -> int:
                 continue
             if fut.exception() is not None:
                 print(f'error: image {rec["file"]}: {fut.exception()}', file=sys.stderr)
-                return 1
+                return False
             if key == 'future':  # the cloud's detections; a report's answer is a receipt
                 rec['answer'] = fut.result()
-    if not records:
-        print('error: no image processed' + (' (none of the folder\'s images is in --ann-file)'
-                                             if skipped else ''), file=sys.stderr)
-        return 2
+    return True
 
+
+def _results_and_timings(records, cat_ids, edge_steps):
+    from ecc_edge.client import coco_results
     results, timings = [], []
     for rec in records:
         ans = rec['answer']
@@ -316,7 +334,27 @@ def run(args, token) -> int:
         except IndexError:
             raise ConfigError(f'--ann-file has {len(cat_ids)} categories of the config\'s '
                               'classes: labels beyond them cannot be mapped')
-        timings.append(timing_row(rec, runner.edge_steps))
+        timings.append(timing_row(rec, edge_steps))
+    return results, timings
+
+
+def run(args, token) -> int:
+    from ecc_edge.client import CloudClient
+    source = _check_args(args)
+    runner = build_runner(args)
+    ann_ids, cat_ids = (load_ann_file(args.ann_file, runner.class_names) if args.ann_file
+                        else (None, None))
+    client = CloudClient(args.server, token, timeout=args.timeout, max_retries=args.retries,
+                         concurrency=args.concurrency)
+    records, skipped, interrupted, wall = _run_edge(args, source, runner,
+                                                    _Sender(client, args.concurrency), ann_ids)
+    if not _collect_answers(records):
+        return 1
+    if not records:
+        print('error: no image processed' + (' (none of the folder\'s images is in --ann-file)'
+                                             if skipped else ''), file=sys.stderr)
+        return 2
+    results, timings = _results_and_timings(records, cat_ids, runner.edge_steps)
     summary = summarize(timings, wall, skipped, interrupted)
     for path, obj in ((args.out, results), (args.timings, dict(summary=summary,
                                                                 images=timings))):

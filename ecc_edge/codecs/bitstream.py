@@ -366,24 +366,8 @@ def as_bytes(data, what: str = 'data') -> bytes:
     return bytes(data)
 
 
-def unpack(data: Union[bytes, bytearray, memoryview],
-           expected_codec: Optional[int] = None,
-           expected_type: Optional[MessageType] = None,
-           expected_fingerprint: Optional[bytes] = None,
-           check_meta: bool = False) -> Payload:
-    """Parse and validate a message; raises only BitstreamError subclasses on bad bytes.
-
-    ``expected_type`` defaults to FEATURES when ``expected_codec`` is given. A fingerprint of
-    zeros in ``expected_fingerprint`` accepts any message (an untrained, unfingerprinted model).
-    """
-    data = as_bytes(data, 'unpack: the payload')
-    if data[:len(MAGIC)] != MAGIC[:len(data)]:
-        raise CorruptedBitstreamError(f'bad magic {data[:4]!r}, expected {MAGIC!r}')
-    if len(data) > len(MAGIC) and data[4] != FORMAT_VERSION:
-        raise UnsupportedVersionError(
-            f'payload format version {data[4]}; this code reads version {FORMAT_VERSION} '
-            '(re-encode it with this version of ecc_mmdet on the edge)')
-    r = _Reader(data)
+def _read_header(r: _Reader) -> tuple:
+    """Fixed header and latent shape -> (msg_type, codec_id, rate, fingerprint, shape)."""
     _, _, mtype, codec, rate, fingerprint, ndim = _FIXED.unpack(
         r.take(_FIXED.size, 'fixed header'))
     try:
@@ -405,24 +389,34 @@ def unpack(data: Union[bytes, bytearray, memoryview],
                 'must be 0)')
         codec_id = 0
     shape = struct.unpack(f'<{ndim}I', r.take(4 * ndim, 'latent shape'))
-    meta_fields = None
-    if codecs is not None:
-        flags = r.take(1, 'meta flags')[0]
-        if flags & ~_FLAG_MASK:
-            raise CorruptedBitstreamError(f'reserved meta flag bits set: {flags:#04x}')
-        wide = bool(flags & _WIDE_BIT)
-        shapes = struct.unpack('<6I' if wide else '<6H', r.take(24 if wide else 12,
-                                                                'meta shapes'))
-        scale = struct.unpack('<2f', r.take(8, 'meta scale factor'))
-        meta_fields = (flags, shapes, scale)
-    params = r.take(r.u32('codec params length'), 'codec params')
-    body = r.take(r.u32('body length'), 'body')
+    return msg_type, codec_id, rate, fingerprint, tuple(shape)
+
+
+def _read_meta_fields(r: _Reader) -> tuple:
+    """The image meta block of a feature message -> (flags, shapes, scale), not yet validated."""
+    flags = r.take(1, 'meta flags')[0]
+    if flags & ~_FLAG_MASK:
+        raise CorruptedBitstreamError(f'reserved meta flag bits set: {flags:#04x}')
+    wide = bool(flags & _WIDE_BIT)
+    shapes = struct.unpack('<6I' if wide else '<6H', r.take(24 if wide else 12,
+                                                            'meta shapes'))
+    scale = struct.unpack('<2f', r.take(8, 'meta scale factor'))
+    return flags, shapes, scale
+
+
+def _check_checksum(r: _Reader, data: bytes) -> None:
     crc_end = r.pos
     (crc, ) = _U32.unpack(r.take(4, 'checksum'))
     if crc != zlib.crc32(data[:crc_end]):
         raise CorruptedBitstreamError('checksum mismatch: payload corrupted')
     if r.pos != len(data):
         raise CorruptedBitstreamError(f'{len(data) - r.pos} unexpected bytes after the checksum')
+
+
+def _check_expected(msg_type: MessageType, codec_id, fingerprint: bytes,
+                    expected_codec: Optional[int], expected_type: Optional[MessageType],
+                    expected_fingerprint: Optional[bytes]) -> None:
+    """Refuse a well-formed message that is not the one this reader was built for."""
     if expected_type is None and expected_codec is not None:
         expected_type = MessageType.FEATURES
     if expected_type is not None and msg_type != expected_type:
@@ -431,25 +425,57 @@ def unpack(data: Union[bytes, bytearray, memoryview],
     if expected_codec is not None and codec_id != expected_codec:
         name = getattr(codec_id, 'name', codec_id)
         raise CodecMismatchError(f'payload was produced by codec {name}, expected '
-                                 f'{codecs(expected_codec).name}')
+                                 f'{_CODECS.get(msg_type)(expected_codec).name}')
     if expected_fingerprint is not None and bytes(expected_fingerprint) != NO_FINGERPRINT \
             and fingerprint != bytes(expected_fingerprint):
         raise ModelMismatchError(
             f'payload was produced by the model with fingerprint {fingerprint.hex()}, this '
             f'decoder holds {bytes(expected_fingerprint).hex()}: deploy the edge and the cloud '
             'from the same checkpoint')
-    meta = None
-    if meta_fields is not None:
-        flags, shapes, scale = meta_fields
-        try:
-            meta = ImageMeta(ori_shape=shapes[0:2], img_shape=shapes[2:4],
-                             batch_input_shape=shapes[4:6], scale_factor=scale,
-                             flip_direction=_FLIP_NAMES[flags & 0x03])
-            if check_meta:
-                meta.check_consistent()
-        except ValueError as e:
-            raise CorruptedBitstreamError(f'invalid image meta: {e}') from e
-    return Payload(codec_id=codec_id, latent_shape=tuple(shape), meta=meta, codec_params=params,
+
+
+def _image_meta(meta_fields: tuple, check_meta: bool) -> ImageMeta:
+    flags, shapes, scale = meta_fields
+    try:
+        meta = ImageMeta(ori_shape=shapes[0:2], img_shape=shapes[2:4],
+                         batch_input_shape=shapes[4:6], scale_factor=scale,
+                         flip_direction=_FLIP_NAMES[flags & 0x03])
+        if check_meta:
+            meta.check_consistent()
+    except ValueError as e:
+        raise CorruptedBitstreamError(f'invalid image meta: {e}') from e
+    return meta
+
+
+def unpack(data: Union[bytes, bytearray, memoryview],
+           expected_codec: Optional[int] = None,
+           expected_type: Optional[MessageType] = None,
+           expected_fingerprint: Optional[bytes] = None,
+           check_meta: bool = False) -> Payload:
+    """Parse and validate a message; raises only BitstreamError subclasses on bad bytes.
+
+    ``expected_type`` defaults to FEATURES when ``expected_codec`` is given. A fingerprint of
+    zeros in ``expected_fingerprint`` accepts any message (an untrained, unfingerprinted model).
+    The checks run in the order of the bytes, so the first damage found is the one reported.
+    """
+    data = as_bytes(data, 'unpack: the payload')
+    if data[:len(MAGIC)] != MAGIC[:len(data)]:
+        raise CorruptedBitstreamError(f'bad magic {data[:4]!r}, expected {MAGIC!r}')
+    if len(data) > len(MAGIC) and data[4] != FORMAT_VERSION:
+        raise UnsupportedVersionError(
+            f'payload format version {data[4]}; this code reads version {FORMAT_VERSION} '
+            '(re-encode it with this version of ecc_mmdet on the edge)')
+    r = _Reader(data)
+    msg_type, codec_id, rate, fingerprint, shape = _read_header(r)
+    has_meta = msg_type in _CODECS
+    meta_fields = _read_meta_fields(r) if has_meta else None
+    params = r.take(r.u32('codec params length'), 'codec params')
+    body = r.take(r.u32('body length'), 'body')
+    _check_checksum(r, data)
+    _check_expected(msg_type, codec_id, fingerprint, expected_codec, expected_type,
+                    expected_fingerprint)
+    meta = _image_meta(meta_fields, check_meta) if has_meta else None
+    return Payload(codec_id=codec_id, latent_shape=shape, meta=meta, codec_params=params,
                    body=body, msg_type=msg_type,
                    rate_point=None if rate == _SINGLE_RATE else rate, fingerprint=fingerprint)
 

@@ -7,17 +7,17 @@ import torch
 from mmengine.config import Config
 from mmengine.dataset import pseudo_collate
 from mmengine.runner import load_checkpoint
+from mmdet.registry import DATASETS, MODELS
+from mmdet.utils import register_all_modules
 
 from ..errors import ConfigError
+from ..models.detectors import EdgeCloudDetectorMixin
 from ..utils.config_checks import check_dataset_paths
 from ..utils.data_root import set_data_root
 
 
 def _split_class(type_name):
     """The registered split detector class named ``type_name``, or None."""
-    from mmdet.registry import MODELS
-
-    from ..models.detectors import EdgeCloudDetectorMixin
     cls = MODELS.get(type_name) if isinstance(type_name, str) else type_name
     return cls if isinstance(cls, type) and issubclass(cls, EdgeCloudDetectorMixin) else None
 
@@ -56,7 +56,6 @@ def split_model_cfg(model_cfg, split_after: int, compressor: dict) -> dict:
     The weights of the ordinary detector load into the result unchanged (the compressor's are
     new), e.g. to evaluate training-free codecs such as ``QuantizeNeck`` on a trained model.
     """
-    from mmdet.registry import MODELS
     cfg = copy.deepcopy(model_cfg)
     own = f"EdgeCloud{cfg['type']}" if isinstance(cfg['type'], str) else None
     if own is not None and MODELS.get(own) is not None:
@@ -70,8 +69,6 @@ def split_model_cfg(model_cfg, split_after: int, compressor: dict) -> dict:
 
 def build_detector(model_cfg, checkpoint: Optional[str] = None, device: str = 'cpu'):
     """Build a detector (registering mmdet's modules), load ``checkpoint``, put it in eval mode."""
-    from mmdet.registry import MODELS
-    from mmdet.utils import register_all_modules
     register_all_modules(init_default_scope=True)
     model = MODELS.build(copy.deepcopy(model_cfg))
     if checkpoint is not None:
@@ -83,7 +80,6 @@ def build_detector(model_cfg, checkpoint: Optional[str] = None, device: str = 'c
 
 def build_test_dataset(cfg: Config, pipeline=None):
     """The config's test dataset (optionally with another test pipeline)."""
-    from mmdet.registry import DATASETS
     check_dataset_paths(cfg, ('test_dataloader',), ())
     ds_cfg = copy.deepcopy(cfg.test_dataloader.dataset)
     if pipeline is not None:

@@ -8,7 +8,6 @@
 
 Tuning either on the evaluation images would report an optimistic offload ratio and mAP.
 """
-import math
 import os.path as osp
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
@@ -16,6 +15,9 @@ import torch
 from torch import Tensor
 
 from ..errors import ConfigError
+from ..evaluation.bootstrap import ImageBootstrap
+from ..evaluation.score_calibration import ScoreMap, true_positive_pairs
+from .pipeline import run_deployment
 
 __all__ = ['router_scores', 'calibrate_router', 'check_calibration_split', 'tier_predictions',
            'score_maps_from_predictions', 'fit_score_maps', 'calibrate_dynamic']
@@ -69,15 +71,15 @@ def check_calibration_split(calib_dataset_cfg, eval_dataset_cfgs) -> None:
 def tier_predictions(model, batches: Iterable[Tuple[Tensor, list]], offload_all: bool,
                      progress: str = '') -> List[dict]:
     """Per image: raw-score predictions and record of the real deployment path with every image
-    kept on the edge exit (``offload_all=False``) or sent to the cloud."""
-    from ..models.routers import RandomRouter  # (models imports this package)
-    saved_router, saved_cal = model.router, model.calibrate_scores
-    model.router = RandomRouter(threshold=-math.inf if offload_all else math.inf)
+    kept on the edge exit (``offload_all=False``) or sent to the cloud (the pipeline's
+    ``force_tier``: the router, calibrated or not, is not asked)."""
+    saved_cal = model.calibrate_scores
     model.calibrate_scores = False  # raw scores: what the maps are fitted on
     out = []
     try:
         for k, (inputs, samples) in enumerate(batches):
-            for r in model.predict(inputs, samples):
+            for r in run_deployment(model, inputs, samples,
+                                    force_tier='cloud' if offload_all else 'edge'):
                 inst = r.pred_instances
                 out.append(dict(img_id=r.img_id, bboxes=inst.bboxes.cpu().numpy(),
                                 scores=inst.scores.cpu().numpy(),
@@ -85,7 +87,7 @@ def tier_predictions(model, batches: Iterable[Tuple[Tensor, list]], offload_all:
             if progress and k % 25 == 0:
                 print(f'  {progress}: {len(out)} images', flush=True)
     finally:
-        model.router, model.calibrate_scores = saved_router, saved_cal
+        model.calibrate_scores = saved_cal
     return out
 
 
@@ -93,8 +95,6 @@ def score_maps_from_predictions(ann_file: str, edge: Sequence[dict], cloud: Sequ
                                 cat_ids: Sequence[int]) -> Dict[str, object]:
     """{'edge': ScoreMap, 'cloud': ScoreMap} fitted on both tiers' predictions of the same
     images (matched against ``ann_file`` at IoU 0.5)."""
-    from ..evaluation.bootstrap import ImageBootstrap
-    from ..evaluation.score_calibration import ScoreMap, true_positive_pairs
     boot = ImageBootstrap(ann_file, [p['img_id'] for p in edge], num_samples=1)
     return {tier: ScoreMap.fit(*true_positive_pairs(boot.evaluate(preds, cat_ids)))
             for tier, preds in (('edge', edge), ('cloud', cloud))}
@@ -119,13 +119,11 @@ def calibrate_dynamic(model, batches: Callable[[], Iterable[Tuple[Tensor, list]]
     router = getattr(model, 'router', None)
     if router is None or getattr(model, 'edge_exit', None) is None:
         return None
-    ratio = getattr(router, 'target_offload_ratio', None)
-    needs_threshold = ratio is not None and float(ratio) not in (0.0, 1.0)
     was = model.training
     model.eval()
     try:
         if model.calibrate_scores:
             fit_score_maps(model, batches, ann_file, cat_ids)
-        return calibrate_router(model, batches()) if needs_threshold else None
+        return calibrate_router(model, batches()) if router.needs_calibration else None
     finally:
         model.train(was)

@@ -20,7 +20,8 @@ runtime (:mod:`ecc_edge.exits`) decodes, routes and maps scores like the PyTorch
 What the light runtime cannot express yet is refused here with the reason: codecs other than
 the learned bottlenecks, test pipelines other than load + Resize (+ annotations, packing),
 extension exits, learned and random routers, and exit heads other than the AnchorHead family
-(AnchorGenerator, DeltaXYWHBBoxCoder, sigmoid classification, mmdet's own post-processing).
+(AnchorGenerator, DeltaXYWHBBoxCoder, sigmoid classification, mmdet's own post-processing). The
+router says itself how it exports, or why it cannot (``BaseRouter.light_edge_spec``).
 """
 import hashlib
 import json
@@ -29,6 +30,10 @@ import os.path as osp
 from typing import Dict, List, Optional, Tuple
 
 import torch
+from mmdet.models.dense_heads import AnchorHead, ATSSHead
+from mmdet.models.dense_heads.base_dense_head import BaseDenseHead
+from mmdet.models.task_modules.coders import DeltaXYWHBBoxCoder
+from mmdet.models.task_modules.prior_generators import AnchorGenerator
 from torch import nn
 
 from ecc_edge.codecs.bitstream import CodecId
@@ -73,7 +78,6 @@ class EdgeGraph(nn.Module):
 
 def _has_score_factors(edge_exit) -> bool:
     """ATSS's centerness is the one score factor ported (the head's third output)."""
-    from mmdet.models.dense_heads import ATSSHead
     return isinstance(edge_exit.head, ATSSHead)
 
 
@@ -141,40 +145,11 @@ def _check_exits(model) -> None:
         raise ConfigError('the light edge runtime does not run extension exits (MEANet): export '
                           'the model without extension_exit/hard_classes, or run its edge with '
                           'PyTorch (tools/edge_client.py without --light)')
-    _router_spec(router)
+    router.light_edge_spec()  # the router says how it exports, or why it cannot
     _exit_spec(edge_exit)
 
 
-def _router_spec(router) -> Dict:
-    import math
-
-    from ..models.routers import EntropyRouter, ScoreBandRouter
-    kind = type(router).__name__
-    if type(router) is EntropyRouter:
-        params = dict(top_k=int(router.top_k))
-    elif type(router) is ScoreBandRouter:
-        params = dict(low=float(router.low), high=float(router.high))
-    else:
-        raise ConfigError(
-            f'the light edge runtime ports EntropyRouter and ScoreBandRouter, not {kind} '
-            '(LearnedRouter: an MLP on F_k the runtime does not run; RandomRouter: a control '
-            'for experiments, not for deployment). Use one of those two routers, or run the '
-            'edge with PyTorch')
-    t = float(router.threshold)
-    if math.isnan(t):
-        raise ConfigError(
-            f'the {kind} router has target_offload_ratio={router.target_offload_ratio} but no '
-            'calibrated threshold: calibrate the model before export (tools/export_edge_onnx.py '
-            '--data-root DIR calibrates it on the config\'s calibration split), or give '
-            'router.threshold')
-    return dict(kind=kind, threshold=t, **params)
-
-
 def _exit_spec(edge_exit) -> Dict:
-    from mmdet.models.dense_heads import AnchorHead
-    from mmdet.models.dense_heads.base_dense_head import BaseDenseHead
-    from mmdet.models.task_modules.coders import DeltaXYWHBBoxCoder
-    from mmdet.models.task_modules.prior_generators import AnchorGenerator
     head = edge_exit.head
     kind = type(head).__name__
     if not isinstance(head, AnchorHead) or any(
@@ -235,7 +210,7 @@ def _dynamic_spec(model) -> Dict:
     report = None if model.edge_report is None else dict(
         score_thr=float(model.edge_report['score_thr']),
         max_boxes=int(model.edge_report['max_boxes']))
-    return dict(exit=_exit_spec(model.edge_exit), router=_router_spec(model.router),
+    return dict(exit=_exit_spec(model.edge_exit), router=model.router.light_edge_spec(),
                 score_maps=maps, edge_report=report)
 
 

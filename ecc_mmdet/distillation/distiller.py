@@ -40,6 +40,21 @@ def _num_classes(detector) -> Optional[int]:
     return None if n is None else int(n)
 
 
+def roi_cls_scores(roi_head, x, rois: Tensor) -> Tensor:
+    """The RoI head's class scores of the given ``rois`` (a cascade: of its last stage).
+
+    mmdet 3.3 has no public call for this: ``StandardRoIHead.forward`` takes proposals but also
+    runs the mask branch, ``CascadeRoIHead.forward`` refines the boxes from stage to stage, and
+    response distillation needs teacher and student to score the very same boxes. So this is the
+    one place that calls the private ``_bbox_forward(x, rois)`` /
+    ``_bbox_forward(stage, x, rois)``; ``tests/test_engine/test_framework_internals.py`` fails
+    when mmdet changes their signatures or their ``cls_score`` output.
+    """
+    if hasattr(roi_head, 'num_stages'):  # cascade: score the shared RoIs with the last stage
+        return roi_head._bbox_forward(roi_head.num_stages - 1, x, rois)['cls_score']
+    return roi_head._bbox_forward(x, rois)['cls_score']
+
+
 @MODELS.register_module()
 class DetectionDistiller:
     """A frozen teacher with the feature and response distillation losses of a split student.
@@ -244,8 +259,8 @@ class DetectionDistiller:
                 rois = bbox2roi(boxes)
                 if rois.shape[0] == 0:
                     return x[0].sum() * 0
-                t_cls = self._roi_cls(teacher.roi_head, t_x, rois)
-            s_cls = self._roi_cls(model.roi_head, x, rois)
+                t_cls = roi_cls_scores(teacher.roi_head, t_x, rois)
+            s_cls = roi_cls_scores(model.roi_head, x, rois)
             if s_cls.shape != t_cls.shape:
                 raise ConfigError(f'{self.owner}: student RoI scores '
                                   f'{tuple(s_cls.shape)} vs teacher {tuple(t_cls.shape)}: '
@@ -264,12 +279,6 @@ class DetectionDistiller:
 
         sigmoid = getattr(head, 'use_sigmoid_cls', False)
         return self.response_kd(flat(s_cls), flat(t_cls), use_sigmoid=bool(sigmoid))
-
-    @staticmethod
-    def _roi_cls(roi_head, x, rois) -> Tensor:
-        if hasattr(roi_head, 'num_stages'):  # cascade: score the shared RoIs with the last stage
-            return roi_head._bbox_forward(roi_head.num_stages - 1, x, rois)['cls_score']
-        return roi_head._bbox_forward(x, rois)['cls_score']
 
     # ------------------------------------------------------------------ pseudo labels
     def predict(self, batch_inputs: Tensor, batch_data_samples,

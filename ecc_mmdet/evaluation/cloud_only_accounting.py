@@ -3,15 +3,15 @@
 A cloud-only baseline such as :class:`~ecc_mmdet.datasets.transforms.JPEGCompressImage` writes the
 uplink bytes and the image codec's time into the record in the data pipeline; the whole detector
 then runs in the cloud. That run is measured as one ``cloud`` step by the same
-:class:`~ecc_mmdet.deployment.DeploymentMeter` that measures the split detectors' steps (time per
-image, FLOPs counted once per input shape), by the Runner's
+:class:`~ecc_mmdet.evaluation.meter.DeploymentMeter` that measures the split detectors' steps
+(time per image, FLOPs counted once per input shape), by the Runner's
 :class:`~ecc_mmdet.engine.CloudOnlyAccountingHook` and by :func:`~ecc_mmdet.apis.evaluate_detector`
 alike, so every method reports the same fields (``comm/cloud_gflops``, ``comm/cloud_time_ms``,
 ``comm/latency_ms_at_*``) in both paths.
 """
 from typing import Callable, Hashable, List, Sequence
 
-from ..deployment.meter import DeploymentMeter
+from .meter import DeploymentMeter
 from ..structures import comm_record
 
 __all__ = ['CloudOnlyAccounting']

@@ -91,6 +91,76 @@ def _mean(values: Sequence[float]) -> float:
     return float(np.mean(np.asarray(values, dtype=np.float64)))
 
 
+def _cloud_value(r: dict, offloaded: bool, key: str):
+    """A cloud-side figure; an image kept on the edge cost the cloud nothing."""
+    v = r.get(key)
+    return 0.0 if v is None and not offloaded else v
+
+
+def _offload_figures(results: List[dict], offl: List[bool]) -> Dict[str, float]:
+    n = len(results)
+    m = {'offload_ratio': sum(offl) / n}
+    tiers: Dict[str, int] = {}
+    for r, o in zip(results, offl):
+        t = r.get('tier') or ('cloud' if o else 'edge')
+        tiers[t] = tiers.get(t, 0) + 1
+    for t in sorted(tiers):
+        m[f'tier_{t}_share'] = tiers[t] / n
+    return m
+
+
+def _byte_figures(sent: List[dict]) -> Dict[str, float]:
+    """Real and estimated payload bytes over the offloaded images (none: no figure)."""
+    if not sent:
+        return {}
+    payload = np.asarray([r['payload_bytes'] for r in sent], dtype=np.float64)
+    header = np.asarray([r.get('header_bytes') or 0 for r in sent], dtype=np.float64)
+    m = {'bytes_mean': float(payload.mean())}
+    m['bytes_median'] = float(np.median(payload))
+    m['bytes_p95'] = float(np.percentile(payload, 95))
+    m['kbytes_mean'] = m['bytes_mean'] / 1000.0
+    m['header_bytes_mean'] = float(header.mean())
+    est = [(r['payload_bytes'], r.get('header_bytes') or 0, r['estimated_bits'])
+           for r in sent if r.get('estimated_bits') is not None]
+    if est:
+        real_body = _mean([p - h for p, h, _ in est])
+        est_body = _mean([e / 8.0 for _, _, e in est])
+        m['est_bytes_mean'] = _mean([e / 8.0 + h for _, h, e in est])
+        if est_body > 0:
+            m['real_to_est_ratio'] = real_body / est_body
+    return m
+
+
+def _compute_figures(results: List[dict], offl: List[bool]) -> Dict[str, float]:
+    """The compute split: FLOPs per side, the exits' share, edge parameters."""
+    m: Dict[str, float] = {}
+    edge_flops = [r.get('edge_flops') for r in results]
+    cloud_flops = [_cloud_value(r, o, 'cloud_flops') for r, o in zip(results, offl)]
+    e = [v for v in edge_flops if v is not None]
+    c = [v for v in cloud_flops if v is not None]
+    if e:
+        m['edge_gflops'] = _mean(e) / 1e9
+    if c:
+        m['cloud_gflops'] = _mean(c) / 1e9
+    both = [(a, b) for a, b in zip(edge_flops, cloud_flops) if a is not None and b is not None]
+    if both:
+        total = sum(a + b for a, b in both)
+        if total > 0:
+            m['edge_flops_fraction'] = sum(a for a, _ in both) / total
+    exit_f = [(a, x, b) for (a, b), x in zip(
+        zip(edge_flops, cloud_flops), [r.get('exit_flops') for r in results])
+        if a is not None and b is not None and x is not None]
+    if exit_f and any(x for _, x, _ in exit_f):
+        m['exit_gflops'] = _mean([x for _, x, _ in exit_f]) / 1e9
+        total = sum(a - x + b for a, x, b in exit_f)
+        if total > 0:
+            m['edge_flops_fraction_without_exits'] = sum(a - x for a, x, _ in exit_f) / total
+    params = [r.get('edge_params') for r in results if r.get('edge_params') is not None]
+    if params:
+        m['edge_params_m'] = _mean(params) / 1e6
+    return m
+
+
 @METRICS.register_module()
 class CommunicationMetric(BaseMetric):
     """Per-image uplink bytes, offload ratio, edge/cloud compute and modelled latency.
@@ -156,78 +226,29 @@ class CommunicationMetric(BaseMetric):
         if n == 0:
             logger.warning('CommunicationMetric: no records to evaluate.')
             return {}
-        m: Dict[str, float] = {'num_images': float(n)}
         offl = [bool(r.get('offloaded', True)) for r in results]
-        sent = [r for r, o in zip(results, offl) if o]
-        m['offload_ratio'] = len(sent) / n
-        tiers: Dict[str, int] = {}
-        for r, o in zip(results, offl):
-            t = r.get('tier') or ('cloud' if o else 'edge')
-            tiers[t] = tiers.get(t, 0) + 1
-        for t in sorted(tiers):
-            m[f'tier_{t}_share'] = tiers[t] / n
-
-        # --- bytes over offloaded images
-        if sent:
-            payload = np.asarray([r['payload_bytes'] for r in sent], dtype=np.float64)
-            header = np.asarray([r.get('header_bytes') or 0 for r in sent], dtype=np.float64)
-            m['bytes_mean'] = float(payload.mean())
-            m['bytes_median'] = float(np.median(payload))
-            m['bytes_p95'] = float(np.percentile(payload, 95))
-            m['kbytes_mean'] = m['bytes_mean'] / 1000.0
-            m['header_bytes_mean'] = float(header.mean())
-            est = [(r['payload_bytes'], r.get('header_bytes') or 0, r['estimated_bits'])
-                   for r in sent if r.get('estimated_bits') is not None]
-            if est:
-                real_body = _mean([p - h for p, h, _ in est])
-                est_body = _mean([e / 8.0 for _, _, e in est])
-                m['est_bytes_mean'] = _mean([e / 8.0 + h for _, h, e in est])
-                if est_body > 0:
-                    m['real_to_est_ratio'] = real_body / est_body
+        m: Dict[str, float] = {'num_images': float(n)}
+        m.update(_offload_figures(results, offl))
+        m.update(_byte_figures([r for r, o in zip(results, offl) if o]))
         m['bytes_per_image_mean'] = _mean(
             [r['payload_bytes'] if o else 0 for r, o in zip(results, offl)])
-
-        # --- compute split
-        def cloud_value(r, o, key):
-            v = r.get(key)
-            return 0.0 if v is None and not o else v
-
-        edge_flops = [r.get('edge_flops') for r in results]
-        cloud_flops = [cloud_value(r, o, 'cloud_flops') for r, o in zip(results, offl)]
-        e = [v for v in edge_flops if v is not None]
-        c = [v for v in cloud_flops if v is not None]
-        if e:
-            m['edge_gflops'] = _mean(e) / 1e9
-        if c:
-            m['cloud_gflops'] = _mean(c) / 1e9
-        both = [(a, b) for a, b in zip(edge_flops, cloud_flops) if a is not None and b is not None]
-        if both:
-            total = sum(a + b for a, b in both)
-            if total > 0:
-                m['edge_flops_fraction'] = sum(a for a, _ in both) / total
-        exit_f = [(a, x, b) for (a, b), x in zip(
-            zip(edge_flops, cloud_flops), [r.get('exit_flops') for r in results])
-            if a is not None and b is not None and x is not None]
-        if exit_f and any(x for _, x, _ in exit_f):
-            m['exit_gflops'] = _mean([x for _, x, _ in exit_f]) / 1e9
-            total = sum(a - x + b for a, x, b in exit_f)
-            if total > 0:
-                m['edge_flops_fraction_without_exits'] = sum(a - x for a, x, _ in exit_f) / total
-        params = [r.get('edge_params') for r in results if r.get('edge_params') is not None]
-        if params:
-            m['edge_params_m'] = _mean(params) / 1e6
-
-        # --- times
+        m.update(_compute_figures(results, offl))
         edge_t = [r.get('edge_time_s') for r in results]
-        cloud_t = [cloud_value(r, o, 'cloud_time_s') for r, o in zip(results, offl)]
+        cloud_t = [_cloud_value(r, o, 'cloud_time_s') for r, o in zip(results, offl)]
         codec_t = [r.get('codec_time_s') for r in results if r.get('codec_time_s') is not None]
         for key, vals in (('edge_time_ms', edge_t), ('cloud_time_ms', cloud_t),
                           ('codec_time_ms', codec_t)):
             vals = [v for v in vals if v is not None]
             if vals:
                 m[key] = _mean(vals) * 1e3
+        m.update(self._latency_figures(results, offl, edge_t, cloud_t))
+        self._log_table(logger, m, results)
+        return m
 
-        # --- modelled network time and end-to-end latency
+    def _latency_figures(self, results: List[dict], offl: List[bool], edge_t: list,
+                         cloud_t: list) -> Dict[str, float]:
+        """Modelled network time and end-to-end latency per bandwidth (module docstring)."""
+        m: Dict[str, float] = {}
         have_times = all(v is not None for v in edge_t) and all(v is not None for v in cloud_t)
         for bw in self.bandwidths_mbps:
             uplink = [(r['payload_bytes'] * 8.0 / (bw * 1e6) * 1e3 + self.rtt_ms) if o else 0.0
@@ -236,8 +257,6 @@ class CommunicationMetric(BaseMetric):
             if have_times:
                 m[f'latency_ms_at_{bandwidth_key(bw)}'] = _mean(
                     [(te + tc) * 1e3 + u for te, tc, u in zip(edge_t, cloud_t, uplink)])
-
-        self._log_table(logger, m, results)
         return m
 
     def _log_table(self, logger, m: Dict[str, float], results: List[dict]) -> None:

@@ -12,14 +12,26 @@ flight is ``tools/edge_client.py``.
 * :class:`CloudClient` (from the torch-free :mod:`ecc_edge.client`, re-exported here) posts
   payloads with idempotent retries.
 """
+import copy
+import math
 import os.path as osp
 import time
 from typing import Dict, Optional, Sequence, Union
 
 import numpy as np
+import torch
+from mmcv.transforms import Compose
+from mmengine.dataset import pseudo_collate
+from mmengine.runner import load_checkpoint
+from mmdet.utils import register_all_modules
 
 from ecc_edge.client import (CloudClient, CloudRequestError, CloudUnavailableError,  # noqa: F401
                              EdgeResult, check_token, coco_results)
+from ..apis.inference import build_detector, load_config
+from ..deployment import run_edge
+from ..errors import ConfigError
+from ..evaluation.meter import DeploymentMeter
+from .runtime import class_names_of
 
 __all__ = ['CloudClient', 'CloudRequestError', 'CloudUnavailableError', 'EdgeResult',
            'EdgeRunner', 'check_token', 'coco_results', 'detections_to_json']
@@ -61,11 +73,6 @@ class EdgeRunner:
     """
 
     def __init__(self, config, checkpoint: str, device: str = 'cpu', model=None):
-        import torch
-        from mmengine.runner import load_checkpoint
-
-        from ..apis.inference import build_detector, load_config
-        from ..errors import ConfigError
         self.cfg = cfg = load_config(config)
         if model is not None:
             self._finish(model.build_edge(), cfg, device)
@@ -94,10 +101,6 @@ class EdgeRunner:
         self._finish(model, cfg, device)
 
     def _finish(self, model, cfg, device):
-        import math
-
-        from ..errors import ConfigError
-        from .runtime import class_names_of
         router = getattr(model, 'router', None)
         if router is not None and model.edge_exit is not None and \
                 math.isnan(float(router.threshold)):
@@ -113,12 +116,6 @@ class EdgeRunner:
     def _pipelines(cfg):
         """(pipeline for files, pipeline for BGR arrays): the test pipeline without
         annotations, its loader swapped for ``LoadImageFromNDArray`` in the second."""
-        import copy
-
-        from mmcv.transforms import Compose
-        from mmdet.utils import register_all_modules
-
-        from ..errors import ConfigError
         register_all_modules(init_default_scope=True)
         steps = [copy.deepcopy(t) for t in cfg.test_dataloader.dataset.pipeline
                  if 'LoadAnnotations' not in str(t.get('type', ''))]
@@ -130,10 +127,6 @@ class EdgeRunner:
 
     def process(self, image: Union[str, np.ndarray], img_id: int) -> EdgeResult:
         """Run the edge on one image: a file path, or a BGR uint8 array (an OpenCV frame)."""
-        import torch
-        from mmengine.dataset import pseudo_collate
-
-        from ..deployment import DeploymentMeter, run_edge
         t0 = time.perf_counter()
         if isinstance(image, np.ndarray):
             item = self._array_pipeline(dict(img=image, img_id=img_id))

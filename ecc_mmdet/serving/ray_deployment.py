@@ -26,8 +26,13 @@ import os
 import os.path as osp
 from typing import Dict, Mapping, Optional
 
+from fastapi import FastAPI
+
+from ..apis.inference import load_config
 from ..errors import ConfigError
-from .service import ServingConfig
+from .app import install_routes, read_token
+from .runtime import CloudRuntime
+from .service import CloudService, ServingConfig
 
 __all__ = ['CloudReplica', 'DEFAULT_RAY_OPTIONS', 'RAY_OPTION_KEYS', 'REPLICA_HEADER', 'Secret',
            'build_ray_app', 'deployment_options']
@@ -123,11 +128,6 @@ class CloudReplica:
                  token_file: Optional[str] = None, insecure_no_auth: bool = False,
                  device: str = 'cpu'):
         from ray import serve
-
-        from ..apis.inference import load_config
-        from .app import read_token
-        from .runtime import CloudRuntime
-        from .service import CloudService
         if token is not None and not isinstance(token, Secret):
             raise TypeError('pass the token as a Secret (its repr hides it)')
         cfg = load_config(config)
@@ -141,9 +141,6 @@ class CloudReplica:
 
     def __serve_build_asgi_app__(self):
         """Ray calls this after the constructor, on the replica's event loop."""
-        from fastapi import FastAPI
-
-        from .app import install_routes
         service = self.service
 
         @contextlib.asynccontextmanager
@@ -183,8 +180,6 @@ def build_ray_app(config, checkpoint: str, token: Optional[str] = None,
         insecure_no_auth: allow serving without a token (loopback experiments).
     """
     from ray import serve
-
-    from ..apis.inference import load_config
     if token is not None and token_file is not None:
         raise ValueError('pass token or token_file, not both')
     cfg = load_config(config)

@@ -11,9 +11,12 @@ from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 from mmengine.runner import load_checkpoint
+from mmdet.structures import DetDataSample
 
 from ecc_edge.codecs.bitstream import BitstreamError, Payload
-from ..deployment import DeploymentMeter, run_cloud
+from ..apis.inference import build_detector, load_config
+from ..deployment import run_cloud
+from ..evaluation.meter import DeploymentMeter
 from ..structures import comm_record
 from ..errors import ConfigError
 
@@ -74,7 +77,6 @@ class CloudRuntime:
                    ) -> 'CloudRuntime':
         """Build from a config and either a full checkpoint or an exported ``cloud.pth``
         (``tools/export_edge_cloud.py``)."""
-        from ..apis.inference import build_detector, load_config
         cfg = load_config(config)
         if not osp.isfile(checkpoint):
             raise ConfigError(f'Checkpoint not found: {checkpoint}')
@@ -106,7 +108,6 @@ class CloudRuntime:
     def parse(self, data: bytes) -> ParsedPayload:
         """Validate one payload (framing, type, codec, fingerprint, meta, sizes); raises a
         :class:`BitstreamError` subclass naming what is wrong."""
-        from mmdet.structures import DetDataSample
         p = self.model.unpack_payloads([data], [DetDataSample()])[0]
         side = max(p.meta.batch_input_shape)
         if side > self.max_input_side:
@@ -121,7 +122,6 @@ class CloudRuntime:
         ``detections`` (original-image coordinates) and ``timings_ms``: ``decode`` and ``cloud``
         are the batch's wall times (what each of its requests waited), ``*_share`` this image's
         share of them (its compute cost)."""
-        from mmdet.structures import DetDataSample
         samples = [DetDataSample() for _ in items]
         results = run_cloud(self.model, [it.data for it in items], samples, meter=self.meter)
         return [self._response(r, len(items)) for r in results]

@@ -5,10 +5,13 @@ from pycocotools after the model is built). ``tools/train.py`` and ``tools/test.
 :func:`check_config`; user code can call it too.
 """
 import os.path as osp
+from typing import Callable, List
 
+from mmdet import registry
 from mmengine.config import Config, ConfigDict
 
 from ..errors import ConfigError, DatasetNotFoundError
+from .pretrained import check_pretrained
 
 SYNTHETIC_HINT = ('To create the synthetic dataset, run:\n'
                   '    python -m ecc_mmdet.datasets.synthetic_coco --out {root}\n')
@@ -17,11 +20,8 @@ COCO_HINT = ('For COCO 2017, put it at data/coco/ (annotations/instances_{train,
              'train_dataloader.dataset.data_root=/path/to/coco/ ...\n')
 
 
-
-
 def ecc_type_names():
     """Type names that ``import ecc_mmdet`` registers into mmdet's registries."""
-    from mmdet import registry
     names = set()
     for reg in (registry.MODELS, registry.HOOKS, registry.METRICS, registry.TRANSFORMS,
                 registry.DATASETS, registry.LOOPS):
@@ -152,38 +152,24 @@ def check_cloud_only_accounting(cfg: Config, loader: str = 'test_dataloader',
             "config:\n    custom_hooks = [dict(type='CloudOnlyAccountingHook')]")
 
 
-def check_router_calibration(cfg: Config):
-    """A router with a target offload ratio needs a calibration split (RouterCalibrationHook)."""
-    router = (cfg.get('model') or {}).get('router')
-    if not isinstance(router, (dict, ConfigDict)) or (cfg.get('model') or {}).get(
-            'edge_exit') is None:
-        return
-    ratio = router.get('target_offload_ratio')
-    if router.get('threshold') is None and ratio is None:
-        ratio = 0.5  # the routers' default
-    if ratio is None or float(ratio) in (0.0, 1.0):
-        return
-    hooks = [h for h in cfg.get('custom_hooks') or [] if isinstance(h, (dict, ConfigDict))]
-    calib = [h for h in hooks if h.get('type') == 'RouterCalibrationHook']
-    if not calib:
-        raise ConfigError(
-            f'model.router.target_offload_ratio={ratio} needs a calibration split, and the '
-            'config has none. Add\n    custom_hooks = [dict(type=\'RouterCalibrationHook\', '
-            'dataloader=dict(..., dataset=dict(... a split that is not the test split)))]\n'
-            'or give model.router.threshold instead')
-    from ..deployment.calibration import check_calibration_split  # (imports this module)
-    evals = [(k, ds) for k, ds in iter_datasets(cfg, ('val_dataloader', 'test_dataloader'))]
-    for h in calib:
-        loader = h.get('dataloader') or {}
-        check_calibration_split(loader.get('dataset'), evals)
-        check_dataset_paths(Config(dict(calibration_dataloader=loader)),
-                            ('calibration_dataloader', ), ())
+#: checks that components of higher layers add for their own config keys (the router's
+#: calibration split: :mod:`ecc_mmdet.engine.hooks.router_calibration_hook`), run last by
+#: :func:`check_config`; ``import ecc_mmdet`` registers them
+COMPONENT_CHECKS: List[Callable[[Config], None]] = []
+
+
+def register_config_check(check: Callable[[Config], None]) -> Callable[[Config], None]:
+    """Decorator: :func:`check_config` also runs ``check(cfg)``."""
+    if check not in COMPONENT_CHECKS:
+        COMPONENT_CHECKS.append(check)
+    return check
 
 
 def check_config(cfg: Config, mode: str = 'train'):
     """All pre-flight checks for ``mode`` in {'train', 'test'}."""
     check_custom_imports(cfg)
     if mode == 'train':
+        check_pretrained(cfg)  # the Runner loads them first thing in train(), load_from or not
         val = cfg.get('val_cfg') is not None
         check_dataset_paths(cfg, ('train_dataloader', 'val_dataloader') if val else
                             ('train_dataloader',), ('val_evaluator',) if val else ())
@@ -192,4 +178,5 @@ def check_config(cfg: Config, mode: str = 'train'):
     else:
         check_dataset_paths(cfg, ('test_dataloader',), ('test_evaluator',))
         check_cloud_only_accounting(cfg)
-    check_router_calibration(cfg)
+    for check in COMPONENT_CHECKS:
+        check(cfg)

@@ -3,8 +3,10 @@ import numpy as np
 import pytest
 
 from ecc_edge.codecs.bitstream import CorruptedBitstreamError
-from ecc_edge.codecs.range_coding import (decode_with_cdf_tables, decode_with_histogram,
-                                           encode_with_cdf_tables, encode_with_histogram)
+from ecc_edge.codecs.range_coding import (CodingTables, decode_with_cdf_tables,
+                                           decode_with_histogram, decode_with_indexed_tables,
+                                           encode_with_cdf_tables, encode_with_histogram,
+                                           encode_with_indexed_tables)
 
 INT32_MIN, INT32_MAX = -2**31, 2**31 - 1
 
@@ -123,6 +125,136 @@ def test_cdf_tables_garbage_raises_corrupted():
     for bad in (bytes(flipped), valid[:-4], valid + b'\0\0\0\0'):
         with pytest.raises(CorruptedBitstreamError):
             decode_with_cdf_tables(bad, 200, tables, offsets)
+
+
+# ------------------------------------------------------------- indexed-table coder
+def _indexed(rng, num_tables=5, n=600):
+    """Tables of the hyperprior's kind (several, of different lengths and offsets), a random
+    index per symbol that leaves one table unused, and symbols around the tables' supports."""
+    tables, offsets = _tables(rng, num_tables)
+    indexes = rng.choice([t for t in range(num_tables) if t != 2], size=n)
+    return CodingTables(tables, offsets), indexes
+
+
+def _indexed_round_trip(symbols, indexes, prep):
+    data = encode_with_indexed_tables(symbols, indexes, prep)
+    out = decode_with_indexed_tables(data, indexes, prep)
+    assert out.dtype == np.int32 and out.shape == (symbols.size, )
+    np.testing.assert_array_equal(out, symbols.reshape(-1))
+    return data
+
+
+@pytest.mark.parametrize('kind', ['in_support', 'mixed', 'full_int32', 'extremes'])
+def test_indexed_tables_round_trip(kind):
+    rng = np.random.default_rng(10)
+    prep, indexes = _indexed(rng)
+    lo, hi = prep.offsets[indexes], prep.offsets[indexes] + np.array(
+        [t.size - 1 for t in prep.tables])[indexes]
+    if kind == 'in_support':
+        symbols = rng.integers(lo, hi)
+    elif kind == 'mixed':  # escapes on both sides of every table's support
+        symbols = rng.integers(lo - 30, hi + 30)
+    elif kind == 'full_int32':
+        symbols = rng.integers(INT32_MIN, INT32_MAX, size=indexes.size, endpoint=True)
+    else:
+        symbols = rng.choice([INT32_MIN, INT32_MIN + 1, -1, 0, 1, INT32_MAX - 1, INT32_MAX],
+                             size=indexes.size)
+    symbols = symbols.astype(np.int32)
+    escaped = (symbols < lo) | (symbols >= hi)
+    assert escaped.any() == (kind != 'in_support')
+    data = _indexed_round_trip(symbols, indexes, prep)
+    if kind == 'in_support':  # no escape section: the bytes are the tables' cost
+        bits = -sum(np.log2(prep.tables[c][s - prep.offsets[c]] / prep.tables[c].sum())
+                    for s, c in zip(symbols.tolist(), indexes.tolist()))
+        assert len(data) * 8 == pytest.approx(bits, rel=0.05, abs=64)
+
+
+def test_indexed_tables_equal_the_cdf_coder_with_one_table_per_channel():
+    # the documented grouping: by table in a stable order, each group coded as a channel
+    rng = np.random.default_rng(11)
+    tables, offsets = _tables(rng, 4)
+    symbols = rng.integers(-25, 25, size=(4, 150)).astype(np.int32)
+    by_channel = encode_with_cdf_tables(symbols, tables, offsets)
+    indexes = np.repeat(np.arange(4), 150)
+    prep = CodingTables(tables, offsets)
+    assert encode_with_indexed_tables(symbols.reshape(-1), indexes, prep) == by_channel
+    # the same symbols and indexes in another order: the decoder puts each symbol back
+    perm = rng.permutation(indexes.size)
+    _indexed_round_trip(symbols.reshape(-1)[perm], indexes[perm], prep)
+
+
+def test_indexed_tables_empty_and_refused_arguments():
+    prep = CodingTables([np.array([3, 1]), np.array([1, 2, 1])], [0, -1])
+    assert encode_with_indexed_tables(np.zeros(0, np.int32), np.zeros(0, int), prep) == b''
+    assert decode_with_indexed_tables(b'', np.zeros(0, int), prep).shape == (0, )
+    with pytest.raises(CorruptedBitstreamError):
+        decode_with_indexed_tables(b'\0' * 4, np.zeros(0, int), prep)
+    sym = np.array([0, 1, -1], np.int32)
+    for bad in (np.array([0, 1]), np.array([0, 1, 2]), np.array([0, -1, 1]),
+                np.array([0.0, 1.0, 1.0]), np.array([[0, 1, 1]])):
+        with pytest.raises(ValueError, match='indexes'):
+            encode_with_indexed_tables(sym, bad, prep)
+    valid = encode_with_indexed_tables(sym, np.array([0, 1, 1]), prep)
+    for bad in (np.array([0, 1, 2]), np.array([-1, 0, 0]), np.array([0.5, 1, 1])):
+        with pytest.raises(ValueError, match='indexes'):
+            decode_with_indexed_tables(valid, bad, prep)
+    with pytest.raises(ValueError, match='int32'):
+        encode_with_indexed_tables(np.array([2**31, 0, 0]), np.array([0, 1, 1]), prep)
+
+
+def test_indexed_tables_garbage_truncation_and_other_indexes_raise_corrupted():
+    rng = np.random.default_rng(12)
+    prep, indexes = _indexed(rng, n=300)
+    symbols = rng.integers(-20, 20, size=indexes.size).astype(np.int32)  # escapes included
+    valid = encode_with_indexed_tables(symbols, indexes, prep)
+    assert len(valid) >= 64
+    # every truncation (whole words or not) and every extension by a word
+    for cut in range(len(valid)):
+        with pytest.raises(CorruptedBitstreamError):
+            decode_with_indexed_tables(valid[:cut], indexes, prep)
+    with pytest.raises(CorruptedBitstreamError):
+        decode_with_indexed_tables(valid + b'\0' * 4, indexes, prep)
+    # random bodies of every word count up to twice the valid one, and single flipped bits
+    for size in range(0, 2 * len(valid) + 4, 4):
+        garbage = rng.integers(0, 256, size=size, dtype=np.uint8).tobytes()
+        with pytest.raises(CorruptedBitstreamError):
+            decode_with_indexed_tables(garbage, indexes, prep)
+    for i in rng.choice(len(valid) * 8, size=64, replace=False):
+        flipped = bytearray(valid)
+        flipped[i // 8] ^= 1 << (i % 8)
+        with pytest.raises(CorruptedBitstreamError):
+            decode_with_indexed_tables(bytes(flipped), indexes, prep)
+    # random words of the right length: those the decoder reads without an impossible escape
+    # are refused by the canonical re-encode check alone
+    decodable = 0
+    for _ in range(40):
+        fake = rng.integers(0, 256, size=len(valid), dtype=np.uint8).tobytes()
+        try:
+            decode_with_indexed_tables(fake, indexes, prep, verify=False)
+            decodable += 1
+        except CorruptedBitstreamError:
+            pass
+        with pytest.raises(CorruptedBitstreamError):
+            decode_with_indexed_tables(fake, indexes, prep)
+    assert decodable >= 5
+    # a valid body with indexes other than the encoder's: shorter, longer, one table's symbols
+    # read with another table, or a symbol moved from one table's group to another's
+    moved = indexes.copy()
+    moved[np.flatnonzero(indexes == 0)[0]] = 1
+    for other in (indexes[:-1], np.append(indexes, 0), np.where(indexes == 0, 1, indexes),
+                  np.where(indexes == 0, 2, np.where(indexes == 2, 0, indexes)), moved):
+        with pytest.raises(CorruptedBitstreamError):
+            decode_with_indexed_tables(valid, other, prep)
+    # what the body cannot reveal: indexes with the same count per table, in another order,
+    # decode each table's group in the same order (the side information must be the encoder's)
+    perm = rng.permutation(indexes)
+    out = decode_with_indexed_tables(valid, perm, prep)
+    np.testing.assert_array_equal(out[np.argsort(perm, kind='stable')],
+                                  symbols[np.argsort(indexes, kind='stable')])
+    # and other tables than the encoder's
+    other_prep = CodingTables([t[::-1].copy() for t in prep.tables], prep.offsets)
+    with pytest.raises(CorruptedBitstreamError):
+        decode_with_indexed_tables(valid, indexes, other_prep)
 
 
 @pytest.mark.parametrize('alphabet,kind', [(16, 'uniform'), (256, 'peaked'), (16, 'gaps'),

@@ -8,7 +8,7 @@ import pytest
 import ecc_mmdet  # noqa: F401
 from ecc_mmdet.datasets.transforms import CORRUPTIONS, CorruptImage, add_corruption
 
-from conftest import run_tool
+from conftest import own_predictions_root, run_tool
 
 
 def _image(seed=0, size=64):
@@ -28,12 +28,24 @@ def _apply(corruption, severity, seed=0, path='a.png', img=None):
 
 def test_every_corruption_runs_and_keeps_the_geometry():
     img = _image()
+    assert 'glass_blur' in CORRUPTIONS
     for name in CORRUPTIONS:
-        if name == 'glass_blur':
-            continue  # numba-compiled on first use: seconds; covered by the benchmark tool
-        out = _apply(name, 2, img=img)
-        assert out.shape == img.shape and out.dtype == np.uint8, name
-        assert not np.array_equal(out, img), name
+        # glass_blur is slow per pixel (and numba-compiled on first use): a 32-px image
+        test_img = img[:32, :32].copy() if name == 'glass_blur' else img
+        out = _apply(name, 2, img=test_img)
+        assert out.shape == test_img.shape and out.dtype == np.uint8, name
+        assert not np.array_equal(out, test_img), name
+
+
+@pytest.mark.parametrize('name', CORRUPTIONS)
+def test_every_corruption_is_seeded_per_image(name):
+    """impulse_noise and glass_blur draw from generators np.random.seed does not reach
+    (skimage's random_noise, numba's state): they get the per-image seed as an argument."""
+    img = _image()[:32, :32].copy()  # small: glass_blur is slow per pixel
+    a = _apply(name, 3, img=img)
+    assert np.array_equal(a, _apply(name, 3, img=img))
+    if name in ('impulse_noise', 'glass_blur', 'gaussian_noise'):
+        assert not np.array_equal(a, _apply(name, 3, img=img, seed=1)), name
 
 
 def test_seeded_per_image_and_caller_state_untouched():
@@ -83,16 +95,24 @@ def test_bad_settings_are_named():
 
 def test_robustness_benchmark_end_to_end(served_model, tmp_path):
     out = tmp_path / 'rob.json'
+    # ground truth = the model's own clean predictions: clean mAP 100, corruptions lower it (the
+    # untrained model's mAP on the real labels is 0, which would make mPC 0 and rPC 'n/a')
+    root = own_predictions_root(served_model['config'], served_model['checkpoint'],
+                                served_model['data_root'], tmp_path / 'own')
     run_tool('benchmark_robustness', served_model['config'], served_model['checkpoint'],
-             '--data-root', served_model['data_root'], '--corruptions', 'gaussian_noise', 'fog',
+             '--data-root', root, '--corruptions', 'gaussian_noise', 'fog',
              '--severities', '1', '5', '--out', out)
     res = json.loads(out.read_text())
     cells = [v for row in res['mAP'].values() for v in row.values()]
     assert len(cells) == 4
     s = res['summary']
+    assert s['clean_mAP'] == pytest.approx(100.0)
+    assert all(0 <= c < 100 for c in cells) and s['mPC'] > 0
     assert s['mPC'] == pytest.approx(sum(cells) / 4)
-    if s['clean_mAP']:
-        assert s['rPC'] == pytest.approx(s['mPC'] / s['clean_mAP'])
+    assert s['rPC'] == pytest.approx(s['mPC'] / 100.0)
+    for c, row in res['mAP'].items():  # the stronger corruption costs more
+        assert row['5'] <= row['1'], (c, row)
+        assert s['per_corruption_mean'][c] == pytest.approx((row['1'] + row['5']) / 2)
     # a split model runs its deployment path: real bytes per corruption and severity
     assert set(res['bytes']) == {'gaussian_noise', 'fog'}
     assert all(b > 0 for row in res['bytes'].values() for b in row.values())

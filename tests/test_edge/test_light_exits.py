@@ -185,3 +185,22 @@ def test_exits_and_routers_the_runtime_does_not_port_are_refused(served_model, t
                         calibrate_scores=True)  # no score maps fitted
     with pytest.raises(ConfigError, match='no score maps'):
         export_edge_onnx(model, cfg, str(tmp_path))
+
+
+def test_each_router_says_how_it_exports():
+    """The router gives its sidecar entry (or its refusal); a subclass of a ported router that
+    does not port itself is refused (it may score differently)."""
+    from ecc_mmdet.models.routers import EntropyRouter, ScoreBandRouter
+    from ecc_mmdet.utils import ConfigError
+    assert EntropyRouter(top_k=5, threshold=0.5).light_edge_spec() == dict(
+        kind='EntropyRouter', threshold=0.5, top_k=5)
+    assert ScoreBandRouter(low=0.1, high=0.7, threshold=2.0).light_edge_spec() == dict(
+        kind='ScoreBandRouter', threshold=2.0, low=0.1, high=0.7)
+
+    class SharperEntropy(EntropyRouter):
+        def scores(self, exits):
+            return super().scores(exits) ** 2
+
+    with pytest.raises(ConfigError, match='ports EntropyRouter, ScoreBandRouter, not '
+                                          'SharperEntropy'):
+        SharperEntropy(threshold=0.5).light_edge_spec()

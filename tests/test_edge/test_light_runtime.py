@@ -46,13 +46,16 @@ print('ok', len(res.payload))
 
 
 def test_payloads_match_the_pytorch_edge_and_decode_on_the_cloud(exported, served_model,
-                                                                 served_detector):
+                                                                 served_detector, monkeypatch):
     from ecc_edge.codecs import unpack
     from ecc_edge.runtime import LightEdge
     from ecc_mmdet.apis import build_test_dataset, iter_batches, load_config
     edge = LightEdge(exported[0])
     cfg = load_config(served_model['config'])
     dataset = build_test_dataset(cfg)
+    compressor = served_detector.compressor
+    real_latent = compressor._latent
+    med = compressor.entropy_model._medians().view(1, -1, 1, 1)
     agree = total = 0
     for (inputs, samples), info in zip(iter_batches(served_detector, dataset, batch_size=1),
                                        dataset):
@@ -66,19 +69,25 @@ def test_payloads_match_the_pytorch_edge_and_decode_on_the_cloud(exported, serve
         assert (p.meta, p.latent_shape, p.codec_params, p.fingerprint, p.rate_point) == \
             (q.meta, q.latent_shape, q.codec_params, q.fingerprint, q.rate_point)
         with torch.no_grad():
-            f = served_detector.edge_features(inputs)
-            y = served_detector.compressor._latent(f)
-            med = served_detector.compressor.entropy_model._medians().view(1, -1, 1, 1)
+            y = real_latent(served_detector.edge_features(inputs))
             sym = torch.round(y - med).to(torch.int32)[0].numpy()
         agree += int((sym == light.symbols).sum())
         total += sym.size
-        # the cloud decodes the light payload; with equal symbols the detections are equal
+        # the ONNX graph may round a rare symbol the other way; for the symbols it did compute,
+        # the PyTorch edge frames the very same bytes: its latent replaced by one that rounds
+        # to the light symbols (integers + the medians), everything else is its own path
+        light_latent = torch.from_numpy(light.symbols).to(med.dtype)[None] + med
+        with monkeypatch.context() as m:
+            m.setattr(compressor, '_latent', lambda *a, **k: light_latent)
+            same_symbols = served_detector.encode(inputs, samples)[0]
+        assert light.payload == same_symbols
+        assert (light.payload == ref) == np.array_equal(sym, light.symbols)
+        # the cloud decodes the light payload into the latent it was made from
         got = served_detector.decode_and_predict([light.payload])[0].pred_instances
-        want = served_detector.decode_and_predict([ref])[0].pred_instances
-        if np.array_equal(sym, light.symbols):
-            assert light.payload == ref
-            torch.testing.assert_close(got.bboxes, want.bboxes)
-        assert torch.isfinite(got.bboxes).all()
+        assert len(got) > 0 and torch.isfinite(got.bboxes).all()
+        hat = compressor.entropy_model.decompress([p.body], p.latent_shape[1:])
+        np.testing.assert_array_equal(torch.round(hat - med).to(torch.int32)[0].numpy(),
+                                      light.symbols)
     assert agree / total >= 0.999
 
 

@@ -197,7 +197,8 @@ def test_hyperprior_student_both_stages(teacher_ckpt):
     payloads = student.encode(inputs, samples)
     f = student.edge_features(inputs)
     with torch.no_grad():
-        assert torch.equal(student.decompress_payloads(student.unpack_payloads(payloads, samples)),
+        codec = student.payload_codec
+        assert torch.equal(codec.decompress(codec.unpack(payloads, samples)),
                            student.compressor(f)[0])
 
 

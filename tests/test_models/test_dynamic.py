@@ -8,11 +8,12 @@ import torch
 from mmdet.registry import MODELS
 
 import ecc_mmdet  # noqa: F401
-from ecc_mmdet.deployment import DeploymentMeter
-from ecc_mmdet.models.routers import (EntropyRouter, LearnedRouter, RandomRouter,
+from ecc_mmdet.deployment import DeploymentMeter, meter_for, run_deployment
+from ecc_mmdet.deployment.calibration import tier_predictions
+from ecc_mmdet.models.routers import (BaseRouter, EntropyRouter, LearnedRouter, RandomRouter,
                                       ScoreBandRouter, exit_fingerprint, threshold_for_ratio)
 from ecc_mmdet.structures import read as read_comm
-from ecc_mmdet.utils import ConfigError
+from ecc_mmdet.utils import ConfigError, check_config
 
 from conftest import TINY_FRCNN, TINY_RETINA, fake_batch, split_cfg, tiny_model_cfg
 
@@ -83,22 +84,72 @@ def test_merged_results_equal_each_branch_in_input_order(model):
     tiers = [read_comm(r).tier for r in res]
     assert 0 < tiers.count('cloud') < 6, tiers  # seeded: a real mix
     assert [r.img_id for r in res] == [s.img_id for s in samples]  # order kept, none dropped
-    edge = copy.deepcopy(model)
-    edge.router = RandomRouter(threshold=math.inf)
-    cloud = copy.deepcopy(model)
-    cloud.router = RandomRouter(threshold=-math.inf)
-    only_edge = detections(edge.predict(inputs, copy.deepcopy(samples)))
-    only_cloud = detections(cloud.predict(inputs, copy.deepcopy(samples)))
+    meter = DeploymentMeter(measure_flops=False, estimate_rate=False)
+    only_edge, only_cloud = (detections(run_deployment(model, inputs, copy.deepcopy(samples),
+                                                       meter=meter, force_tier=tier))
+                             for tier in ('edge', 'cloud'))
     for i, (r, t) in enumerate(zip(detections(res), tiers)):
         ref = only_cloud[i] if t == 'cloud' else only_edge[i]
         for a, b in zip(r, ref):
             assert torch.equal(a, b)
 
 
+def forced(m, inputs, samples, tier):
+    meter = DeploymentMeter(measure_flops=True, estimate_rate=False)
+    return [read_comm(r) for r in run_deployment(m, inputs, copy.deepcopy(samples), meter=meter,
+                                                 force_tier=tier)]
+
+
+def test_forcing_a_tier_is_an_argument_of_the_pipeline(model):
+    """``force_tier`` sends 100 % / 0 % of the images to the cloud without asking the router
+    (here one not calibrated yet: asking it would raise) and without replacing it; the exits
+    still run. The calibration passes (``tier_predictions``) use it."""
+    inputs, samples = fake_batch(model, n=5, seed=4)
+    m = copy.deepcopy(model)
+    router = m.router = EntropyRouter(target_offload_ratio=0.3)
+    for tier, offloaded, name in (('cloud', True, 'cloud'), ('edge', False, 'edge_main')):
+        recs = forced(m, inputs, samples, tier)
+        assert [(r.offloaded, r.tier) for r in recs] == [(offloaded, name)] * 5
+        assert all(r.exit_flops > 0 for r in recs)
+        preds = tier_predictions(m, [(inputs, copy.deepcopy(samples))], offload_all=offloaded)
+        assert [p['comm']['offloaded'] for p in preds] == [offloaded] * 5
+    assert m.router is router and math.isnan(float(router.threshold))
+    with pytest.raises(RuntimeError, match='no calibrated threshold'):
+        m.predict(inputs, copy.deepcopy(samples))  # unforced, the router is asked
+    # no router (the benchmark's passes): the exits run when a tier is forced
+    bare = build(dynamic_cfg(None))
+    assert [r.tier for r in forced(bare, inputs, samples, 'edge')] == ['edge_main'] * 5
+    with pytest.raises(ValueError, match='force_tier'):
+        forced(bare, inputs, samples, 'edge_main')
+
+
+def test_the_router_owns_its_calibration_rule(monkeypatch):
+    """A target ratio other than 0 / 1 needs calibration; a threshold does not; no argument
+    means DEFAULT_RATIO. The router's instance, its config, the config check and the tools'
+    decision are one rule: changing the router's default changes every one of them."""
+    cases = [(dict(threshold=0.3), False), (dict(target_offload_ratio=0.0), False),
+             (dict(target_offload_ratio=1), False), (dict(target_offload_ratio=0.5), True),
+             (dict(), True)]
+    for kw, needs in cases:
+        assert BaseRouter.config_needs_calibration(kw) is needs, kw
+        assert EntropyRouter(**kw).needs_calibration is needs, kw
+    assert BaseRouter.DEFAULT_RATIO == 0.5 and EntropyRouter().target_offload_ratio == 0.5
+    from mmengine.config import Config
+    cfg = Config(dict(custom_imports=dict(imports=['ecc_mmdet']),
+                      model=dict(edge_exit=exit_cfg(), router=dict(type='EntropyRouter'))))
+    with pytest.raises(ConfigError, match=r'target_offload_ratio=0.5 needs a calibration split'):
+        check_config(cfg, mode='test')  # the check registered by RouterCalibrationHook's module
+    from ecc_tools.dynamic import needs_calibration
+    assert needs_calibration(cfg)
+    monkeypatch.setattr(BaseRouter, 'DEFAULT_RATIO', 0.0)  # the default keeps all on the edge
+    check_config(cfg, mode='test')
+    assert not needs_calibration(cfg) and not EntropyRouter().needs_calibration
+    assert EntropyRouter().threshold == math.inf
+
+
 def test_accounting_of_edge_finished_images(model):
     inputs, samples = fake_batch(model, n=6, seed=3)
-    m = copy.deepcopy(model)
-    object.__setattr__(m, 'meter', DeploymentMeter())
+    m = copy.deepcopy(model)  # a fresh model: the pipeline's meter for it counts anew
     recs = [read_comm(r) for r in m.predict(inputs, copy.deepcopy(samples))]
     edge = [r for r in recs if not r.offloaded]
     sent = [r for r in recs if r.offloaded]
@@ -107,11 +158,11 @@ def test_accounting_of_edge_finished_images(model):
                and r.cloud_time_s == 0 and r.estimated_bits is None for r in edge)
     assert all(r.payload_bytes > r.header_bytes > 0 and r.cloud_flops > 0 for r in sent)
     # exit FLOPs are edge FLOPs, spent by every image; encoding only by the offloaded ones
-    exit_flops = m.meter.flops['exit'].get((3, 96, 96), None)
+    exit_flops = meter_for(m).flops['exit'].get((3, 96, 96), None)
     assert exit_flops > 0 and all(r.exit_flops >= exit_flops for r in recs)
     assert all(r.edge_flops == pytest.approx(sent[0].edge_flops) for r in sent)
     assert all(r.edge_flops == pytest.approx(edge[0].edge_flops) for r in edge)
-    encode = m.meter.flops['encode'].get((3, 96, 96), None)
+    encode = meter_for(m).flops['encode'].get((3, 96, 96), None)
     assert sent[0].edge_flops == pytest.approx(edge[0].edge_flops + encode)
     assert m.edge_param_count() > build(dynamic_cfg(None)).splitter.split_channels()
 
@@ -246,7 +297,7 @@ def test_learned_router_trains_only_itself_and_refuses_other_exits(model):
     other = copy.deepcopy(m)
     with torch.no_grad():
         next(other.edge_exit.parameters()).add_(0.01)  # retrained exits
-    other._forget_exit()
+    other.tiers.forget_exit()
     with pytest.raises(ConfigError, match='trained for other edge exits'):
         other.predict(inputs, copy.deepcopy(samples))
 
@@ -311,7 +362,7 @@ def test_extension_training_trains_only_the_extension_on_hard_classes():
     m.train()
     assert m.extension_exit.training and not m.edge_exit.training
     inputs, samples = fake_batch(m, n=2, with_gt=True, training=True)
-    hard_only = m._hard_only(samples)
+    hard_only = m.tiers.hard_only(samples)
     assert [s.gt_instances.labels.tolist() for s in hard_only] == [[2] if 2 in s.gt_instances.labels
                                                                   else [] for s in samples]
     losses = m.loss(inputs, samples)

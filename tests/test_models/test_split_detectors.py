@@ -10,7 +10,7 @@ import ecc_mmdet  # noqa: F401
 from ecc_mmdet.structures import read as read_comm
 from ecc_edge.codecs.bitstream import BitstreamError, CodecMismatchError, CorruptedBitstreamError
 from ecc_mmdet.utils import ConfigError
-from ecc_mmdet.deployment import DeploymentMeter
+from ecc_mmdet.deployment import DeploymentMeter, meter_for, run_deployment
 from ecc_mmdet.utils.flops import FlopCache
 
 from conftest import TINY_FRCNN, TINY_RETINA, fake_batch, split_cfg, tiny_model_cfg
@@ -162,16 +162,15 @@ def test_decode_refuses_a_batch_of_mixed_feature_shapes(frcnn_pair):
 
 def test_flop_counts_are_cached_per_input_shape_and_bounded(frcnn_pair):
     unsplit, split = frcnn_pair
-    model = copy.deepcopy(split)
-    object.__setattr__(model, 'meter', DeploymentMeter(max_shapes=2))
+    meter = DeploymentMeter(max_shapes=2)  # the caller's: the model owns no meter
     counts = {}
     for size in (64, 96, 64, 128):
         inputs, samples = fake_batch(unsplit, n=1, size=size)
-        rec = read_comm(model.predict(inputs, samples)[0])
+        rec = read_comm(run_deployment(split, inputs, samples, meter=meter)[0])
         counts.setdefault(size, set()).add((rec.edge_flops, rec.cloud_flops))
-    edge = model.meter.flops['edge']
+    edge = meter.flops['edge']
     # measured once per shape: 64 (reused on its second use), 96, 128
-    assert edge.measurements == 3 and model.meter.flops['cloud'].measurements == 3
+    assert edge.measurements == 3 and meter.flops['cloud'].measurements == 3
     # bounded at 2: 96 went out when 128 came in (64 had been used more recently)
     assert len(edge) == 2
     assert (3, 64, 64) in edge and (3, 96, 96) not in edge
@@ -182,7 +181,53 @@ def test_flop_counts_are_cached_per_input_shape_and_bounded(frcnn_pair):
     assert c128 > c64 > 0
     # the record's sides are the sums of the measured steps
     assert rec.edge_flops == pytest.approx(edge.get((3, 128, 128), None)
-                                           + model.meter.flops['encode'].get((3, 128, 128), None))
+                                           + meter.flops['encode'].get((3, 128, 128), None))
+
+
+def test_the_pipeline_holds_the_meter_of_each_model(frcnn_pair):
+    """The model creates no meter: ``predict`` measures with the one the pipeline holds for that
+    model, which follows the model's ``measure_flops`` setting."""
+    unsplit, split = frcnn_pair
+    model = copy.deepcopy(split)
+    assert 'meter' not in model.__dict__ and not hasattr(model, 'meter')
+    inputs, samples = fake_batch(unsplit, n=1, size=64)
+    rec = read_comm(model.predict(inputs, copy.deepcopy(samples))[0])
+    assert rec.edge_flops > 0 and meter_for(model).flops['edge'].measurements == 1
+    assert meter_for(model) is meter_for(model) and meter_for(model) is not meter_for(split)
+    model.measure_flops = False
+    assert read_comm(model.predict(inputs, copy.deepcopy(samples))[0]).edge_flops is None
+
+
+def test_loss_is_one_forward_and_keeps_nothing_on_the_model(frcnn_pair):
+    """``loss`` = the unsplit detector's mmdet losses on the same weights (a lossless codec) +
+    the compressor's; the distiller gets the intermediates as an argument, and the model holds
+    no loss or feature between calls."""
+    unsplit, split = frcnn_pair
+    model = copy.deepcopy(split).train()
+    ref_model = copy.deepcopy(unsplit).train()
+    inputs, samples = fake_batch(unsplit, n=2, with_gt=True, training=True)
+    before = set(model.__dict__)
+    seen = {}
+
+    def distiller(m, batch_inputs, batch_samples, losses, intermediates):
+        seen.update(intermediates)
+        return dict(losses, loss_kd=intermediates['neck_outs'][0].sum() * 0)
+
+    model.attach_distiller(distiller)
+    torch.manual_seed(3)  # the RPN's and the RoI sampler's draws
+    got = model.loss(inputs, copy.deepcopy(samples))
+    torch.manual_seed(3)
+    ref = ref_model.loss(inputs, copy.deepcopy(samples))
+    assert set(got) == set(ref) | {'loss_kd'}
+    for k, v in ref.items():
+        for a, b in zip(v if isinstance(v, list) else [v], got[k] if isinstance(v, list)
+                        else [got[k]]):
+            torch.testing.assert_close(b, a, rtol=0, atol=1e-6)
+    assert set(seen) == {'edge_feats', 'compressor_losses', 'backbone_outs', 'neck_outs'}
+    assert set(model.__dict__) == before
+    assert model.distiller is distiller and 'distiller' not in dict(model.named_children())
+    model.attach_distiller(None)
+    assert model.distiller is None
 
 
 def test_flop_cache_is_least_recently_used():

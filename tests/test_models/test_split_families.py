@@ -9,6 +9,7 @@ from mmdet.registry import MODELS
 from mmdet.structures import DetDataSample
 from mmengine.config import ConfigDict
 from mmengine.registry import init_default_scope
+from mmengine.structures import InstanceData
 
 import ecc_mmdet  # noqa: F401
 from ecc_mmdet.apis.inference import split_model_cfg, unsplit_model_cfg
@@ -223,15 +224,54 @@ def test_split_dino_trains_one_step():
     _, split = _pair('DINO/Swin', dict(type='EntropyBottleneckNeck', latent_channels=8))
     split.train()
     inputs, samples = _batch(split)
-    for s in samples:
-        from mmengine.structures import InstanceData
-        s.gt_instances = InstanceData(bboxes=torch.tensor([[4.0, 6.0, 40.0, 44.0]]),
-                                      labels=torch.tensor([1]))
-    losses = split.loss(inputs, samples)
+    losses = split.loss(inputs, _with_gt(samples))
     assert 'loss_rate' in losses and 'loss_cls' in losses
     total = sum(v for k, v in losses.items() if 'loss' in k and isinstance(v, torch.Tensor))
     total.backward()
     assert split.compressor.g_a[0].weight.grad is not None
+
+
+def _with_gt(samples):
+    for s in samples:
+        s.gt_instances = InstanceData(bboxes=torch.tensor([[4.0, 6.0, 40.0, 44.0]]),
+                                      labels=torch.tensor([1]))
+    return samples
+
+
+@pytest.mark.parametrize('name', ['DINO/Swin', 'RTMDet/CSPNeXt', 'DETR/ResNet'])
+def test_split_loss_is_the_families_own_loss(name):
+    """Each family's ``loss_from_features`` is its mmdet ``loss`` after ``extract_feat``: with a
+    lossless codec the split's losses are the unsplit detector's (same draws, same weights)."""
+    unsplit, split = _pair(name)
+    unsplit.train()
+    split.train()
+    inputs, samples = _batch(unsplit)
+    torch.manual_seed(5)  # DINO's denoising queries
+    ref = unsplit.loss(inputs, _with_gt(copy.deepcopy(samples)))
+    torch.manual_seed(5)
+    got = split.loss(inputs, _with_gt(copy.deepcopy(samples)))
+    assert set(got) == set(ref)
+    for k, v in ref.items():
+        torch.testing.assert_close(got[k], v, rtol=0, atol=1e-5, msg=k)
+
+
+def test_every_mmdet_detr_class_is_split_or_listed():
+    """An explicit split class per mmdet DETR class that keeps the base flow; a new
+    ``DetectionTransformer`` subclass in mmdet makes this fail until it is split or listed."""
+    import mmdet.models.detectors as mmdet_detectors
+    from mmdet.models.detectors.base_detr import DetectionTransformer
+
+    from ecc_mmdet.models.detectors import DETR_SPLIT_TYPES, NOT_SPLIT
+    mmdet_detrs = {n for n, c in vars(mmdet_detectors).items() if isinstance(c, type)
+                   and issubclass(c, DetectionTransformer) and c is not DetectionTransformer}
+    assert mmdet_detrs == set(DETR_SPLIT_TYPES.values()) | set(NOT_SPLIT)
+    assert not set(DETR_SPLIT_TYPES.values()) & set(NOT_SPLIT)
+    for split_name, base in DETR_SPLIT_TYPES.items():
+        cls = MODELS.get(split_name)
+        assert cls.unsplit_type == base and issubclass(cls, getattr(mmdet_detectors, base))
+        assert all(getattr(getattr(mmdet_detectors, base), m) is getattr(DetectionTransformer, m)
+                   for m in ('extract_feat', 'loss', 'predict', '_forward')), base
+    assert MODELS.get('EdgeCloudGroundingDINO') is None
 
 
 def test_family_errors():

@@ -9,7 +9,7 @@ import torch
 from mmengine.config import Config
 from mmengine.runner import save_checkpoint
 
-from conftest import REPO, run_tool
+from conftest import REPO, predictions_as_ground_truth, run_tool
 
 JPEG_CFG = osp.join(REPO, 'configs', 'faster_rcnn_r18_fpn_synthetic_jpeg.py')
 
@@ -25,16 +25,30 @@ def teacher_ckpt(tmp_path_factory):
     return path
 
 
+def _half_own_predictions(tiny_coco, teacher_ckpt, path):
+    """Ground truth = every other box the (untrained) model predicts on the JPEG-decoded images:
+    both paths then score a mAP strictly between 0 and 1, which only agrees if they run the
+    same images through the same model (on the real labels, the untrained model scores 0)."""
+    n = predictions_as_ground_truth(JPEG_CFG, teacher_ckpt, tiny_coco, path)
+    gt = json.load(open(path))
+    gt['annotations'] = gt['annotations'][::2]
+    json.dump(gt, open(path, 'w'))
+    assert n >= 8
+    return str(path)
+
+
 def test_runner_and_evaluate_detector_report_the_same_fields(tiny_coco, teacher_ckpt, tmp_path):
     from ecc_mmdet.apis import build_detector, build_test_dataset, evaluate_detector, load_config
+    gt = _half_own_predictions(tiny_coco, teacher_ckpt, tmp_path / 'half_own.json')
     run_tool('test', JPEG_CFG, teacher_ckpt, '--work-dir', tmp_path / 't', '--data-root',
-             tiny_coco)
+             tiny_coco, '--cfg-options', f'test_evaluator.0.ann_file={gt}')
     runner = json.load(open(glob.glob(str(tmp_path / 't' / '*' / '*.json'))[0]))
 
     cfg = load_config(JPEG_CFG, tiny_coco)
     model = build_detector(cfg.model, teacher_ckpt)
-    direct = evaluate_detector(model, build_test_dataset(cfg), cfg.test_evaluator[0].ann_file,
+    direct = evaluate_detector(model, build_test_dataset(cfg), gt,
                                bandwidth_mbps=[1.0, 10.0], batch_size=4, progress=False)
+    assert 0.05 < direct['coco/bbox_mAP'] < 0.95 and 0.05 < direct['coco/bbox_mAP_50'] < 1
 
     comm = sorted(k for k in direct if k.startswith('comm/'))
     assert comm == sorted(k for k in runner if k.startswith('comm/'))

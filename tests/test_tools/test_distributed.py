@@ -3,8 +3,12 @@
 Two processes train a tiny split student with knowledge adaptation through
 ``tools/dist_train.sh``; each rank sees different images, so the ranks end with identical
 weights only if DDP averaged their gradients (and ``find_unused_parameters`` let the
-stage-frozen parameters through).
+stage-frozen parameters through). Two processes test a split model through
+``tools/dist_test.sh``; each rank scores half of the images, so the mAP against the model's own
+predictions is 1 only if the ranks' results were gathered.
 """
+import glob
+import json
 import os
 import os.path as osp
 import socket
@@ -16,7 +20,7 @@ import torch
 from mmengine.config import Config
 from mmengine.runner import save_checkpoint
 
-from conftest import REPO
+from conftest import REPO, own_predictions_root
 
 KD_CFG = osp.join(REPO, 'configs', 'ecc_faster_rcnn_r18_synthetic_kd.py')
 TEACHER_CFG = osp.join(REPO, 'configs', 'faster_rcnn_r18_fpn_synthetic.py')
@@ -49,6 +53,29 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _dist_env(**extra):
+    return dict(os.environ, PYTHON=sys.executable, PORT=str(_free_port()), OMP_NUM_THREADS='1',
+                PYTHONUNBUFFERED='1', **extra)
+
+
+def test_two_process_test_gathers_every_rank(served_model, tmp_path):
+    root = own_predictions_root(served_model['config'], served_model['checkpoint'],
+                                served_model['data_root'], tmp_path / 'own')
+    work = tmp_path / 'work'
+    proc = subprocess.run(
+        ['bash', osp.join(REPO, 'tools', 'dist_test.sh'), served_model['config'],
+         served_model['checkpoint'], '2', '--work-dir', str(work), '--data-root', str(root),
+         '--cfg-options', 'test_dataloader.batch_size=1', 'default_hooks.logger.interval=1'],
+        cwd=str(tmp_path), env=_dist_env(), capture_output=True, text=True, timeout=600)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-4000:]
+    # 4 images, batch 1: two iterations on each of the two ranks
+    assert 'Distributed launcher: pytorch' in log and 'Epoch(test) [2/2]' in log
+    metrics = json.load(open(glob.glob(str(work / '*' / '*.json'))[0]))
+    assert metrics['coco/bbox_mAP'] == 1.0 and metrics['coco/bbox_mAP_50'] == 1.0
+    assert metrics['comm/offload_ratio'] == 1.0 and metrics['comm/bytes_mean'] > 0
+
+
 def test_two_process_kd_training_keeps_ranks_identical(tiny_coco, tmp_path):
     import ecc_mmdet  # noqa: F401
     from ecc_mmdet.apis import build_detector
@@ -69,8 +96,7 @@ def test_two_process_kd_training_keeps_ranks_identical(tiny_coco, tmp_path):
         find_unused_parameters = True
     """))
     work = tmp_path / 'work'
-    env = dict(os.environ, PYTHON=sys.executable, PORT=str(_free_port()), OMP_NUM_THREADS='1',
-               PYTHONPATH=str(tmp_path), PYTHONUNBUFFERED='1')
+    env = _dist_env(PYTHONPATH=str(tmp_path))
     proc = subprocess.run(
         ['bash', osp.join(REPO, 'tools', 'dist_train.sh'), str(cfg_file), '2', '--work-dir',
          str(work), '--data-root', tiny_coco, '--cfg-options', 'train_cfg.max_epochs=2',

@@ -3,6 +3,7 @@ learned-router fitting and the benchmark, on tiny images."""
 import glob
 import json
 import os.path as osp
+import shutil
 
 import pytest
 
@@ -33,17 +34,25 @@ def test_exit_training_calibrates_the_router_before_validation(trained):
 
 def test_test_tool_reports_tiers_and_edge_bytes(trained, tiny_coco_calib, tmp_path):
     work, _ = trained
+    # calibrated on the 4 evaluation images themselves (a copy of their annotations under
+    # another name, which the split check cannot tell apart): a 0.5 target then offloads
+    # exactly 2 of them, so both tiers are present in what is checked below
+    calib = tmp_path / 'val_copy.json'
+    shutil.copy(osp.join(tiny_coco_calib, 'annotations', 'instances_val.json'), calib)
     run_tool('test', DYNAMIC_CFG, work / 'epoch_1.pth', '--work-dir', tmp_path,
              *data_options(tiny_coco_calib), '--cfg-options',
-             'custom_hooks.0.num_images=8', 'model.router.target_offload_ratio=0.5')
+             f'custom_hooks.0.dataloader.dataset.ann_file={calib}',
+             'custom_hooks.0.dataloader.dataset.data_prefix.img=val/',
+             'custom_hooks.0.num_images=4', 'model.router.target_offload_ratio=0.5')
     metrics = json.load(open(glob.glob(str(tmp_path / '*' / '*.json'))[0]))
     shares = {k: v for k, v in metrics.items() if k.startswith('comm/tier_')}
     assert sum(shares.values()) == pytest.approx(1.0)
-    assert metrics['comm/offload_ratio'] == pytest.approx(shares.get('comm/tier_cloud_share', 0))
+    assert metrics['comm/offload_ratio'] == pytest.approx(0.5)
+    assert metrics['comm/offload_ratio'] == pytest.approx(shares['comm/tier_cloud_share'])
     # bytes over all images = bytes over offloaded images x offload ratio (edge images send 0)
-    if metrics['comm/offload_ratio'] > 0:
-        assert metrics['comm/bytes_per_image_mean'] == pytest.approx(
-            metrics['comm/bytes_mean'] * metrics['comm/offload_ratio'])
+    assert metrics['comm/bytes_mean'] > 0
+    assert metrics['comm/bytes_per_image_mean'] == pytest.approx(
+        metrics['comm/bytes_mean'] * metrics['comm/offload_ratio'])
     assert metrics['comm/exit_gflops'] > 0
     assert metrics['comm/edge_flops_fraction_without_exits'] < metrics['comm/edge_flops_fraction']
 
@@ -96,6 +105,8 @@ def test_learned_router_and_benchmark(trained, tiny_coco_calib, tmp_path):
     routers = {r['router'] for r in rows if r['variant'] == 'Dynamic'}
     assert {'random', 'score band', 'entropy', 'learned', 'oracle'} <= routers
     adaptive = next(r for r in rows if r['variant'] == 'Adaptive')
+    dynamic = [r for r in rows if r['variant'] == 'Dynamic']
+    assert {r['target_ratio'] for r in dynamic} >= {0, 1}  # the checks below have rows to check
     for r in rows:
         if r['variant'] == 'Dynamic' and r['target_ratio'] == 0:
             assert r['offload_ratio'] == 0 and r['bytes_per_image'] == 0 and r['cloud_gflops'] == 0

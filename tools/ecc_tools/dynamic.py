@@ -13,7 +13,7 @@ import copy
 import os
 import os.path as osp
 import pickle
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, NamedTuple, Optional, Sequence
 
 import numpy as np
 import torch
@@ -26,7 +26,7 @@ from ecc_mmdet.deployment.calibration import (check_calibration_split,
 from ecc_mmdet.evaluation.bootstrap import ImageBootstrap
 from ecc_mmdet.utils import ConfigError
 from ecc_mmdet.evaluation.routing import compose, missed_objects, per_image_ap
-from ecc_mmdet.models.routers import (EntropyRouter, LearnedRouter, RandomRouter,
+from ecc_mmdet.models.routers import (BaseRouter, EntropyRouter, LearnedRouter, RandomRouter,
                                       ScoreBandRouter, exit_fingerprint, threshold_for_ratio)
 from ecc_mmdet.models.routers.features import router_features
 
@@ -55,11 +55,7 @@ def needs_calibration(cfg) -> bool:
     m = cfg.model
     if not m.get('edge_exit') or not m.get('router'):
         return False
-    ratio = m.router.get('target_offload_ratio')
-    if m.router.get('threshold') is None and ratio is None:
-        ratio = 0.5  # BaseRouter's default
-    return bool(m.get('calibrate_scores')) or (ratio is not None and
-                                               float(ratio) not in (0.0, 1.0))
+    return bool(m.get('calibrate_scores')) or BaseRouter.config_needs_calibration(m.router)
 
 
 def calibrated_if_dynamic(config: str, checkpoint: str, data_root: Optional[str],
@@ -196,6 +192,134 @@ def _collect(model, val, val_idx, train, train_cfg, calib_idx, rtrain_idx, heur,
             jpeg_val, jpeg_tr)
 
 
+class _Passes(NamedTuple):
+    """What :func:`_collect` computes (cached as a plain tuple in this order)."""
+    edge_val: list   # per evaluation image: the exit's result (+ record)
+    cloud_val: list  # ... and the cloud's, through the bitstream
+    edge_tr: list    # the same on the router-fitting images
+    cloud_tr: list
+    s_val: dict      # heuristic router -> scores; f_*: the learned router's features
+    f_val: torch.Tensor
+    s_tr: dict
+    f_tr: torch.Tensor
+    s_cal: dict
+    f_cal: torch.Tensor
+    jpeg_val: list   # the teacher on JPEG images (Independent)
+    jpeg_tr: list
+
+
+class _Matches(NamedTuple):
+    """COCO matches of the exit and the cloud on the evaluation images, raw and calibrated."""
+    raw: tuple  # (exit, cloud)
+    cal: tuple
+    gains_tr: np.ndarray   # per router-fitting image: AP(cloud) - AP(exit)
+    gains_val: np.ndarray  # the same on the evaluation images (the oracle's order)
+
+
+def _calibration_indices(num_available: int, num_calib: int, num_router_train: int):
+    """The first images calibrate (as RouterCalibrationHook does), the next ones fit the
+    router -> (calibration indices, router-fitting indices)."""
+    if num_available < num_router_train + num_calib:
+        raise ValueError(f'the calibration split has {num_available} images, fewer than '
+                         f'{num_calib} (calibration) + {num_router_train} (router fitting); '
+                         'generate more (tools/make_synthetic_coco.py --num-calib N)')
+    return list(range(num_calib)), list(range(num_calib, num_calib + num_router_train))
+
+
+def _cached_passes(cache: Optional[str], key: dict, collect) -> _Passes:
+    """``collect()``, or what ``cache`` holds when it was made with the same ``key``."""
+    passes = None
+    if cache and osp.isfile(cache):
+        with open(cache, 'rb') as f:
+            stored = pickle.load(f)
+        passes = stored['passes'] if stored.get('key') == key else None
+    if passes is None:
+        passes = collect()
+        if cache:
+            os.makedirs(osp.dirname(osp.abspath(cache)), exist_ok=True)
+            with open(cache, 'wb') as f:
+                pickle.dump(dict(key=key, passes=passes), f)
+    else:
+        print(f'- reusing the model passes in {cache}', flush=True)
+    return _Passes(*passes)
+
+
+def _matches(boot, p: _Passes, ann_train: str, val_cat_ids, train_cat_ids) -> _Matches:
+    ev_edge, ev_cloud = (boot.evaluate(q, val_cat_ids) for q in (p.edge_val, p.cloud_val))
+    gains_tr = offload_gains(ann_train, p.edge_tr, p.cloud_tr, train_cat_ids)
+    # per-tier score calibration, fitted on the same held-out images as the learned router
+    maps = score_maps_from_predictions(ann_train, p.edge_tr, p.cloud_tr, train_cat_ids)
+    ev_edge_cal = boot.evaluate(recalibrated(p.edge_val, maps['edge']), val_cat_ids)
+    ev_cloud_cal = boot.evaluate(recalibrated(p.cloud_val, maps['cloud']), val_cat_ids)
+    gains_val = np.nan_to_num(per_image_ap(boot, ev_cloud) - per_image_ap(boot, ev_edge))
+    return _Matches((ev_edge, ev_cloud), (ev_edge_cal, ev_cloud_cal), gains_tr, gains_val)
+
+
+def _fit_learned_router(model, p: _Passes, gains_tr: np.ndarray) -> dict:
+    """Fit the learned router on the held-out images; adds its scores to ``p.s_*``."""
+    learned = LearnedRouter(feature_channels=model.splitter.split_channels(), threshold=0.0)
+    fit = learned.fit(p.f_tr, torch.as_tensor(gains_tr), exit_fingerprint(model.edge_exit))
+    with torch.no_grad():
+        p.s_val['learned'] = learned(p.f_val).double().numpy()
+        p.s_cal['learned'] = learned(p.f_cal).double().numpy()
+        p.s_tr['learned'] = learned(p.f_tr).double().numpy()
+    return fit
+
+
+def _dynamic_rows(p: _Passes, boot, m: _Matches, routers, ratios, n: int):
+    """All-cloud, edge-only and every router at every ratio, with calibrated and raw scores
+    -> (rows, matches per (router, ratio) of the calibrated sweep, all-cloud matches)."""
+    all_cloud, ev_all = _system(np.ones(n, bool), p.edge_val, p.cloud_val, boot, m.cal, m.raw)
+    all_edge, _ = _system(np.zeros(n, bool), p.edge_val, p.cloud_val, boot, m.cal, m.raw)
+    rows = [dict(variant='Adaptive', router='-', target_ratio=1.0, **all_cloud),
+            dict(variant='edge exit only', router='-', target_ratio=0.0, **all_edge)]
+    evals = {}
+    for variant, evs, raw_evs in (('Dynamic', m.cal, m.raw), ('Dynamic, raw scores', m.raw, None)):
+        for name in routers:
+            for r in ratios:
+                t = threshold_for_ratio(torch.as_tensor(p.s_cal[name]), float(r))
+                fig, ev = _system(p.s_val[name] > t, p.edge_val, p.cloud_val, boot, evs, raw_evs)
+                rows.append(dict(variant=variant, router=name, target_ratio=float(r),
+                                 threshold=t, **fig))
+                if variant == 'Dynamic':
+                    evals[(name, float(r))] = ev
+    return rows, evals, ev_all
+
+
+def _oracle_rows(p: _Passes, boot, m: _Matches, ratios, n: int, evals: dict) -> List[dict]:
+    """Offload the images the cloud improves most (and: each image's better result)."""
+    rows = []
+    order = np.argsort(-m.gains_val, kind='stable')
+    for r in ratios:
+        off = np.zeros(n, bool)
+        off[order[:int(round(float(r) * n))]] = True
+        fig, ev = _system(off, p.edge_val, p.cloud_val, boot, m.cal, m.raw)
+        rows.append(dict(variant='Dynamic', router='oracle', target_ratio=float(r), **fig))
+        evals[('oracle', float(r))] = ev
+    best_each, _ = _system(m.gains_val > 0, p.edge_val, p.cloud_val, boot, m.cal, m.raw)
+    rows.append(dict(variant='Dynamic', router='oracle (better of the two per image)',
+                     target_ratio=None, **best_each))
+    return rows
+
+
+def _independent_rows(p: _Passes, boot, m: _Matches, ann_train: str, val_cat_ids,
+                      train_cat_ids, ratios, routers) -> List[dict]:
+    """The same exit and routers; offloaded images go as JPEG to the unsplit teacher (its
+    scores calibrated like the student's, on the same held-out images)."""
+    ev_jpeg = boot.evaluate(p.jpeg_val, val_cat_ids)
+    jmap = score_maps_from_predictions(ann_train, p.edge_tr, p.jpeg_tr, train_cat_ids)['cloud']
+    ev_jpeg_cal = boot.evaluate(recalibrated(p.jpeg_val, jmap), val_cat_ids)
+    rows = []
+    for name in routers:
+        for r in ratios:
+            t = threshold_for_ratio(torch.as_tensor(p.s_cal[name]), float(r))
+            off = p.s_val[name] > t
+            fig, _ = _system(off, p.edge_val, p.jpeg_val, boot, (m.cal[0], ev_jpeg_cal),
+                             (m.raw[0], ev_jpeg), edge_encodes=False)
+            rows.append(dict(variant='Independent', router=name, target_ratio=float(r), **fig))
+    return rows
+
+
 def run_dynamic(config: str, checkpoint: str, teacher_config: str, teacher_checkpoint: str,
                 data_root: Optional[str] = None, num_images: Optional[int] = None,
                 num_router_train: int = 200, num_calib: int = 200,
@@ -209,102 +333,32 @@ def run_dynamic(config: str, checkpoint: str, teacher_config: str, teacher_check
     calib_cfg = calibration_dataset_cfg(cfg)
     val = build_test_dataset(cfg)
     n = len(val) if num_images is None else min(num_images, len(val))
-    val_idx = list(range(n))
-    if len(train) < num_router_train + num_calib:
-        raise ValueError(f'the calibration split has {len(train)} images, fewer than '
-                         f'{num_calib} (calibration) + {num_router_train} (router fitting); '
-                         'generate more (tools/make_synthetic_coco.py --num-calib N)')
-    # the first images calibrate (as RouterCalibrationHook does), the next ones fit the router
-    calib_idx = list(range(num_calib))
-    rtrain_idx = list(range(num_calib, num_calib + num_router_train))
+    calib_idx, rtrain_idx = _calibration_indices(len(train), num_calib, num_router_train)
     ann_val = cfg.test_evaluator['ann_file'] if isinstance(cfg.test_evaluator, dict) else \
         cfg.test_evaluator[0]['ann_file']
     ann_train = calib_cfg['data_root'].rstrip('/') + '/' + calib_cfg['ann_file']
-
     heur = {k: f() for k, f in HEURISTIC_ROUTERS.items()}
     key = dict(version=2, checkpoint=osp.abspath(checkpoint), mtime=osp.getmtime(checkpoint),
                teacher=osp.abspath(teacher_checkpoint), n=n, num_calib=num_calib,
                num_router_train=num_router_train, jpeg_quality=jpeg_quality, data_root=data_root)
-    passes = None
-    if cache and osp.isfile(cache):
-        with open(cache, 'rb') as f:
-            stored = pickle.load(f)
-        passes = stored['passes'] if stored.get('key') == key else None
-    if passes is None:
-        passes = _collect(model, val, val_idx, train, calib_cfg, calib_idx, rtrain_idx, heur, n,
-                          teacher_config, teacher_checkpoint, data_root, jpeg_quality, ann_val)
-        if cache:
-            os.makedirs(osp.dirname(osp.abspath(cache)), exist_ok=True)
-            with open(cache, 'wb') as f:
-                pickle.dump(dict(key=key, passes=passes), f)
-    else:
-        print(f'- reusing the model passes in {cache}', flush=True)
-    (edge_val, cloud_val, edge_tr, cloud_tr, s_val, f_val, s_tr, f_tr, s_cal, f_cal,
-     jpeg_val, jpeg_tr) = passes
-
-    boot = ImageBootstrap(ann_val, [p['img_id'] for p in edge_val], max(bootstrap, 1))
-    ev_edge, ev_cloud = (boot.evaluate(p, val.cat_ids) for p in (edge_val, cloud_val))
-    gains_tr = offload_gains(ann_train, edge_tr, cloud_tr, train.cat_ids)
-    # per-tier score calibration, fitted on the same held-out images as the learned router
-    maps = score_maps_from_predictions(ann_train, edge_tr, cloud_tr, train.cat_ids)
-    ev_edge_cal = boot.evaluate(recalibrated(edge_val, maps['edge']), val.cat_ids)
-    ev_cloud_cal = boot.evaluate(recalibrated(cloud_val, maps['cloud']), val.cat_ids)
-    gains_val = np.nan_to_num(per_image_ap(boot, ev_cloud) - per_image_ap(boot, ev_edge))
-
-    learned = LearnedRouter(feature_channels=model.splitter.split_channels(), threshold=0.0)
-    fit = learned.fit(f_tr, torch.as_tensor(gains_tr), exit_fingerprint(model.edge_exit))
-    with torch.no_grad():
-        s_val['learned'] = learned(f_val).double().numpy()
-        s_cal['learned'] = learned(f_cal).double().numpy()
-        s_tr['learned'] = learned(f_tr).double().numpy()
-
-    cal, raw = (ev_edge_cal, ev_cloud_cal), (ev_edge, ev_cloud)
-    all_cloud, ev_all = _system(np.ones(n, bool), edge_val, cloud_val, boot, cal, raw)
-    all_edge, _ = _system(np.zeros(n, bool), edge_val, cloud_val, boot, cal, raw)
-    rows = [dict(variant='Adaptive', router='-', target_ratio=1.0, **all_cloud),
-            dict(variant='edge exit only', router='-', target_ratio=0.0, **all_edge)]
-    evals = {}
-    for variant, evs, raw_evs in (('Dynamic', cal, raw), ('Dynamic, raw scores', raw, None)):
-        for name in list(heur) + ['learned']:
-            for r in ratios:
-                t = threshold_for_ratio(torch.as_tensor(s_cal[name]), float(r))
-                m, ev = _system(s_val[name] > t, edge_val, cloud_val, boot, evs, raw_evs)
-                rows.append(dict(variant=variant, router=name, target_ratio=float(r),
-                                 threshold=t, **m))
-                if variant == 'Dynamic':
-                    evals[(name, float(r))] = ev
-    order = np.argsort(-gains_val, kind='stable')
-    for r in ratios:
-        off = np.zeros(n, bool)
-        off[order[:int(round(float(r) * n))]] = True
-        m, ev = _system(off, edge_val, cloud_val, boot, cal, raw)
-        rows.append(dict(variant='Dynamic', router='oracle', target_ratio=float(r), **m))
-        evals[('oracle', float(r))] = ev
-    best_each, _ = _system(gains_val > 0, edge_val, cloud_val, boot, cal, raw)
-    rows.append(dict(variant='Dynamic', router='oracle (better of the two per image)',
-                     target_ratio=None, **best_each))
-
-    # Independent: the same exit and routers; offloaded images go as JPEG to the unsplit teacher
-    # (its scores calibrated like the student's, on the same held-out images)
-    ev_jpeg = boot.evaluate(jpeg_val, val.cat_ids)
-    jmap = score_maps_from_predictions(ann_train, edge_tr, jpeg_tr, train.cat_ids)['cloud']
-    ev_jpeg_cal = boot.evaluate(recalibrated(jpeg_val, jmap), val.cat_ids)
-    for name in ('random', best_router(rows)):
-        for r in ratios:
-            t = threshold_for_ratio(torch.as_tensor(s_cal[name]), float(r))
-            off = s_val[name] > t
-            m, _ = _system(off, edge_val, jpeg_val, boot, (ev_edge_cal, ev_jpeg_cal),
-                           (ev_edge, ev_jpeg), edge_encodes=False)
-            rows.append(dict(variant='Independent', router=name, target_ratio=float(r), **m))
-
+    p = _cached_passes(cache, key, lambda: _collect(
+        model, val, list(range(n)), train, calib_cfg, calib_idx, rtrain_idx, heur, n,
+        teacher_config, teacher_checkpoint, data_root, jpeg_quality, ann_val))
+    boot = ImageBootstrap(ann_val, [q['img_id'] for q in p.edge_val], max(bootstrap, 1))
+    m = _matches(boot, p, ann_train, val.cat_ids, train.cat_ids)
+    fit = _fit_learned_router(model, p, m.gains_tr)
+    rows, evals, ev_all = _dynamic_rows(p, boot, m, list(heur) + ['learned'], ratios, n)
+    rows += _oracle_rows(p, boot, m, ratios, n, evals)
+    rows += _independent_rows(p, boot, m, ann_train, val.cat_ids, train.cat_ids, ratios,
+                              ('random', best_router(rows)))
     summary = summarize(rows, boot, evals, ev_all)
     return dict(rows=rows, summary=summary, num_images=n, num_router_train=num_router_train,
                 num_calib=num_calib, jpeg_quality=jpeg_quality, router_fit=fit,
-                extension_share=float(np.mean([p['comm'].get('tier') == 'edge_extension'
-                                               for p in edge_val])),
+                extension_share=float(np.mean([q['comm'].get('tier') == 'edge_extension'
+                                               for q in p.edge_val])),
                 bootstrap=bootstrap, gains_val=dict(
-                    mean=float(gains_val.mean()), positive=float((gains_val > 0).mean()),
-                    zero=float((gains_val == 0).mean())))
+                    mean=float(m.gains_val.mean()), positive=float((m.gains_val > 0).mean()),
+                    zero=float((m.gains_val == 0).mean())))
 
 
 def best_router(rows) -> str:

@@ -63,6 +63,112 @@ def _input_size(pipeline) -> Optional[Tuple[int, int]]:
     return None
 
 
+def _ann_file(cfg) -> str:
+    ev = cfg.test_evaluator
+    return ev['ann_file'] if isinstance(ev, dict) else ev[0]['ann_file']
+
+
+class _Evaluations:
+    """The rows of one comparison and, per row, the predictions the bootstrap resamples."""
+
+    def __init__(self, ann_file: str, num_images: Optional[int], bandwidth: float):
+        self.ann_file, self.num_images, self.bandwidth = ann_file, num_images, bandwidth
+        self.rows: List[dict] = []
+        self.predictions: List[list] = []
+
+    def add(self, method: str, setting: str, model, dataset, **kw) -> dict:
+        """Evaluate ``model`` on ``dataset`` and append its row (returned)."""
+        self.predictions.append([])
+        metrics = evaluate_detector(model, dataset, ann_file=self.ann_file,
+                                    bandwidth_mbps=[self.bandwidth], num_images=self.num_images,
+                                    predictions_out=self.predictions[-1], **kw)
+        self.rows.append(row(method, setting, metrics, self.bandwidth))
+        return self.rows[-1]
+
+    def add_bootstrap(self, resamples: int, cat_ids) -> None:
+        """Per row: the mAP of every resample of the images (the same ones for every row)."""
+        print(f'- bootstrap: {resamples} resamples of {len(self.predictions[0])} images',
+              flush=True)
+        boot = ImageBootstrap(self.ann_file, [p['img_id'] for p in self.predictions[0]],
+                              resamples)
+        for r, preds in zip(self.rows, self.predictions):
+            samples = boot.sample_maps(boot.evaluate(preds, cat_ids))
+            r['mAP_ci'] = [100 * v for v in boot.interval(samples)]
+            r['mAP_samples'] = [round(100 * v, 4) for v in samples]
+
+
+def _input_codec_rows(ev: _Evaluations, teacher, tcfg, image_codecs: Dict[str, Sequence[int]],
+                      fit_to_input: bool) -> None:
+    """The teacher on the images sent with every codec and quality (and fitted size)."""
+    pipeline = tcfg.test_dataloader.dataset.pipeline
+    fits = [None]
+    if fit_to_input:
+        size = _input_size(pipeline)
+        if size is None:
+            raise ValueError('fit_to_input: the test pipeline has no Resize with a (w, h) scale')
+        fits.append(size)
+    for codec, qualities in image_codecs.items():
+        for fit in fits:
+            method = input_codec_method(codec, fit is not None)
+            for q in qualities:
+                print(f'- {method} q={q}', flush=True)
+                ds = build_test_dataset(tcfg, add_image_codec_baseline(pipeline, codec, q, fit))
+                ev.add(method, f'q={q}', teacher, ds)
+
+
+def _student_rows(ev: _Evaluations, students, variable_rate_students, dynamic_students,
+                  data_root: Optional[str]) -> None:
+    """Trained students: single-rate, every rate point of variable-rate ones, dynamic ones."""
+    for name, config, ckpt in students:
+        print(f'- {LEARNED} {name}', flush=True)
+        scfg = load_config(config, data_root)
+        model = build_detector(scfg.model, ckpt)
+        ev.add(LEARNED, name, model, build_test_dataset(scfg))['codec'] = \
+            model.compressor.codec_name
+    for name, config, ckpt in variable_rate_students:
+        scfg = load_config(config, data_root)
+        model = build_detector(scfg.model, ckpt)
+        if not hasattr(model.compressor, 'set_rate_point'):
+            raise ValueError(f'{name}: {config} has no variable-rate compressor')
+        vr_dataset = build_test_dataset(scfg)
+        for r in range(model.compressor.num_rates):
+            print(f'- {VARIABLE} {name} rate point {r}', flush=True)
+            model.compressor.set_rate_point(r)
+            ev.add(VARIABLE, f'{name} r={r}', model, vr_dataset)['codec'] = \
+                model.compressor.codec_name
+    for name, config, ckpt in dynamic_students:
+        print(f'- {DYNAMIC} {name}', flush=True)
+        model, scfg = calibrated_dynamic_model(config, ckpt, data_root)
+        ev.add(DYNAMIC, name, model, build_test_dataset(scfg))
+
+
+def _family_rows(ev: _Evaluations, family: str, teacher_config: str, teacher_checkpoint: str,
+                 student_config: str, student_checkpoint: str,
+                 family_codecs: Optional[Dict[str, Sequence[int]]],
+                 data_root: Optional[str]) -> None:
+    """Another detector family: its teacher, on the original and the sent images, and its
+    KD student, as rows whose method starts with the family's name."""
+    fcfg = load_config(teacher_config, data_root)
+    f_ann = _ann_file(fcfg)
+    if f_ann != ev.ann_file:
+        raise ValueError(f'{family}: {teacher_config} evaluates on {f_ann}, the main teacher on '
+                         f'{ev.ann_file}; families are compared on the same images')
+    fteacher = build_detector(fcfg.model, teacher_checkpoint)
+    print(f'- {family}: teacher on original images', flush=True)
+    ev.add(f'{family} teacher', 'original image', fteacher, build_test_dataset(fcfg), comm=False)
+    f_pipeline = fcfg.test_dataloader.dataset.pipeline
+    for codec, qualities in (family_codecs or {'webp': (5, 30)}).items():
+        method = f'{family} {input_codec_method(codec, False)}'
+        for q in qualities:
+            print(f'- {method} q={q}', flush=True)
+            ds = build_test_dataset(fcfg, add_image_codec_baseline(f_pipeline, codec, q))
+            ev.add(method, f'q={q}', fteacher, ds)
+    print(f'- {family}: {LEARNED}', flush=True)
+    scfg = load_config(student_config, data_root)
+    ev.add(f'{family} {LEARNED}', 'KD student', build_detector(scfg.model, student_checkpoint),
+           build_test_dataset(scfg))
+
+
 def run_rate_accuracy(teacher_config: str, teacher_checkpoint: str,
                       students: Sequence[Tuple[str, str, str]] = (),
                       image_codecs: Dict[str, Sequence[int]] = None,
@@ -95,100 +201,24 @@ def run_rate_accuracy(teacher_config: str, teacher_checkpoint: str,
     if image_codecs is None:
         image_codecs = {'jpeg': (5, 10, 20, 40, 70, 95)}
     tcfg = load_config(teacher_config, data_root)
-    ann_file = tcfg.test_evaluator['ann_file'] if isinstance(tcfg.test_evaluator, dict) else \
-        tcfg.test_evaluator[0]['ann_file']
+    ev = _Evaluations(_ann_file(tcfg), num_images, bandwidth)
     teacher = build_detector(tcfg.model, teacher_checkpoint)
-    rows, predictions = [], []
-
-    def evaluate(model, dataset, **kw):
-        predictions.append([])
-        return evaluate_detector(model, dataset, ann_file=ann_file, bandwidth_mbps=[bandwidth],
-                                 num_images=num_images, predictions_out=predictions[-1], **kw)
-
     print('- teacher on original images', flush=True)
     dataset = build_test_dataset(tcfg)
-    rows.append(row('teacher', 'original image', evaluate(teacher, dataset, comm=False),
-                    bandwidth))
-
-    base_pipeline = tcfg.test_dataloader.dataset.pipeline
-    fits = [None]
-    if fit_to_input:
-        size = _input_size(base_pipeline)
-        if size is None:
-            raise ValueError('fit_to_input: the test pipeline has no Resize with a (w, h) scale')
-        fits.append(size)
-    for codec, qualities in image_codecs.items():
-        for fit in fits:
-            method = input_codec_method(codec, fit is not None)
-            for q in qualities:
-                print(f'- {method} q={q}', flush=True)
-                ds = build_test_dataset(tcfg, add_image_codec_baseline(base_pipeline, codec, q, fit))
-                rows.append(row(method, f'q={q}', evaluate(teacher, ds), bandwidth))
-
+    ev.add('teacher', 'original image', teacher, dataset, comm=False)
+    _input_codec_rows(ev, teacher, tcfg, image_codecs, fit_to_input)
     for bits in quantize_bits:
         print(f'- {bits}-bit features (QuantizeNeck, split_after={split_after})', flush=True)
         model = build_detector(split_model_cfg(tcfg.model, split_after,
                                                dict(type='QuantizeNeck', n_bits=bits)),
                                teacher_checkpoint)
-        rows.append(row(f'{bits}-bit features', f'split_after={split_after}',
-                        evaluate(model, dataset), bandwidth))
-
-    for name, config, ckpt in students:
-        print(f'- {LEARNED} {name}', flush=True)
-        scfg = load_config(config, data_root)
-        model = build_detector(scfg.model, ckpt)
-        rows.append(row(LEARNED, name, evaluate(model, build_test_dataset(scfg)), bandwidth))
-        rows[-1]['codec'] = model.compressor.codec_name
-
-    for name, config, ckpt in variable_rate_students:
-        scfg = load_config(config, data_root)
-        model = build_detector(scfg.model, ckpt)
-        if not hasattr(model.compressor, 'set_rate_point'):
-            raise ValueError(f'{name}: {config} has no variable-rate compressor')
-        vr_dataset = build_test_dataset(scfg)
-        for r in range(model.compressor.num_rates):
-            print(f'- {VARIABLE} {name} rate point {r}', flush=True)
-            model.compressor.set_rate_point(r)
-            rows.append(row(VARIABLE, f'{name} r={r}', evaluate(model, vr_dataset), bandwidth))
-            rows[-1]['codec'] = model.compressor.codec_name
-
-    for name, config, ckpt in dynamic_students:
-        print(f'- {DYNAMIC} {name}', flush=True)
-        model, scfg = calibrated_dynamic_model(config, ckpt, data_root)
-        rows.append(row(DYNAMIC, name, evaluate(model, build_test_dataset(scfg)), bandwidth))
-
-    for family, f_tcfg, f_tckpt, f_scfg, f_sckpt in families:
-        fcfg = load_config(f_tcfg, data_root)
-        f_ann = fcfg.test_evaluator['ann_file'] if isinstance(fcfg.test_evaluator, dict) else \
-            fcfg.test_evaluator[0]['ann_file']
-        if f_ann != ann_file:
-            raise ValueError(f'{family}: {f_tcfg} evaluates on {f_ann}, the main teacher on '
-                             f'{ann_file}; families are compared on the same images')
-        fteacher = build_detector(fcfg.model, f_tckpt)
-        print(f'- {family}: teacher on original images', flush=True)
-        rows.append(row(f'{family} teacher', 'original image',
-                        evaluate(fteacher, build_test_dataset(fcfg), comm=False), bandwidth))
-        f_pipeline = fcfg.test_dataloader.dataset.pipeline
-        for codec, qualities in (family_codecs or {'webp': (5, 30)}).items():
-            method = f'{family} {input_codec_method(codec, False)}'
-            for q in qualities:
-                print(f'- {method} q={q}', flush=True)
-                ds = build_test_dataset(fcfg, add_image_codec_baseline(f_pipeline, codec, q))
-                rows.append(row(method, f'q={q}', evaluate(fteacher, ds), bandwidth))
-        print(f'- {family}: {LEARNED}', flush=True)
-        scfg = load_config(f_scfg, data_root)
-        rows.append(row(f'{family} {LEARNED}', 'KD student',
-                        evaluate(build_detector(scfg.model, f_sckpt), build_test_dataset(scfg)),
-                        bandwidth))
-
+        ev.add(f'{bits}-bit features', f'split_after={split_after}', model, dataset)
+    _student_rows(ev, students, variable_rate_students, dynamic_students, data_root)
+    for family in families:
+        _family_rows(ev, *family, family_codecs, data_root)
     if bootstrap:
-        print(f'- bootstrap: {bootstrap} resamples of {len(predictions[0])} images', flush=True)
-        boot = ImageBootstrap(ann_file, [p['img_id'] for p in predictions[0]], bootstrap)
-        for r, preds in zip(rows, predictions):
-            samples = boot.sample_maps(boot.evaluate(preds, dataset.cat_ids))
-            r['mAP_ci'] = [100 * v for v in boot.interval(samples)]
-            r['mAP_samples'] = [round(100 * v, 4) for v in samples]
-    return rows
+        ev.add_bootstrap(bootstrap, dataset.cat_ids)
+    return ev.rows
 
 
 def calibrated_dynamic_model(config: str, checkpoint: str, data_root: Optional[str] = None):
@@ -308,53 +338,53 @@ def _variable_vs_single(rows) -> List[dict]:
     return out
 
 
-def summarize(rows):
-    teacher = next(r for r in rows if r['method'] == 'teacher')
-    inputs = [r for r in rows if r['method'].startswith(INPUT_PREFIX)]
-    learned = [r for r in rows if r['method'] == LEARNED]
-    t_map = teacher['bbox_mAP']
-    s = dict(teacher_mAP=t_map)
-    if inputs:
-        front = front_rows(inputs)
-        s['input_codec_front'] = [_label(r) for r in front]
+def _input_front_figures(rows, inputs) -> dict:
+    """The input-codec front, and every learned point against it at the same mAP."""
+    front = front_rows(inputs)
+    return dict(
+        input_codec_front=[_label(r) for r in front],
         # every learned point against the front at the same mAP: how many times its bytes
-        s['learned_vs_front_at_same_mAP'] = [
+        learned_vs_front_at_same_mAP=[
             dict(method=r['method'], setting=r['setting'], bytes=r['bytes_per_image'],
                  mAP=r['bbox_mAP'], front_bytes=fb,
                  ratio=None if fb is None else r['bytes_per_image'] / fb)
             for r in rows if r['method'] in (LEARNED, VARIABLE, DYNAMIC)
-            for fb in [front_bytes_at(front, r['bbox_mAP'])]]
-    if inputs and learned:
-        # bd_rate reduces the anchor to its Pareto front: over all input codecs, that is the front
-        s['bd_rate_learned_vs_input_front'] = bd_rate(*_curve(inputs), *_curve(learned))
-        s['bd_rate_learned_vs_input_front_ci'] = _bd_rate_interval(inputs, learned)
-        s['bd_rate_learned_vs'] = {
+            for fb in [front_bytes_at(front, r['bbox_mAP'])]])
+
+
+def _bd_rate_figures(rows, inputs, learned) -> dict:
+    # bd_rate reduces the anchor to its Pareto front: over all input codecs, that is the front
+    return dict(
+        bd_rate_learned_vs_input_front=bd_rate(*_curve(inputs), *_curve(learned)),
+        bd_rate_learned_vs_input_front_ci=_bd_rate_interval(inputs, learned),
+        bd_rate_learned_vs={
             m: bd_rate(*_curve([r for r in inputs if r['method'] == m]), *_curve(learned))
-            for m in dict.fromkeys(r['method'] for r in inputs)}
-    if inputs and learned:
-        s['bd_rate_by_codec_vs_input_front'] = {
+            for m in dict.fromkeys(r['method'] for r in inputs)},
+        bd_rate_by_codec_vs_input_front={
             c: bd_rate(*_curve(inputs), *_curve([r for r in rows if codec_of(r) == c and
                                                  r['method'] in (LEARNED, VARIABLE)]))
             for c in dict.fromkeys(codec_of(r) for r in rows
-                                   if r['method'] in (LEARNED, VARIABLE))}
-    s['variable_rate_vs_single_rate'] = _variable_vs_single(rows)
+                                   if r['method'] in (LEARNED, VARIABLE))})
+
+
+def _variable_rate_figures(rows, inputs, learned) -> dict:
+    s = dict(variable_rate_vs_single_rate=_variable_vs_single(rows))
     variable = [r for r in rows if r['method'] == VARIABLE]
     if inputs and variable:
         s['bd_rate_variable_rate_vs_input_front'] = bd_rate(*_curve(inputs), *_curve(variable))
         if learned:
             s['bd_rate_variable_rate_vs_single_rate_students'] = bd_rate(*_curve(learned),
                                                                          *_curve(variable))
-    s['families'] = _family_summaries(rows)
-    if not learned:
-        return s
-    best = max(learned, key=lambda r: r['bbox_mAP'])
-    s['best_learned'] = best['setting']
-    s['best_learned_mAP_gap_to_teacher'] = t_map - best['bbox_mAP']
-    s['best_learned_mAP_gap_to_teacher_ci'] = _paired(teacher, best)
-    floor = t_map - TARGET_MAP_GAP
+    return s
+
+
+def _cheapest_within_1_mAP(teacher_mAP: float, inputs, learned) -> dict:
+    """The cheapest input-codec setting and student within TARGET_MAP_GAP of the teacher, and
+    the student's bytes as a fraction of the input codec's."""
+    floor = teacher_mAP - TARGET_MAP_GAP
     good_in = [r for r in inputs if r['bbox_mAP'] >= floor]
     good_learned = [r for r in learned if r['bbox_mAP'] >= floor]
-    ratio = None
+    s = {}
     if good_in:
         c = min(good_in, key=lambda r: r['bytes_per_image'])
         s['cheapest_input_within_1_mAP'] = dict(setting=_label(c), bytes=c['bytes_per_image'],
@@ -366,17 +396,22 @@ def summarize(rows):
         if good_in:
             ci = min(good_in, key=lambda r: r['bytes_per_image'])
             s['mAP_learned_minus_input_within_1_mAP_ci'] = _paired(c, ci)
-            ratio = c['bytes_per_image'] / s['cheapest_input_within_1_mAP']['bytes']
-            s['bytes_ratio_learned_to_input_within_1_mAP'] = ratio
-    whole = (best['edge_gflops'] or 0) + (best['cloud_gflops'] or 0)
-    s['best_learned_edge_flops_fraction'] = (best['edge_gflops'] / whole) if whole else None
+            s['bytes_ratio_learned_to_input_within_1_mAP'] = \
+                c['bytes_per_image'] / s['cheapest_input_within_1_mAP']['bytes']
+    return s
+
+
+def _targets(s: dict) -> dict:
+    """The project's targets, met or not, from the summary's figures."""
     bd = s.get('bd_rate_learned_vs_input_front')
-    s['targets'] = dict(
+    ratio = s.get('bytes_ratio_learned_to_input_within_1_mAP')
+    targets = dict(
         bd_rate_vs_input_front_le_minus_50pct=bd is not None and bd <= TARGET_BD_RATE,
         # met when a student is within 1 mAP at <= 1/4 of the cheapest input codec that is, or
         # when a student is within 1 mAP and no input codec is at all
-        within_1_mAP_at_quarter_bytes=bool(good_learned) and (
-            ratio <= TARGET_BYTES_RATIO if ratio is not None else not good_in),
+        within_1_mAP_at_quarter_bytes='cheapest_learned_within_1_mAP' in s and (
+            ratio <= TARGET_BYTES_RATIO if ratio is not None
+            else 'cheapest_input_within_1_mAP' not in s),
         edge_flops_at_most_15pct=(s['best_learned_edge_flops_fraction'] or 1) <= TARGET_EDGE_FLOPS)
     by_model = {}
     for v in s['variable_rate_vs_single_rate']:
@@ -384,9 +419,34 @@ def summarize(rows):
     if by_model:
         # met when some variable-rate model has every point within the gap of its single-rate
         # students (a point outside their byte range cannot be compared: not met)
-        s['targets']['variable_rate_within_0.5_mAP_of_single_rate'] = any(
+        targets['variable_rate_within_0.5_mAP_of_single_rate'] = any(
             all(g is not None and g <= TARGET_VARIABLE_RATE_GAP for g in gaps)
             for gaps in by_model.values())
+    return targets
+
+
+def summarize(rows):
+    teacher = next(r for r in rows if r['method'] == 'teacher')
+    inputs = [r for r in rows if r['method'].startswith(INPUT_PREFIX)]
+    learned = [r for r in rows if r['method'] == LEARNED]
+    t_map = teacher['bbox_mAP']
+    s = dict(teacher_mAP=t_map)
+    if inputs:
+        s.update(_input_front_figures(rows, inputs))
+    if inputs and learned:
+        s.update(_bd_rate_figures(rows, inputs, learned))
+    s.update(_variable_rate_figures(rows, inputs, learned))
+    s['families'] = _family_summaries(rows)
+    if not learned:
+        return s
+    best = max(learned, key=lambda r: r['bbox_mAP'])
+    s['best_learned'] = best['setting']
+    s['best_learned_mAP_gap_to_teacher'] = t_map - best['bbox_mAP']
+    s['best_learned_mAP_gap_to_teacher_ci'] = _paired(teacher, best)
+    s.update(_cheapest_within_1_mAP(t_map, inputs, learned))
+    whole = (best['edge_gflops'] or 0) + (best['cloud_gflops'] or 0)
+    s['best_learned_edge_flops_fraction'] = (best['edge_gflops'] / whole) if whole else None
+    s['targets'] = _targets(s)
     return s
 
 
@@ -425,7 +485,7 @@ def _fmt(v, spec):
     return format('-', '>' + spec.split('.')[0])
 
 
-def table(rows, summary, bandwidth) -> str:
+def _row_lines(rows, bandwidth) -> List[str]:
     width = max([18] + [len(r['setting']) + 2 for r in rows])
     mwidth = max([20] + [len(r['method']) + 2 for r in rows])
     lines = [f"{'method':<{mwidth}}{'setting':<{width}}{'KB/image':>10}{'bbox mAP':>10}"
@@ -438,6 +498,11 @@ def table(rows, summary, bandwidth) -> str:
                      f"{_fmt(r['bytes_per_image'] / 1000, '10.2f')}{r['bbox_mAP']:>10.1f}"
                      f"{ci:>14}{r['bbox_mAP_50']:>8.1f}{_fmt(r['edge_gflops'], '12.3f')}"
                      f"{_fmt(r['latency_ms'], '22.1f')}")
+    return lines
+
+
+def _bd_rate_lines(summary) -> List[str]:
+    lines = []
     if summary.get('bd_rate_learned_vs_input_front') is not None:
         ci = summary.get('bd_rate_learned_vs_input_front_ci')
         ci = f' (95% CI [{100 * ci[0]:+.1f}, {100 * ci[1]:+.1f}] %)' if ci else ''
@@ -458,6 +523,12 @@ def table(rows, summary, bandwidth) -> str:
         if bd is not None:
             lines.append(f'BD-rate {codec} (all its students and rate points) vs the input-codec '
                          f'front: {100 * bd:+.1f} %')
+    return lines
+
+
+def _point_lines(summary) -> List[str]:
+    """Variable-rate points vs single-rate students, learned points vs the input front."""
+    lines = []
     for v in summary.get('variable_rate_vs_single_rate') or []:
         vs = ('outside their byte range' if v['gap'] is None else
               f"they reach {v['single_rate_mAP_at_bytes']:.1f} there, {v['gap']:+.1f} mAP")
@@ -469,6 +540,11 @@ def table(rows, summary, bandwidth) -> str:
               f"{p['ratio']:.2f}x")
         lines.append(f"{p['method']} {p['setting']}: {p['bytes'] / 1000:.2f} KB at "
                      f"{p['mAP']:.1f} mAP; {vs}")
+    return lines
+
+
+def _family_lines(summary) -> List[str]:
+    lines = []
     fams = summary.get('families') or {}
     if len(fams) > 1:
         for fam, f in fams.items():
@@ -481,6 +557,12 @@ def table(rows, summary, bandwidth) -> str:
                          f"{f['student_bytes'] / 1000:.2f} KB at {f['student_mAP']:.1f} mAP, "
                          f"{f['gap_to_teacher']:.1f} below its teacher{ci}, {vs}, edge "
                          f"{100 * (f['edge_flops_fraction'] or 0):.0f} % of its FLOPs")
+    return lines
+
+
+def table(rows, summary, bandwidth) -> str:
+    lines = (_row_lines(rows, bandwidth) + _bd_rate_lines(summary) + _point_lines(summary) +
+             _family_lines(summary))
     for method, bd in (summary.get('bd_rate_learned_vs') or {}).items():
         if bd is not None:
             lines.append(f'BD-rate learned bottleneck vs {method}: {100 * bd:+.1f} %')

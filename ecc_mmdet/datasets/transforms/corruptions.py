@@ -9,6 +9,7 @@ caller's global state is restored afterwards: the same image always gets the sam
 whatever order or process the dataset is read in.
 """
 import hashlib
+import inspect
 from typing import Optional
 
 import numpy as np
@@ -27,14 +28,18 @@ EXTRA_CORRUPTIONS = ('speckle_noise', 'gaussian_blur', 'spatter', 'saturate')
 CORRUPTIONS = BENCHMARK_CORRUPTIONS + EXTRA_CORRUPTIONS
 
 
-def _corrupt_fn():
+def _corrupt_fn(corruption: str):
+    """The package's ``corrupt`` and whether ``corruption`` takes its own ``seed`` (those that
+    draw from a generator of their own, e.g. skimage's or numba's, ignore the global state)."""
     try:
-        from imagecorruptions import corrupt
+        import imagecorruptions
+        from imagecorruptions import corruptions
     except ImportError as e:  # pragma: no cover - the setup installs it
         raise ImportError(
             'CorruptImage needs the imagecorruptions package: pip install -r '
             'requirements/robustness.txt (imagecorruptions-imaug, scikit-image, numba)') from e
-    return corrupt
+    takes_seed = 'seed' in inspect.signature(getattr(corruptions, corruption)).parameters
+    return imagecorruptions.corrupt, takes_seed
 
 
 def _image_seed(seed: int, key: str, corruption: str, severity: int) -> int:
@@ -64,7 +69,7 @@ class CorruptImage(BaseTransform):
             raise ValueError(f'CorruptImage: severity must be an int in 0..5 (0 = clean), got '
                              f'{severity!r}')
         self.corruption, self.severity, self.seed = corruption, severity, int(seed)
-        self._corrupt = _corrupt_fn()
+        self._corrupt, self._takes_seed = _corrupt_fn(corruption)
 
     def _key(self, results: dict) -> str:
         return str(results.get('img_path') or results.get('img_id') or '')
@@ -77,12 +82,13 @@ class CorruptImage(BaseTransform):
             raise ValueError(f'CorruptImage expects a uint8 HxWx3 image, got {img.dtype} '
                              f'{img.shape}')
         state = np.random.get_state()
+        seed = _image_seed(self.seed, self._key(results), self.corruption, self.severity)
         try:
-            np.random.seed(_image_seed(self.seed, self._key(results), self.corruption,
-                                       self.severity))
+            np.random.seed(seed)
             # the package works in RGB (saturate, brightness go through HSV)
             out = self._corrupt(np.ascontiguousarray(img[..., ::-1]),
-                                corruption_name=self.corruption, severity=self.severity)
+                                corruption_name=self.corruption, severity=self.severity,
+                                **(dict(seed=seed) if self._takes_seed else {}))
         finally:
             np.random.set_state(state)
         out = np.ascontiguousarray(np.asarray(out)[..., ::-1])

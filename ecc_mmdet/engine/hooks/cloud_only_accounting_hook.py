@@ -5,9 +5,16 @@ uplink bytes but not what the cloud spent running the whole detector, so without
 ``tools/test.py`` could report neither ``comm/cloud_gflops`` nor a modelled latency. The hook
 runs the model's ``val_step``/``test_step`` (preprocessing + predict) as a measured ``cloud``
 step of :class:`~ecc_mmdet.evaluation.cloud_only_accounting.CloudOnlyAccounting` (time per image,
-FLOPs once per input shape) and completes the records before the evaluator reads them. The measurement stays out of the model: the hook wraps the step for the duration of the
-loop and restores it afterwards. Split detectors account for themselves; for them (and for
-records that are already complete) it changes nothing.
+FLOPs once per input shape) and completes the records before the evaluator reads them. Split
+detectors account for themselves; for them (and for records that are already complete) it
+changes nothing.
+
+Why a wrapper around the step, not ``before_*_iter`` / ``after_*_iter``: mmengine's
+``ValLoop`` / ``TestLoop`` call ``evaluator.process`` (which copies the records) between the step
+and ``after_*_iter``, so the records must be complete when the step returns. The hook shadows the
+step with an instance attribute for the duration of the loop (:func:`measure_step`) and removes it
+afterwards; ``tests/test_engine/test_framework_internals.py`` fails when mmengine's loops change
+that order.
 """
 from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
@@ -56,20 +63,26 @@ class CloudOnlyAccountingHook(Hook):
         model = self._model(runner)
         if hasattr(model, 'compressor') or step in model.__dict__:
             return  # a split detector fills its own records; already wrapped
-        original = getattr(model, step)
-        accounting = self.accounting
-
-        def accounted_step(data):
-            samples = data.get('data_samples') or [] if isinstance(data, dict) else []
-            # the unpadded input size of the first image keys the FLOP cache (batches of one
-            # size share it); the step's own output tells the padded shape only afterwards
-            shape = tuple(samples[0].metainfo.get('img_shape', ())) if samples else ()
-            n = max(len(samples), 1)
-            return accounting.run(lambda: original(data), n, shape)
-
-        object.__setattr__(model, step, accounted_step)
+        measure_step(model, step, self.accounting)
 
     def _unwrap(self, runner, step: str) -> None:
         model = self._model(runner)
         if step in model.__dict__:
-            object.__delattr__(model, step)
+            delattr(model, step)  # the class's step shows through again
+
+
+def measure_step(model, step: str, accounting: CloudOnlyAccounting) -> None:
+    """Shadow ``model.<step>`` (``val_step`` / ``test_step``) with the same step run as a
+    measured ``cloud`` step; ``delattr(model, step)`` undoes it. The only place that wraps a
+    step of the model (see the module docstring for why)."""
+    original = getattr(model, step)
+
+    def accounted_step(data):
+        samples = data.get('data_samples') or [] if isinstance(data, dict) else []
+        # the unpadded input size of the first image keys the FLOP cache (batches of one
+        # size share it); the step's own output tells the padded shape only afterwards
+        shape = tuple(samples[0].metainfo.get('img_shape', ())) if samples else ()
+        n = max(len(samples), 1)
+        return accounting.run(lambda: original(data), n, shape)
+
+    setattr(model, step, accounted_step)  # a plain function: nn.Module stores it as is

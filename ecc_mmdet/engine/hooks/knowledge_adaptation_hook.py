@@ -82,6 +82,17 @@ from ...utils.modules import unique_parameters
 __all__ = ['KnowledgeAdaptationHook']
 
 
+def runner_has_loaded(runner) -> bool:
+    """Whether the Runner loaded or resumed a checkpoint before training started.
+
+    mmengine 0.10 has no public accessor: ``Runner.load_or_resume`` sets the private
+    ``_has_loaded``. This is the one place that reads it (a runner without it counts as not
+    loaded; ``load_from`` in the config and a resumed iteration are checked besides);
+    ``tests/test_engine/test_framework_internals.py`` fails when mmengine changes it.
+    """
+    return bool(getattr(runner, '_has_loaded', False))
+
+
 def _unwrap(model: nn.Module) -> nn.Module:
     return model.module if is_model_wrapper(model) else model
 
@@ -248,7 +259,7 @@ class KnowledgeAdaptationHook(Hook):
         self.distiller.check_compatible(model, response=self._response_on())
         self.distiller.check_classes(model)
 
-        loaded = (getattr(runner, '_has_loaded', False) or bool(cfg.get('load_from'))
+        loaded = (runner_has_loaded(runner) or bool(cfg.get('load_from'))
                   or getattr(runner, 'iter', 0) > 0)
         if self.init_student_from_teacher and not loaded:
             self.num_copied = self.distiller.copy_into(model)
@@ -388,8 +399,10 @@ class KnowledgeAdaptationHook(Hook):
     # ------------------------------------------------------------------ losses
     def distill(self, model, batch_inputs: Tensor, batch_data_samples, losses: Dict,
                 intermediates: Dict) -> Dict:
-        """The student's ``loss()`` hands its losses here; returns the stage's losses."""
-        comp_keys = set(getattr(model, '_pending_losses', {}) or {}) | {'loss_rate'}
+        """The student's ``loss()`` hands its losses here, with its ``intermediates``
+        (``backbone_outs``, ``neck_outs``, ``edge_feats`` and ``compressor_losses``, the
+        compressor's own entries in ``losses``); returns the stage's losses."""
+        comp_keys = set(intermediates['compressor_losses'])  # the student's loss() names them
         out = {}
         if self.stage == 1:
             w = self.detection_loss_weight_stage1

@@ -43,6 +43,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
+from mmengine.config import Config
 from mmengine.model import is_model_wrapper
 from mmengine.runner import BaseLoop
 from mmdet.registry import LOOPS, TASK_UTILS
@@ -53,10 +54,11 @@ from ...apis.evaluation import score_only_seen_images
 from ...datasets.transforms.corruptions import add_corruption
 from ...datasets.transforms.image_codec import CompressImage
 from ...deployment.fingerprint import model_fingerprint
-from ...deployment.meter import DeploymentMeter
+from ...evaluation.meter import DeploymentMeter
 from ...deployment.param_update import apply_param_update, make_param_update
 from ...deployment.pipeline import run_deployment
 from ...deployment.sides import build_edge
+from ...distillation import DetectionDistiller, resolve_path
 from ...models.routers.features import top_k_entropy
 from ...structures import comm_record
 from ...structures.comm_record import COMM_KEY
@@ -86,6 +88,22 @@ def _coco_only(evaluator_cfg):
         raise ConfigError('OnlineAdaptationLoop scores with COCO mAP: test_evaluator needs a '
                           "dict(type='CocoMetric', ...)")
     return coco
+
+
+class _StreamTally:
+    """What one stream accumulates: its evaluators and its image, byte and update counts."""
+
+    def __init__(self, name: str, evaluators: tuple, skipped0: int):
+        self.name = name
+        self.system_eval, self.edge_eval, self.up_teacher, self.up_edge = evaluators
+        self.meter = DeploymentMeter(measure_flops=False, estimate_rate=False)
+        self.skipped0 = skipped0  # the cloud's count of uploads without pseudo labels
+        self.n = self.uploads = self.up_adapt = self.up_infer = self.down = 0
+        self.n_updates = self.refused = 0
+        self.offloads: List[bool] = []
+        self.entropies: List[float] = []
+        self.uploaded_ids: list = []
+        self.t0 = time.perf_counter()
 
 
 @LOOPS.register_module()
@@ -176,7 +194,6 @@ class OnlineAdaptationLoop(BaseLoop):
 
     # ------------------------------------------------------------------ setup
     def _build_distiller(self, model):
-        from ...distillation import DetectionDistiller
         distiller = DetectionDistiller(teacher_config=self.teacher_config,
                                        teacher_checkpoint=self.teacher_checkpoint,
                                        owner='OnlineAdaptationLoop')
@@ -189,8 +206,6 @@ class OnlineAdaptationLoop(BaseLoop):
     def _check_class_names(self) -> None:
         """Same number of classes is not enough: the teacher's dataset must name the same
         classes in the same order as the stream's (when its config says)."""
-        from mmengine.config import Config
-        from ...distillation import resolve_path
         tcfg = self.teacher_config or self.runner.cfg.get('teacher_config')
         path = resolve_path(tcfg, 'OnlineAdaptationLoop') if isinstance(tcfg, str) else ''
         if not path:
@@ -247,14 +262,7 @@ class OnlineAdaptationLoop(BaseLoop):
         try:
             for k, stream in enumerate(self.streams):
                 if self.reset or k == 0:
-                    model.load_state_dict(initial)
-                    model.__dict__.pop('_fingerprint_cache', None)
-                    self.seq, self.last_seq = 0, -1
-                    self.selector.reset()
-                    if self.edge_learner is not None:
-                        self.edge_learner.attach(model)
-                    if self.cloud is not None:
-                        self.cloud.attach(model, distiller)
+                    self._start_from(model, initial, distiller)
                 res = self._run_stream(model, stream)
                 res['edge_model_bytes'] = edge_bytes
                 res['downlink_per_update_ratio'] = (res['downlink_bytes_per_update'] / edge_bytes
@@ -267,15 +275,30 @@ class OnlineAdaptationLoop(BaseLoop):
             model.load_state_dict(initial)
             model.__dict__.pop('_fingerprint_cache', None)
             model.eval()
-        if self.out_file:
-            path = osp.join(runner.work_dir, self.out_file)
-            with open(path, 'w') as fh:
-                json.dump(dict(method=self.method, reset=self.reset, streams=self.results), fh,
-                          indent=1)
-            runner.logger.info(f'online adaptation results written to {path}')
+        self._write_results()
         runner.call_hook('after_test_epoch', metrics=metrics)
         runner.call_hook('after_test')
         return metrics
+
+    def _start_from(self, model, initial: dict, distiller) -> None:
+        """Back to the checkpoint: model, sequence numbers, selector, learners."""
+        model.load_state_dict(initial)
+        model.__dict__.pop('_fingerprint_cache', None)
+        self.seq, self.last_seq = 0, -1
+        self.selector.reset()
+        if self.edge_learner is not None:
+            self.edge_learner.attach(model)
+        if self.cloud is not None:
+            self.cloud.attach(model, distiller)
+
+    def _write_results(self) -> None:
+        if not self.out_file:
+            return
+        path = osp.join(self.runner.work_dir, self.out_file)
+        with open(path, 'w') as fh:
+            json.dump(dict(method=self.method, reset=self.reset, streams=self.results), fh,
+                      indent=1)
+        self.runner.logger.info(f'online adaptation results written to {path}')
 
     def _upload(self, images: Sequence[torch.Tensor]):
         """Encode the images with the upload codec -> (decoded CHW uint8 tensors, bytes)."""
@@ -288,6 +311,7 @@ class OnlineAdaptationLoop(BaseLoop):
         return decoded, sizes
 
     def _run_stream(self, model, stream) -> Dict:
+        """One stream, batch by batch in the order of the module docstring."""
         name = 'clean' if stream is None else f'{stream[0]}@{stream[1]}'
         loader = self._loader(stream)
         dataset = loader.dataset
@@ -297,106 +321,125 @@ class OnlineAdaptationLoop(BaseLoop):
                                for _ in range(2))
         for ev in (up_teacher, up_edge):
             ev.dataset_meta = dataset.metainfo
-        uploaded_ids = []
-        meter = DeploymentMeter(measure_flops=False, estimate_rate=False)
-        skipped0 = getattr(self.cloud, 'num_skipped', 0)
-        n = uploads = up_adapt = up_infer = down = n_updates = refused = 0
-        offloads: List[bool] = []
-        entropies: List[float] = []
-        t0 = time.perf_counter()
+        st = _StreamTally(name, (system_eval, edge_eval, up_teacher, up_edge),
+                          getattr(self.cloud, 'num_skipped', 0))
         for b, data in enumerate(loader):
             raw = list(data['inputs'])
             batch = model.data_preprocessor(data, False)
             inputs, samples = batch['inputs'], batch['data_samples']
             keys = [s.metainfo.get('img_id', s.metainfo.get('img_path')) for s in samples]
             # 1. predict and score with the current parameters (nothing learned from this batch)
-            with torch.no_grad():
-                system = run_deployment(model, inputs,
-                                        [DetDataSample(metainfo=s.metainfo) for s in samples],
-                                        meter=meter)
-                f = model.edge_features(inputs)
-                exits = model.run_exits(f, samples)
-                edge = [model.finish_on_edge(DetDataSample(metainfo=s.metainfo), r)
-                        for s, r in zip(samples, exits.results)]
-                entropy = top_k_entropy(exits, self.top_k)
-            system_eval.process(data_samples=system, data_batch=data)
-            edge_eval.process(data_samples=edge, data_batch=data)
-            for key, r in zip(keys, system):
-                rec = comm_record.read(r)
-                offloads.append(bool(rec.offloaded))
-                up_infer += rec.payload_bytes if rec.offloaded else 0
-                self.predicted_with.append((name, key, max(self.last_seq, 0)))
-            entropies += entropy.tolist()
-            n += len(samples)
+            edge, entropy = self._predict_and_score(model, data, inputs, samples, keys, st)
             # 2. edge-only adaptation on the batch just scored
             if self.edge_learner is not None:
                 self.edge_learner.step(model, inputs)
-            # 3. upload selection and the cloud
+            # 3. upload selection and the cloud; 4. update round and downlink
             if self.cloud is not None:
-                chosen = [i for i, c in enumerate(self.selector.select(entropy, keys).tolist())
-                          if c]
-                if chosen:
-                    decoded, sizes = self._upload([raw[i] for i in chosen])
-                    up_adapt += sum(sizes)
-                    uploads += len(chosen)
-                    labels = self.cloud.receive(decoded, [samples[i] for i in chosen])
-                    up_teacher.process(data_samples=labels)
-                    up_edge.process(data_samples=[edge[i] for i in chosen])
-                    uploaded_ids += [keys[i] for i in chosen]
-                # 4. update round and downlink
+                self._upload_selected(raw, samples, keys, edge, entropy, st)
                 if (b + 1) % self.update_interval == 0:
-                    used = self.cloud.adapt()
-                    if used:
-                        self.seq += 1
-                        msg = make_param_update(
-                            self.cloud.model, self.seq, model_fingerprint(model),
-                            half=self.downlink_half, affine_only=self.edge_learner is not None)
-                        down += len(msg)  # sent, whether or not the edge accepts it
-                        try:
-                            self.last_seq = apply_param_update(model, msg, self.last_seq)
-                        except BitstreamError as e:  # the edge keeps its last good parameters
-                            refused += 1
-                            self.runner.logger.warning(f'[{self.method} {name}] update '
-                                                       f'{self.seq} refused: {e}')
-                        else:
-                            n_updates += 1
-                            self.updates.append((name, self.seq, used))
+                    self._update_round(model, st)
             if self.log_interval and (b + 1) % self.log_interval == 0:
                 self.runner.logger.info(
-                    f'[{self.method} {name}] {n}/{len(dataset)} images, uploaded {uploads}, '
-                    f'{n_updates} updates, {time.perf_counter() - t0:.0f} s')
-        seen = list(dict.fromkeys(key for st, key, _ in self.predicted_with if st == name))
-        for ev in (system_eval, edge_eval):  # a subset (num_images) is scored as a subset
+                    f'[{self.method} {name}] {st.n}/{len(dataset)} images, uploaded '
+                    f'{st.uploads}, {st.n_updates} updates, '
+                    f'{time.perf_counter() - st.t0:.0f} s')
+        return self._stream_result(stream, st)
+
+    def _predict_and_score(self, model, data, inputs, samples, keys, st: _StreamTally):
+        """The system's and the edge exit's detections of a batch, into their evaluators;
+        returns (edge detections, the exit's uncertainty per image)."""
+        with torch.no_grad():
+            system = run_deployment(model, inputs,
+                                    [DetDataSample(metainfo=s.metainfo) for s in samples],
+                                    meter=st.meter)
+            f = model.edge_features(inputs)
+            exits = model.run_exits(f, samples)
+            edge = [model.finish_on_edge(DetDataSample(metainfo=s.metainfo), r)
+                    for s, r in zip(samples, exits.results)]
+            entropy = top_k_entropy(exits, self.top_k)
+        st.system_eval.process(data_samples=system, data_batch=data)
+        st.edge_eval.process(data_samples=edge, data_batch=data)
+        for key, r in zip(keys, system):
+            rec = comm_record.read(r)
+            st.offloads.append(bool(rec.offloaded))
+            st.up_infer += rec.payload_bytes if rec.offloaded else 0
+            self.predicted_with.append((st.name, key, max(self.last_seq, 0)))
+        st.entropies += entropy.tolist()
+        st.n += len(samples)
+        return edge, entropy
+
+    def _upload_selected(self, raw, samples, keys, edge, entropy, st: _StreamTally) -> None:
+        """Encode the images the selector chose and hand them to the cloud's buffer."""
+        chosen = [i for i, c in enumerate(self.selector.select(entropy, keys).tolist()) if c]
+        if not chosen:
+            return
+        decoded, sizes = self._upload([raw[i] for i in chosen])
+        st.up_adapt += sum(sizes)
+        st.uploads += len(chosen)
+        labels = self.cloud.receive(decoded, [samples[i] for i in chosen])
+        st.up_teacher.process(data_samples=labels)
+        st.up_edge.process(data_samples=[edge[i] for i in chosen])
+        st.uploaded_ids += [keys[i] for i in chosen]
+
+    def _update_round(self, model, st: _StreamTally) -> None:
+        """The cloud adapts; its parameters go down as a PARAM_UPDATE the edge may refuse."""
+        used = self.cloud.adapt()
+        if not used:
+            return
+        self.seq += 1
+        msg = make_param_update(self.cloud.model, self.seq, model_fingerprint(model),
+                                half=self.downlink_half,
+                                affine_only=self.edge_learner is not None)
+        st.down += len(msg)  # sent, whether or not the edge accepts it
+        try:
+            self.last_seq = apply_param_update(model, msg, self.last_seq)
+        except BitstreamError as e:  # the edge keeps its last good parameters
+            st.refused += 1
+            self.runner.logger.warning(f'[{self.method} {st.name}] update {self.seq} refused: '
+                                       f'{e}')
+        else:
+            st.n_updates += 1
+            self.updates.append((st.name, self.seq, used))
+
+    def _score_stream(self, st: _StreamTally):
+        """-> (system metrics, edge metrics, mAPs on the uploaded images)."""
+        seen = list(dict.fromkeys(key for s, key, _ in self.predicted_with if s == st.name))
+        for ev in (st.system_eval, st.edge_eval):  # a subset (num_images) is scored as a subset
             score_only_seen_images(ev, seen)
-        sys_metrics = system_eval.evaluate(n)
-        edge_metrics = edge_eval.evaluate(n)
+        sys_metrics = st.system_eval.evaluate(st.n)
+        edge_metrics = st.edge_eval.evaluate(st.n)
         on_uploads = {}
-        if uploaded_ids:
-            for key, ev in (('teacher_mAP_on_uploads', up_teacher),
-                            ('edge_mAP_on_uploads', up_edge)):
-                score_only_seen_images(ev, list(dict.fromkeys(uploaded_ids)))
-                on_uploads[key] = 100 * float(ev.evaluate(len(uploaded_ids)).get(
+        if st.uploaded_ids:
+            for key, ev in (('teacher_mAP_on_uploads', st.up_teacher),
+                            ('edge_mAP_on_uploads', st.up_edge)):
+                score_only_seen_images(ev, list(dict.fromkeys(st.uploaded_ids)))
+                on_uploads[key] = 100 * float(ev.evaluate(len(st.uploaded_ids)).get(
                     'coco/bbox_mAP', 0.0))
+        return sys_metrics, edge_metrics, on_uploads
+
+    def _stream_result(self, stream, st: _StreamTally) -> Dict:
+        sys_metrics, edge_metrics, on_uploads = self._score_stream(st)
+        n, offloads, entropies = st.n, st.offloads, st.entropies
         q = max(1, n // 4)
         return dict(
-            stream=name, method=self.method, corruption=None if stream is None else stream[0],
+            stream=st.name, method=self.method, corruption=None if stream is None else stream[0],
             severity=0 if stream is None else stream[1], num_images=n,
             edge_mAP=100 * float(edge_metrics.get('coco/bbox_mAP', 0.0)),
             system_mAP=100 * float(sys_metrics.get('coco/bbox_mAP', 0.0)),
-            upload_ratio=uploads / max(n, 1), num_uploads=uploads,
-            uplink_adapt_bytes_per_image=up_adapt / max(n, 1),
-            uplink_infer_bytes_per_image=up_infer / max(n, 1),
-            uplink_bytes_per_image=(up_adapt + up_infer) / max(n, 1),
-            downlink_bytes_per_image=down / max(n, 1), num_updates=n_updates,
-            refused_updates=refused,
-            downlink_bytes_per_update=(down / (n_updates + refused)
-                                       if n_updates + refused else 0.0),
+            upload_ratio=st.uploads / max(n, 1), num_uploads=st.uploads,
+            uplink_adapt_bytes_per_image=st.up_adapt / max(n, 1),
+            uplink_infer_bytes_per_image=st.up_infer / max(n, 1),
+            uplink_bytes_per_image=(st.up_adapt + st.up_infer) / max(n, 1),
+            downlink_bytes_per_image=st.down / max(n, 1), num_updates=st.n_updates,
+            refused_updates=st.refused,
+            downlink_bytes_per_update=(st.down / (st.n_updates + st.refused)
+                                       if st.n_updates + st.refused else 0.0),
             offload_ratio=float(np.mean(offloads)) if offloads else 0.0,
             offload_ratio_first_quarter=float(np.mean(offloads[:q])) if offloads else 0.0,
             offload_ratio_last_quarter=float(np.mean(offloads[-q:])) if offloads else 0.0,
             mean_entropy=float(np.mean(entropies)) if entropies else 0.0,
             entropy_quantiles=dict(zip(('p10', 'p25', 'p50', 'p75', 'p90'), np.quantile(
                 entropies, [.1, .25, .5, .75, .9]).tolist())) if entropies else {},
-            uploads_without_pseudo_labels=getattr(self.cloud, 'num_skipped', 0) - skipped0,
+            uploads_without_pseudo_labels=getattr(self.cloud, 'num_skipped', 0) - st.skipped0,
             **on_uploads,
-            selector=self.selector.state(), seconds=time.perf_counter() - t0)
+            selector=self.selector.state(), seconds=time.perf_counter() - st.t0)

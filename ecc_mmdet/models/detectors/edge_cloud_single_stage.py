@@ -12,6 +12,9 @@ class EdgeCloudSingleStageMixin(EdgeCloudDetectorMixin):
     def _check_detector_kwargs(cls, kwargs):
         cls._refuse_two_stage_keys(kwargs)
 
+    def loss_from_features(self, x, batch_data_samples) -> dict:
+        return self.bbox_head.loss(x, batch_data_samples)
+
     def predict_from_features(self, x, batch_data_samples, rescale: bool = True):
         results_list = self.bbox_head.predict(x, batch_data_samples, rescale=rescale)
         return self.add_pred_to_datasample(batch_data_samples, results_list)
@@ -22,16 +25,13 @@ class EdgeCloudSingleStageDetector(EdgeCloudSingleStageMixin, SingleStageDetecto
     """Any ``SingleStageDetector`` config becomes a split one by changing ``type`` and adding
     ``split_after`` and ``compressor``; ``edge_exit`` + ``router`` make it dynamic (see
     :class:`EdgeCloudDetectorMixin`)."""
-    unsplit_type = 'SingleStageDetector'
 
 
 @MODELS.register_module()
 class EdgeCloudRTMDet(EdgeCloudSingleStageMixin, RTMDet):
     """``type='RTMDet'`` made split (keeps RTMDet's own arguments, e.g. ``use_syncbn``)."""
-    unsplit_type = 'RTMDet'
 
 
 @MODELS.register_module()
 class EdgeCloudYOLOX(EdgeCloudSingleStageMixin, YOLOX):
     """``type='YOLOX'`` made split."""
-    unsplit_type = 'YOLOX'

@@ -8,7 +8,7 @@ not be the evaluation split (:class:`~ecc_mmdet.engine.RouterCalibrationHook` in
 """
 import math
 from abc import ABCMeta, abstractmethod
-from typing import Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -43,11 +43,17 @@ class BaseRouter(nn.Module, metaclass=ABCMeta):
             every image on the edge, ``-inf`` offloads every image.
         target_offload_ratio: in [0, 1]; the threshold is then set by :meth:`calibrate` on a
             calibration split (0 and 1 need no calibration).
-    Give one of the two (default: ``target_offload_ratio=0.5``).
+    Give one of the two (default: ``target_offload_ratio=DEFAULT_RATIO``, 0.5).
     """
 
     #: (low, high) of the scores; a finite threshold must lie in it
     score_range: Tuple[float, float] = (0.0, 1.0)
+
+    #: the target offload ratio of a router given neither a threshold nor a ratio
+    DEFAULT_RATIO = 0.5
+    #: why the light edge runtime (:mod:`ecc_edge.exits`) cannot run this router; a router it
+    #: runs defines ``light_edge_params`` in its own class instead
+    light_edge_refusal = 'it is not ported to the runtime'
 
     def __init__(self, threshold: Optional[float] = None,
                  target_offload_ratio: Optional[float] = None):
@@ -55,8 +61,7 @@ class BaseRouter(nn.Module, metaclass=ABCMeta):
         name = type(self).__name__
         if threshold is not None and target_offload_ratio is not None:
             raise ConfigError(f'router ({name}): give threshold or target_offload_ratio, not both')
-        if threshold is None and target_offload_ratio is None:
-            target_offload_ratio = 0.5
+        target_offload_ratio = self.target_ratio(threshold, target_offload_ratio)
         value = math.nan
         if threshold is not None:
             value = float(threshold)
@@ -71,13 +76,41 @@ class BaseRouter(nn.Module, metaclass=ABCMeta):
             if not 0.0 <= r <= 1.0:
                 raise ConfigError(f'router.target_offload_ratio must be in [0, 1], got '
                                   f'{target_offload_ratio}')
-            if r in (0.0, 1.0):
+            if not self.ratio_needs_calibration(r):
                 value = math.inf if r == 0.0 else -math.inf
         self.target_offload_ratio = target_offload_ratio
         # NaN = not calibrated yet. Not checkpointed: the config (threshold, or a target ratio
         # calibrated by RouterCalibrationHook / the benchmark) is the single source of truth
         self.register_buffer('threshold', torch.tensor(value, dtype=torch.float64),
                              persistent=False)
+
+    # ---- the calibration rule: asked by the config checks, the hook, the tools and export ----
+    @classmethod
+    def target_ratio(cls, threshold: Optional[float] = None,
+                     target_offload_ratio: Optional[float] = None) -> Optional[float]:
+        """The offload ratio a router built with these arguments targets: None with a fixed
+        threshold, :attr:`DEFAULT_RATIO` when neither is given."""
+        if threshold is None and target_offload_ratio is None:
+            return cls.DEFAULT_RATIO
+        return None if threshold is not None else target_offload_ratio
+
+    @staticmethod
+    def ratio_needs_calibration(ratio: Optional[float]) -> bool:
+        """A target ratio takes its threshold from a calibration split; 0 and 1 do not (the
+        threshold is then inf / -inf), nor does a fixed threshold (``ratio=None``)."""
+        return ratio is not None and float(ratio) not in (0.0, 1.0)
+
+    @classmethod
+    def config_needs_calibration(cls, router_cfg) -> bool:
+        """:attr:`needs_calibration` of the router a config dict would build (before building
+        it: config checks and tools decide from the config)."""
+        return cls.ratio_needs_calibration(cls.target_ratio(
+            router_cfg.get('threshold'), router_cfg.get('target_offload_ratio')))
+
+    @property
+    def needs_calibration(self) -> bool:
+        """Whether this router's threshold comes from a calibration split."""
+        return self.ratio_needs_calibration(self.target_offload_ratio)
 
     @abstractmethod
     def scores(self, exits) -> Tensor:
@@ -103,3 +136,31 @@ class BaseRouter(nn.Module, metaclass=ABCMeta):
         t = threshold_for_ratio(scores, ratio)
         self.threshold.fill_(t)
         return t
+
+    def light_edge_spec(self) -> Dict:
+        """The export sidecar's ``router`` entry for the light edge runtime: kind, calibrated
+        threshold and the parameters of ``light_edge_params``. ConfigError when the runtime does
+        not run this exact class (a subclass may score differently) or it is not calibrated."""
+        kind = type(self).__name__
+        params = vars(type(self)).get('light_edge_params')
+        if params is None:
+            raise ConfigError(
+                f'the light edge runtime ports {", ".join(_light_edge_kinds())}, not {kind}: '
+                f'{self.light_edge_refusal}. Use one of those routers, or run the edge with '
+                'PyTorch')
+        t = float(self.threshold)
+        if math.isnan(t):
+            raise ConfigError(
+                f'the {kind} router has target_offload_ratio={self.target_offload_ratio} but no '
+                'calibrated threshold: calibrate the model before export (tools/export_edge_onnx'
+                '.py --data-root DIR calibrates it on the config\'s calibration split), or give '
+                'router.threshold')
+        return dict(kind=kind, threshold=t, **params(self))
+
+
+def _light_edge_kinds(cls=BaseRouter) -> list:
+    """Names of the router classes the light edge runtime runs (those with their own port)."""
+    out = [cls.__name__] if 'light_edge_params' in vars(cls) else []
+    for sub in cls.__subclasses__():
+        out += _light_edge_kinds(sub)
+    return sorted(set(out))

@@ -1,6 +1,6 @@
 """Rule-based routers: the random control, DCSB's score band, class-distribution entropy."""
 import hashlib
-from typing import Tuple
+from typing import Dict, Tuple
 
 import torch
 from mmdet.registry import MODELS
@@ -17,6 +17,8 @@ __all__ = ['RandomRouter', 'ScoreBandRouter', 'EntropyRouter']
 class RandomRouter(BaseRouter):
     """The control: a uniform score per image, a pure function of ``seed`` and the image id, so
     the same image gets the same decision in every batch and run."""
+
+    light_edge_refusal = 'a control for experiments, not for deployment'
 
     def __init__(self, seed: int = 0, **kwargs):
         super().__init__(**kwargs)
@@ -58,6 +60,9 @@ class ScoreBandRouter(BaseRouter):
             out.append(count + 0.999 * frac)
         return torch.tensor(out, dtype=torch.float64)
 
+    def light_edge_params(self) -> Dict:
+        return dict(low=self.low, high=self.high)
+
 
 @MODELS.register_module()
 class EntropyRouter(BaseRouter):
@@ -73,3 +78,6 @@ class EntropyRouter(BaseRouter):
 
     def scores(self, exits) -> Tensor:
         return top_k_entropy(exits, self.top_k)
+
+    def light_edge_params(self) -> Dict:
+        return dict(top_k=self.top_k)

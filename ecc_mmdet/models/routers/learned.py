@@ -42,6 +42,7 @@ class LearnedRouter(BaseRouter):
     """
 
     score_range: Tuple[float, float] = (float('-inf'), float('inf'))
+    light_edge_refusal = 'its MLP is not ported to the runtime'
 
     def __init__(self, feature_channels: int, top_k: int = 16, hidden: int = 16,
                  pool_features: bool = False, **kwargs):

@@ -2,11 +2,13 @@
 
 The deployment path (:mod:`ecc_mmdet.deployment.pipeline`) runs named steps -- ``edge`` (stem +
 stages[:k]), ``exit`` (edge exit heads), ``route``, ``encode`` (encoder + entropy coder +
-framing), ``report`` (the optional detections report of edge-finished images), ``decode`` (validation + entropy decoder + g_s), ``cloud`` (rest of the backbone, neck,
-heads) -- each over the images of the batch that take it. The pipeline only names the steps; this
-module is the one place that measures them, for the Runner path (``tools/test.py``) and the
-out-of-Runner evaluation alike, and turns the measurements into one
-:class:`~ecc_mmdet.structures.CommRecord` per image:
+framing), ``report`` (the optional detections report of edge-finished images), ``decode``
+(validation + entropy decoder + g_s), ``cloud`` (rest of the backbone, neck, heads) -- each over
+the images of the batch that take it. The pipeline only names the steps; this module is the one
+place that measures them, for the Runner path (``tools/test.py``), the out-of-Runner evaluation
+and the cloud-only baselines (:mod:`.cloud_only_accounting`) alike, and turns the measurements
+into one :class:`~ecc_mmdet.structures.CommRecord` per image. A meter belongs to whoever
+measures (the pipeline holds one per model, a server or benchmark its own), never to the model.
 
 * time: each step's wall time is shared equally among the images that ran it;
 * FLOPs: counted with torch's ``FlopCounterMode`` the first time a step meets an input shape
