@@ -25,9 +25,12 @@ test_evaluator = val_evaluator
 # Loaded only when training starts: building this config's model does not need it.
 teacher_config = 'mmdet::rtmdet/rtmdet_tiny_8xb32-300e_coco.py'
 teacher_checkpoint = 'checkpoints/rtmdet_tiny_8xb32-300e_coco.pth'
-# mmdet's EMAHook is left out: its averaged copy keeps the entropy model's integer coding
-# tables from step 0, and swapping it in for validation fails once the tables are built.
+# mmdet's EMAHook (validation and checkpoints use the averaged weights); EMACodingTablesHook,
+# after it, saves the coding tables of those averaged weights with them.
 custom_hooks = [
+    dict(type='EMAHook', ema_type='ExpMomentumEMA', momentum=0.0002, update_buffers=True,
+         priority=49),
+    dict(type='EMACodingTablesHook'),
     dict(type='PipelineSwitchHook', switch_epoch=280,
          switch_pipeline={{_base_.train_pipeline_stage2}}),
     dict(type='KnowledgeAdaptationHook', bottleneck_epochs=20, feature_loss_weight=1.0,

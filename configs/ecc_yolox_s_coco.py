@@ -20,11 +20,14 @@ test_evaluator = val_evaluator
 # Teacher: MMDetection's published YOLOX-S COCO checkpoint (model zoo, configs/yolox/README.md).
 teacher_config = 'mmdet::yolox/yolox_s_8xb8-300e_coco.py'
 teacher_checkpoint = 'checkpoints/yolox_s_8xb8-300e_coco.pth'
-# mmdet's EMAHook is left out: its averaged copy keeps the entropy model's integer coding
-# tables from step 0, and swapping it in for validation fails once the tables are built.
+# mmdet's hooks, EMAHook included (validation and checkpoints use the averaged weights);
+# EMACodingTablesHook, after it, saves the coding tables of those averaged weights with them.
 custom_hooks = [
     dict(type='YOLOXModeSwitchHook', num_last_epochs=15, priority=48),
     dict(type='SyncNormHook', priority=48),
+    dict(type='EMAHook', ema_type='ExpMomentumEMA', momentum=0.0001, update_buffers=True,
+         priority=49),
+    dict(type='EMACodingTablesHook'),
     # YOLOX trains its class logits only where objects are (objectness gates them), so the
     # dense response distillation would copy untrained logits: features + labels only
     dict(type='KnowledgeAdaptationHook', bottleneck_epochs=20, feature_loss_weight=1.0,

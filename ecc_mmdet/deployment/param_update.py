@@ -89,7 +89,6 @@ def apply_param_update(model, data: bytes, last_seq: int = -1) -> int:
     for name, arr in update.tensors.items():
         t = params[name]
         t.copy_(torch.from_numpy(arr).to(device=t.device, dtype=t.dtype))
-    model.__dict__.pop('_fingerprint_cache', None)
     if isinstance(getattr(model, BUFFER_NAME, None), Tensor):  # a side build: re-pin
         pin_fingerprint(model, compute_fingerprint(model))
     return update.seq

@@ -113,7 +113,6 @@ def _build_side(model, side: str):
     out = copy.deepcopy(model, memo)
     if out.splitter.backbone is not out.backbone:
         raise RuntimeError('deepcopy separated the splitter from the backbone')
-    out.__dict__.pop('_fingerprint_cache', None)
     pin_fingerprint(out, fingerprint)  # this side cannot recompute it: see .fingerprint
     return out.eval()
 

@@ -11,10 +11,12 @@ Differences from CompressAI, and why:
   in-support symbol >= 1, one overflow bin) computed in float64 on the CPU, coded with
   ``constriction`` by :mod:`ecc_edge.codecs.range_coding`; out-of-support values are escaped
   and coded exactly, so compression is lossless for any finite latent.
-* The tables live in buffers (``_pmf_table``, ``_pmf_length``, ``_offset``) that
-  ``_load_from_state_dict`` resizes to the checkpoint's shapes -- CompressAI's classic "size
-  mismatch for _quantized_cdf" trap. A checkpoint without tables also loads (they are derived
-  data) and is recomputed on ``eval()``.
+* The tables (``_pmf_table``, ``_pmf_length``, ``_offset``) are state-dict entries but not
+  buffers: their sizes follow the learned tails, and whatever copies buffers in place between
+  two copies of a model (mmengine's ``EMAHook`` and its averaged model) would meet tables of
+  another size. Loading takes the checkpoint's sizes -- CompressAI's classic "size mismatch for
+  _quantized_cdf" trap. A model writes them once built; a checkpoint without tables also loads
+  (they are derived data) and is recomputed on ``eval()``.
 * A fingerprint of the parameters is stored with the tables. ``eval()`` recomputes stale
   tables automatically; ``compress``/``decompress`` refuse missing or stale tables rather than
   silently coding with tables the other side may not have.
@@ -94,10 +96,13 @@ class FactorizedEntropyModel(nn.Module):
         max_support: most in-support symbols per channel (wider tails are escape-coded).
     """
 
-    #: buffers holding the integer coding tables. Derived from the parameters by ``update()``,
+    #: the integer coding tables (name -> dtype). Derived from the parameters by ``update()``,
     #: their sizes depend on the learned tails, so a checkpoint's may differ from a fresh
-    #: model's; loading resizes them. Owners that check checkpoint shapes skip these names.
-    DERIVED_BUFFERS = ('_offset', '_pmf_length', '_pmf_table', '_tables_fingerprint')
+    #: model's. Kept outside the buffers (see the module docstring); owners that check
+    #: checkpoint shapes skip these state-dict names.
+    _TABLE_DTYPES = dict(_offset=torch.int32, _pmf_length=torch.int32, _pmf_table=torch.int32,
+                         _tables_fingerprint=torch.int64)
+    TABLE_KEYS = tuple(_TABLE_DTYPES)
 
     def __init__(self, channels: int, filters: Sequence[int] = (3, 3, 3),
                  init_scale: float = 10.0, tail_mass: float = 1e-9,
@@ -139,11 +144,7 @@ class FactorizedEntropyModel(nn.Module):
         self.register_buffer('quantiles', init.repeat(channels, 1, 1))
         target = float(np.log(2 / self.tail_mass - 1))
         self.register_buffer('target', torch.tensor([-target, 0.0, target]), persistent=False)
-
-        self.register_buffer('_offset', torch.zeros(0, dtype=torch.int32))
-        self.register_buffer('_pmf_length', torch.zeros(0, dtype=torch.int32))
-        self.register_buffer('_pmf_table', torch.zeros(0, 0, dtype=torch.int32))
-        self.register_buffer('_tables_fingerprint', torch.zeros(0, dtype=torch.int64))
+        self.reset_tables()
 
     # ------------------------------------------------------------------ density
     def _logits_cumulative(self, x: Tensor, stop_gradient: bool,
@@ -237,18 +238,9 @@ class FactorizedEntropyModel(nn.Module):
 
     # ------------------------------------------------------------------- tables
     def _fingerprint(self) -> int:
-        # Parameters change only through autograd-visible in-place ops (optimiser steps,
-        # load_state_dict's copy_), which bump each tensor's _version: hash only when one moved.
-        params = [*self.matrices, *self.biases, *self.factors]
-        key = tuple((id(p), p._version, p.data_ptr()) for p in params)
-        cached = self.__dict__.get('_fingerprint_cache')
-        if cached is not None and cached[0] == key:
-            return cached[1]
-        value = self._hash_parameters()
-        self.__dict__['_fingerprint_cache'] = (key, value)
-        return value
-
-    def _hash_parameters(self) -> int:
+        """Hash of the parameters the tables derive from (~0.1 ms, computed on every call: a
+        cache keyed on the tensors' versions would miss in-place changes through ``.data``,
+        which is how mmengine's EMA averages weights and swaps them into the model)."""
         h = hashlib.blake2b(digest_size=8)
         for p in [*self.matrices, *self.biases, *self.factors]:
             t = p.detach().cpu().contiguous()
@@ -306,30 +298,46 @@ class FactorizedEntropyModel(nn.Module):
             self.update(force=True)
         return self
 
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        if self._pmf_table.numel():  # none built: nothing to ship
+            for name in self.TABLE_KEYS:
+                t = getattr(self, name)
+                destination[prefix + name] = t if keep_vars else t.detach()
+
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs):
-        # Resize the table buffers to the checkpoint's shapes (they depend on the learned
-        # tails), instead of failing with "size mismatch" as CompressAI does.
-        for name in self.DERIVED_BUFFERS:
-            key = prefix + name
-            if key in state_dict and getattr(self, name).shape != state_dict[key].shape:
-                buf = getattr(self, name)
-                self._buffers[name] = torch.empty(state_dict[key].shape, dtype=buf.dtype,
-                                                  device=buf.device)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)
-        # Tables are derived data: a checkpoint without (all of) them loads with no tables,
-        # and eval()/update() recomputes them.
-        missing = [prefix + n for n in self.DERIVED_BUFFERS if prefix + n in missing_keys]
-        if missing:
-            for key in missing:
-                missing_keys.remove(key)
-            self._reset_tables()
+        keys = [prefix + name for name in self.TABLE_KEYS]
+        unexpected_keys[:] = [k for k in unexpected_keys if k not in keys]  # not buffers
+        if not all(k in state_dict for k in keys):
+            # Tables are derived data: a checkpoint of this model without (all of) them loads
+            # with no tables, and eval()/update() recomputes them. (A partial state dict without
+            # this model leaves it as it is.)
+            if any(k.startswith(prefix) for k in state_dict):
+                self.reset_tables()
+            return
+        # The checkpoint's sizes (they depend on the learned tails), instead of failing with
+        # "size mismatch" as CompressAI does.
+        device = self.quantiles.device
+        for name, key in zip(self.TABLE_KEYS, keys):
+            value = state_dict[key].detach().to(device=device, dtype=self._TABLE_DTYPES[name])
+            setattr(self, name, value.clone())
 
-    def _reset_tables(self) -> None:
-        for name in self.DERIVED_BUFFERS:
-            buf = getattr(self, name)
-            self._buffers[name] = buf.new_zeros((0, 0) if name == '_pmf_table' else (0, ))
+    def _apply(self, fn, *args, **kwargs):
+        """Moves (``to``, ``cuda``, ``half``, ...) take the tables along, as they would buffers."""
+        super()._apply(fn, *args, **kwargs)
+        for name in self.TABLE_KEYS:
+            setattr(self, name, fn(getattr(self, name)))
+        return self
+
+    def reset_tables(self) -> None:
+        """Drop the coding tables (derived data: ``eval()``/``update()`` rebuilds them)."""
+        device = self.quantiles.device
+        for name, dtype in self._TABLE_DTYPES.items():
+            shape = (0, 0) if name == '_pmf_table' else (0, )
+            setattr(self, name, torch.zeros(shape, dtype=dtype, device=device))
 
     def __getstate__(self):
         """Copies and pickles leave out the cached range-coder models (native objects that

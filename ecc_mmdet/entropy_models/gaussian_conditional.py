@@ -13,10 +13,10 @@ therefore takes the indexes as *given* integers (see :class:`ExactHyperSynthesis
 computes them exactly), and converts a log-scale accumulator to an index with integer
 thresholds (:meth:`index_from_fixed_point`).
 
-Like :class:`~ecc_mmdet.entropy_models.FactorizedEntropyModel`, the tables are integer buffers
-in the state dict, so a cloud loads the edge's tables bit for bit rather than recomputing them
-with its own libm. Unlike it, they depend only on the constructor arguments (nothing learned),
-so their sizes are fixed and no resizing on load is needed.
+Like :class:`~ecc_mmdet.entropy_models.FactorizedEntropyModel`, the tables are integers in the
+state dict, so a cloud loads the edge's tables bit for bit rather than recomputing them with its
+own libm. Unlike it, they depend only on the constructor arguments (nothing learned), so they are
+plain buffers of a fixed size: no resizing on load, and mmengine's EMA copies them unchanged.
 """
 from __future__ import annotations
 

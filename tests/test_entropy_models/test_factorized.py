@@ -216,3 +216,26 @@ def test_nested_module_and_payload_round_trip(trained):
     data = pack(Payload(CodecId.ENTROPY_BOTTLENECK, (C, 6, 10), meta, b'', em.compress(y)[0]))
     p = unpack(data, expected_codec=CodecId.ENTROPY_BOTTLENECK)
     assert torch.equal(em.decompress([p.body], p.latent_shape[1:]), trained(y)[0])
+
+
+def test_tables_outside_buffers_follow_every_weight_change(trained):
+    """mmengine's EMA copies buffers in place between a model and its averaged copy and moves
+    weights through ``.data``: the tables (whose size changes) are state-dict entries but not
+    buffers, and a change through ``.data`` (no version bump) still makes them stale."""
+    m = FactorizedEntropyModel(C)
+    m.load_state_dict(trained.state_dict())
+    assert m.tables_ready() and not {n for n, _ in m.named_buffers()} & set(m.TABLE_KEYS)
+    m.double()  # moves take the tables along; integers stay integers
+    assert m._pmf_table.dtype == torch.int32 and m.quantiles.dtype == torch.float64
+    m.float()
+    moved = FactorizedEntropyModel(C)
+    moved.load_state_dict(m.state_dict())
+    assert moved.to('meta')._pmf_table.is_meta  # devices too
+    partial = torch.nn.Sequential(torch.nn.Linear(1, 1), m)
+    partial.load_state_dict({'0.weight': torch.ones(1, 1), '0.bias': torch.ones(1)},
+                            strict=False)  # without this model's entries: left as it was
+    assert m.tables_ready()
+    m.biases[0].data.add_(0.1)
+    assert not m.tables_ready()
+    m.eval()
+    assert m.tables_ready()

@@ -273,7 +273,6 @@ class OnlineAdaptationLoop(BaseLoop):
                     metrics[f'{res["stream"]}/{key}'] = res[key]
         finally:  # leave the model as loaded (another run may follow), also after an error
             model.load_state_dict(initial)
-            model.__dict__.pop('_fingerprint_cache', None)
             model.eval()
         self._write_results()
         runner.call_hook('after_test_epoch', metrics=metrics)
@@ -283,7 +282,6 @@ class OnlineAdaptationLoop(BaseLoop):
     def _start_from(self, model, initial: dict, distiller) -> None:
         """Back to the checkpoint: model, sequence numbers, selector, learners."""
         model.load_state_dict(initial)
-        model.__dict__.pop('_fingerprint_cache', None)
         self.seq, self.last_seq = 0, -1
         self.selector.reset()
         if self.edge_learner is not None:

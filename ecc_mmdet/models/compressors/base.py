@@ -72,10 +72,10 @@ class BaseFeatureCompressor(BaseModule):
         mmengine loads non-strictly and only *warns* on a size mismatch, which would leave a
         randomly initialised encoder/decoder behind and produce garbage bitstreams.
         """
-        # submodules declare buffers whose size legitimately varies (the entropy model's tables)
+        # submodules declare entries whose size legitimately varies (the entropy model's tables)
         resizable = {f'{mod_name}.{b}' if mod_name else b
                      for mod_name, mod in self.named_modules()
-                     for b in getattr(mod, 'DERIVED_BUFFERS', ())}
+                     for b in getattr(mod, 'TABLE_KEYS', ())}
         mismatched = []
         for name, value in self.state_dict().items():
             key = prefix + name
