@@ -31,7 +31,8 @@ fi
 # The stamp records exactly what was installed; if it matches, there is nothing to do.
 stamp_content() {
   cat "$REPO/requirements/runtime.txt" "$REPO/requirements/serving.txt" "$REPO/requirements/edge.txt" \
-    "$REPO/requirements/robustness.txt" "$REPO/requirements/tests.txt" "$REPO/setup.py"
+    "$REPO/requirements/robustness.txt" "$REPO/requirements/tests.txt" "$REPO/pyproject.toml" \
+    "$REPO/edge/pyproject.toml" "$REPO/ecc_mmdet/version.py"
   echo "mmcv==$MMCV_VERSION"
 }
 STAMP="$VENV/.ecc_mmdet_stamp"
@@ -85,8 +86,12 @@ log "installing pinned runtime, serving, edge, robustness and test requirements"
 "${PIP[@]}" install -q -r "$REPO/requirements/runtime.txt" -r "$REPO/requirements/serving.txt" \
   -r "$REPO/requirements/edge.txt" -r "$REPO/requirements/robustness.txt" \
   -r "$REPO/requirements/tests.txt"
-log "installing ecc_mmdet in editable mode"
-"${PIP[@]}" install -q --no-build-isolation --no-deps -e "$REPO"
+# two distributions from one checkout: ecc-mmdet-edge (edge/, the torch-free ecc_edge) and
+# ecc_mmdet (pyproject.toml), which depends on it; the pins above are their dependencies.
+log "installing ecc-mmdet-edge and ecc_mmdet in editable mode"
+# metadata the former setup.py left in the checkout shadows the installed one on sys.path
+rm -rf "$REPO/ecc_mmdet.egg-info"
+"${PIP[@]}" install -q --no-build-isolation --no-deps -e "$REPO/edge" -e "$REPO"
 
 # torchvision cannot work with the CPU torch here; a stray install breaks mmdet/mmengine imports.
 if "$PY" -c "import importlib.util,sys; sys.exit(0 if importlib.util.find_spec('torchvision') else 1)"; then

@@ -14,7 +14,7 @@ from conftest import REPO
 
 #: bottom to top; groups in one layer do not import each other
 LAYERS = [
-    ('ecc_mmdet.errors', 'ecc_mmdet.version'),
+    ('ecc_mmdet.errors', 'ecc_mmdet.version', 'ecc_mmdet.registry'),
     ('ecc_mmdet.utils',),
     ('ecc_mmdet.structures',),
     ('ecc_mmdet.entropy_models',),

@@ -1,4 +1,8 @@
-"""The installed package stands alone: no tool, no repository path, no subprocess launching."""
+"""The installed package stands alone: no tool, no repository path, no subprocess launching.
+
+The installed wheels are checked the same way in test_packaging.py (a fresh venv, a user's
+directory)."""
+import importlib.metadata
 import os
 import os.path as osp
 import subprocess
@@ -47,3 +51,13 @@ def test_library_source_launches_nothing_and_knows_no_repository_path():
                 if needle in src:
                     offenders.append(f'{osp.relpath(path, REPO)}: {needle}')
     assert not offenders, offenders
+
+
+def test_each_package_comes_from_its_own_distribution():
+    """ecc_edge is the device distribution's (edge/), not shipped again inside ecc_mmdet's, which
+    depends on it: a device installs ecc_edge without torch, and no two distributions own a file."""
+    owners = importlib.metadata.packages_distributions()
+    assert set(owners.get('ecc_edge', ())) == {'ecc-mmdet-edge'}, owners.get('ecc_edge')
+    assert set(owners.get('ecc_mmdet', ())) == {'ecc_mmdet'}, owners.get('ecc_mmdet')
+    assert 'ecc-mmdet-edge' in importlib.metadata.requires('ecc_mmdet')
+    assert importlib.metadata.version('ecc-mmdet-edge') == importlib.metadata.version('ecc_mmdet')

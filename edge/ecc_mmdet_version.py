@@ -1,0 +1,1 @@
+../ecc_mmdet/version.py
