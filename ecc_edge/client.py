@@ -3,22 +3,29 @@ with idempotent retries; no torch, mmdet or mmcv (the light edge runtime uses it
 does :mod:`ecc_mmdet.serving.client`).
 
 :class:`CloudClient` posts payloads over one keep-alive connection pool. A request that got no
-answer (connection error, timeout) or a 503 (queue full, shutting down) is retried with the
-same ``Idempotency-Key``: the server answers a repeated key from its cache, so a retry after a
-lost response never has an image computed or counted twice. Other refusals are final. The bearer
+answer (connection error, timeout) or a transient refusal (408, 429, 502, 503, 504) is retried
+with the same ``Idempotency-Key`` for a time budget (``retry_for``), not a count: a server
+restart takes as long as it takes, and a count of retries is a guess at it. The waits are
+capped exponential back-off with full jitter (:func:`backoff_delay`), never shorter than a
+``Retry-After``. The server answers a repeated key from its cache, so a retry after a lost
+response never has an image computed or counted twice. Other refusals are final. The bearer
 token is sent in a header only: it is never logged, put in an exception or a repr.
 """
+import email.utils
 import random
 import re
 import threading
 import time
-from typing import Dict, List, NamedTuple, Optional, Sequence
+from typing import Callable, Dict, List, NamedTuple, Optional, Sequence
 
 __all__ = ['CloudClient', 'CloudRequestError', 'CloudUnavailableError', 'EdgeResult',
-           'check_token', 'coco_results']
+           'RETRY_STATUSES', 'backoff_delay', 'check_token', 'coco_results']
 
 _REQUEST_ID = re.compile(r'[A-Za-z0-9._:-]{1,128}')  # what the server accepts
 _TOKEN = re.compile(r'[\x21-\x7e]+')  # visible ASCII: what an HTTP header can carry
+#: answers that say "not now" rather than "no": request timeout, too many requests, and a
+#: gateway or server that is (re)starting, overloaded or shutting down
+RETRY_STATUSES = frozenset({408, 429, 502, 503, 504})
 
 
 def check_token(token: str) -> str:
@@ -43,11 +50,26 @@ class CloudRequestError(RuntimeError):
 
 
 class CloudUnavailableError(CloudRequestError):
-    """No answer after every retry (server unreachable, timing out, or busy with 503)."""
+    """No answer within the retry budget (server unreachable, timing out, or answering 408,
+    429, 502, 503 or 504), or the retries were stopped by :meth:`CloudClient.abort`."""
 
-    def __init__(self, status: Optional[int], error: str, detail: str, attempts: int):
-        self.attempts = attempts
-        super().__init__(status, error, f'{detail} (gave up after {attempts} attempts)')
+    def __init__(self, status: Optional[int], error: str, detail: str, attempts: int,
+                 seconds: Optional[float] = None):
+        self.attempts, self.seconds = attempts, seconds
+        spent = f' in {seconds:.1f} s' if seconds is not None else ''
+        super().__init__(status, error, f'{detail} (gave up after {attempts} attempts{spent})')
+
+
+def backoff_delay(attempt: int, retry_after: Optional[float], remaining: float,
+                  base: float = 0.2, cap: float = 5.0, u: float = 1.0) -> float:
+    """Seconds to wait before retry ``attempt + 1``: capped exponential back-off with full
+    jitter, ``u * min(cap, base * 2**attempt)`` with ``u`` uniform in [0, 1), so that clients
+    that failed together do not come back together; after a ``Retry-After`` of ``retry_after``
+    seconds, that plus the jitter (the server said when it will have room: never sooner). Never
+    past the budget: at most ``remaining`` (then one last attempt at its end)."""
+    step = u * min(cap, base * 2.0**min(attempt, 64))
+    delay = step if retry_after is None else retry_after + step
+    return max(0.0, min(delay, remaining))
 
 
 class CloudClient:
@@ -58,22 +80,29 @@ class CloudClient:
         token: the bearer token (None: no ``Authorization`` header, for a server started with
             ``--insecure-no-auth``).
         timeout: seconds for connecting, each read/write and waiting for a pooled connection.
-        max_retries: retries after the first attempt (connection errors, timeouts, 503).
-        backoff_s: first back-off; doubled each retry, with jitter so that many clients that
-            failed together do not come back together.
+        max_retries: also stop after this many retries of one request (None: the time budget
+            alone decides).
+        backoff_s: the first back-off step; doubled each retry up to ``max_delay_s``
+            (:func:`backoff_delay`).
         concurrency: connections kept open (size it to the requests you keep in flight: more
             requests than connections wait for one, counted in their time).
-        max_delay_s: cap on one wait, whatever ``Retry-After`` asks for.
+        max_delay_s: cap on one back-off step (a ``Retry-After`` is capped by the budget only).
+        retry_for: seconds a request keeps being retried after its first failure.
+        clock, sleep: the budget's clock and the wait (tests inject them; the default wait
+            returns early on :meth:`abort`).
     """
 
     def __init__(self, base_url: str, token: Optional[str], timeout: float = 30,
-                 max_retries: int = 5, backoff_s: float = 0.2, concurrency: int = 4,
-                 max_delay_s: float = 10.0):
+                 max_retries: Optional[int] = None, backoff_s: float = 0.2,
+                 concurrency: int = 4, max_delay_s: float = 5.0, retry_for: float = 60.0,
+                 clock: Callable[[], float] = time.monotonic,
+                 sleep: Optional[Callable[[float], object]] = None):
         import httpx
-        if max_retries < 0 or concurrency < 1:
-            raise ValueError('max_retries must be >= 0 and concurrency >= 1')
+        if (max_retries is not None and max_retries < 0) or concurrency < 1 or retry_for < 0:
+            raise ValueError('max_retries and retry_for must be >= 0 and concurrency >= 1')
         self.base_url = base_url.rstrip('/')
         self.max_retries, self.backoff_s, self.max_delay_s = max_retries, backoff_s, max_delay_s
+        self.retry_for = retry_for
         headers = {'Content-Type': 'application/octet-stream'}
         self._token = token or None
         if token:
@@ -84,9 +113,11 @@ class CloudClient:
                                 max_keepalive_connections=concurrency))
         self._rng = random.Random()
         self._rng_lock = threading.Lock()
+        self._stop, self._stopped = threading.Event(), None
+        self._clock, self._sleep = clock, sleep or self._stop.wait
 
     def __repr__(self) -> str:  # no token in here
-        return f'CloudClient({self.base_url!r}, max_retries={self.max_retries})'
+        return f'CloudClient({self.base_url!r}, retry_for={self.retry_for})'
 
     def __enter__(self) -> 'CloudClient':
         return self
@@ -96,6 +127,13 @@ class CloudClient:
 
     def close(self) -> None:
         self._http.close()
+
+    def abort(self, reason: str = 'another request gave up') -> None:
+        """Stop retrying: requests waiting to retry raise :class:`CloudUnavailableError` now
+        (e.g. once one request has given up, the others need not wait out their budgets)."""
+        if not self._stop.is_set():  # the first reason stays
+            self._stopped = reason
+        self._stop.set()
 
     def send_report(self, report: bytes, request_id: str) -> Dict:
         """Post the detections report of an image finished on the edge (``/v1/report``), with
@@ -107,15 +145,14 @@ class CloudClient:
         ``client_ms`` (the whole exchange, waits included) and ``attempt_ms`` (the answered
         attempt alone, comparable with the server's ``timings_ms.server``).
 
-        Raises :class:`CloudRequestError` for a refusal (4xx, or 5xx other than 503) and
-        :class:`CloudUnavailableError` once the retries are spent."""
+        Raises :class:`CloudRequestError` for a final refusal (a status not in
+        :data:`RETRY_STATUSES`) and :class:`CloudUnavailableError` once the budget is spent."""
         import httpx
         if not _REQUEST_ID.fullmatch(request_id):
             raise ValueError(f'request id {request_id!r}: 1-128 characters of [A-Za-z0-9._:-]')
         headers = {'Idempotency-Key': request_id}
-        t0 = time.perf_counter()
-        for attempt in range(self.max_retries + 1):
-            last = attempt == self.max_retries
+        t0, first_failure, attempt = time.perf_counter(), None, 0
+        while True:
             t_attempt = time.perf_counter()
             try:
                 r = self._http.post(path, content=payload, headers=headers)
@@ -123,55 +160,72 @@ class CloudClient:
                 raise CloudRequestError(None, 'LocalProtocolError', 'httpx refused to send '
                                         'the request (a malformed header?)') from None
             except httpx.TransportError as e:  # no answer: it may or may not have run
-                if last:
-                    raise CloudUnavailableError(None, type(e).__name__,
-                                                f'{self.base_url}: {self._redact(e)}',
-                                                attempt + 1) from None
-                self._wait(attempt, None)
-                continue
-            if r.status_code == 200:
-                now = time.perf_counter()
-                try:
-                    body = r.json()
-                except ValueError:  # e.g. a proxy's page: not an answer of ours
-                    body = None
-                if not isinstance(body, dict):
-                    raise CloudRequestError(200, 'BadResponse', 'not a JSON object: '
-                                            f'{r.text[:200]!r}')
-                body['retries'] = attempt
-                body['client_ms'] = (now - t0) * 1e3
-                body['attempt_ms'] = (now - t_attempt) * 1e3
-                return body
-            error, detail = _error_of(r)
-            if r.status_code != 503:
-                raise CloudRequestError(r.status_code, error, detail)
-            if last:
-                raise CloudUnavailableError(503, error, detail, attempt + 1)
-            self._wait(attempt, r.headers.get('retry-after'))
-        raise AssertionError('unreachable')
+                failure = (None, type(e).__name__, f'{self.base_url}: {self._redact(e)}', None)
+            else:
+                if r.status_code == 200:
+                    return _answer(r, attempt, t0, t_attempt)
+                error, detail = _error_of(r)
+                if r.status_code not in RETRY_STATUSES:
+                    raise CloudRequestError(r.status_code, error, detail)
+                failure = (r.status_code, error, detail, r.headers.get('retry-after'))
+            first_failure = self._clock() if first_failure is None else first_failure
+            self._wait(attempt, failure, first_failure)
+            attempt += 1
 
     def _redact(self, e: Exception) -> str:
         """``str(e)`` without the token (exceptions end up in logs)."""
         text = str(e)
         return text.replace(self._token, '<token>') if self._token else text
 
-    def _wait(self, attempt: int, retry_after: Optional[str]) -> None:
+    def _wait(self, attempt: int, failure: tuple, first_failure: float) -> None:
+        """Wait before retry ``attempt + 1``; :class:`CloudUnavailableError` instead when the
+        budget or ``max_retries`` is spent, or :meth:`abort` was called."""
+        status, error, detail, retry_after = failure
+        spent = self._clock() - first_failure
+        if spent >= self.retry_for or self._stop.is_set() or \
+                (self.max_retries is not None and attempt >= self.max_retries):
+            raise CloudUnavailableError(status, error, detail + self._why(), attempt + 1, spent)
         with self._rng_lock:
-            jitter = self._rng.random()
-        asked = _seconds(retry_after)
-        if asked is not None:  # the server knows when it will have room: at least that long
-            delay = min(asked, self.max_delay_s) + jitter * self.backoff_s
-        else:  # 0.5x .. 1x of the exponential step ("equal jitter")
-            delay = min(self.backoff_s * 2**attempt, self.max_delay_s) * (0.5 + 0.5 * jitter)
-        time.sleep(delay)
+            u = self._rng.random()
+        self._sleep(backoff_delay(attempt, _seconds(retry_after), self.retry_for - spent,
+                                  self.backoff_s, self.max_delay_s, u))
+        if self._stop.is_set():
+            raise CloudUnavailableError(status, error, detail + self._why(), attempt + 1,
+                                        self._clock() - first_failure)
+
+    def _why(self) -> str:
+        return f'; retries stopped ({self._stopped})' if self._stop.is_set() else ''
+
+
+def _answer(r, attempt: int, t0: float, t_attempt: float) -> Dict:
+    """The JSON object of a 200 answer with the client's figures added."""
+    now = time.perf_counter()
+    try:
+        body = r.json()
+    except ValueError:  # e.g. a proxy's page: not an answer of ours
+        body = None
+    if not isinstance(body, dict):
+        raise CloudRequestError(200, 'BadResponse', f'not a JSON object: {r.text[:200]!r}')
+    body['retries'] = attempt
+    body['client_ms'] = (now - t0) * 1e3
+    body['attempt_ms'] = (now - t_attempt) * 1e3
+    return body
 
 
 def _seconds(retry_after: Optional[str]) -> Optional[float]:
-    """``Retry-After`` in seconds; None when absent or an HTTP date (then: our own back-off)."""
-    try:
-        return max(0.0, float(retry_after)) if retry_after is not None else None
-    except ValueError:
+    """``Retry-After`` in seconds (a number, or an HTTP date); None when absent or unreadable
+    (then: our own back-off)."""
+    if retry_after is None:
         return None
+    try:
+        return max(0.0, float(retry_after))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(retry_after)
+    except (TypeError, ValueError, IndexError):
+        return None
+    return max(0.0, when.timestamp() - time.time()) if when.tzinfo is not None else None
 
 
 def _error_of(r) -> tuple:

@@ -14,6 +14,11 @@ mirror the PyTorch edge exactly:
 4. framing (:func:`ecc_edge.codecs.pack`) with the image meta, rate point and the model
    fingerprint of the PyTorch model the graph was exported from.
 
+A hyperprior's graph also outputs the side information z: step 3 is then
+``HyperpriorBottleneckNeck.compress`` (:mod:`ecc_edge.codecs.hyperprior`): z coded with its
+factorized tables, the integer hyper-synthesis of z_hat gives y's means and scale indexes
+(exact integers, the PyTorch edge's and the cloud's), y coded with the indexed Gaussian tables.
+
 A dynamic model's graph also outputs its edge exit's raw maps: the runtime then decodes the
 exit's detections, scores the image with the router (:mod:`ecc_edge.exits`, the same rules as
 the PyTorch edge) and either finishes it on the edge (tier ``edge_main``: its detections, with
@@ -25,7 +30,6 @@ boundary: that symbol then differs by one. The coder codes any int32 value, so t
 stays decodable (never a desynchronised decoder); the benchmark reports how often it happens.
 """
 import hashlib
-import json
 import os.path as osp
 import struct
 import time
@@ -35,18 +39,15 @@ import numpy as np
 
 from .codecs.bitstream import CodecId, ImageMeta, Payload, pack
 from .codecs.detections import pack_detections
-from .codecs.range_coding import CodingTables, encode_with_cdf_tables
+from .codecs.hyperprior import HyperpriorEncoder, quantise, tables_from_rows
+from .codecs.range_coding import encode_with_cdf_tables
 from .exits import ExitDetections, apply_score_map, decode_exit, offload, router_score
+from .sidecar import (SIDECAR_FORMAT, SIDECAR_VERSION, EdgeRuntimeError, SidecarError,
+                      check_graph_io, check_probe, load_sidecar, probe_side, read_key_file,
+                      sidecar_digest)
 
 __all__ = ['EdgeRuntimeError', 'LightEdge', 'LightResult', 'SIDECAR_FORMAT', 'SIDECAR_VERSION',
-           'load_sidecar', 'sidecar_digest']
-
-SIDECAR_FORMAT = 'ecc_edge_sidecar'
-SIDECAR_VERSION = 1
-
-
-class EdgeRuntimeError(ValueError):
-    """A graph or sidecar the runtime cannot use, or an image it cannot read."""
+           'SidecarError', 'load_sidecar', 'read_key_file', 'sidecar_digest']
 
 
 class LightResult(NamedTuple):
@@ -54,7 +55,8 @@ class LightResult(NamedTuple):
     report (models with ``edge_report``) or None; ``symbols``: what was range-coded (None for
     an edge-finished image); ``detections``: the exit's detections of an edge-finished image
     (original-image pixels, scores after the edge score map), else None; ``router_score``:
-    None for a model without exits."""
+    None for a model without exits; ``side_symbols``: a hyperprior's z symbols (coded before
+    ``symbols``, y's)."""
     payload: Optional[bytes]
     meta: ImageMeta
     symbols: Optional[np.ndarray]  # (C, h, w) int32
@@ -62,33 +64,7 @@ class LightResult(NamedTuple):
     tier: str = 'cloud'
     detections: Optional[ExitDetections] = None
     router_score: Optional[float] = None
-
-
-def sidecar_digest(sidecar: Dict) -> str:
-    """SHA-256 of the sidecar's canonical JSON without its own digest field (the exporter
-    writes it, the runtime checks it)."""
-    body = {k: v for k, v in sidecar.items() if k != 'sidecar_sha256'}
-    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(',', ':')).encode()
-                          ).hexdigest()
-
-
-def load_sidecar(path: str) -> Dict:
-    """Read and check a sidecar (format, version, its own checksum, the fields used)."""
-    try:
-        with open(path) as f:
-            side = json.load(f)
-    except (OSError, ValueError) as e:
-        raise EdgeRuntimeError(f'sidecar {path}: not readable JSON ({e})') from None
-    if not isinstance(side, dict) or side.get('format') != SIDECAR_FORMAT:
-        raise EdgeRuntimeError(f'{path} is not an ecc_edge sidecar (tools/export_edge_onnx.py '
-                               'writes one beside edge.onnx)')
-    if side.get('version') != SIDECAR_VERSION:
-        raise EdgeRuntimeError(f'sidecar version {side.get("version")}; this runtime reads '
-                               f'{SIDECAR_VERSION}: export the edge again')
-    if side.get('sidecar_sha256') != sidecar_digest(side):
-        raise EdgeRuntimeError(f'sidecar {path} is corrupted or was edited (its checksum does '
-                               'not match its content): export the edge again')
-    return side
+    side_symbols: Optional[np.ndarray] = None  # (Cz, zh, zw) int32
 
 
 class LightEdge:
@@ -98,24 +74,18 @@ class LightEdge:
         graph: path of ``edge.onnx``.
         sidecar: path of its sidecar (default: ``edge.json`` beside the graph).
         threads: ONNX Runtime intra-op threads (1: a small device's single core).
+        key: the operator's signing key (:func:`read_key_file`): when given, only a sidecar
+            signed with it is run (:mod:`ecc_edge.sidecar`).
+
+    The sidecar is checked field by field, and against the graph's inputs and outputs and one
+    probe run, before anything else (``SidecarError`` names the field).
     """
 
-    def __init__(self, graph: str, sidecar: Optional[str] = None, threads: int = 1):
-        import onnxruntime as ort
+    def __init__(self, graph: str, sidecar: Optional[str] = None, threads: int = 1,
+                 key: Optional[bytes] = None):
         sidecar = sidecar or osp.join(osp.dirname(graph), 'edge.json')
-        self.sidecar = side = load_sidecar(sidecar)
-        try:
-            with open(graph, 'rb') as f:
-                data = f.read()
-        except OSError as e:
-            raise EdgeRuntimeError(f'edge graph {graph}: {e}') from None
-        if hashlib.sha256(data).hexdigest() != side['graph_sha256']:
-            raise EdgeRuntimeError(f'{sidecar} belongs to another graph than {graph} (graph '
-                                   'SHA-256 mismatch): use the pair export_edge_onnx wrote')
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = int(threads)
-        opts.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(data, opts, providers=['CPUExecutionProvider'])
+        self.sidecar = side = load_sidecar(sidecar, key)
+        self.session = self._open(graph, sidecar, threads)
         pre, codec = side['preprocess'], side['codec']
         self.pre = pre
         self.mean = np.asarray(pre['mean'], np.float32).reshape(1, 3, 1, 1)
@@ -123,31 +93,42 @@ class LightEdge:
         self.codec_id = CodecId(codec['codec_id'])
         self.rate_point = codec['rate_point']
         self.medians = np.asarray(codec['medians'], np.float32).reshape(-1, 1, 1)
-        width = max(codec['lengths'])
-        pmf = np.zeros((len(codec['pmf_table']), width), np.int64)
-        for i, row in enumerate(codec['pmf_table']):
-            pmf[i, :len(row)] = row
-        self.tables = CodingTables(pmf, np.asarray(codec['offsets']),
-                                   np.asarray(codec['lengths']))
-        self.strides = [int(s) for s in side['feature_strides']]
+        # the factorized tables (a hyperprior's: z's)
+        self.tables = tables_from_rows(codec['pmf_table'], codec['offsets'], codec['lengths'])
+        self.hyper = HyperpriorEncoder(side['hyperprior'], self.tables, self.medians) \
+            if 'hyperprior' in side else None
+        self.strides = list(side['feature_strides'])
         self.fingerprint = bytes.fromhex(side['model_fingerprint'])
-        self.class_names = side.get('class_names')
+        self.class_names = side['class_names']
         # a dynamic model: exit + router (+ score maps, edge report)
         self.exit, self.router = side.get('exit'), side.get('router')
         self.score_maps = side.get('score_maps')
         self.edge_report = side.get('edge_report')
-        if (self.exit is None) != (self.router is None):
-            raise EdgeRuntimeError(f'sidecar {sidecar}: an exit without a router (or the '
-                                   'reverse): export the edge again')
-        names = [o.name for o in self.session.get_outputs()]
-        if self.exit is not None:
-            n_lv = len(self.exit['anchors']['strides'])
-            want = ['latent'] + [f'{p}_{i}' for p in ['cls', 'bbox'] + (
-                ['ctr'] if self.exit['score_factors'] else []) for i in range(n_lv)]
-            if names != want:
-                raise EdgeRuntimeError(f'the graph outputs {names}, its sidecar describes '
-                                       f'{want}: export the edge again')
-        self.output_names = names
+        self.output_names = [o.name for o in self.session.get_outputs()]
+
+    def _open(self, graph: str, sidecar: str, threads: int):
+        """The ONNX Runtime session of ``graph``, checked against the sidecar: its SHA-256,
+        its inputs and outputs, and the output sizes of one probe run (the strides)."""
+        import onnxruntime as ort
+        try:
+            with open(graph, 'rb') as f:
+                data = f.read()
+        except OSError as e:
+            raise EdgeRuntimeError(f'edge graph {graph}: {e}') from None
+        if hashlib.sha256(data).hexdigest() != self.sidecar['graph_sha256']:
+            raise SidecarError(f'graph_sha256: {sidecar} belongs to another graph than '
+                               f'{graph}: use the pair export_edge_onnx wrote')
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = int(threads)
+        opts.inter_op_num_threads = 1
+        session = ort.InferenceSession(data, opts, providers=['CPUExecutionProvider'])
+        check_graph_io(self.sidecar, [(i.name, i.shape) for i in session.get_inputs()],
+                       [(o.name, o.shape) for o in session.get_outputs()])
+        size = probe_side(self.sidecar)
+        outs = session.run(None, {'input': np.zeros((1, 3, size, size), np.float32)})
+        check_probe(self.sidecar, size,
+                    {o.name: v.shape for o, v in zip(session.get_outputs(), outs)})
+        return session
 
     # ------------------------------------------------------------------ steps
     def read(self, image: Union[str, np.ndarray]) -> np.ndarray:
@@ -196,25 +177,50 @@ class LightEdge:
         return h, w
 
     def _symbols(self, y: np.ndarray) -> np.ndarray:
-        sym = np.round(y[0] - self.medians)  # half to even, as torch.round
-        if not np.isfinite(sym).all() or (sym.size and np.abs(sym).max() >= 2**31):
-            raise EdgeRuntimeError('the latent has non-finite or out-of-range values')
-        return sym.astype(np.int32)
+        try:
+            return quantise(y[0], self.medians)  # half to even, as torch.round
+        except ValueError as e:
+            raise EdgeRuntimeError(str(e)) from None
 
     def symbols(self, x: np.ndarray) -> np.ndarray:
-        """Network input -> (C, h, w) int32 symbols (the entropy model's rounding)."""
+        """Network input -> (C, h, w) int32 symbols of the latent (the entropy model's
+        rounding)."""
+        if self.hyper is not None:
+            return self._hyper_compress(self.run_graph(x))[2]
         return self._symbols(self.session.run(['latent'], {'input': x})[0])
 
     def run_graph(self, x: np.ndarray) -> Dict[str, np.ndarray]:
         """Network input -> every graph output by name."""
         return dict(zip(self.output_names, self.session.run(None, {'input': x})))
 
-    def _payload(self, sym: np.ndarray, meta: ImageMeta) -> bytes:
+    def _payload(self, sym: np.ndarray, meta: ImageMeta, params: bytes = b'',
+                 body: Optional[bytes] = None) -> bytes:
+        """Framed payload: codec params = the feature map's (H, W) + ``params``; ``body``
+        defaults to ``sym`` coded with the factorized tables."""
         c, lh, lw = sym.shape
-        body = encode_with_cdf_tables(sym.reshape(c, -1), self.tables, None)
+        if body is None:
+            body = encode_with_cdf_tables(sym.reshape(c, -1), self.tables, None)
         fh, fw = self.feature_size(*meta.batch_input_shape)
-        return pack(Payload(self.codec_id, (c, lh, lw), meta, struct.pack('<2I', fh, fw), body,
-                            rate_point=self.rate_point, fingerprint=self.fingerprint))
+        return pack(Payload(self.codec_id, (c, lh, lw), meta, struct.pack('<2I', fh, fw) + params,
+                            body, rate_point=self.rate_point, fingerprint=self.fingerprint))
+
+    def _hyper_compress(self, outputs: Dict[str, np.ndarray]):
+        try:
+            return self.hyper.compress(outputs['latent'][0], outputs['hyper_latent'][0])
+        except ValueError as e:
+            raise EdgeRuntimeError(str(e)) from None
+
+    def encode(self, outputs: Dict[str, np.ndarray], meta: ImageMeta
+               ) -> Tuple[bytes, np.ndarray, Optional[np.ndarray]]:
+        """Graph outputs of an offloaded image -> (framed payload, the latent's symbols, a
+        hyperprior's z symbols or None)."""
+        if self.hyper is None:
+            sym = self._symbols(outputs['latent'])
+            return self._payload(sym, meta), sym, None
+        z_body, y_body, sym, z_sym = self._hyper_compress(outputs)
+        # HyperpriorBottleneckNeck's codec params: u32 H, W, length of z's body
+        return self._payload(sym, meta, struct.pack('<I', len(z_body)), z_body + y_body), \
+            sym, z_sym
 
     def exit_and_route(self, outputs: Dict[str, np.ndarray], meta: ImageMeta
                        ) -> Tuple[ExitDetections, float, bool]:
@@ -246,23 +252,23 @@ class LightEdge:
         x, meta = self.preprocess(self.read(image))
         t1 = time.perf_counter()
         if self.exit is None:
-            sym = self.symbols(x)
+            outputs = self.run_graph(x)
             t2 = time.perf_counter()
-            payload = self._payload(sym, meta)
+            payload, sym, z_sym = self.encode(outputs, meta)
             t3 = time.perf_counter()
             return LightResult(payload, meta, sym, dict(preprocess=(t1 - t0) * 1e3,
                                                         graph=(t2 - t1) * 1e3,
-                                                        encode=(t3 - t2) * 1e3))
+                                                        encode=(t3 - t2) * 1e3),
+                               side_symbols=z_sym)
         outputs = self.run_graph(x)
         t2 = time.perf_counter()
         dets, score, off = self.exit_and_route(outputs, meta)
         t3 = time.perf_counter()
         times = dict(preprocess=(t1 - t0) * 1e3, graph=(t2 - t1) * 1e3, route=(t3 - t2) * 1e3)
         if off:
-            sym = self._symbols(outputs['latent'])
-            payload = self._payload(sym, meta)
+            payload, sym, z_sym = self.encode(outputs, meta)
             times['encode'] = (time.perf_counter() - t3) * 1e3
-            return LightResult(payload, meta, sym, times, 'cloud', None, score)
+            return LightResult(payload, meta, sym, times, 'cloud', None, score, z_sym)
         dets = self.finish_on_edge(dets)
         payload = None
         if self.edge_report is not None:

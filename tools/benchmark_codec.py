@@ -44,50 +44,51 @@ def timed(fn, *args):
     return out, time.perf_counter() - t0
 
 
-def run(args):
-    if args.threads:
-        torch.set_num_threads(args.threads)
+def _build(args):
+    """The split detector of the config, the unsplit one with the same weights, the dataset."""
     cfg = load_config(args.config, args.data_root)
     split = build_detector(cfg.model, args.checkpoint)
     if not hasattr(split, 'compressor'):
         raise SystemExit(f'{args.config} is not a split (EdgeCloud*) detector config')
-    unsplit = build_detector(unsplit_model_cfg(cfg.model), args.checkpoint)
+    unsplit = build_detector(unsplit_model_cfg(cfg.model), args.checkpoint, partial='split')
     # accounting extras (FLOP counting, the entropy model's bit estimate) are not deployment
     split.measure_flops = split.estimate_rate = False
-    dataset = build_test_dataset(cfg)
+    return split, unsplit, build_test_dataset(cfg)
+
+
+def _measure(split, unsplit, inputs, samples) -> dict:
+    """One image: split and unsplit inference, the codec alone, the entropy coding alone (when
+    the compressor has one), real and estimated bytes."""
     comp = split.compressor
-    rows = []
-    with torch.no_grad():
-        for i, (inputs, samples) in enumerate(iter_batches(split, dataset, args.num_images
-                                                           + args.warmup)):
-            s_samples = [s.clone() for s in samples]
-            results, t_split = timed(split.predict, inputs, s_samples)
-            _, t_unsplit = timed(unsplit.predict, inputs, [s.clone() for s in samples])
-            f = split.splitter.forward_edge(inputs)
-            parts, t_enc = timed(comp.compress, f)
-            params, body, shape = parts[0]
-            _, t_dec = timed(comp.decompress, params, body, shape)
-            t_ec_enc = t_ec_dec = None
-            if hasattr(comp, 'entropy_model') and hasattr(comp, 'g_a'):
-                y = comp.g_a(f)
-                bodies, t_ec_enc = timed(comp.entropy_model.compress, y)
-                _, t_ec_dec = timed(comp.entropy_model.decompress, bodies, y.shape[-2:])
-            rec = read_comm(results[0])
-            est_bits = float(comp.estimate_bits(f)[0])
-            if i < args.warmup:
-                continue
-            rows.append(dict(
-                t_split=t_split, t_unsplit=t_unsplit, t_enc=t_enc, t_dec=t_dec,
-                t_ec_enc=t_ec_enc, t_ec_dec=t_ec_dec, payload=rec.payload_bytes,
-                header=rec.header_bytes, body=rec.payload_bytes - rec.header_bytes,
-                est_body=est_bits / 8.0))
-    n = len(rows)
+    s_samples = [s.clone() for s in samples]
+    results, t_split = timed(split.predict, inputs, s_samples)
+    _, t_unsplit = timed(unsplit.predict, inputs, [s.clone() for s in samples])
+    f = split.splitter.forward_edge(inputs)
+    parts, t_enc = timed(comp.compress, f)
+    params, body, shape = parts[0]
+    _, t_dec = timed(comp.decompress, params, body, shape)
+    t_ec_enc = t_ec_dec = None
+    if hasattr(comp, 'entropy_model') and hasattr(comp, 'g_a'):
+        y = comp.g_a(f)
+        bodies, t_ec_enc = timed(comp.entropy_model.compress, y)
+        _, t_ec_dec = timed(comp.entropy_model.decompress, bodies, y.shape[-2:])
+    rec = read_comm(results[0])
+    est_bits = float(comp.estimate_bits(f)[0])
+    return dict(
+        t_split=t_split, t_unsplit=t_unsplit, t_enc=t_enc, t_dec=t_dec,
+        t_ec_enc=t_ec_enc, t_ec_dec=t_ec_dec, payload=rec.payload_bytes,
+        header=rec.header_bytes, body=rec.payload_bytes - rec.header_bytes,
+        est_body=est_bits / 8.0)
+
+
+def _summary(args, codec_name: str, rows) -> dict:
+    """Means over the measured images, the ratios and whether the targets are met."""
     col = {k: [r[k] for r in rows] for k in rows[0]}
     codec_ms = _ms(col['t_enc']) + _ms(col['t_dec'])
     split_ms, unsplit_ms = _ms(col['t_split']), _ms(col['t_unsplit'])
     res = dict(
-        config=args.config, checkpoint=args.checkpoint, num_images=n,
-        codec=comp.codec_name, threads=torch.get_num_threads(),
+        config=args.config, checkpoint=args.checkpoint, num_images=len(rows),
+        codec=codec_name, threads=torch.get_num_threads(),
         split_ms_per_image=split_ms, unsplit_ms_per_image=unsplit_ms,
         split_throughput_ips=1000.0 / split_ms, unsplit_throughput_ips=1000.0 / unsplit_ms,
         throughput_ratio=unsplit_ms / split_ms,
@@ -109,6 +110,20 @@ def run(args):
         throughput_ratio_ge_0p9=res['throughput_ratio'] >= 0.9,
         real_within_3pct_of_estimate=res['real_to_est_body_ratio'] <= 1.03)
     return res
+
+
+def run(args):
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    split, unsplit, dataset = _build(args)
+    rows = []
+    with torch.no_grad():
+        for i, (inputs, samples) in enumerate(iter_batches(split, dataset, args.num_images
+                                                           + args.warmup)):
+            row = _measure(split, unsplit, inputs, samples)
+            if i >= args.warmup:  # warm-up images are measured in full, then dropped
+                rows.append(row)
+    return _summary(args, split.compressor.codec_name, rows)
 
 
 def table(res) -> str:

@@ -110,7 +110,8 @@ def _export(args):
 
     from export_edge_onnx import load_model
     cfg, model = load_model(argparse.Namespace(config=args.config, checkpoint=args.checkpoint,
-                                               data_root=args.data_root))
+                                               data_root=args.data_root,
+                                               allow_partial_checkpoint=False))
     tmp = tempfile.mkdtemp(prefix='light_edge_')
     graph, sidecar = export_edge_onnx(model, cfg, tmp, class_names_of(cfg))
     max_diff = check_graph(graph, model)
@@ -136,14 +137,7 @@ def _static_equivalence(model, light, dataset, n, evals) -> dict:
             res = light.process(path)
             ref = model.encode(inputs, [s.clone() for s in samples])[0]
             p, q = unpack(res.payload), unpack(ref)
-            f = model.edge_features(inputs)
-            point = model.compressor._rate_point(False)
-            y = model.compressor._latent(f, *point)
-            med = model.compressor._coder(*point)._medians().view(1, -1, 1, 1)
-            sym = torch.round(y - med).to(torch.int32)[0].numpy()
-            eq['agree'] += int((sym == res.symbols).sum())
-            eq['total'] += sym.size
-            eq['equal_payloads'] += int(res.payload == ref)
+            _count_symbols(model, inputs, res, ref, eq)
             assert p.meta == q.meta and p.latent_shape == q.latent_shape
             eq['bytes_light'] += len(res.payload)
             eq['bytes_torch'] += len(ref)
@@ -242,82 +236,119 @@ r.model.score_maps = None if maps is None else {{k: ScoreMap(v['x'], v['y'])
                                                 for k, v in maps.items()}}"""
 
 
-def dynamic_equivalence(model, light, dataset, n, evals):
-    """The light and the PyTorch dynamic systems on the first ``n`` images, one at a time."""
+def _torch_symbols(model, inputs):
+    """The PyTorch edge's quantised symbols of one image: what the light runtime's must equal
+    (a hyperprior's: y's around the exact means, then z's, flattened)."""
     import numpy as np
+    import torch
+    comp = model.compressor
+    f = model.edge_features(inputs)
+    point = comp._rate_point(False)
+    y = comp._latent(f, *point)
+    if not hasattr(comp, 'h_a'):
+        med = comp._coder(*point)._medians().view(1, -1, 1, 1)
+        return torch.round(y - med).to(torch.int32)[0].numpy()
+    z = comp.h_a(y)
+    z_hat, _ = comp.hyper_entropy_model(z, training=False)
+    means, _ = comp._exact_params(z_hat, y.shape[-2:])
+    z_sym = torch.round(z_hat - comp.hyper_entropy_model._medians().view(1, -1, 1, 1))
+    return np.concatenate([torch.round(y - means).to(torch.int32)[0].numpy().ravel(),
+                           z_sym.to(torch.int32)[0].numpy().ravel()])
+
+
+def _count_symbols(model, inputs, res, ref: bytes, eq: dict) -> None:
+    """Fold one image's symbol and payload comparison (light ``res`` vs PyTorch ``ref``) into
+    ``eq``."""
+    import numpy as np
+    sym = _torch_symbols(model, inputs)
+    if res.side_symbols is not None:
+        res = res._replace(symbols=np.concatenate([res.symbols.ravel(),
+                                                   res.side_symbols.ravel()]))
+    eq['agree'] += int((sym == res.symbols).sum())
+    eq['total'] += sym.size
+    eq['equal_payloads'] += int(res.payload == ref)
+
+
+def _as_data_sample(d, sample):
+    """The light edge's detections ``d`` as an mmdet data sample, for the COCO metric."""
     import torch
     from mmdet.structures import DetDataSample
     from mmengine.structures import InstanceData
+    ds = DetDataSample(metainfo=sample.metainfo)
+    ds.pred_instances = InstanceData(bboxes=torch.from_numpy(d.bboxes),
+                                     scores=torch.from_numpy(d.scores),
+                                     labels=torch.from_numpy(d.labels))
+    return ds
+
+
+def _compare_edge_detections(inst, d, c: dict) -> None:
+    """Fold an image both edges finished (PyTorch ``inst``, light ``d``) into the counters
+    ``c``: same labels in the same order, then the largest box and score differences."""
+    import numpy as np
+    if len(inst) != len(d.labels) or not np.array_equal(inst.labels.numpy(), d.labels):
+        return
+    c['same_dets'] += 1
+    if len(inst):
+        c['box_diff'] = max(c['box_diff'], float(abs(inst.bboxes.numpy() - d.bboxes).max()))
+        c['score_diff'] = max(c['score_diff'], float(abs(inst.scores.numpy() - d.scores).max()))
+
+
+def _dynamic_image(model, light, inputs, samples, st: dict, c: dict):
+    """One image through both dynamic systems, counted into ``st`` and ``c``
+    -> (light system's predictions, PyTorch system's predictions)."""
+    import numpy as np
+    from ecc_mmdet.deployment.pipeline import run_edge
+    path, img_id = samples[0].img_path, samples[0].img_id
+    st['paths'].append(path)
+    x, _ = light.preprocess(light.read(path))
+    st['equal_inputs'] += int(np.array_equal(x, inputs.numpy()))
+    res = light.process(path, img_id)
+    out = run_edge(model, inputs, [s.clone() for s in samples])
+    tier = out.tiers[0]
+    c['same_tier'] += int(res.tier == tier)
+    c['off_light'] += int(res.tier == 'cloud')
+    c['off_torch'] += int(tier == 'cloud')
+    if res.tier != tier:
+        c['score_gaps'].append(abs(res.router_score - c['threshold']))
+    if tier == 'cloud':
+        pt = model.decode_and_predict([out.payloads[0]], [s.clone() for s in samples])
+    else:
+        pt = [out.results[0]]
+    st['bytes_torch'] += len(out.payloads[0] or b'')
+    st['bytes_light'] += len(res.payload or b'')
+    if res.tier != 'cloud':
+        if tier != 'cloud':
+            c['both_edge'] += 1
+            _compare_edge_detections(out.results[0].pred_instances, res.detections, c)
+        return [_as_data_sample(res.detections, samples[0])], pt
+    lt = model.decode_and_predict([res.payload], [s.clone() for s in samples])
+    if tier == 'cloud':
+        _count_symbols(model, inputs, res, out.payloads[0], st)
+        c['both_cloud'] += 1
+    return lt, pt
+
+
+def dynamic_equivalence(model, light, dataset, n, evals):
+    """The light and the PyTorch dynamic systems on the first ``n`` images, one at a time."""
+    import torch
 
     from ecc_mmdet.apis import iter_batches
-    from ecc_mmdet.deployment.pipeline import run_edge
     st = dict(agree=0, total=0, equal_payloads=0, equal_inputs=0, paths=[], bytes_light=0,
               bytes_torch=0)
-    same_tier = off_light = off_torch = both_edge = both_cloud = 0
-    box_diff = score_diff = 0.0
-    same_dets = 0
-    score_gaps = []  # |router score - threshold| of the images the two edges route differently
-    t = float(model.router.threshold)
+    # score_gaps: |router score - threshold| of the images the two edges route differently
+    c = dict(same_tier=0, off_light=0, off_torch=0, both_edge=0, both_cloud=0, same_dets=0,
+             box_diff=0.0, score_diff=0.0, score_gaps=[], threshold=float(model.router.threshold))
     with torch.no_grad():
         for (inputs, samples), _ in zip(iter_batches(model, dataset, n, 1), range(n)):
-            path, img_id = samples[0].img_path, samples[0].img_id
-            st['paths'].append(path)
-            x, _ = light.preprocess(light.read(path))
-            st['equal_inputs'] += int(np.array_equal(x, inputs.numpy()))
-            res = light.process(path, img_id)
-            out = run_edge(model, inputs, [s.clone() for s in samples])
-            tier = out.tiers[0]
-            same_tier += int(res.tier == tier)
-            off_light += int(res.tier == 'cloud')
-            off_torch += int(tier == 'cloud')
-            if res.tier != tier:
-                score_gaps.append(abs(res.router_score - t))
-            # the PyTorch system
-            if tier == 'cloud':
-                pt = model.decode_and_predict([out.payloads[0]], [s.clone() for s in samples])
-            else:
-                pt = [out.results[0]]
-            st['bytes_torch'] += len(out.payloads[0] or b'')
-            st['bytes_light'] += len(res.payload or b'')
-            # the light system
-            if res.tier == 'cloud':
-                lt = model.decode_and_predict([res.payload], [s.clone() for s in samples])
-                if tier == 'cloud':
-                    f = model.edge_features(inputs)
-                    point = model.compressor._rate_point(False)
-                    y = model.compressor._latent(f, *point)
-                    med = model.compressor._coder(*point)._medians().view(1, -1, 1, 1)
-                    sym = torch.round(y - med).to(torch.int32)[0].numpy()
-                    st['agree'] += int((sym == res.symbols).sum())
-                    st['total'] += sym.size
-                    st['equal_payloads'] += int(res.payload == out.payloads[0])
-                    both_cloud += 1
-            else:
-                d = res.detections
-                ds = DetDataSample(metainfo=samples[0].metainfo)
-                ds.pred_instances = InstanceData(bboxes=torch.from_numpy(d.bboxes),
-                                                 scores=torch.from_numpy(d.scores),
-                                                 labels=torch.from_numpy(d.labels))
-                lt = [ds]
-                if tier != 'cloud':
-                    both_edge += 1
-                    inst = out.results[0].pred_instances
-                    if len(inst) == len(d.labels) and np.array_equal(inst.labels.numpy(),
-                                                                     d.labels):
-                        same_dets += 1
-                        if len(inst):
-                            box_diff = max(box_diff, float(abs(inst.bboxes.numpy()
-                                                               - d.bboxes).max()))
-                            score_diff = max(score_diff, float(abs(inst.scores.numpy()
-                                                                   - d.scores).max()))
+            lt, pt = _dynamic_image(model, light, inputs, samples, st, c)
             evals['light'].process(data_samples=lt)
             evals['pytorch'].process(data_samples=pt)
-    st.update(compared_payloads=both_cloud, router_agreement=same_tier / n,
-              offload_ratio=dict(light=off_light / n, pytorch=off_torch / n),
+    st.update(compared_payloads=c['both_cloud'], router_agreement=c['same_tier'] / n,
+              offload_ratio=dict(light=c['off_light'] / n, pytorch=c['off_torch'] / n),
               router=light.router, score_maps=light.score_maps is not None,
-              edge_images_both=both_edge, edge_detections_identical_sets=same_dets,
-              edge_max_abs_box_diff_px=box_diff, edge_max_abs_score_diff=score_diff,
-              disagreeing_router_score_gaps=score_gaps)
+              edge_images_both=c['both_edge'], edge_detections_identical_sets=c['same_dets'],
+              edge_max_abs_box_diff_px=c['box_diff'], edge_max_abs_score_diff=c['score_diff'],
+              disagreeing_router_score_gaps=c['score_gaps'])
     return st
 
 
@@ -341,7 +372,8 @@ def table(r) -> str:
         f'byte-identical: {r["equal_payloads"]}/'
         f'{(r.get("dynamic") or {}).get("compared_payloads", r["num_images"])}; '
         f'network inputs identical: '
-        f'{r["equal_inputs"]}/{r["num_images"]}; max |latent diff| {r["onnx_vs_torch_max_abs_latent"]:.1e}',
+        f'{r["equal_inputs"]}/{r["num_images"]}; max |latent diff| '
+        f'{r["onnx_vs_torch_max_abs_latent"]:.1e}',
         ] + _dynamic_lines(r) + ['', 'Targets:']
     ratio = lat['light'] / lat['pytorch']
     lines.append(f'  latency <= 0.7x PyTorch edge: {ratio:.2f}x -> '

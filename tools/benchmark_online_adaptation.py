@@ -209,30 +209,39 @@ def table(res) -> str:
     return '\n'.join(lines)
 
 
-def plot(res, path) -> None:
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
+#: method -> (marker, colour) in the plot
+METHOD_STYLE = dict(none=('o', 'tab:gray'), norm_stats=('s', 'tab:blue'),
+                    tent=('D', 'tab:green'), cema=('*', 'tab:red'),
+                    upload_all=('^', 'tab:purple'), random=('v', 'tab:brown'))
+
+
+def plot(res, path, title=None) -> None:
+    """Per severity: each method's online edge-exit mAP (bars: range over the order seeds)
+    against the share of images it uploaded for adaptation."""
+    from ecc_tools.plotting import legend_beside, pyplot, save
     s = res['summary']
     sevs = list(s['by_severity'])
-    fig, axes = plt.subplots(1, len(sevs), figsize=(5.2 * len(sevs), 4.2), squeeze=False)
+    fig, axes = pyplot().subplots(1, len(sevs), figsize=(6.0 * len(sevs), 4.4), squeeze=False,
+                                  sharey=True)
     for ax, sev in zip(axes[0], sevs):
-        per = s['by_severity'][sev]
-        markers = dict(none='o', norm_stats='s', tent='D', cema='*', upload_all='^', random='v')
-        for m, a in per.items():
-            ax.scatter(100 * a['upload_ratio'], a['edge_mAP'], s=90 if m == 'cema' else 45,
-                       marker=markers.get(m, 'o'), alpha=0.8,
-                       label=f"{m}: {a['edge_mAP']:.1f} mAP, {100 * a['upload_ratio']:.0f} %")
-        ax.legend(fontsize=7, loc='center right')
-        ax.axhline(s['clean_edge_mAP'], ls='--', c='k', lw=0.8)
-        ax.text(0, s['clean_edge_mAP'], ' clean, no adaptation', fontsize=7, va='bottom')
+        for m, a in s['by_severity'][sev].items():
+            marker, color = METHOD_STYLE.get(m, ('o', None))
+            lo, hi = a.get('edge_mAP_range') or (a['edge_mAP'], a['edge_mAP'])
+            ax.errorbar(100 * a['upload_ratio'], a['edge_mAP'], capsize=3, color=color,
+                        yerr=[[max(0.0, a['edge_mAP'] - lo)], [max(0.0, hi - a['edge_mAP'])]],
+                        marker=marker, ms=11 if marker == '*' else 7, ls='none', alpha=0.85,
+                        label=f"{m}: {a['edge_mAP']:.1f} mAP, {100 * a['upload_ratio']:.0f} %")
+        ax.axhline(s['clean_edge_mAP'], ls='--', c='k', lw=0.8,
+                   label=f"clean, no adaptation: {s['clean_edge_mAP']:.1f} mAP")
         ax.set_xlabel('images uploaded for adaptation (%)')
-        ax.set_ylabel('online edge-exit mAP (mean over corruptions)')
+        ax.set_xlim(-8, 108)
         ax.set_title(f'severity {sev}')
         ax.grid(True, alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+        legend_beside(ax, loc='upper center', bbox_to_anchor=(0.5, -0.14), ncol=2, fontsize=7.5)
+    axes[0][0].set_ylabel('online edge-exit bbox mAP (COCO, %),\nmean over corruptions')
+    fig.suptitle(title or f"Online adaptation on corrupted streams ({len(res['corruptions'])} "
+                 f"corruptions, {len(res['seeds'])} order seed(s); bars: range over seeds)")
+    save(fig, path)
 
 
 def _report(res, out):

@@ -109,7 +109,9 @@ def compare(args, teacher_ckpt, student_ckpt, dynamic_ckpt=None):
     return rows, summary
 
 
-def main(argv=None):
+def parse_args(argv=None):
+    """The command line, with the work directory and data defaults of ``--detector``/``--tiny``
+    filled in."""
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--detector', choices=sorted(DETECTORS), default='faster_rcnn',
                         help='detector family of teacher and student (default faster_rcnn)')
@@ -127,21 +129,23 @@ def main(argv=None):
             f'work_dirs/demo_{args.detector}'
     if args.data is None:
         args.data = osp.join(args.work_dir, 'data') if args.tiny else 'data/synthetic_coco'
-    teacher_cfg, student_cfg = DETECTORS[args.detector]
-    train_cfgs = [teacher_cfg, student_cfg, DYNAMIC_CFG]
-    steps = 5 if args.detector == 'faster_rcnn' else 4
-    os.chdir(REPO)
-    if args.tiny:
-        train_cfgs = [tiny_config(c, args.work_dir) for c in train_cfgs]
-    t_start = time.time()
+    return args
 
+
+def _dataset(args, steps: int) -> dict:
+    """Stage 1: the synthetic dataset, generated or reused -> its summary."""
     print(f'[1/{steps}] synthetic COCO dataset', flush=True)
     summary = ensure_synthetic_coco(args.data, progress=True,
                                     **(TINY_DATA if args.tiny else dict(num_calib=400)))
     print(f"  {'generated' if summary['generated'] else 'reused'} {args.data}: "
           f"{summary['num_images']['train']} train / {summary['num_images']['val']} val / "
           f"{summary['num_images']['calib']} held-out router-calibration images", flush=True)
+    return summary
 
+
+def _train(args, train_cfgs, steps: int):
+    """The training stages -> checkpoints of (teacher, student, dynamic system or None)."""
+    teacher_cfg, student_cfg = DETECTORS[args.detector]
     print(f'[2/{steps}] teacher: unsplit {args.detector} ({teacher_cfg})', flush=True)
     teacher = train_stage(train_cfgs[0], osp.join(args.work_dir, 'baseline'), args.data)
 
@@ -156,12 +160,17 @@ def main(argv=None):
               flush=True)
         dynamic = train_stage(train_cfgs[2], osp.join(args.work_dir, 'dynamic'), args.data,
                               [f'load_from={student}'])
+    return teacher, student, dynamic
 
+
+def _evaluate(args, steps: int, num_val: int, ckpts, t_start: float) -> None:
+    """The last stage: the comparison table, printed and written with the wall time."""
+    teacher, student, dynamic = ckpts
     print(f'[{steps}/{steps}] evaluate teacher, cloud-only JPEG/WebP/AVIF, 8-bit features, the '
           f"student{' and the dynamic system' if dynamic else ''}", flush=True)
     from ecc_tools.rate_accuracy import table
     rows, res = compare(args, teacher, student, dynamic)
-    print(f"\nSynthetic validation set ({summary['num_images']['val']} images), COCO bbox mAP "
+    print(f"\nSynthetic validation set ({num_val} images), COCO bbox mAP "
           '0-100; latency is '
           f'modelled at a {args.bandwidth:g} Mbit/s uplink with this machine\'s compute times')
     print(table(rows, res, args.bandwidth))
@@ -170,6 +179,19 @@ def main(argv=None):
           f'{args.work_dir}')
     with open(osp.join(args.work_dir, 'summary.json'), 'w') as f:
         json.dump(dict(rows=rows, summary=res, wall_time_s=wall), f, indent=2)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    train_cfgs = [*DETECTORS[args.detector], DYNAMIC_CFG]
+    steps = 5 if args.detector == 'faster_rcnn' else 4
+    os.chdir(REPO)
+    if args.tiny:
+        train_cfgs = [tiny_config(c, args.work_dir) for c in train_cfgs]
+    t_start = time.time()
+    summary = _dataset(args, steps)
+    ckpts = _train(args, train_cfgs, steps)
+    _evaluate(args, steps, summary['num_images']['val'], ckpts, t_start)
 
 
 if __name__ == '__main__':

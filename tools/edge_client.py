@@ -20,10 +20,16 @@ source order and ``category_id`` is the label); ``--timings`` per image: tier, b
 the edge steps, the client round trip, the server's queue/decode/cloud/server time and what is
 left for network and HTTP (round trip - server time).
 
-Exit status: 0; 1 when the server refused an image or could not be reached after the retries
-(the run stops at the first such image); 2 for a config, checkpoint, token or source error.
+No answered image is lost: each is appended to a journal (``--journal``, by default
+``RESULTS.jsonl`` next to ``--out``) as its answer arrives, and ``--out``/``--timings`` are
+written from it, also when the run fails. ``--resume`` reruns only the images the journal does
+not hold (a journal of another config, checkpoint, export or source is refused). An unanswered
+request (no connection, timeout, 408/429/502/503/504) is retried with the same request id for
+``--retry-for`` seconds, waiting capped exponential back-off with jitter or the server's
+``Retry-After``; other refusals are final.
 """
 import argparse
+import hashlib
 import json
 import os
 import os.path as osp
@@ -33,9 +39,21 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
-from ecc_edge.client import EdgeResult, check_token
+from ecc_edge.cli import main_guard
+from ecc_edge.client import CloudUnavailableError, EdgeResult, check_token
+from ecc_edge.journal import Journal, JournalError, file_digest
 
 IMAGE_EXTS = ('.jpg', '.jpeg', '.png', '.bmp', '.webp', '.tif', '.tiff')
+EXIT_DONE, EXIT_REFUSED, EXIT_CONFIG, EXIT_GAVE_UP = 0, 1, 2, 3
+EXIT_STATUS = f"""exit status:
+  {EXIT_DONE}  every image answered (or the source stopped with Ctrl-C)
+  {EXIT_REFUSED}  the server refused an image with a final answer (any status but 408, 429,
+     502, 503, 504); the run stops there
+  {EXIT_CONFIG}  a config, checkpoint, journal, token or source error
+  {EXIT_GAVE_UP}  no answer within --retry-for (server down, unreachable or busy); the run
+     stops there
+  With {EXIT_REFUSED} and {EXIT_GAVE_UP} the answered images are in the journal and in --out /
+  --timings, the others in RESULTS.missing.json: rerun with --resume for them."""
 
 
 class ConfigError(ValueError):
@@ -43,7 +61,8 @@ class ConfigError(ValueError):
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0], epilog=EXIT_STATUS,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('config', nargs='?', help='a split (EdgeCloud*) detector config')
     p.add_argument('checkpoint', nargs='?',
                    help='its full checkpoint, or edge.pth of export_edge_cloud')
@@ -62,13 +81,29 @@ def parse_args(argv=None):
     p.add_argument('--ann-file', help='COCO annotation file: image and category ids to use')
     p.add_argument('--max-images', type=int, default=None, help='stop after this many')
     p.add_argument('--timeout', type=float, default=30.0, help='seconds per HTTP step')
-    p.add_argument('--retries', type=int, default=5,
-                   help='retries of an unanswered or 503 request (same request id)')
+    p.add_argument('--retry-for', type=float, default=60.0, metavar='SECONDS',
+                   help='keep retrying an unanswered request (no connection, timeout, 408, '
+                   '429, 502, 503, 504) this long after its first failure, with the same '
+                   'request id (default: 60)')
+    p.add_argument('--retries', type=int, default=None,
+                   help='also stop after this many retries of one request (default: no limit '
+                   'but --retry-for)')
+    p.add_argument('--journal', metavar='PATH',
+                   help='JSON-lines file each answer is appended to as it arrives (default: '
+                   'RESULTS.jsonl next to --out, else next to --timings)')
+    p.add_argument('--resume', action='store_true',
+                   help='skip the images the journal already holds (same config, checkpoint '
+                   'or export, source, --ann-file)')
     p.add_argument('--threads', type=int, default=None,
                    help='intra-op threads (torch, or ONNX Runtime with --light; default 1 there)')
     p.add_argument('--device', default='cpu')
     p.add_argument('--data-root', help='dataset root with the calibration split (a dynamic '
                    'model calibrates its router and score maps on it)')
+    p.add_argument('--sidecar-key-file', help='with --light: run only a sidecar signed with the '
+                   'key in this file (tools/export_edge_onnx.py --sidecar-key-file)')
+    p.add_argument('--allow-partial-checkpoint', action='store_true',
+                   help='load a CHECKPOINT that does not fit CONFIG (what fits is loaded)')
+    p.add_argument('--debug', action='store_true', help='show the traceback of an error')
     return p.parse_args(argv)
 
 
@@ -139,6 +174,14 @@ class Source:
     def is_folder(self) -> bool:
         return self.files is not None
 
+    def fingerprint(self) -> str:
+        """What a journal's ``source`` must match: a folder's image names, a video's name and
+        size (a camera's frames are never the same twice: no resume there)."""
+        if self.is_folder:
+            names = hashlib.sha256('\n'.join(self.files).encode()).hexdigest()
+            return f'{len(self.files)} images, names sha256:{names}'
+        return f'video {osp.basename(self.spec)}, {osp.getsize(self.spec)} B'
+
     def __iter__(self):
         if self.is_folder:
             for f in self.files:
@@ -180,9 +223,10 @@ class LightRunner:
     router keeps on the edge (tier ``edge_main``, detections in the server's JSON form, a
     detections report as payload when the model has ``edge_report``)."""
 
-    def __init__(self, folder: str, threads: int = 1):
-        from ecc_edge.runtime import LightEdge
-        self.edge = LightEdge(osp.join(folder, 'edge.onnx'), threads=threads)
+    def __init__(self, folder: str, threads: int = 1, key_file: str = None):
+        from ecc_edge.runtime import LightEdge, read_key_file
+        self.edge = LightEdge(osp.join(folder, 'edge.onnx'), threads=threads,
+                              key=read_key_file(key_file) if key_file else None)
         self.class_names = self.edge.class_names
         self.edge_steps = ('graph', 'encode') if self.edge.exit is None else \
             ('graph', 'route', 'encode', 'report')
@@ -213,7 +257,8 @@ def build_runner(args):
     if args.light:
         if args.config or args.checkpoint:
             raise ConfigError('--light DIR replaces CONFIG and CHECKPOINT: give one or the other')
-        return LightRunner(args.light, threads=args.threads or 1)
+        return LightRunner(args.light, threads=args.threads or 1,
+                           key_file=args.sidecar_key_file)
     if not (args.config and args.checkpoint):
         raise ConfigError('give CONFIG and CHECKPOINT, or --light DIR')
     import ecc_tools  # noqa: F401  (imports ecc_mmdet: registers our components)
@@ -227,35 +272,50 @@ def build_runner(args):
     calibrated = calibrated_if_dynamic(args.config, args.checkpoint, args.data_root,
                                        'the same images the cloud calibrates on')
     runner = EdgeRunner(args.config, args.checkpoint, device=args.device,
-                        model=None if calibrated is None else calibrated[0])
+                        model=None if calibrated is None else calibrated[0],
+                        partial_checkpoint=args.allow_partial_checkpoint)
     runner.edge_steps = EDGE_STEPS
     return runner
 
 
 class _Sender:
     """Up to ``concurrency`` payloads in flight on sender threads; the edge waits for a slot
-    instead of queueing without bound. ``failed`` is set by the first send that fails."""
+    instead of queueing without bound. Each answered image goes to the journal from its sender
+    thread; the first failure is kept in ``error``, sets ``failed`` and stops the retries of
+    the others (the run ends there)."""
 
-    def __init__(self, client, concurrency: int):
-        self.client = client
+    def __init__(self, client, concurrency: int, journal: Journal):
+        self.client, self.journal = client, journal
         self.pool = ThreadPoolExecutor(concurrency, thread_name_prefix='edge-send')
         self.slots = threading.BoundedSemaphore(concurrency)  # in-flight bound
         self.failed = threading.Event()
+        self.error, self.error_file = None, None
+        self._lock = threading.Lock()
         self.run_id = uuid.uuid4().hex[:12]  # request ids unique to this run, stable across retries
 
-    def _done(self, fut):
-        self.slots.release()
-        if fut.exception() is not None:
-            self.failed.set()
+    def _send(self, rec: dict, res) -> None:
+        request_id = f'{self.run_id}-{rec["img_id"]}'
+        if res.tier == 'cloud':
+            rec['answer'] = self.client.send(res.payload, request_id)
+        else:  # the report of an edge-finished image: the answer is a receipt
+            self.client.send_report(res.payload, request_id)
+        self.journal.add(rec)
 
-    def submit(self, rec: dict, res, index: int) -> None:
-        """Send the features (or the report of an edge-finished image); the future goes in
-        ``rec``."""
+    def _done(self, rec: dict, fut) -> None:
+        self.slots.release()
+        if fut.exception() is None:
+            return
+        with self._lock:
+            if self.error is None:
+                self.error, self.error_file = fut.exception(), rec['file']
+        self.failed.set()
+        self.client.abort()  # the others need not wait out their budgets
+
+    def submit(self, rec: dict, res) -> None:
+        """Send the features (or the report of an edge-finished image) of ``rec``."""
         self.slots.acquire()  # blocks while --concurrency payloads are in flight
-        send = self.client.send if res.tier == 'cloud' else self.client.send_report
-        key = 'future' if res.tier == 'cloud' else 'report_future'
-        rec[key] = self.pool.submit(send, res.payload, f'{self.run_id}-{index}')
-        rec[key].add_done_callback(self._done)
+        fut = self.pool.submit(self._send, rec, res)
+        fut.add_done_callback(lambda f: self._done(rec, f))
 
     def close(self) -> None:
         self.pool.shutdown(wait=True)
@@ -268,60 +328,120 @@ def _check_args(args):
         raise ConfigError(f'--server {args.server}: expected http://HOST:PORT or https://...')
     if args.concurrency < 1 or (args.max_images is not None and args.max_images < 1):
         raise ConfigError('--concurrency and --max-images must be >= 1')
+    if args.retry_for < 0 or (args.retries is not None and args.retries < 0):
+        raise ConfigError('--retry-for and --retries must be >= 0')
+    journal = journal_path(args)
+    if args.resume and not journal:
+        raise ConfigError('--resume needs the journal: give --journal, or the --out (or '
+                          '--timings) of the run to resume')
+    if journal and osp.abspath(journal) in {osp.abspath(p) for p in (args.out, args.timings)
+                                            if p}:
+        raise ConfigError(f'--journal {journal} is also --out or --timings: give it a file of '
+                          'its own')
+    if args.resume and args.source.startswith('camera:'):
+        raise ConfigError('--resume: a camera never shows the same frames twice')
     source = Source(args.source)
     if args.ann_file and not source.is_folder:
         raise ConfigError('--ann-file matches images by file name: it needs a folder source')
     return source
 
 
-def _run_edge(args, source, runner, sender: _Sender, ann_ids):
-    """The edge over the source, payloads handed to ``sender`` -> (records, images skipped
-    (not in --ann-file), interrupted, wall seconds)."""
-    records, skipped, interrupted = [], 0, False
+# ------------------------------------------------------------------------------- the journal
+def _stem(path: str) -> str:
+    root, ext = osp.splitext(path)
+    return root if ext.lower() in ('.json', '.jsonl') else path
+
+
+def journal_path(args):
+    """``--journal``, else ``RESULTS.jsonl`` next to ``--out``, else next to ``--timings``;
+    None when the run writes nothing at all."""
+    base = args.out or args.timings
+    return args.journal or (_stem(base) + '.jsonl' if base else None)
+
+
+def missing_path(args):
+    """Where the images not answered are listed: ``RESULTS.missing.json`` (or next to the
+    journal)."""
+    base = args.out or journal_path(args)
+    return _stem(base) + '.missing.json' if base else None
+
+
+def open_journal(args, source) -> Journal:
+    """The run's journal (read, checked against this run when resuming, then opened for
+    appending); an in-memory one when the run writes no file."""
+    files = (dict(edge_onnx=osp.join(args.light, 'edge.onnx'),
+                  edge_json=osp.join(args.light, 'edge.json')) if args.light else
+             dict(config=args.config, checkpoint=args.checkpoint))
+    if args.ann_file:
+        files['ann_file'] = args.ann_file
+    path = journal_path(args)
+    identity, names = {}, {}
+    if path:  # digests only when a journal is written
+        identity = {k: file_digest(p) for k, p in files.items() if osp.isfile(p)}
+        names = {k: osp.basename(p) for k, p in files.items()}
+        identity['source'] = source.fingerprint()
+        if args.data_root:  # a dynamic model's router is calibrated on it
+            identity['data_root'] = osp.abspath(args.data_root)
+    try:
+        journal = Journal(path, identity, args.resume, names)
+    except JournalError as e:
+        raise ConfigError(str(e)) from None
+    if journal.replaced:
+        print(f'note: {path} held {journal.replaced} answered images of an unfinished run: '
+              'starting it afresh (--resume would have kept them)', file=sys.stderr)
+    elif journal.resumed:
+        print(f'resuming {path}: {journal.resumed} images already answered', file=sys.stderr)
+    return journal.open()
+
+
+# ---------------------------------------------------------------------------------- the run
+def _images(args, source, ann_ids, counts):
+    """(pos, img_id, name, image) of the source within ``--max-images``: ``pos`` is the place
+    in the source (and the image id without ``--ann-file``); images not in ``--ann-file`` are
+    counted in ``counts['skipped']``."""
+    pos = 0
+    for name, image in source:
+        if args.max_images and pos >= args.max_images:
+            return
+        if ann_ids is not None and name not in ann_ids:
+            counts['skipped'] += 1
+            continue
+        yield pos, ann_ids[name] if ann_ids is not None else pos, name, image
+        pos += 1
+
+
+def _run_edge(args, source, runner, sender: _Sender, ann_ids, journal: Journal):
+    """The edge over the source's images not in the journal, payloads handed to ``sender``
+    (edge-finished images with nothing to send go to the journal at once) -> (records
+    processed, images skipped (not in --ann-file), interrupted, wall seconds)."""
+    records, counts, interrupted = [], dict(skipped=0), False
     every = max(1, (source.total or 1000) // 10)
     t0 = time.perf_counter()
     try:
-        for name, image in source:
-            if sender.failed.is_set() or (args.max_images and len(records) >= args.max_images):
+        for pos, img_id, name, image in _images(args, source, ann_ids, counts):
+            if sender.failed.is_set():
                 break
-            if ann_ids is not None:
-                if name not in ann_ids:
-                    skipped += 1
-                    continue
-                img_id = ann_ids[name]
-            else:
-                img_id = len(records)
+            if img_id in journal.answered:  # resumed
+                continue
             res = runner.process(image, img_id)
-            rec = dict(img_id=img_id, file=name, tier=res.tier, steps_ms=res.timings_ms,
+            rec = dict(pos=pos, img_id=img_id, file=name, tier=res.tier, steps_ms=res.timings_ms,
                        bytes=len(res.payload) if res.payload is not None else 0,
                        answer=res.detections)
             if res.payload is not None:  # features, or the report of an edge-finished image
-                sender.submit(rec, res, len(records))
+                sender.submit(rec, res)
+            else:
+                journal.add(rec)
             records.append(rec)
             if len(records) % every == 0:
                 rate = len(records) / (time.perf_counter() - t0)
-                print(f'[{len(records)}/{source.total or "?"}] {rate:.1f} images/s',
+                print(f'[{pos + 1}/{source.total or "?"}] {rate:.1f} images/s',
                       file=sys.stderr, flush=True)
     except KeyboardInterrupt:  # a camera runs until stopped: keep what was done
         interrupted = True
+        sender.client.abort('interrupted')  # the answers on their way are kept, no retry waited
     finally:
         sender.close()
-    return records, skipped, interrupted, time.perf_counter() - t0
-
-
-def _collect_answers(records) -> bool:
-    """Put the cloud's detections into the records; False (said on stderr) when a send failed."""
-    for rec in records:
-        for key in ('future', 'report_future'):
-            fut = rec.pop(key, None)
-            if fut is None:
-                continue
-            if fut.exception() is not None:
-                print(f'error: image {rec["file"]}: {fut.exception()}', file=sys.stderr)
-                return False
-            if key == 'future':  # the cloud's detections; a report's answer is a receipt
-                rec['answer'] = fut.result()
-    return True
+    return records, counts['skipped'], interrupted, time.perf_counter() - t0
 
 
 def _results_and_timings(records, cat_ids, edge_steps):
@@ -338,37 +458,90 @@ def _results_and_timings(records, cat_ids, edge_steps):
     return results, timings
 
 
+def _write_json(path: str, obj) -> None:
+    """``obj`` to ``path`` through a temporary file: a kill mid-write leaves the old file."""
+    os.makedirs(osp.dirname(osp.abspath(path)), exist_ok=True)
+    tmp = f'{path}.tmp{os.getpid()}'
+    with open(tmp, 'w') as f:
+        json.dump(obj, f)
+    os.replace(tmp, path)
+
+
+def _write_outputs(args, journal, cat_ids, edge_steps, wall, skipped, interrupted) -> dict:
+    """``--out`` and ``--timings`` from every image of the journal -> the timings summary."""
+    results, timings = _results_and_timings(journal.records(), cat_ids, edge_steps)
+    summary = summarize(timings, wall, skipped, interrupted, resumed=journal.resumed)
+    for path, obj in ((args.out, results), (args.timings, dict(summary=summary,
+                                                                images=timings))):
+        if path:
+            _write_json(path, obj)
+    return summary
+
+
+def _missing(args, source, ann_ids, journal, records):
+    """The images not answered, as [{img_id, file}] -> (list, complete): all of a folder's;
+    of a video only those the edge processed (the frames after them were never read)."""
+    if source.is_folder:
+        items = [(i, name) for _, i, name, _ in _images(args, source, ann_ids, dict(skipped=0))]
+    else:
+        items = [(r['img_id'], r['file']) for r in records]
+    return [dict(img_id=i, file=n) for i, n in items if i not in journal.answered], \
+        source.is_folder
+
+
+def _report_failure(args, source, ann_ids, journal, sender, records) -> int:
+    """The failed run's one-line summary and ``RESULTS.missing.json`` -> the exit status."""
+    err = sender.error
+    gave_up = isinstance(err, CloudUnavailableError)
+    missing, complete = _missing(args, source, ann_ids, journal, records)
+    path = missing_path(args)
+    if path:
+        _write_json(path, dict(missing=missing, complete=complete,
+                               answered=len(journal.answered), error=str(err),
+                               error_image=sender.error_file))
+    saved = ', '.join(p for p in (journal.path, args.out, args.timings) if p) or 'nowhere'
+    listed = f'listed in {path}' if path else 'not saved'
+    print(f'error: image {sender.error_file}: {err}'.replace('\n', ' ') +
+          f' -- {len(journal.answered)} images answered (saved: {saved}), '
+          f'{len(missing)}{"" if complete else "+"} not ({listed}); '
+          f'{"" if gave_up else "fix that and "}rerun with --resume for them', file=sys.stderr)
+    return EXIT_GAVE_UP if gave_up else EXIT_REFUSED
+
+
 def run(args, token) -> int:
     from ecc_edge.client import CloudClient
     source = _check_args(args)
     runner = build_runner(args)
     ann_ids, cat_ids = (load_ann_file(args.ann_file, runner.class_names) if args.ann_file
                         else (None, None))
+    journal = open_journal(args, source)
     client = CloudClient(args.server, token, timeout=args.timeout, max_retries=args.retries,
-                         concurrency=args.concurrency)
-    records, skipped, interrupted, wall = _run_edge(args, source, runner,
-                                                    _Sender(client, args.concurrency), ann_ids)
-    if not _collect_answers(records):
-        return 1
-    if not records:
+                         concurrency=args.concurrency, retry_for=args.retry_for)
+    sender, finished = _Sender(client, args.concurrency, journal), False
+    try:
+        records, skipped, interrupted, wall = _run_edge(args, source, runner, sender, ann_ids,
+                                                        journal)
+        s = _write_outputs(args, journal, cat_ids, runner.edge_steps, wall, skipped,
+                           interrupted)
+        finished = sender.error is None and not interrupted
+    finally:
+        journal.close(done=finished)
+    if sender.error is not None:
+        return _report_failure(args, source, ann_ids, journal, sender, records)
+    if not s['images']:
         print('error: no image processed' + (' (none of the folder\'s images is in --ann-file)'
                                              if skipped else ''), file=sys.stderr)
-        return 2
-    results, timings = _results_and_timings(records, cat_ids, runner.edge_steps)
-    summary = summarize(timings, wall, skipped, interrupted)
-    for path, obj in ((args.out, results), (args.timings, dict(summary=summary,
-                                                                images=timings))):
-        if path:
-            os.makedirs(osp.dirname(osp.abspath(path)), exist_ok=True)
-            with open(path, 'w') as f:
-                json.dump(obj, f)
-    s = summary
+        return EXIT_CONFIG
+    stale = missing_path(args)
+    if stale and osp.exists(stale):  # the list of an earlier failed run: all answered now
+        os.remove(stale)
     print(f'{s["images"]} images, {s["offloaded"]} offloaded, {s["edge_finished"]} finished on '
           f'the edge; {s["bytes_per_image"]:.0f} B/image ({s["bytes_per_offloaded"]:.0f} B per '
           f'offloaded); {s["images_per_s"]:.2f} images/s; round trip {s["mean_client_ms"]:.1f} '
           f'ms mean; {s["retries"]} retries' + (f'; {skipped} images not in --ann-file skipped'
-                                               if skipped else ''), flush=True)
-    return 0
+                                               if skipped else '') +
+          (f'; {s["resumed"]} from the journal' if s['resumed'] else ''), flush=True)
+    return EXIT_DONE
 
 
 def timing_row(rec, edge_steps) -> dict:
@@ -390,35 +563,28 @@ def timing_row(rec, edge_steps) -> dict:
     return row
 
 
-def summarize(rows, wall_s, skipped, interrupted) -> dict:
+def summarize(rows, wall_s, skipped, interrupted, resumed=0) -> dict:
+    """Totals and means over every answered image; ``images_per_s`` over this run's own
+    (``resumed`` ones came from the journal of an earlier run)."""
     off = [r for r in rows if r['tier'] == 'cloud']
     n = len(rows)
     total_bytes = sum(r['bytes'] for r in rows)  # features and edge reports: all uplink
     return dict(images=n, offloaded=len(off), edge_finished=n - len(off),
-                bytes_per_image=total_bytes / n,
+                bytes_per_image=total_bytes / max(n, 1),
                 bytes_per_offloaded=sum(r['bytes'] for r in off) / len(off) if off else 0.0,
-                images_per_s=n / wall_s if wall_s > 0 else 0.0, wall_s=wall_s,
-                mean_edge_ms=sum(r['edge_ms'] for r in rows) / n,
+                images_per_s=(n - resumed) / wall_s if wall_s > 0 else 0.0, wall_s=wall_s,
+                mean_edge_ms=sum(r['edge_ms'] for r in rows) / max(n, 1),
                 mean_client_ms=sum(r['client_ms'] for r in off) / len(off) if off else 0.0,
                 retries=sum(r['retries'] for r in rows), skipped=skipped,
-                interrupted=interrupted)
+                interrupted=interrupted, resumed=resumed)
 
 
+@main_guard
 def main(argv=None):
+    """A user error (config, checkpoint, journal, token, sidecar, source) is one ``error:``
+    line and exit code 2 (``main_guard``; ``--debug`` shows the traceback)."""
     args = parse_args(argv)
-    errors = (ConfigError, FileNotFoundError)
-    if args.light:
-        from ecc_edge.runtime import EdgeRuntimeError
-        errors += (EdgeRuntimeError, )
-    else:  # the PyTorch edge's own errors (importing them loads ecc_mmdet)
-        from ecc_mmdet.utils import ConfigError as ModelConfigError
-        from ecc_mmdet.utils import DatasetNotFoundError
-        errors += (ModelConfigError, DatasetNotFoundError)
-    try:
-        return run(args, read_token(args))
-    except errors as e:
-        print(f'error: {e}', file=sys.stderr)
-        return 2
+    return run(args, read_token(args))
 
 
 if __name__ == '__main__':

@@ -13,11 +13,11 @@ import os.path as osp
 import sys
 
 import ecc_tools  # noqa: F401  (imports ecc_mmdet: registers our components)
+from ecc_tools.cli import add_checkpoint_args, main_guard
 from mmengine.runner import save_checkpoint
 
-from ecc_mmdet.apis.inference import build_detector, load_config
+from ecc_mmdet.apis.inference import build_detector, is_split_config, load_config
 from ecc_mmdet.deployment import build_cloud, build_edge
-from ecc_mmdet.models.detectors.edge_cloud_base import EdgeCloudDetectorMixin
 from ecc_mmdet.utils import ConfigError
 from ecc_mmdet.utils.modules import count_parameters
 
@@ -27,6 +27,7 @@ def parse_args(argv=None):
     p.add_argument('config', help='a split (EdgeCloud*) detector config')
     p.add_argument('checkpoint', help='a checkpoint of that config')
     p.add_argument('--out-dir', required=True, help='where edge.pth and cloud.pth are written')
+    add_checkpoint_args(p)
     return p.parse_args(argv)
 
 
@@ -35,10 +36,10 @@ def export(args):
     cfg = load_config(args.config)
     if not osp.isfile(args.checkpoint):  # before building: a typo should not cost a model build
         raise ConfigError(f'Checkpoint not found: {args.checkpoint}')
-    model = build_detector(cfg.model, args.checkpoint)
-    if not isinstance(model, EdgeCloudDetectorMixin):
-        raise ConfigError(f'{args.config} builds a {type(model).__name__}, not a split '
+    if not is_split_config(cfg.model):
+        raise ConfigError(f'{args.config} builds a {cfg.model.type}, not a split '
                           '(EdgeCloud*) detector: there is no edge/cloud side to export')
+    model = build_detector(cfg.model, args.checkpoint, partial=args.allow_partial_checkpoint)
     os.makedirs(args.out_dir, exist_ok=True)
     out = {}
     for name, build in (('edge', build_edge), ('cloud', build_cloud)):
@@ -50,13 +51,9 @@ def export(args):
     return out
 
 
+@main_guard
 def main(argv=None):
-    args = parse_args(argv)
-    try:
-        out = export(args)
-    except ConfigError as e:
-        print(f'error: {e}', file=sys.stderr)
-        return 2
+    out = export(parse_args(argv))
     for name, (path, params, size) in out.items():
         print(f'{name:5s} {params:>12,d} parameters  {size / 2**20:9.2f} MiB  {path}')
     return 0

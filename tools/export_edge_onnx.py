@@ -1,6 +1,7 @@
 """Export the edge of a split detector for the light runtime: edge.onnx + edge.json.
 
     python tools/export_edge_onnx.py CONFIG CHECKPOINT --out-dir DIR [--data-root DIR]
+        [--sidecar-key-file KEY]
 
 A dynamic model (edge exit + router) is calibrated first, as RouterCalibrationHook and the
 benchmarks do (the router's threshold for its target offload ratio and, with
@@ -12,6 +13,9 @@ the preprocessing, the coding tables, the fingerprints and the class names
 (:mod:`ecc_mmdet.deployment.edge_export`). The export is checked against PyTorch on two input
 sizes before the tool reports success. Run the result with ``ecc_edge.runtime.LightEdge`` or
 ``tools/edge_client.py --light DIR`` (no torch, mmdet or mmcv needed there).
+
+``--sidecar-key-file KEY`` signs the sidecar (HMAC-SHA256; e.g. ``openssl rand -hex 32 > KEY``):
+an edge given the same key runs only sidecars signed with it (:mod:`ecc_edge.sidecar`).
 """
 import argparse
 import os
@@ -19,10 +23,11 @@ import os.path as osp
 import sys
 
 import ecc_tools  # noqa: F401  (imports ecc_mmdet: registers our components)
+from ecc_tools.cli import add_checkpoint_args, main_guard
 
-from ecc_mmdet.apis.inference import build_detector, load_config
+from ecc_edge.sidecar import read_key_file
+from ecc_mmdet.apis.inference import build_detector, is_split_config, load_config
 from ecc_mmdet.deployment.edge_export import check_graph, export_edge_onnx
-from ecc_mmdet.models.detectors.edge_cloud_base import EdgeCloudDetectorMixin
 from ecc_mmdet.serving.runtime import class_names_of
 from ecc_mmdet.utils import ConfigError
 
@@ -35,7 +40,27 @@ def parse_args(argv=None):
     p.add_argument('--opset', type=int, default=17)
     p.add_argument('--data-root', help='dataset root of the calibration split (a dynamic model '
                    'with target_offload_ratio or calibrate_scores needs it)')
+    p.add_argument('--sidecar-key-file', help='sign the sidecar with the key in this file '
+                   '(HMAC-SHA256, >= 16 bytes): an edge given the key runs only signed sidecars')
+    add_checkpoint_args(p)
     return p.parse_args(argv)
+
+
+def check_calibration_data(cfg, args) -> None:
+    """ConfigError, with the fix, when a dynamic model needs its calibration split and
+    ``--data-root`` lacks it (before any model is built)."""
+    from ecc_tools.dynamic import calibration_dataset_cfg, needs_calibration
+    if not args.data_root or not needs_calibration(cfg):
+        return
+    ds = calibration_dataset_cfg(cfg)
+    ann = osp.join(ds.get('data_root') or '', ds.get('ann_file') or '')
+    if not osp.isfile(ann):
+        raise ConfigError(
+            f'--data-root {args.data_root} has no calibration split ({ann}, the dataset of the '
+            f'config\'s RouterCalibrationHook), on which the dynamic model is calibrated before '
+            'export: generate the synthetic set with one (python -m '
+            'ecc_mmdet.datasets.synthetic_coco --out DIR --num-calib 400), or point --data-root '
+            'at a dataset that has it')
 
 
 def load_model(args):
@@ -44,33 +69,34 @@ def load_model(args):
     cfg = load_config(args.config, args.data_root)
     if not osp.isfile(args.checkpoint):
         raise ConfigError(f'Checkpoint not found: {args.checkpoint}')
+    if not is_split_config(cfg.model):
+        raise ConfigError(f'{args.config} builds a {cfg.model.type}, not a split detector')
+    check_calibration_data(cfg, args)
     from ecc_tools.dynamic import calibrated_if_dynamic
     calibrated = calibrated_if_dynamic(args.config, args.checkpoint, args.data_root,
                                        'the export calibrates it there')
     if calibrated is not None:
         model, cfg = calibrated
         return cfg, model.eval()
-    return cfg, build_detector(cfg.model, args.checkpoint)
+    return cfg, build_detector(cfg.model, args.checkpoint,
+                               partial=args.allow_partial_checkpoint)
 
 
 def export(args):
+    key = read_key_file(args.sidecar_key_file) if args.sidecar_key_file else None
     cfg, model = load_model(args)
-    if not isinstance(model, EdgeCloudDetectorMixin):
-        raise ConfigError(f'{args.config} builds a {type(model).__name__}, not a split detector')
     os.makedirs(args.out_dir, exist_ok=True)
-    paths = export_edge_onnx(model, cfg, args.out_dir, class_names_of(cfg), args.opset)
+    paths = export_edge_onnx(model, cfg, args.out_dir, class_names_of(cfg), args.opset, key=key)
     return paths, check_graph(paths[0], model)
 
 
+@main_guard
 def main(argv=None):
     args = parse_args(argv)
-    try:
-        (graph, sidecar), diff = export(args)
-    except ConfigError as e:
-        print(f'error: {e}', file=sys.stderr)
-        return 2
-    print(f'wrote {graph} ({osp.getsize(graph) / 1024:.0f} KiB) and {sidecar}; ONNX Runtime vs '
-          f'PyTorch (latent and exit maps): max |diff| {diff:.2e}')
+    (graph, sidecar), diff = export(args)
+    signed = ' (signed)' if args.sidecar_key_file else ''
+    print(f'wrote {graph} ({osp.getsize(graph) / 1024:.0f} KiB) and {sidecar}{signed}; ONNX '
+          f'Runtime vs PyTorch (latent and exit maps): max |diff| {diff:.2e}')
     return 0
 
 

@@ -7,16 +7,29 @@ token comes from ``--token-file``, ``ECC_SERVE_TOKEN_FILE`` or ``ECC_SERVE_TOKEN
 printed. ``--port 0`` picks a free port; ``--port-file`` writes the one chosen (for scripts and
 tests). Batching, queue and size limits come from the config's ``serving`` dict
 (``ecc_mmdet.serving.service.ServingConfig``) and ``--cfg-options serving.max_batch_size=1``.
+
+Slow and vanishing clients: a request's headers must arrive within ``--header-timeout`` (5 s)
+and its body within ``--body-timeout`` (10 s) of them, else 408 and the connection is closed; a
+client address holds at most ``--max-connections-per-client`` (64) connections and all clients
+``--max-connections`` (512): the request of one more gets 429 / 503 with ``Retry-After``. On
+SIGTERM/SIGINT, requests whose bodies arrived are answered, uploads still arriving get
+``--shutdown-grace`` (2 s) and then 408, and no request is answered 500. A client gone mid-body
+is one INFO line and ``ecc_client_disconnects_total``. ``--metrics-token``: ``/metrics`` needs
+the bearer token too (default: open, as ``/healthz``). Each flag sets the ``serving`` key of
+the same meaning (``body_timeout_s``, ``header_timeout_s``, ``max_connections_per_client``,
+``max_connections``, ``shutdown_grace_s``, ``metrics_require_token``).
 For several processes behind a load balancer, see the README (``uvicorn --factory
 ecc_mmdet.serving.app:app_from_env --workers N``); for a cluster, ``tools/serve_ray.py``.
 """
 import argparse
 import json
+import logging
 import os
 import socket
 import sys
 
 import ecc_tools  # noqa: F401  (imports ecc_mmdet: registers our components)
+from ecc_tools.cli import add_checkpoint_args, main_guard
 from mmengine.config import DictAction
 
 from ecc_mmdet.apis.inference import load_config
@@ -40,10 +53,49 @@ def parse_args(argv=None):
     p.add_argument('--threads', type=int, default=None, help='torch intra-op threads')
     p.add_argument('--device', default='cpu')
     p.add_argument('--graceful-timeout', type=float, default=30.0,
-                   help='seconds to finish in-flight requests on SIGTERM/SIGINT')
+                   help='seconds to finish the requests whose bodies arrived, on '
+                   'SIGTERM/SIGINT (what is left then is answered 503)')
+    add_checkpoint_args(p)  # --allow-partial-checkpoint, --debug
     p.add_argument('--cfg-options', nargs='+', action=DictAction,
                    help='override config settings, e.g. serving.max_batch_size=1')
+    g = p.add_argument_group('slow and vanishing clients (default: the config\'s serving '
+                             'keys, else the value in brackets)')
+    for flag, key, kind, text in GUARD_FLAGS:
+        g.add_argument(flag, type=kind, dest=key, metavar='N',
+                       help=f'{text} [{getattr(_defaults(), key)}]')
+    g.add_argument('--metrics-token', action='store_true', dest='metrics_require_token',
+                   default=None, help='GET /metrics requires the bearer token')
     return p.parse_args(argv)
+
+
+#: flag -> ServingConfig key it sets
+GUARD_FLAGS = (
+    ('--body-timeout', 'body_timeout_s', float,
+     'seconds from the headers to the last byte of the body (else 408)'),
+    ('--header-timeout', 'header_timeout_s', float,
+     'seconds from a connection\'s opening (later: a request\'s first byte) to its last '
+     'header (else 408)'),
+    ('--max-connections-per-client', 'max_connections_per_client', int,
+     'connections one client address may hold (one more: 429)'),
+    ('--max-connections', 'max_connections', int,
+     'connections all clients may hold (one more: 503)'),
+    ('--shutdown-grace', 'shutdown_grace_s', float,
+     'on SIGTERM, seconds uploads still arriving get before their 408'),
+)
+
+
+def _defaults():
+    from ecc_mmdet.serving.service import ServingConfig
+    return ServingConfig()
+
+
+def serving_options(cfg, args) -> dict:
+    """The config's ``serving`` dict with the flags given on top."""
+    serving = dict(cfg.get('serving', None) or {})
+    for key in [k for _, k, _, _ in GUARD_FLAGS] + ['metrics_require_token']:
+        if getattr(args, key) is not None:
+            serving[key] = getattr(args, key)
+    return serving
 
 
 def build_service(args):
@@ -55,7 +107,9 @@ def build_service(args):
         raise ConfigError('--insecure-no-auth is for loopback only; bind 127.0.0.1 or set a '
                           'token')
     cfg = load_config(args.config, cfg_options=args.cfg_options)
-    serving = ServingConfig.from_dict(cfg.get('serving', None))
+    serving = ServingConfig.from_dict(serving_options(cfg, args))
+    if serving.metrics_require_token and token is None:
+        raise ConfigError('--metrics-token needs a token: drop --insecure-no-auth')
     from ecc_tools.dynamic import calibrated_if_dynamic
     # the cloud's score maps come from the calibration split, fitted at startup
     calibrated = calibrated_if_dynamic(args.config, args.checkpoint, args.data_root,
@@ -67,6 +121,7 @@ def build_service(args):
                                max_input_side=serving.max_input_side)
     else:
         runtime = CloudRuntime.from_files(cfg, args.checkpoint, device=args.device,
+                                          partial_checkpoint=args.allow_partial_checkpoint,
                                           max_input_side=serving.max_input_side)
     return CloudService(runtime, token, serving, report_sink=_jsonl_sink(args.reports_out))
 
@@ -83,6 +138,7 @@ def _jsonl_sink(path):
     return sink
 
 
+@main_guard
 def main(argv=None):
     args = parse_args(argv)
     if args.threads:
@@ -93,28 +149,31 @@ def main(argv=None):
     except (ConfigError, ValueError, OSError) as e:
         print(f'error: {e}', file=sys.stderr)
         return 2
-    import uvicorn
-
-    from ecc_mmdet.serving.app import create_app
+    from ecc_mmdet.serving.app import serve
+    log = logging.getLogger('ecc_mmdet.serving')  # disconnects and refusals, one line each
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter('%(asctime)s %(levelname)s %(name)s: %(message)s'))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
     family = socket.AF_INET6 if ':' in args.host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((args.host, args.port))
     sock.listen(2048)  # connections wait in the backlog until uvicorn accepts them
     port = sock.getsockname()[1]
-    config = uvicorn.Config(create_app(service), log_level='warning', access_log=False,
-                            timeout_graceful_shutdown=args.graceful_timeout)
-    server = uvicorn.Server(config)
     if args.port_file:
         with open(args.port_file + '.tmp', 'w') as f:
             f.write(str(port))
         os.replace(args.port_file + '.tmp', args.port_file)
     s = service.config
+    auth = ('on (metrics too)' if s.metrics_require_token else 'on') if service._token else 'OFF'
     print(f'serving {args.config} on http://{args.host}:{port}/v1/detect (fingerprint '
           f'{service.runtime.fingerprint.hex()}, batch <= {s.max_batch_size}, wait '
-          f'{s.max_wait_ms} ms, queue {s.max_queue}, body <= {s.max_body_bytes} B, auth '
-          f'{"on" if service._token else "OFF"})', flush=True)
-    server.run(sockets=[sock])
+          f'{s.max_wait_ms} ms, queue {s.max_queue}, body <= {s.max_body_bytes} B in '
+          f'{s.body_timeout_s:g} s, headers in {s.header_timeout_s:g} s, connections <= '
+          f'{s.max_connections_per_client}/client, {s.max_connections} in all, auth {auth})',
+          flush=True)
+    serve(service, [sock], args.graceful_timeout)
     return 0
 
 

@@ -1,13 +1,17 @@
 """Test (and evaluate) a detector: MMDetection's tools/test.py with the ecc_mmdet plugin loaded.
 
     python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--out results.pkl] [--cfg-options ...]
+
+A checkpoint that does not fit the config (another detector, the unsplit teacher's weights for a
+split config) is refused before anything runs; ``--allow-partial-checkpoint`` loads what fits.
 """
 import argparse
 import os.path as osp
 import sys
 
 import ecc_tools  # noqa: F401  (imports ecc_mmdet: registers our components)
-from ecc_tools.cli import add_common_args, base_cfg, build_runner, parse
+from ecc_tools.cli import (add_common_args, base_cfg, build_runner, check_runner_checkpoint,
+                           main_guard, parse)
 
 from ecc_mmdet.utils import ConfigError, check_config
 
@@ -38,11 +42,11 @@ def build_cfg(args):
     return cfg
 
 
+@main_guard
 def main(argv=None):
     args = parse_args(argv)
     runner = build_runner(build_cfg, args)
-    if runner is None:
-        return 2
+    check_runner_checkpoint(runner, training=False, partial=args.allow_partial_checkpoint)
     if args.out is not None:
         from mmdet.evaluation import DumpDetResults
         runner.test_evaluator.metrics.append(DumpDetResults(out_file_path=args.out))

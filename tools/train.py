@@ -3,13 +3,19 @@
     python tools/train.py CONFIG [--work-dir DIR] [--resume [CKPT]] [--amp] [--cfg-options k=v ...]
 
 Several processes (GPUs, or CPUs with gloo): ``bash tools/dist_train.sh CONFIG N [args]``.
+
+The checkpoint of ``--resume`` must fit the model exactly; a ``load_from`` checkpoint may lack
+(or add) only the split parts (compressor, exits, router: a student from its detector's weights,
+a dynamic model from its student), which then start from their initialisation. Anything else is
+refused before training starts; ``--allow-partial-checkpoint`` loads what fits.
 """
 import argparse
 import os.path as osp
 import sys
 
 import ecc_tools  # noqa: F401  (imports ecc_mmdet: registers our components)
-from ecc_tools.cli import add_common_args, base_cfg, build_runner, parse
+from ecc_tools.cli import (add_common_args, base_cfg, build_runner, check_runner_checkpoint,
+                           main_guard, parse)
 
 from ecc_mmdet.utils import ConfigError, check_config
 
@@ -52,11 +58,11 @@ def build_cfg(args):
     return cfg
 
 
+@main_guard
 def main(argv=None):
     args = parse_args(argv)
     runner = build_runner(build_cfg, args)
-    if runner is None:
-        return 2
+    check_runner_checkpoint(runner, training=True, partial=args.allow_partial_checkpoint)
     runner.train()
     return 0
 

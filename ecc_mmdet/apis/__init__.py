@@ -4,8 +4,9 @@ Orchestration (training stages as subprocesses, benchmark targets, tables, plots
 tools in the repository, not here: this package works from a plain ``pip install``.
 """
 from .evaluation import evaluate_detector
-from .inference import (build_detector, build_test_dataset, iter_batches, load_config,
-                        split_model_cfg, unsplit_model_cfg)
+from .inference import (SPLIT_PARTS, build_detector, build_test_dataset, iter_batches,
+                        load_config, load_weights, split_model_cfg, unsplit_model_cfg)
 
-__all__ = ['build_detector', 'build_test_dataset', 'evaluate_detector', 'iter_batches',
-           'load_config', 'split_model_cfg', 'unsplit_model_cfg']
+__all__ = ['SPLIT_PARTS', 'build_detector', 'build_test_dataset', 'evaluate_detector',
+           'iter_batches', 'load_config', 'load_weights', 'split_model_cfg',
+           'unsplit_model_cfg']

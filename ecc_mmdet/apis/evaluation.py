@@ -11,6 +11,7 @@ from mmengine.utils import ProgressBar
 
 from ..evaluation.cloud_only_accounting import CloudOnlyAccounting
 from ..structures import comm_record
+from ..utils.device import to_numpy
 from .inference import iter_batches
 
 
@@ -64,9 +65,9 @@ def evaluate_detector(model, dataset, ann_file: str, comm: bool = True,
                     inst = r.pred_instances
                     rec = comm_record.read(r)
                     predictions_out.append(dict(img_id=r.img_id,
-                                                bboxes=inst.bboxes.cpu().numpy(),
-                                                scores=inst.scores.cpu().numpy(),
-                                                labels=inst.labels.cpu().numpy(),
+                                                bboxes=to_numpy(inst.bboxes),
+                                                scores=to_numpy(inst.scores),
+                                                labels=to_numpy(inst.labels),
                                                 comm=None if rec is None else rec.to_dict()))
             if bar is not None:
                 for _ in results:

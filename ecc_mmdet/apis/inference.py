@@ -1,25 +1,37 @@
 """Build models and data outside the Runner, for the benchmark tools and the edge/cloud apps."""
 import copy
 import os.path as osp
-from typing import Iterator, Optional, Tuple
+from typing import Iterator, Mapping, Optional, Tuple, Union
 
 import torch
 from mmengine.config import Config
 from mmengine.dataset import pseudo_collate
-from mmengine.runner import load_checkpoint
 from mmdet.registry import DATASETS, MODELS
 from mmdet.utils import register_all_modules
 
 from ..errors import ConfigError
 from ..models.detectors import EdgeCloudDetectorMixin
+from ..utils.checkpoint_check import load_checked
 from ..utils.config_checks import check_dataset_paths
 from ..utils.data_root import set_data_root
+from .build_errors import config_error_of
+
+#: the top-level parts a split config adds to a detector: a checkpoint of the detector it was
+#: made from lacks them, and a split checkpoint loaded into that detector has them extra
+SPLIT_PARTS = EdgeCloudDetectorMixin.EDGE_CLOUD_KEYS
 
 
 def _split_class(type_name):
     """The registered split detector class named ``type_name``, or None."""
     cls = MODELS.get(type_name) if isinstance(type_name, str) else type_name
     return cls if isinstance(cls, type) and issubclass(cls, EdgeCloudDetectorMixin) else None
+
+
+def is_split_config(model_cfg) -> bool:
+    """Whether ``model_cfg`` builds a split (EdgeCloud*) detector (asked before a checkpoint
+    is loaded, so that the tools refuse an ordinary detector's config with that reason)."""
+    register_all_modules(init_default_scope=True)
+    return _split_class(model_cfg['type']) is not None
 
 
 def load_config(config, data_root: Optional[str] = None, cfg_options: Optional[dict] = None
@@ -29,7 +41,9 @@ def load_config(config, data_root: Optional[str] = None, cfg_options: Optional[d
     else:
         if not osp.isfile(config):
             raise ConfigError(f'Config file not found: {config}')
-        cfg = Config.fromfile(config)
+        # no yapf pass over the dumped config text: mmengine formats it on every dump and log
+        # (seconds per tool start); the text stays a valid config, only not reflowed
+        cfg = Config.fromfile(config, format_python_code=False)
     if data_root:
         set_data_root(cfg, data_root)
     if cfg_options:
@@ -67,14 +81,39 @@ def split_model_cfg(model_cfg, split_after: int, compressor: dict) -> dict:
     return cfg
 
 
-def build_detector(model_cfg, checkpoint: Optional[str] = None, device: str = 'cpu'):
-    """Build a detector (registering mmdet's modules), load ``checkpoint``, put it in eval mode."""
+def build_model(model_cfg):
+    """``MODELS.build`` (registering mmdet's modules), a misspelled type or argument refused
+    with its config key (one ConfigError line)."""
     register_all_modules(init_default_scope=True)
-    model = MODELS.build(copy.deepcopy(model_cfg))
+    try:
+        return MODELS.build(copy.deepcopy(model_cfg))
+    except (KeyError, TypeError) as e:
+        error = config_error_of(e, model_cfg, 'model')
+        if error is None:
+            raise
+        raise error from e
+
+
+def load_weights(model, checkpoint: Union[str, Mapping], partial: Union[bool, str] = False,
+                 path: Optional[str] = None) -> Mapping:
+    """Load ``checkpoint`` (a path, or a checkpoint dict read from ``path``) into ``model``
+    after checking that it fits (:mod:`ecc_mmdet.utils.checkpoint_check`).
+
+    ``partial``: False refuses any missing, unexpected or reshaped key; ``'split'`` lets the
+    split parts (:data:`SPLIT_PARTS`: compressor, exits, router) be absent or extra, as when a
+    detector's weights initialise its split version or a split checkpoint its unsplit
+    detector; True loads whatever fits. Returns the checkpoint dict."""
+    allow = SPLIT_PARTS if partial == 'split' else ()
+    return load_checked(model, checkpoint, allow=allow, partial=partial is True, path=path)
+
+
+def build_detector(model_cfg, checkpoint: Optional[str] = None, device: str = 'cpu',
+                   partial: Union[bool, str] = False):
+    """Build a detector, load ``checkpoint`` (refused when it does not fit the model, see
+    :func:`load_weights` for ``partial``), put it in eval mode."""
+    model = build_model(model_cfg)
     if checkpoint is not None:
-        if not osp.isfile(checkpoint):
-            raise ConfigError(f'Checkpoint not found: {checkpoint}')
-        load_checkpoint(model, checkpoint, map_location='cpu', logger='silent')
+        load_weights(model, checkpoint, partial)
     return model.to(device).eval()
 
 

@@ -17,6 +17,7 @@ from torch import Tensor
 from ..errors import ConfigError
 from ..evaluation.bootstrap import ImageBootstrap
 from ..evaluation.score_calibration import ScoreMap, true_positive_pairs
+from ..utils.device import to_numpy
 from .pipeline import run_deployment
 
 __all__ = ['router_scores', 'calibrate_router', 'check_calibration_split', 'tier_predictions',
@@ -81,9 +82,9 @@ def tier_predictions(model, batches: Iterable[Tuple[Tensor, list]], offload_all:
             for r in run_deployment(model, inputs, samples,
                                     force_tier='cloud' if offload_all else 'edge'):
                 inst = r.pred_instances
-                out.append(dict(img_id=r.img_id, bboxes=inst.bboxes.cpu().numpy(),
-                                scores=inst.scores.cpu().numpy(),
-                                labels=inst.labels.cpu().numpy(), comm=r.metainfo['ecc_comm']))
+                out.append(dict(img_id=r.img_id, bboxes=to_numpy(inst.bboxes),
+                                scores=to_numpy(inst.scores),
+                                labels=to_numpy(inst.labels), comm=r.metainfo['ecc_comm']))
             if progress and k % 25 == 0:
                 print(f'  {progress}: {len(out)} images', flush=True)
     finally:

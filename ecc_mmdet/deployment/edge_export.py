@@ -7,7 +7,9 @@ The sidecar carries: the preprocessing of the config's test pipeline and data pr
 the entropy model's integer coding tables with their fingerprint), the backbone strides that
 give the feature map's size (the codec params), the model fingerprint the cloud checks, the
 class names, and the SHA-256 of the graph file it belongs to. The sidecar is itself checksummed
-(``sidecar_sha256`` over its canonical JSON), so a corrupted or edited one is refused.
+(``sidecar_sha256`` over its canonical JSON), so a corrupted one is refused, and optionally
+signed (HMAC-SHA256 with the operator's key), so an edge holding the key runs only its own
+exports. Its schema is :mod:`ecc_edge.sidecar`; what is written here is checked against it.
 
 A dynamic model (``edge_exit`` + ``router``) exports its exit too: the graph then also outputs
 the exit head's raw per-level maps (``cls_<l>``, ``bbox_<l>``, and ``ctr_<l>`` for a head with
@@ -17,11 +19,19 @@ CALIBRATED threshold: calibrate the model before export), ``score_maps`` (per ti
 map's knots for ``np.interp``; None without ``calibrate_scores``) and ``edge_report``; the light
 runtime (:mod:`ecc_edge.exits`) decodes, routes and maps scores like the PyTorch edge.
 
+A hyperprior (single or variable rate) exports its side information too: the graph also
+outputs ``hyper_latent`` (z = h_a(y)), the codec's tables are z's factorized ones, and the
+sidecar gains ``hyperprior``: the integer hyper-synthesis (weights and biases exactly as
+``ExactHyperSynthesis.integer_layers`` gives them), the integer scale-index thresholds and the
+Gaussian tables; the runtime codes like ``HyperpriorBottleneckNeck.compress``
+(:mod:`ecc_edge.codecs.hyperprior`).
+
 What the light runtime cannot express yet is refused here with the reason: codecs other than
-the learned bottlenecks, test pipelines other than load + Resize (+ annotations, packing),
-extension exits, learned and random routers, and exit heads other than the AnchorHead family
-(AnchorGenerator, DeltaXYWHBBoxCoder, sigmoid classification, mmdet's own post-processing). The
-router says itself how it exports, or why it cannot (``BaseRouter.light_edge_spec``).
+the learned bottlenecks and hyperpriors, test pipelines other than load + Resize (+
+annotations, packing), extension exits, learned and random routers, and exit heads other than
+the AnchorHead family (AnchorGenerator, DeltaXYWHBBoxCoder, sigmoid classification, mmdet's own
+post-processing). The router says itself how it exports, or why it cannot
+(``BaseRouter.light_edge_spec``).
 """
 import hashlib
 import json
@@ -37,21 +47,28 @@ from mmdet.models.task_modules.prior_generators import AnchorGenerator
 from torch import nn
 
 from ecc_edge.codecs.bitstream import CodecId
-from ecc_edge.runtime import SIDECAR_FORMAT, SIDECAR_VERSION, sidecar_digest
+from ecc_edge.sidecar import (SIDECAR_FORMAT, SIDECAR_VERSION, sidecar_digest, sign_sidecar,
+                              validate_sidecar)
 
 from ..errors import ConfigError
 from .fingerprint import model_fingerprint
 
 __all__ = ['EdgeGraph', 'SIDECAR_FORMAT', 'build_sidecar', 'check_graph', 'export_edge_onnx',
-           'sidecar_digest']
+           'hyperprior_spec', 'sidecar_digest']
 
 _PIPELINE_OK = ('LoadImageFromFile', 'LoadAnnotations', 'PackDetInputs')
+_FACTORIZED = (CodecId.ENTROPY_BOTTLENECK, CodecId.VARIABLE_RATE_BOTTLENECK)
+_HYPERPRIOR = (CodecId.HYPERPRIOR_BOTTLENECK, CodecId.VARIABLE_RATE_HYPERPRIOR)
+
+
+def _is_hyperprior(comp) -> bool:
+    return int(getattr(comp, 'codec_id', 0) or 0) in _HYPERPRIOR
 
 
 class EdgeGraph(nn.Module):
     """What the ONNX graph computes: normalised, padded image batch -> the compressor's latent
     (before the median shift and rounding, which the runtime does in numpy exactly like the
-    entropy model's ``compress``)."""
+    entropy model's ``compress``; a hyperprior's z = h_a(latent) too)."""
 
     def __init__(self, model):
         super().__init__()
@@ -59,21 +76,24 @@ class EdgeGraph(nn.Module):
         self.point = model.compressor._rate_point(False)
         self.with_exit = getattr(model, 'edge_exit', None) is not None and \
             getattr(model, 'router', None) is not None
+        self.hyper = _is_hyperprior(model.compressor)
 
     def forward(self, x):
         f = self.model.splitter.forward_edge(x)
         latent = self.model.compressor._latent(f, *self.point)
+        latents = (latent, self.model.compressor.h_a(latent)) if self.hyper else (latent, )
         if not self.with_exit:
-            return latent
+            return latents if self.hyper else latent
         outs = self.model.edge_exit(f)  # (cls_scores, bbox_preds[, centernesses]) per level
-        return (latent, ) + tuple(t for part in outs for t in part)
+        return latents + tuple(t for part in outs for t in part)
 
     def output_names(self) -> List[str]:
+        latents = ['latent', 'hyper_latent'] if self.hyper else ['latent']
         if not self.with_exit:
-            return ['latent']
+            return latents
         n_lv = len(self.model.edge_exit.head.prior_generator.strides)
         parts = ['cls', 'bbox'] + (['ctr'] if _has_score_factors(self.model.edge_exit) else [])
-        return ['latent'] + [f'{p}_{i}' for p in parts for i in range(n_lv)]
+        return latents + [f'{p}_{i}' for p in parts for i in range(n_lv)]
 
 
 def _has_score_factors(edge_exit) -> bool:
@@ -114,14 +134,15 @@ def _preprocess_spec(cfg) -> Dict:
 
 
 def _codec_spec(model) -> Dict:
+    """The codec: id, rate point, and the factorized tables (of y, or of a hyperprior's z)."""
     comp = model.compressor
-    if int(getattr(comp, 'codec_id', 0) or 0) not in (CodecId.ENTROPY_BOTTLENECK,
-                                                      CodecId.VARIABLE_RATE_BOTTLENECK):
+    if int(getattr(comp, 'codec_id', 0) or 0) not in _FACTORIZED + _HYPERPRIOR:
         raise ConfigError(f'the light edge runtime codes with the learned bottlenecks '
-                          f'(EntropyBottleneckNeck, VariableRateBottleneckNeck), not '
+                          f'(EntropyBottleneckNeck, VariableRateBottleneckNeck) and hyperpriors '
+                          f'(HyperpriorBottleneckNeck, VariableRateHyperpriorNeck), not '
                           f'{type(comp).__name__}')
     point = comp._rate_point(False)
-    em = comp._coder(*point)
+    em = comp.hyper_entropy_model if _is_hyperprior(comp) else comp._coder(*point)
     em._tables_numpy()  # refuses missing or stale tables with the reason
     # the same arrays the entropy model codes with (CodingTables(pmf, offset, length + 1))
     return dict(codec_id=int(comp.codec_id), name=comp.codec_name,
@@ -132,6 +153,27 @@ def _codec_spec(model) -> Dict:
                 lengths=[int(v) + 1 for v in em._pmf_length.cpu().tolist()],
                 pmf_table=[[int(v) for v in row] for row in em._pmf_table.cpu().tolist()],
                 tables_fingerprint=int(em._tables_fingerprint.item()))
+
+
+def hyperprior_spec(comp) -> Dict:
+    """The sidecar's ``hyperprior`` of a hyperprior compressor: the integer hyper-synthesis,
+    the integer thresholds of ``index_from_fixed_point`` and the Gaussian tables (rows cut
+    to their support + escape bin)."""
+    hs, g = comp.h_s, comp.gaussian
+    layers = [dict(in_channels=int(w.shape[1]), out_channels=int(w.shape[0]),
+                   weight=[int(v) for v in w.reshape(-1).tolist()],
+                   bias=[int(v) for v in b.tolist()]) for w, b in hs.integer_layers()]
+    thresholds = torch.ceil(g.log_scale_bounds.double() * 2.0**(2 * hs.frac_bits))
+    lengths = [int(v) + 1 for v in g._pmf_length.tolist()]
+    return dict(hyper_channels=int(comp.hyper_channels),
+                hyper_downsample=int(comp.hyper_downsample),
+                synthesis=dict(layers=layers, frac_bits=int(hs.frac_bits),
+                               act_max=float(hs.act_max), mean_max=float(hs.mean_max),
+                               predict_means=bool(hs.predict_means)),
+                index_thresholds=[int(v) for v in thresholds.tolist()],
+                gaussian=dict(offsets=[int(v) for v in g._offset.tolist()], lengths=lengths,
+                              pmf_table=[[int(v) for v in row[:n]] for row, n in
+                                         zip(g._pmf_table.tolist(), lengths)]))
 
 
 def _check_exits(model) -> None:
@@ -214,7 +256,10 @@ def _dynamic_spec(model) -> Dict:
                 score_maps=maps, edge_report=report)
 
 
-def build_sidecar(model, cfg, graph_sha256: str, class_names=None) -> Dict:
+def build_sidecar(model, cfg, graph_sha256: str, class_names=None,
+                  key: Optional[bytes] = None) -> Dict:
+    """The sidecar of ``model``'s graph, checksummed (and signed with ``key``), checked against
+    the schema the runtime reads (a ConfigError would be a bug of this exporter)."""
     _check_exits(model)
     side = dict(format=SIDECAR_FORMAT, version=SIDECAR_VERSION, graph_sha256=graph_sha256,
                 model_fingerprint=model_fingerprint(model).hex(),
@@ -222,13 +267,23 @@ def build_sidecar(model, cfg, graph_sha256: str, class_names=None) -> Dict:
                 feature_strides=model.splitter.edge_strides(),
                 class_names=list(class_names) if class_names else None)
     side.update(_dynamic_spec(model))
+    if _is_hyperprior(model.compressor):
+        side['hyperprior'] = hyperprior_spec(model.compressor)
     side['sidecar_sha256'] = sidecar_digest(side)
+    if key is not None:
+        side = sign_sidecar(side, key)
+    try:
+        validate_sidecar(side)
+    except ValueError as e:
+        raise ConfigError(f'the exported sidecar breaks its own schema: {e}') from e
     return side
 
 
 def export_edge_onnx(model, cfg, out_dir: str, class_names=None, opset: int = 17,
-                     probe_size: Tuple[int, int] = (128, 128)) -> Tuple[str, str]:
-    """Write ``edge.onnx`` and ``edge.json`` into ``out_dir`` -> their paths."""
+                     probe_size: Tuple[int, int] = (128, 128), key: Optional[bytes] = None
+                     ) -> Tuple[str, str]:
+    """Write ``edge.onnx`` and ``edge.json`` (signed with ``key`` when given) into ``out_dir``
+    -> their paths."""
     model = model.eval()
     _check_exits(model)  # refuse what the runtime cannot express before exporting anything
     _codec_spec(model)
@@ -250,7 +305,7 @@ def export_edge_onnx(model, cfg, out_dir: str, class_names=None, opset: int = 17
                           f'{type(e).__name__}: {e}') from e
     with open(onnx_path, 'rb') as f:
         digest = hashlib.sha256(f.read()).hexdigest()
-    sidecar = build_sidecar(model, cfg, digest, class_names)
+    sidecar = build_sidecar(model, cfg, digest, class_names, key)
     with open(side_path, 'w') as f:
         json.dump(sidecar, f)
     return onnx_path, side_path

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ecc_edge.codecs.bitstream import FINGERPRINT_BYTES
+from ..utils.device import tensor_bytes
 
 __all__ = ['BUFFER_NAME', 'compute_fingerprint', 'model_fingerprint', 'pin_fingerprint']
 
@@ -48,9 +49,8 @@ def compute_fingerprint(model) -> bytes:
     truncated to FINGERPRINT_BYTES."""
     h = hashlib.sha256(f'{type(model.compressor).__name__}'.encode())
     for name, t in _tensors(model):
-        t = t.detach().cpu().contiguous().reshape(-1)
-        h.update(f'{name}|{t.dtype}|{tuple(t.shape)}'.encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b'')
+        h.update(f'{name}|{t.dtype}|{(t.numel(), )}'.encode())
+        h.update(tensor_bytes(t))
     return h.digest()[:FINGERPRINT_BYTES]
 
 

@@ -22,6 +22,7 @@ from torch.nn.modules.batchnorm import _NormBase
 from ecc_edge.codecs.bitstream import BitstreamError, CorruptedBitstreamError
 from ecc_edge.codecs.param_update import pack_params, unpack_params
 from .fingerprint import BUFFER_NAME, compute_fingerprint, model_fingerprint, pin_fingerprint
+from ..utils.device import to_numpy
 
 __all__ = ['StaleUpdateError', 'edge_norm_modules', 'edge_norm_parameters', 'make_param_update',
            'apply_param_update']
@@ -64,7 +65,7 @@ def make_param_update(model, seq: int, base_fingerprint: bytes, half: bool = Fal
     params = edge_norm_parameters(model)
     if affine_only:
         params = {k: v for k, v in params.items() if isinstance(v, nn.Parameter)}
-    tensors = {k: v.detach().cpu().float().numpy() for k, v in params.items()}
+    tensors = {k: to_numpy(v.float()) for k, v in params.items()}
     return pack_params(seq, tensors, fingerprint=base_fingerprint, half=half)
 
 

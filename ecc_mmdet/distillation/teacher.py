@@ -75,23 +75,8 @@ def _check_state_dict_fits(teacher, state, teacher_config, teacher_checkpoint, o
         'or set teacher_config to the config the checkpoint was trained with.')
 
 
-def build_teacher(teacher_config: Union[str, dict, None], teacher_checkpoint,
-                  owner: str = 'KnowledgeAdaptationHook', logger=None) -> nn.Module:
-    """The teacher of ``teacher_config`` with the weights of ``teacher_checkpoint``, frozen.
-
-    Args:
-        teacher_config: the teacher's mmdet config: a file path (``'configs/x.py'``, also
-            ``'mmdet::faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py'``), a full config (dict with a
-            ``model`` key) or a model config dict. Relative paths are read from the working
-            directory.
-        teacher_checkpoint: checkpoint of that teacher (path, same lookup, or a URL mmengine
-            can load).
-        owner: who asks, the prefix of every error message.
-        logger: receives one line naming what was loaded.
-
-    Returns:
-        the teacher on the CPU, in eval mode, with ``requires_grad`` off.
-    """
+def _teacher_model_cfg(teacher_config: Union[str, dict, None], owner: str):
+    """-> (the teacher's ``model`` config, the name the messages give it)."""
     if teacher_config is None:
         raise ConfigError(f"{owner} needs teacher_config (the unsplit detector's config) and "
                           f'teacher_checkpoint: give them to {owner} or as top-level '
@@ -112,17 +97,44 @@ def build_teacher(teacher_config: Union[str, dict, None], teacher_checkpoint,
         name = 'the given teacher_config dict'
     if not isinstance(model_cfg, dict) or 'type' not in model_cfg:
         raise ConfigError(f'{owner}: {name} has no model=dict(type=...)')
+    return model_cfg, name
+
+
+def _teacher_checkpoint_path(teacher_checkpoint, teacher_config, owner: str):
+    """The checkpoint to load: an existing local file, or a URL left to mmengine."""
     if teacher_checkpoint is None:
         raise ConfigError(f'{owner}: teacher_checkpoint is not set. '
                           + _how_to_get_teacher(teacher_config))
-    if '://' not in str(teacher_checkpoint):  # local file (URLs: mmengine downloads them)
-        found = resolve_path(str(teacher_checkpoint), owner)
-        if not found:
-            raise FileNotFoundError(
-                f'{owner}: teacher checkpoint {teacher_checkpoint!r} not '
-                f'found (relative paths are read from the working directory {os.getcwd()}). '
-                + _how_to_get_teacher(teacher_config))
-        teacher_checkpoint = found
+    if '://' in str(teacher_checkpoint):  # URLs: mmengine downloads them
+        return teacher_checkpoint
+    found = resolve_path(str(teacher_checkpoint), owner)
+    if not found:
+        raise FileNotFoundError(
+            f'{owner}: teacher checkpoint {teacher_checkpoint!r} not '
+            f'found (relative paths are read from the working directory {os.getcwd()}). '
+            + _how_to_get_teacher(teacher_config))
+    return found
+
+
+def build_teacher(teacher_config: Union[str, dict, None], teacher_checkpoint,
+                  owner: str = 'KnowledgeAdaptationHook', logger=None) -> nn.Module:
+    """The teacher of ``teacher_config`` with the weights of ``teacher_checkpoint``, frozen.
+
+    Args:
+        teacher_config: the teacher's mmdet config: a file path (``'configs/x.py'``, also
+            ``'mmdet::faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py'``), a full config (dict with a
+            ``model`` key) or a model config dict. Relative paths are read from the working
+            directory.
+        teacher_checkpoint: checkpoint of that teacher (path, same lookup, or a URL mmengine
+            can load).
+        owner: who asks, the prefix of every error message.
+        logger: receives one line naming what was loaded.
+
+    Returns:
+        the teacher on the CPU, in eval mode, with ``requires_grad`` off.
+    """
+    model_cfg, name = _teacher_model_cfg(teacher_config, owner)
+    teacher_checkpoint = _teacher_checkpoint_path(teacher_checkpoint, teacher_config, owner)
     teacher = MODELS.build(ConfigDict(model_cfg))
     ckpt = _load_checkpoint(teacher_checkpoint, map_location='cpu')
     state = ckpt.get('state_dict', ckpt) if isinstance(ckpt, dict) else None

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ecc_edge.codecs.range_coding import CodingTables, decode_with_cdf_tables, encode_with_cdf_tables
+from ..utils.device import tensor_bytes, to_numpy
 
 __all__ = ['FactorizedEntropyModel']
 
@@ -243,9 +244,8 @@ class FactorizedEntropyModel(nn.Module):
         which is how mmengine's EMA averages weights and swaps them into the model)."""
         h = hashlib.blake2b(digest_size=8)
         for p in [*self.matrices, *self.biases, *self.factors]:
-            t = p.detach().cpu().contiguous()
-            h.update(str((tuple(t.shape), str(t.dtype))).encode())
-            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())  # any dtype, incl. bf16
+            h.update(str((tuple(p.shape), str(p.dtype))).encode())
+            h.update(tensor_bytes(p))
         h.update(repr((self.table_precision, self.max_support)).encode())
         return int.from_bytes(h.digest(), 'little', signed=True)
 
@@ -277,8 +277,8 @@ class FactorizedEntropyModel(nn.Module):
         pmf, lower, upper = self._likelihood(samples, params)
         # Mass outside each channel's own support -> its overflow bin.
         tail = (torch.sigmoid(lower[:, 0, 0]) +
-                torch.sigmoid(-upper[:, 0].gather(1, (lengths - 1)[:, None])[:, 0])).numpy()
-        pmf = pmf[:, 0].numpy()
+                torch.sigmoid(-upper[:, 0].gather(1, (lengths - 1)[:, None])[:, 0]))
+        tail, pmf = to_numpy(tail), to_numpy(pmf[:, 0])
         table = np.zeros((self.channels, max_len + 1), dtype=np.int32)
         for c in range(self.channels):
             n = int(lengths[c])
@@ -357,8 +357,8 @@ class FactorizedEntropyModel(nn.Module):
         fp = int(self._tables_fingerprint.item())
         cached = self.__dict__.get('_coding_tables')
         if cached is None or cached[0] != fp:
-            tables = CodingTables(self._pmf_table.cpu().numpy(), self._offset.cpu().numpy(),
-                                  self._pmf_length.cpu().numpy().astype(np.int64) + 1)
+            tables = CodingTables(to_numpy(self._pmf_table), to_numpy(self._offset),
+                                  to_numpy(self._pmf_length, np.int64) + 1)
             self.__dict__['_coding_tables'] = cached = (fp, tables)
         return cached[1]
 
@@ -372,7 +372,7 @@ class FactorizedEntropyModel(nn.Module):
         sym = torch.round(y - medians)
         if not torch.isfinite(sym).all() or sym.numel() and sym.double().abs().max() >= 2**31:
             raise ValueError('latent has non-finite values or values beyond the int32 range')
-        sym = sym.reshape(y.shape[0], self.channels, -1).to(torch.int32).cpu().numpy()
+        sym = to_numpy(sym.reshape(y.shape[0], self.channels, -1).to(torch.int32))
         return [encode_with_cdf_tables(s, tables, None) for s in sym]
 
     @torch.no_grad()

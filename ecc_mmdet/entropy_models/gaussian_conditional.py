@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from ecc_edge.codecs.range_coding import (CodingTables, decode_with_indexed_tables,
                                           encode_with_indexed_tables)
 from .factorized import _LowerBound, quantize_pmf
+from ..utils.device import to_numpy
 
 __all__ = ['GaussianConditionalEntropyModel']
 
@@ -162,9 +163,9 @@ class GaussianConditionalEntropyModel(nn.Module):
     def _tables(self) -> CodingTables:
         key = (self._pmf_table.data_ptr(), self._pmf_table._version)
         if self._tables_cache is None or self._tables_cache[0] != key:
-            pmf = self._pmf_table.cpu().numpy()
-            self._tables_cache = (key, CodingTables(pmf, self._offset.cpu().numpy(),
-                                                    self._pmf_length.cpu().numpy() + 1))
+            self._tables_cache = (key, CodingTables(to_numpy(self._pmf_table),
+                                                    to_numpy(self._offset),
+                                                    to_numpy(self._pmf_length) + 1))
         return self._tables_cache[1]
 
     @staticmethod
@@ -180,14 +181,14 @@ class GaussianConditionalEntropyModel(nn.Module):
         sym = torch.round(y - means)
         if not torch.isfinite(sym).all() or sym.numel() and sym.double().abs().max() >= 2**31:
             raise ValueError('latent has non-finite values or values beyond the int32 range')
-        return encode_with_indexed_tables(sym.reshape(-1).to(torch.int32).cpu().numpy(),
-                                          indexes.reshape(-1).cpu().numpy(), self._tables())
+        return encode_with_indexed_tables(to_numpy(sym.reshape(-1).to(torch.int32)),
+                                          to_numpy(indexes.reshape(-1)), self._tables())
 
     @torch.no_grad()
     def decompress(self, body: bytes, indexes: Tensor, means: Tensor) -> Tensor:
         """Inverse of :meth:`compress` -> ``y_hat = symbols + means`` (shaped like means).
         Raises CorruptedBitstreamError on a body that is not a valid encoding."""
-        sym = decode_with_indexed_tables(body, indexes.reshape(-1).cpu().numpy(), self._tables())
+        sym = decode_with_indexed_tables(body, to_numpy(indexes.reshape(-1)), self._tables())
         sym = torch.from_numpy(sym).reshape(means.shape)
         return sym.to(device=means.device, dtype=means.dtype) + means
 

@@ -23,7 +23,7 @@ integer thresholds. Training runs the same arithmetic in float32 with straight-t
 """
 from __future__ import annotations
 
-from typing import Tuple
+from typing import List, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -114,15 +114,21 @@ class ExactHyperSynthesis(nn.Module):
 
     # ------------------------------------------------------------------- coding
     @torch.no_grad()
+    def integer_layers(self) -> List[Tuple[Tensor, Tensor]]:
+        """(weight, bias) of every conv as the integer path uses them, float64 integers:
+        ``round(clamp(w) * 2**F)`` and ``round(b * 2**(2F))`` (what the light edge exports)."""
+        s = 2.0**self.frac_bits
+        return [(torch.round(torch.clamp(conv.weight.to(torch.float64), -self.weight_max,
+                                         self.weight_max) * s),
+                 torch.round(conv.bias.to(torch.float64) * s * s)) for conv in self._layers()]
+
+    @torch.no_grad()
     def exact(self, z_hat: Tensor) -> Tuple[Tensor, Tensor]:
         """Integer path -> (means float32 on the 2**-F grid, log-scale accumulators as float64
         integers at scale 2**(2F)). Bit-identical on any device and for any batch split."""
         s = 2.0**self.frac_bits
         a = torch.round(torch.clamp(z_hat.to(torch.float64), -self.act_max, self.act_max) * s)
-        for i, conv in enumerate(self._layers()):
-            w = torch.round(torch.clamp(conv.weight.to(torch.float64), -self.weight_max,
-                                        self.weight_max) * s)
-            b = torch.round(conv.bias.to(torch.float64) * s * s)
+        for i, (conv, (w, b)) in enumerate(zip(self._layers(), self.integer_layers())):
             if i < self.up_steps:
                 a = F.interpolate(a, scale_factor=2, mode='nearest')
             acc = F.conv2d(a, w, b, padding=1)  # integers at scale 2**(2F), exact

@@ -4,22 +4,33 @@
 Endpoints: ``POST /v1/detect`` (raw payload, ``application/octet-stream``), ``POST /v1/report``
 (the detections report of an image finished on the edge), ``GET /healthz``
 (the process answers), ``GET /readyz`` (the model is loaded and the batcher runs; 503 while
-shutting down), ``GET /metrics`` (Prometheus text format). On shutdown uvicorn stops accepting
-connections and waits for the requests in flight; the lifespan hook then drains the batcher.
+shutting down), ``GET /metrics`` (Prometheus text format; with ``serving.metrics_require_token``
+only for the bearer token, since it reveals the traffic).
+
+:func:`serve` (``tools/serve_cloud.py``) runs it on uvicorn with the connection guard of
+:mod:`.connections` (header timeout, connections per client and in total). On shutdown uvicorn
+stops accepting, the service drains (uploads still arriving get ``shutdown_grace_s``, then 408),
+requests whose bodies arrived are answered, and the lifespan hook then stops the batcher. A
+request cancelled because uvicorn's graceful timeout ran out is answered 503 with
+``Retry-After``, not uvicorn's 500.
 """
+import asyncio
 import contextlib
+import logging
 import os
 from typing import Callable, Union
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.requests import ClientDisconnect
 
 from ..apis.inference import load_config
 from .runtime import CloudRuntime
-from .service import CloudService, ServingConfig
+from .service import CloudService, Reply, ServingConfig
 
-__all__ = ['create_app']
+__all__ = ['create_app', 'serve']
+logger = logging.getLogger('ecc_mmdet.serving')
 
 
 def create_app(service: Union[CloudService, Callable[[], CloudService]]) -> FastAPI:
@@ -37,18 +48,66 @@ def create_app(service: Union[CloudService, Callable[[], CloudService]]) -> Fast
 
     app = FastAPI(title='ecc_mmdet cloud', lifespan=lifespan, docs_url=None, redoc_url=None,
                   openapi_url=None)
+    app.add_middleware(AnswerCancelled)
     install_routes(app)
     return app
+
+
+def serve(service: CloudService, sockets, graceful_timeout: float = 30.0) -> None:
+    """Serve ``service`` on the bound, listening ``sockets`` until SIGTERM/SIGINT (blocking),
+    with its config's header timeout, connection caps and shutdown drain."""
+    import uvicorn
+
+    from .connections import ConnectionGuard, DrainingServer
+    c = service.config
+    guard = ConnectionGuard(c.max_connections_per_client, c.max_connections, c.header_timeout_s,
+                            c.retry_after_s, service.registry)
+    config = uvicorn.Config(create_app(service), log_level='warning', access_log=False,
+                            timeout_graceful_shutdown=graceful_timeout, http=guard.protocol())
+    DrainingServer(config, service.begin_drain).run(sockets=sockets)
+
+
+class AnswerCancelled:
+    """ASGI middleware: a request cancelled before its answer (uvicorn's graceful timeout ran
+    out) gets 503 with ``Retry-After`` instead of uvicorn's 500, so the client retries."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope['type'] != 'http':
+            return await self.app(scope, receive, send)
+        started = False
+
+        async def tracked(message):
+            nonlocal started
+            started = started or message['type'] == 'http.response.start'
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked)
+        except asyncio.CancelledError:
+            if started:
+                raise
+            logger.warning('%s cancelled at shutdown before its answer: 503', scope['path'])
+            await JSONResponse(dict(error='ShuttingDown', detail='the server stopped before '
+                                    'answering; retry'), status_code=503,
+                               headers={'Retry-After': '1', 'Connection': 'close'})(
+                                   scope, receive, send)
 
 
 def install_routes(app: FastAPI) -> None:
     """The routes, reading the service from ``app.state.service`` (shared with Ray Serve)."""
 
-    async def answer(request: Request, handler: str) -> JSONResponse:
+    async def answer(request: Request, handler: str) -> Response:
         svc: CloudService = request.app.state.service
-        reply = await getattr(svc, handler)({k.lower(): v for k, v in request.headers.items()},
-                                            request.stream())
-        return JSONResponse(reply.body, status_code=reply.status, headers=reply.headers)
+        try:
+            reply = await getattr(svc, handler)(headers_of(request), request.stream())
+        except ClientDisconnect:  # nobody to answer
+            client = request.client
+            svc.client_disconnected(handler, f'{client.host}:{client.port}' if client else '?')
+            return Response(status_code=400)
+        return as_response(reply)
 
     @app.post('/v1/detect')
     async def detect(request: Request):
@@ -71,7 +130,20 @@ def install_routes(app: FastAPI) -> None:
     @app.get('/metrics')
     async def metrics(request: Request):
         svc: CloudService = request.app.state.service
+        denied = svc.check_auth(headers_of(request)) if svc.config.metrics_require_token \
+            else None
+        if denied is not None:
+            return as_response(denied)
         return Response(generate_latest(svc.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+def headers_of(request: Request) -> dict:
+    """The request's headers with lower-case names (what the service expects)."""
+    return {k.lower(): v for k, v in request.headers.items()}
+
+
+def as_response(reply: Reply) -> JSONResponse:
+    return JSONResponse(reply.body, status_code=reply.status, headers=reply.headers)
 
 
 def app_from_env() -> FastAPI:

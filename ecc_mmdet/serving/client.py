@@ -10,7 +10,9 @@ flight is ``tools/edge_client.py``.
   :func:`ecc_mmdet.deployment.run_edge` -- the same steps ``tools/test.py`` runs, so the payload
   is the one the in-process evaluation would send.
 * :class:`CloudClient` (from the torch-free :mod:`ecc_edge.client`, re-exported here) posts
-  payloads with idempotent retries.
+  payloads, retrying an unanswered one with the same request id for a time budget
+  (``retry_for``; capped exponential back-off with jitter, ``Retry-After`` honoured). The
+  program keeps every answer in a journal (:mod:`ecc_edge.journal`) as it arrives.
 """
 import copy
 import math
@@ -22,15 +24,15 @@ import numpy as np
 import torch
 from mmcv.transforms import Compose
 from mmengine.dataset import pseudo_collate
-from mmengine.runner import load_checkpoint
 from mmdet.utils import register_all_modules
 
 from ecc_edge.client import (CloudClient, CloudRequestError, CloudUnavailableError,  # noqa: F401
                              EdgeResult, check_token, coco_results)
-from ..apis.inference import build_detector, load_config
+from ..apis.inference import build_detector, load_config, load_weights
 from ..deployment import run_edge
 from ..errors import ConfigError
 from ..evaluation.meter import DeploymentMeter
+from ..utils.checkpoint_check import read_checkpoint
 from .runtime import class_names_of
 
 __all__ = ['CloudClient', 'CloudRequestError', 'CloudUnavailableError', 'EdgeResult',
@@ -72,33 +74,26 @@ class EdgeRunner:
     split detector, or a dynamic model whose router is not calibrated.
     """
 
-    def __init__(self, config, checkpoint: str, device: str = 'cpu', model=None):
+    def __init__(self, config, checkpoint: str, device: str = 'cpu', model=None,
+                 partial_checkpoint: bool = False):
         self.cfg = cfg = load_config(config)
         if model is not None:
             self._finish(model.build_edge(), cfg, device)
             return
-        if not osp.isfile(checkpoint):
-            raise ConfigError(f'Checkpoint not found: {checkpoint}')
-        try:
-            ckpt = torch.load(checkpoint, map_location='cpu', weights_only=False)
-        except Exception as e:  # whatever the file is, the user needs its name, not a trace
-            raise ConfigError(f'{checkpoint} is not a readable checkpoint: '
-                              f'{type(e).__name__}: {e}') from None
-        meta = ckpt.get('meta') if isinstance(ckpt, dict) else None
+        ckpt = read_checkpoint(checkpoint)  # missing or unreadable: the message of every tool
+        meta = ckpt.get('meta')
         side = meta.get('side') if isinstance(meta, dict) else None
-        del ckpt
         if side == 'cloud':
             raise ConfigError(f'{checkpoint} is a cloud-only export: the edge needs the full '
                               'checkpoint or edge.pth (tools/export_edge_cloud.py)')
-        model = build_detector(cfg.model, None if side == 'edge' else checkpoint)
+        model = build_detector(cfg.model)
         if not hasattr(model, 'build_edge'):
             raise ConfigError(f'{type(model).__name__} is not a split (EdgeCloud*) detector: '
                               'it has no edge side to run')
-        model = model.build_edge()
         if side == 'edge':
-            load_checkpoint(model, checkpoint, map_location='cpu', logger='silent',
-                            strict=True)
-        self._finish(model, cfg, device)
+            model = model.build_edge()
+        load_weights(model, ckpt, partial_checkpoint, path=checkpoint)  # refused if no fit
+        self._finish(model if side == 'edge' else model.build_edge(), cfg, device)
 
     def _finish(self, model, cfg, device):
         router = getattr(model, 'router', None)

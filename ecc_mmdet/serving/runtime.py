@@ -6,19 +6,18 @@ validates one payload before it is queued (so a bad one is refused at once with 
 error), ``predict`` decodes and finishes a batch through the same deployment path as
 ``tools/test.py`` (:func:`ecc_mmdet.deployment.run_cloud`), so the detections are the same ones.
 """
-import os.path as osp
 from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
-from mmengine.runner import load_checkpoint
 from mmdet.structures import DetDataSample
 
 from ecc_edge.codecs.bitstream import BitstreamError, Payload
-from ..apis.inference import build_detector, load_config
+from ..apis.inference import build_detector, load_config, load_weights
 from ..deployment import run_cloud
 from ..evaluation.meter import DeploymentMeter
 from ..structures import comm_record
 from ..errors import ConfigError
+from ..utils.checkpoint_check import read_checkpoint
 
 __all__ = ['CloudRuntime', 'LimitExceededError', 'ParsedPayload', 'class_names_of']
 
@@ -73,33 +72,24 @@ class CloudRuntime:
         self.meter = DeploymentMeter(measure_flops=False, estimate_rate=False)
 
     @classmethod
-    def from_files(cls, config, checkpoint: str, device: str = 'cpu', **kwargs
-                   ) -> 'CloudRuntime':
+    def from_files(cls, config, checkpoint: str, device: str = 'cpu',
+                   partial_checkpoint: bool = False, **kwargs) -> 'CloudRuntime':
         """Build from a config and either a full checkpoint or an exported ``cloud.pth``
-        (``tools/export_edge_cloud.py``)."""
+        (``tools/export_edge_cloud.py``); a checkpoint that does not fit the config is refused
+        (``CheckpointError``) unless ``partial_checkpoint``."""
         cfg = load_config(config)
-        if not osp.isfile(checkpoint):
-            raise ConfigError(f'Checkpoint not found: {checkpoint}')
-        try:  # our own checkpoint files (mmengine's loader reads them the same way)
-            ckpt = torch.load(checkpoint, map_location='cpu', weights_only=False)
-        except Exception as e:  # noqa: BLE001 -- any unreadable file: say which and why
-            raise ConfigError(f'{checkpoint} is not a readable checkpoint: '
-                              f'{type(e).__name__}: {e}') from None
-        if not isinstance(ckpt, dict):
-            raise ConfigError(f'{checkpoint} holds a {type(ckpt).__name__}, not a checkpoint')
+        ckpt = read_checkpoint(checkpoint)
         meta = ckpt.get('meta', {})
         side = meta.get('side') if isinstance(meta, dict) else None
-        del ckpt
         if side == 'edge':
             raise ConfigError(f'{checkpoint} is an edge-only export: the cloud server needs the '
                               'full checkpoint or cloud.pth')
+        model = build_detector(cfg.model)
         if side == 'cloud':
-            model = build_detector(cfg.model).build_cloud()
-            load_checkpoint(model, checkpoint, map_location='cpu', logger='silent',
-                            strict=True)
-        else:
-            model = build_detector(cfg.model, checkpoint)
-        return cls(model.to(device), class_names=class_names_of(cfg), **kwargs)
+            model = model.build_cloud()
+        load_weights(model, ckpt, partial_checkpoint, path=checkpoint)
+        del ckpt
+        return cls(model.to(device).eval(), class_names=class_names_of(cfg), **kwargs)
 
     @property
     def fingerprint(self) -> bytes:

@@ -13,12 +13,19 @@ status   when
 400      a payload the decoder refuses (the body names the ``BitstreamError`` subclass), or a
          malformed ``Idempotency-Key``
 401      no ``Authorization: Bearer`` header          403  a wrong token
+408      the body did not arrive within ``body_timeout_s`` of the headers, or was still
+         arriving ``shutdown_grace_s`` after shutdown began (``Connection: close``)
 409      the payload was made by another model (fingerprint)
 413      body over ``max_body_bytes``, or an image larger than ``max_input_side``
 415      a ``Content-Type`` other than ``application/octet-stream``
 422      an ``Idempotency-Key`` already used for a different payload
 503      queue full or shutting down (with ``Retry-After``)
 =======  ==================================================================================
+
+A client that goes away before its body is complete is one INFO line and the
+``ecc_client_disconnects_total`` metric (:meth:`CloudService.client_disconnected`). Once
+:meth:`CloudService.begin_drain` is called (shutdown began), requests whose bodies have arrived
+are still answered, and uploads get ``shutdown_grace_s`` more before their 408.
 
 Tokens are compared in constant time and never logged. A retried request with the same
 ``Idempotency-Key`` gets the first answer (computed once), so a client retrying after a lost
@@ -52,7 +59,10 @@ CONTENT_TYPE = 'application/octet-stream'
 
 
 class ServingConfig(NamedTuple):
-    """Server settings (a config's ``serving`` dict overrides the defaults)."""
+    """Server settings (a config's ``serving`` dict overrides the defaults). The connection
+    keys (``header_timeout_s``, ``max_connections*``) and the drain (``shutdown_grace_s``) are
+    the uvicorn front end's (:func:`ecc_mmdet.serving.app.serve`); behind Ray Serve its proxy
+    holds the connections."""
     max_batch_size: int = 8
     max_wait_ms: float = 5.0
     max_queue: int = 64
@@ -60,6 +70,12 @@ class ServingConfig(NamedTuple):
     max_input_side: int = 2048
     retry_after_s: int = 1
     idempotency_entries: int = 1024
+    body_timeout_s: float = 10.0  # from the headers to the body's last byte
+    header_timeout_s: float = 5.0  # from a connection's opening or a request's first byte
+    max_connections_per_client: int = 64  # per client address
+    max_connections: int = 512  # all clients
+    shutdown_grace_s: float = 2.0  # uploads still arriving when shutdown begins
+    metrics_require_token: bool = False  # GET /metrics needs the bearer token too
 
     @classmethod
     def from_dict(cls, d: Optional[Mapping]) -> 'ServingConfig':
@@ -69,6 +85,16 @@ class ServingConfig(NamedTuple):
         if unknown:
             raise ValueError(f'unknown serving option(s) {sorted(unknown)}; known: '
                              f'{", ".join(cls._fields)}, ray')
+        def positive(k, or_zero=False):
+            v = d[k]
+            return isinstance(v, (int, float)) and (v >= 0 if or_zero else v > 0)
+
+        bad = [k for k in ('body_timeout_s', 'header_timeout_s', 'max_connections_per_client',
+                           'max_connections', 'shutdown_grace_s')
+               if k in d and not positive(k, or_zero=k == 'shutdown_grace_s')]
+        if bad:
+            raise ValueError(f'serving option(s) {bad} must be positive (shutdown_grace_s may '
+                             'be 0)')
         return cls(**d)
 
 
@@ -117,7 +143,12 @@ class CloudService:
         self.m_bytes = Counter('ecc_bytes_received', 'Payload bytes received', registry=r)
         self.m_replays = Counter('ecc_idempotent_replays', 'Retries answered from the cache',
                                  registry=r)
-        self.shutting_down = False
+        self.m_disconnects = Counter('ecc_client_disconnects',
+                                     'Clients gone before their body was complete', ['route'],
+                                     registry=r)
+        self.shutting_down = self.draining = False
+        self._drain_at = float('inf')  # loop time when uploads still arriving get their 408
+        self._drain_signal = None  # a future, done once shutdown began
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -130,9 +161,29 @@ class CloudService:
         self.shutting_down = True
         await self.batcher.stop()
 
+    def begin_drain(self) -> None:
+        """Shutdown began (on the event loop): ``/readyz`` answers 503, uploads still arriving
+        get ``shutdown_grace_s`` more, then 408; requests whose bodies arrived are answered."""
+        if self.draining:
+            return
+        self.draining = True
+        self._drain_at = asyncio.get_running_loop().time() + self.config.shutdown_grace_s
+        self._drain_future().set_result(None)
+
+    def _drain_future(self) -> asyncio.Future:
+        loop = asyncio.get_running_loop()
+        if self._drain_signal is None or self._drain_signal.get_loop() is not loop:
+            self._drain_signal = loop.create_future()
+        return self._drain_signal
+
     @property
     def ready(self) -> bool:
-        return self.batcher.running and not self.shutting_down
+        return self.batcher.running and not (self.shutting_down or self.draining)
+
+    def client_disconnected(self, route: str, client: str) -> None:
+        """A client went away before its body was complete: one line and a count."""
+        self.m_disconnects.labels(route=route).inc()
+        logger.info('client %s disconnected before the end of its %s upload', client, route)
 
     # ------------------------------------------------------------------ requests
     def check_auth(self, headers: Mapping[str, str]) -> Optional[Reply]:
@@ -148,18 +199,48 @@ class CloudService:
         return None
 
     async def read_body(self, headers: Mapping[str, str], chunks: AsyncIterator[bytes]):
-        """-> bytes, or a Reply refusing the body (declared or actual size over the limit)."""
+        """-> bytes, or a Reply refusing the body: declared or actual size over the limit (413),
+        not complete within ``body_timeout_s`` or the shutdown grace (408, and the connection
+        is closed: the rest of the body is not read)."""
         limit = self.config.max_body_bytes
         declared = headers.get('content-length')
         if declared is not None and (not declared.isdigit() or int(declared) > limit):
             return _error(413, 'PayloadTooLarge', f'body of {declared} bytes; the limit is '
                           f'{limit}')
+        deadline = asyncio.get_running_loop().time() + self.config.body_timeout_s
         buf = bytearray()
-        async for chunk in chunks:
+        it = chunks.__aiter__()
+        while True:
+            try:
+                chunk = await self._next_chunk(it, deadline)
+            except StopAsyncIteration:
+                return bytes(buf)
+            except asyncio.TimeoutError:
+                why = ('the server is shutting down' if self._drain_at <= deadline else
+                       f'the limit is {self.config.body_timeout_s:g} s')
+                return _error(408, 'RequestTimeout', f'body incomplete ({len(buf)} of '
+                              f'{declared or "?"} bytes) in time: {why}; send it again',
+                              Connection='close')
             buf += chunk
             if len(buf) > limit:
                 return _error(413, 'PayloadTooLarge', f'body over the {limit}-byte limit')
-        return bytes(buf)
+
+    async def _next_chunk(self, it: AsyncIterator[bytes], deadline: float) -> bytes:
+        """``it``'s next chunk; TimeoutError at ``deadline`` or at the end of the shutdown
+        grace, whichever comes first (the grace may begin while waiting)."""
+        loop = asyncio.get_running_loop()
+        nxt = asyncio.ensure_future(it.__anext__())
+        try:
+            while not nxt.done():
+                remaining = min(deadline, self._drain_at) - loop.time()
+                if remaining <= 0:
+                    raise asyncio.TimeoutError
+                drain = self._drain_future()
+                await asyncio.wait({nxt} if drain.done() else {nxt, drain}, timeout=remaining,
+                                   return_when=asyncio.FIRST_COMPLETED)
+            return nxt.result()
+        finally:
+            nxt.cancel()
 
     async def detect(self, headers: Mapping[str, str], chunks: AsyncIterator[bytes]) -> Reply:
         """Handle one ``POST /v1/detect`` (a FEATURES payload); ``headers`` with lower-case

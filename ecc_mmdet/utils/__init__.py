@@ -1,8 +1,9 @@
 from ..errors import ConfigError, DatasetNotFoundError
 from .checkpoint_compat import allow_mmengine_checkpoints
 from .config_checks import check_config, check_custom_imports, check_dataset_paths
-from .data_root import set_data_root
+from .data_root import set_data_root, use_data_classes
 from .dist import setup_cpu_distributed
 
 __all__ = ['allow_mmengine_checkpoints', 'ConfigError', 'DatasetNotFoundError', 'check_config',
-           'check_custom_imports', 'check_dataset_paths', 'set_data_root', 'setup_cpu_distributed']
+           'check_custom_imports', 'check_dataset_paths', 'set_data_root', 'setup_cpu_distributed',
+           'use_data_classes']

@@ -1,23 +1,19 @@
 """Checks run on a config before a Runner is built, so mistakes surface as clear messages.
 
 MMDetection would otherwise fail late and deep (a KeyError from the registry, a FileNotFoundError
-from pycocotools after the model is built). ``tools/train.py`` and ``tools/test.py`` call
-:func:`check_config`; user code can call it too.
+from pycocotools after the model is built). The datasets' checks live in :mod:`.dataset_checks`.
+``tools/train.py`` and ``tools/test.py`` call :func:`check_config`; user code can call it too.
 """
-import os.path as osp
 from typing import Callable, List
 
 from mmdet import registry
-from mmengine.config import Config, ConfigDict
+from mmengine.config import Config
 
-from ..errors import ConfigError, DatasetNotFoundError
+from ..errors import ConfigError
+# the dataset checks live in .dataset_checks; re-exported for the callers that import them here
+from .dataset_checks import (check_dataset_classes, check_dataset_paths,  # noqa: F401
+                             iter_dataset_keys, iter_datasets, iter_evaluators)
 from .pretrained import check_pretrained
-
-SYNTHETIC_HINT = ('To create the synthetic dataset, run:\n'
-                  '    python -m ecc_mmdet.datasets.synthetic_coco --out {root}\n')
-COCO_HINT = ('For COCO 2017, put it at data/coco/ (annotations/instances_{train,val}2017.json, '
-             'train2017/, val2017/)\nor point the config at your copy, e.g. --cfg-options '
-             'train_dataloader.dataset.data_root=/path/to/coco/ ...\n')
 
 
 def ecc_type_names():
@@ -60,71 +56,6 @@ def check_custom_imports(cfg: Config):
             f'The config uses ecc_mmdet components ({", ".join(used)}) but does not load the '
             "plugin. Add this line to the config:\n    custom_imports = dict(imports=['ecc_mmdet'], "
             'allow_failed_imports=False)')
-
-
-def _datasets(dataset_cfg):
-    """Leaf dataset configs inside wrappers (RepeatDataset, ConcatDataset, ClassBalanced...)."""
-    if dataset_cfg is None:
-        return
-    if 'datasets' in dataset_cfg:
-        for d in dataset_cfg['datasets']:
-            yield from _datasets(d)
-    elif 'dataset' in dataset_cfg:
-        yield from _datasets(dataset_cfg['dataset'])
-    else:
-        yield dataset_cfg
-
-
-def iter_datasets(cfg: Config, loaders):
-    """(loader key, leaf dataset config) for every dataset the given dataloaders use."""
-    for key in loaders:
-        loader = cfg.get(key)
-        if loader:
-            for ds in _datasets(loader.get('dataset')):
-                yield key, ds
-
-
-def iter_evaluators(cfg: Config, keys):
-    """(evaluator key, metric config) for single and list-valued evaluators."""
-    for key in keys:
-        ev = cfg.get(key)
-        for e in (ev if isinstance(ev, (list, tuple)) else [ev]):
-            if isinstance(e, (dict, ConfigDict)):
-                yield key, e
-
-
-def _is_local(path):
-    return isinstance(path, str) and '://' not in path
-
-
-def _missing_error(what, path, data_root):
-    root = data_root or osp.dirname(osp.dirname(path)) or '.'
-    return DatasetNotFoundError(f'{what} not found: {path}\n'
-                                f'{SYNTHETIC_HINT.format(root=root)}{COCO_HINT}')
-
-
-def check_dataset_paths(cfg: Config, loaders=('train_dataloader', 'val_dataloader'),
-                        evaluators=('val_evaluator',)):
-    """Every local annotation file / image folder / evaluator ann_file named by the config exists."""
-    for key, ds in iter_datasets(cfg, loaders):
-        if ds.get('backend_args'):
-            continue  # remote storage: cannot check here
-        root = ds.get('data_root') or ''
-        ann = ds.get('ann_file')
-        if _is_local(ann) and ann:
-            ann_path = osp.join(root, ann)
-            if not osp.isfile(ann_path):
-                raise _missing_error(f'Annotation file of {key}', ann_path, root)
-        img_dir = (ds.get('data_prefix') or {}).get('img')
-        if _is_local(img_dir) and img_dir is not None:
-            img_path = osp.join(root, img_dir)
-            if not osp.isdir(img_path):
-                raise _missing_error(f'Image folder of {key}', img_path, root)
-    for key, e in iter_evaluators(cfg, evaluators):
-        if _is_local(e.get('ann_file')) and not e.get('backend_args') \
-                and not osp.isfile(e['ann_file']):
-            raise _missing_error(f'Annotation file of {key} ({e.get("type")})', e['ann_file'],
-                                 None)
 
 
 #: pipeline transforms that make an unsplit detector a cloud-only ("send the image") baseline
@@ -171,12 +102,14 @@ def check_config(cfg: Config, mode: str = 'train'):
     if mode == 'train':
         check_pretrained(cfg)  # the Runner loads them first thing in train(), load_from or not
         val = cfg.get('val_cfg') is not None
-        check_dataset_paths(cfg, ('train_dataloader', 'val_dataloader') if val else
-                            ('train_dataloader',), ('val_evaluator',) if val else ())
+        loaders = ('train_dataloader', 'val_dataloader') if val else ('train_dataloader',)
+        check_dataset_paths(cfg, loaders, ('val_evaluator',) if val else ())
+        check_dataset_classes(cfg, loaders)
         if val:
             check_cloud_only_accounting(cfg, 'val_dataloader', 'val_evaluator')
     else:
         check_dataset_paths(cfg, ('test_dataloader',), ('test_evaluator',))
+        check_dataset_classes(cfg, ('test_dataloader',))
         check_cloud_only_accounting(cfg)
     for check in COMPONENT_CHECKS:
         check(cfg)

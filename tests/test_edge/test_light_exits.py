@@ -39,7 +39,8 @@ def _build(served_model, router, exit_=EXIT, spread=0.3, **model_keys):
     cfg = load_config(served_model['config'])
     cfg.model.update(edge_exit=copy.deepcopy(exit_), router=router, **model_keys)
     torch.manual_seed(3)
-    model = build_detector(cfg.model, served_model['checkpoint'])  # the exit stays random
+    model = build_detector(cfg.model, served_model['checkpoint'],
+                           partial='split')  # the exit stays random
     g = torch.Generator().manual_seed(5)
     head = model.edge_exit.head
     prefix = 'atss' if hasattr(head, 'atss_cls') else 'retina'

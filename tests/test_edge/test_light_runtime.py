@@ -122,12 +122,7 @@ def test_export_refuses_what_the_runtime_cannot_express(served_model, tmp_path):
     cfg.model.compressor = dict(type='QuantizeNeck', n_bits=8)
     with pytest.raises(ConfigError, match='learned bottlenecks'):
         export_edge_onnx(build_detector(cfg.model), cfg, str(tmp_path))
-    # the hyperprior's integer hyper-synthesis is not in the light runtime (yet): refused, not
-    # exported with the factorized bottleneck's spec
-    cfg.model.compressor = dict(type='HyperpriorBottleneckNeck', latent_channels=8,
-                                hyper_channels=4)
-    with pytest.raises(ConfigError, match='not HyperpriorBottleneckNeck'):
-        export_edge_onnx(build_detector(cfg.model), cfg, str(tmp_path))
+    # (the hyperprior is exported: tests/test_edge/test_light_hyperprior.py)
     cfg = load_config(served_model['config'])
     cfg.test_dataloader.dataset.pipeline.insert(1, dict(type='RandomFlip', prob=1.0))
     with pytest.raises(ConfigError, match="cannot express the test transform 'RandomFlip'"):

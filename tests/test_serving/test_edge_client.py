@@ -115,7 +115,8 @@ def test_edge_finished_and_offloaded_images_merge_like_predict(served_model, ser
     config, ckpt = str(tmp_path / 'dynamic.py'), str(tmp_path / 'dynamic.pth')
     cfg.dump(config)
     torch.manual_seed(3)
-    model = build_detector(cfg.model, served_model['checkpoint'])  # the exit stays random
+    model = build_detector(cfg.model, served_model['checkpoint'],
+                           partial='split')  # the exit stays random
     save_checkpoint({'state_dict': model.state_dict(), 'meta': {}}, ckpt)
     dataset = build_test_dataset(cfg)
     with torch.no_grad():
@@ -314,7 +315,7 @@ def test_uncalibrated_dynamic_models_are_refused_up_front(served_model, tmp_path
                      router=dict(type='EntropyRouter', target_offload_ratio=0.5))
     config, ckpt = str(tmp_path / 'dyn.py'), str(tmp_path / 'dyn.pth')
     cfg.dump(config)
-    model = build_detector(cfg.model, served_model['checkpoint'])
+    model = build_detector(cfg.model, served_model['checkpoint'], partial='split')
     save_checkpoint({'state_dict': model.state_dict(), 'meta': {}}, ckpt)
     with pytest.raises(ConfigError, match='no score map|none is fitted'):
         CloudRuntime(model)

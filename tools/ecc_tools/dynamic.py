@@ -87,7 +87,7 @@ def load_dynamic(config: str, checkpoint: str, data_root: Optional[str] = None,
             mcfg.pop(k, None)
         else:
             mcfg[k] = v
-    model = build_detector(mcfg, checkpoint)
+    model = build_detector(mcfg, checkpoint, partial='split' if model_overrides else False)
     if model.edge_exit is None:
         raise ConfigError(f'{config} has no edge_exit: not a dynamic configuration')
     calib = None
@@ -173,7 +173,7 @@ def _collect(model, val, val_idx, train, train_cfg, calib_idx, rtrain_idx, heur,
     s_cal, f_cal = exit_scores(model, train, calib_idx, heur)
     print(f'- Independent: the teacher on JPEG q={jpeg_quality} images', flush=True)
     tcfg = load_config(teacher_config, data_root)
-    teacher = build_detector(tcfg.model, teacher_checkpoint)
+    teacher = build_detector(tcfg.model, teacher_checkpoint, partial='split')
     jpeg_ds = build_test_dataset(tcfg, add_image_codec_baseline(
         tcfg.test_dataloader.dataset.pipeline, 'jpeg', jpeg_quality))
     jpeg_val, jpeg_tr = [], []
@@ -476,52 +476,75 @@ def table(res) -> str:
     return '\n'.join(lines)
 
 
-def plot(res, path, rate_accuracy_rows=None) -> None:
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-    rows = res['rows']
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.8))
+#: router -> line style in the dynamic plots (others: matplotlib's cycle, a circle)
+ROUTER_STYLE = {'random': dict(ls=':', color='gray', marker='v'),
+                'oracle': dict(ls='--', color='k', marker='*', ms=8),
+                'score band': dict(marker='o'), 'entropy': dict(marker='s'),
+                'learned': dict(marker='D')}
+
+
+def _router_curves(rows) -> Dict[tuple, list]:
+    """(variant, router) -> its swept rows (those with a target ratio), by offload ratio."""
     curves = {}
     for r in rows:
-        if r['target_ratio'] is None:
-            continue
-        curves.setdefault((r['variant'], r['router']), []).append(r)
+        if r['target_ratio'] is not None:
+            curves.setdefault((r['variant'], r['router']), []).append(r)
+    return {k: sorted(v, key=lambda r: r['offload_ratio']) for k, v in curves.items()}
+
+
+def _plot_routers(ax, curves, all_cloud_mAP) -> None:
+    """The Dynamic variant's routers: system mAP against the share of images offloaded."""
     for (variant, router), pts in curves.items():
         if variant == 'Dynamic':
-            pts = sorted(pts, key=lambda r: r['offload_ratio'])
-            style = dict(ls='--', color='k') if router == 'oracle' else \
-                dict(ls=':', color='gray') if router == 'random' else {}
-            a1.plot([p['offload_ratio'] for p in pts], [p['mAP'] for p in pts], marker='o',
-                    ms=3, label=router, **style)
-    a1.set_xlabel('offload ratio (share of images sent to the cloud)')
-    a1.set_ylabel('system bbox mAP')
-    a1.set_title('Dynamic: routers vs offload ratio')
-    a1.grid(alpha=.3)
-    a1.legend(fontsize=8)
-    best = res['summary']['best_router']
-    for (variant, router), pts in curves.items():
-        if router not in (best, ) or variant not in ('Dynamic', 'Independent'):
-            continue
-        pts = sorted([p for p in pts if p['bytes_per_image'] > 0],
-                     key=lambda r: r['bytes_per_image'])
-        a2.plot([p['bytes_per_image'] for p in pts], [p['mAP'] for p in pts], marker='o', ms=3,
-                label=f'{variant} ({router} router)')
-    ad = next(r for r in rows if r['variant'] == 'Adaptive')
-    a2.plot([ad['bytes_per_image']], [ad['mAP']], 'r*', ms=12, label='Adaptive (all-cloud student)')
-    for rr in rate_accuracy_rows or []:
-        if rr['method'].startswith('cloud-only') and rr['bytes_per_image'] > 0:
-            a2.plot(rr['bytes_per_image'], rr['bbox_mAP'], 'x', color='gray', ms=4)
-    if rate_accuracy_rows:
-        a2.plot([], [], 'x', color='gray', label='send the image (rate-accuracy rows)')
-    a2.set_xscale('log')
-    from matplotlib.ticker import NullFormatter
-    a2.xaxis.set_minor_formatter(NullFormatter())  # labels only at decades: no overlap
-    a2.set_xlabel('mean uplink bytes per image (all images)')
-    a2.set_ylabel('system bbox mAP')
-    a2.set_title('Variants: bytes vs mAP')
-    a2.grid(alpha=.3, which='both')
-    a2.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+            ax.plot([100 * p['offload_ratio'] for p in pts], [p['mAP'] for p in pts],
+                    label=f'{router} router', **dict(dict(marker='o', ms=4),
+                                                     **ROUTER_STYLE.get(router, {})))
+    ax.axhline(all_cloud_mAP, color='tab:red', lw=0.8, ls='-.',
+               label=f'all images to the cloud ({all_cloud_mAP:.1f} mAP)')
+    ax.set_xlabel('images offloaded to the cloud (%)')
+    ax.set_ylabel('system bbox mAP (COCO, %)')
+    ax.set_title('Routers: accuracy vs share offloaded')
+
+
+def _plot_variants(ax, res, curves, rate_accuracy_rows) -> None:
+    """Adaptive, Dynamic and Independent (best router) and the images sent with each codec:
+    system mAP against the mean uplink KB over all images."""
+    from .plotting import kb_log_axis
+    from .rate_accuracy import INPUT_PREFIX, SERIES_STYLE
+    best, kbs = res['summary']['best_router'], []
+    for variant, marker, color in (('Dynamic', 'o', 'tab:purple'),
+                                   ('Independent', 's', 'tab:brown')):
+        pts = [p for p in curves.get((variant, best), []) if p['bytes_per_image'] > 0]
+        kbs += [p['bytes_per_image'] / 1000 for p in pts]
+        ax.plot([p['bytes_per_image'] / 1000 for p in pts], [p['mAP'] for p in pts],
+                marker=marker, ms=4, color=color, label=f'{variant} ({best} router)')
+    ad = next(r for r in res['rows'] if r['variant'] == 'Adaptive')
+    kbs.append(ad['bytes_per_image'] / 1000)
+    ax.plot([kbs[-1]], [ad['mAP']], '*', color='tab:red', ms=13,
+            label='Adaptive (every image to the cloud)')
+    for method in dict.fromkeys(r['method'] for r in rate_accuracy_rows or []
+                                if r['method'].startswith(INPUT_PREFIX)):
+        pts = sorted((r['bytes_per_image'] / 1000, r['bbox_mAP']) for r in rate_accuracy_rows
+                     if r['method'] == method and r['bytes_per_image'] > 0)
+        codec = method[len(INPUT_PREFIX):]
+        color, marker = SERIES_STYLE.get(codec.split()[0], ('gray', 'x'))
+        kbs += [p[0] for p in pts]
+        ax.plot(*zip(*pts), marker=marker, ms=3, lw=0.8, color=color, alpha=0.45,
+                label=f'{codec} image to the teacher')
+    kb_log_axis(ax, kbs, 'mean uplink KB per image, over all images')
+    ax.set_ylabel('system bbox mAP (COCO, %)')
+    ax.set_title('Variants: accuracy vs bytes')
+
+
+def plot(res, path, rate_accuracy_rows=None, title: Optional[str] = None) -> None:
+    """Routers against the offload ratio (left), variants against the bytes (right)."""
+    from .plotting import legend_beside, pyplot, save
+    fig, (a1, a2) = pyplot().subplots(1, 2, figsize=(12, 4.6))
+    curves = _router_curves(res['rows'])
+    _plot_routers(a1, curves, res['summary']['all_cloud_mAP'])
+    _plot_variants(a2, res, curves, rate_accuracy_rows)
+    for ax in (a1, a2):
+        ax.grid(True, alpha=0.3)
+        legend_beside(ax, loc='upper center', bbox_to_anchor=(0.5, -0.14), ncol=2)
+    fig.suptitle(title or 'Dynamic inference: edge exit + router vs sending every image')
+    save(fig, path)

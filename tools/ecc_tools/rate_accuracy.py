@@ -8,6 +8,7 @@ camera resolution and, optionally, fitted to the detector's input size), Quantiz
 the students' split point (teacher weights, no training) and trained students, and summarises
 the result against the targets. The reference curve is the Pareto front over *all* input codecs.
 """
+import itertools
 import math
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -572,37 +573,121 @@ def table(rows, summary, bandwidth) -> str:
     return '\n'.join(lines)
 
 
-def plot(rows, path):
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    teacher = next(r for r in rows if r['method'] == 'teacher')
-    ax.axhline(teacher['bbox_mAP'], color='k', ls='--', lw=1, label='teacher (original image)')
-    styles = {'cloud-only JPEG': 'o-', 'cloud-only WebP': 'D-', 'cloud-only AVIF': 'P-',
-              'learned bottleneck': 's-', 'variable-rate student': '*-', '8-bit features': '^',
-              '4-bit features': 'v', DYNAMIC: 'h'}
-    for r in rows:  # other families' teachers: one more reference line each
-        if r['method'].endswith(' teacher'):
-            ax.axhline(r['bbox_mAP'], color='tab:purple', ls=':', lw=1, label=r['method'])
-    for method in dict.fromkeys(r['method'] for r in rows
-                                if not r['method'].endswith('teacher')):
-        pts = sorted((r['bytes_per_image'], r['bbox_mAP']) for r in rows if r['method'] == method)
-        style = styles.get(method.replace(' (fitted)', ''), 'x-')
-        if method.endswith(' (fitted)'):
-            style = style.replace('-', '--')
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], style, label=method, ms=4)
+#: a learned row's compressor (its ``codec``) -> the name of its family's series
+FAMILY_OF_CODEC = {
+    'entropy_bottleneck': 'factorized students (EntropyBottleneckNeck)',
+    'hyperprior_bottleneck': 'hyperprior students (HyperpriorBottleneckNeck)',
+    'variable_rate_bottleneck': 'variable-rate factorized (VariableRateBottleneckNeck)',
+    'variable_rate_hyperprior': 'variable-rate hyperprior (VariableRateHyperpriorNeck)'}
+#: series kind (input codec, 'features', learned codec, method) -> (colour, marker)
+SERIES_STYLE = {'JPEG': ('tab:blue', 'o'), 'WebP': ('tab:orange', 'D'),
+                'AVIF': ('tab:green', 'P'), 'features': ('0.35', '^'),
+                'entropy_bottleneck': ('tab:red', 's'),
+                'hyperprior_bottleneck': ('tab:purple', 'p'),
+                'variable_rate_bottleneck': ('tab:brown', '*'),
+                'variable_rate_hyperprior': ('tab:pink', 'X'), DYNAMIC: ('tab:olive', 'h')}
+#: for kinds not above, in turn
+OTHER_STYLES = (('tab:cyan', 'v'), ('darkgoldenrod', '<'), ('teal', '>'), ('navy', 'd'),
+                ('tab:gray', 'H'))
+
+
+def _series_of(r, method: str) -> Tuple[str, str, str]:
+    """(kind, label, variant) of row ``r`` whose method, without a family prefix, is ``method``."""
+    if method.startswith(INPUT_PREFIX):
+        codec = method[len(INPUT_PREFIX):]
+        if codec.endswith(' (fitted)'):
+            codec = codec[:-len(' (fitted)')]
+            return codec, f'{codec} image, fitted to the detector input', 'fitted'
+        return codec, f'{codec} image', ''
+    if method.endswith(' features'):
+        return 'features', 'features, n-bit / float16 (no training)', ''
+    if method in (LEARNED, VARIABLE):
+        codec = codec_of(r)
+        return codec, FAMILY_OF_CODEC.get(codec, f'{method} ({codec})'), ''
+    return method, method, ''
+
+
+def plot_series(rows) -> Dict[str, dict]:
+    """The rows as the plot's series, label -> dict(kind, variant, rows), in order of first
+    appearance: input codecs by codec and image size, raw features together, learned students
+    by compressor family, other rows by method; another detector family's rows (methods
+    '<family> ...') as series of their own. Teachers are reference lines, not series."""
+    fams = [r['method'][:-len(' teacher')] for r in rows
+            if r['method'].endswith(' teacher')]
+    out = {}
+    for r in rows:
+        if r['method'] == 'teacher' or r['method'].endswith(' teacher'):
+            continue
+        fam = next((f for f in fams if r['method'].startswith(f + ' ')), None)
+        kind, label, variant = _series_of(r, r['method'][len(fam) + 1:] if fam else r['method'])
+        if fam:
+            label, variant = f'{fam}: {label}', 'family'
+        out.setdefault(label, dict(kind=kind, variant=variant, rows=[]))['rows'].append(r)
+    return out
+
+
+def _draw_series(ax, label: str, s: dict, style) -> None:
+    """Every point (95 % CI bars where the rows have them), the line through its Pareto front
+    only: students of one family from different recipes do not zig-zag."""
+    color, marker = style
+    rows = sorted(s['rows'], key=lambda r: r['bytes_per_image'])
+    front = front_rows(rows)
+    kw = dict(color=color, marker=marker, ms=9 if marker == '*' else 6,
+              mfc='white' if s['variant'] else color, mew=1.2)
+    ls = {'fitted': '--', 'family': ':'}.get(s['variant'], '-')
+    ax.plot([r['bytes_per_image'] / 1000 for r in front], [r['bbox_mAP'] for r in front],
+            ls=ls, lw=1.5, label=label, **kw)
+    off = [r for r in rows if all(r is not f for f in front)]
+    if off:
+        ax.plot([r['bytes_per_image'] / 1000 for r in off], [r['bbox_mAP'] for r in off],
+                ls='none', label='_nolegend_', **kw)
+    ci = [r for r in rows if r.get('mAP_ci')]
+    if ci:
+        ax.errorbar([r['bytes_per_image'] / 1000 for r in ci], [r['bbox_mAP'] for r in ci],
+                    yerr=[[max(0.0, r['bbox_mAP'] - r['mAP_ci'][0]) for r in ci],
+                          [max(0.0, r['mAP_ci'][1] - r['bbox_mAP']) for r in ci]],
+                    fmt='none', ecolor=color, elinewidth=0.8, alpha=0.45, capsize=2)
+    if s['kind'] == 'features':
+        for r in rows:
+            ax.annotate(r['method'].split()[-2], (r['bytes_per_image'] / 1000, r['bbox_mAP']),
+                        textcoords='offset points', xytext=(-5, -6), ha='right', va='top',
+                        fontsize=7, color=color)
+
+
+def _teacher_lines(ax, rows) -> None:
+    """Each teacher on the original images: a horizontal line, named in the legend and on it
+    (the main teacher's name above its line, other families' below theirs: no overlap)."""
+    for r in rows:
+        if r['method'] != 'teacher' and not r['method'].endswith(' teacher'):
+            continue
+        main = r['method'] == 'teacher'
+        color = 'k' if main else '0.45'
+        ax.axhline(r['bbox_mAP'], color=color, ls='--' if main else ':', lw=1,
+                   label=f"{r['method']}, original image ({r['bbox_mAP']:.1f} mAP)")
+        ax.annotate(f"{r['method']} (original image)", (0.01, r['bbox_mAP']), fontsize=7,
+                    color=color, xycoords=ax.get_yaxis_transform(), textcoords='offset points',
+                    xytext=(2, 2 if main else -3), va='bottom' if main else 'top')
+
+
+def plot(rows, path, title: Optional[str] = None):
+    """Rate-accuracy figure: bbox mAP against uplink KB per image (log), one series per input
+    codec and per compressor family, the teachers as reference lines."""
+    from .plotting import kb_log_axis, legend_beside, pyplot, save
+    fig, ax = pyplot().subplots(figsize=(7.2, 4.8))
+    _teacher_lines(ax, rows)
+    others = itertools.cycle(OTHER_STYLES)
+    for label, s in plot_series(rows).items():
+        _draw_series(ax, label, s, SERIES_STYLE.get(s['kind']) or next(others))
     front = front_rows([r for r in rows if r['method'].startswith(INPUT_PREFIX)])
-    if len(front) > 1:
-        ax.plot([r['bytes_per_image'] for r in front], [r['bbox_mAP'] for r in front], '-',
-                color='0.5', lw=4, alpha=0.35, zorder=0, label='input codecs: Pareto front')
-    ax.set_xscale('log')
-    from matplotlib.ticker import NullFormatter
-    ax.xaxis.set_minor_formatter(NullFormatter())  # labels only at decades: no overlap
-    ax.set_xlabel('uplink bytes per image (log scale)')
-    ax.set_ylabel('bbox mAP (COCO, 0-100)')
-    ax.grid(True, which='both', alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    if len({r['method'] for r in front}) > 1:  # a front of one codec is that codec's line
+        ax.plot([r['bytes_per_image'] / 1000 for r in front], [r['bbox_mAP'] for r in front],
+                '-', color='0.5', lw=6, alpha=0.3, zorder=0,
+                label='Pareto front of the input codecs')
+    kb_log_axis(ax, [r['bytes_per_image'] / 1000 for r in rows if r['bytes_per_image'] > 0])
+    ax.set_ylabel('bbox mAP (COCO, %)')
+    ax.set_title(title or 'Rate-accuracy: detection accuracy vs bytes sent per image')
+    ax.grid(True, alpha=0.3)
+    note = 'lines join each series\' non-dominated points' + (
+        '\nbars: 95 % bootstrap CI' if any(r.get('mAP_ci') for r in rows) else '')
+    legend_beside(ax, title=note, title_fontsize=7)
+    save(fig, path)

@@ -261,34 +261,175 @@ def cloud_ceiling(model, images: List[dict], batch: int, repeats: int = 2) -> Di
     return out
 
 
-def plot(res: Dict, path: str) -> None:
-    """Throughput vs concurrency (batched, unbatched) and the p50 time breakdown per level."""
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+def plot(res: Dict, path: str, title: Optional[str] = None) -> None:
+    """Throughput vs concurrency (batched, unbatched) and the mean time breakdown per level."""
+    from .plotting import legend_beside, pyplot, save
+    fig, (a, b) = pyplot().subplots(1, 2, figsize=(11, 4.2))
     lv = res['levels']
-    a.plot([r['concurrency'] for r in lv], [r['images_per_s'] for r in lv], 'o-',
-           label='batched server')
+    conc = [r['concurrency'] for r in lv]
+    a.plot(conc, [r['images_per_s'] for r in lv], 'o-', label='batched server')
     if res.get('unbatched'):
         u = res['unbatched']
-        a.plot([u['concurrency']], [u['images_per_s']], 's', label='max_batch_size=1')
+        a.plot([u['concurrency']], [u['images_per_s']], 's', ms=8,
+               label='unbatched server (max_batch_size=1)')
     a.set_xscale('log', base=2)
-    a.set_xlabel('requests in flight')
-    a.set_ylabel('images / s')
-    a.set_title('throughput (loopback)')
-    a.legend()
-    parts = ('edge', 'encode', 'network', 'queue', 'decode', 'cloud')
+    a.set_xticks(conc, [str(c) for c in conc])
+    a.minorticks_off()
+    a.set_xlabel('requests in flight (concurrency, log scale)')
+    a.set_ylabel('throughput (images / s)')
+    a.set_title('Throughput')
+    a.grid(True, alpha=0.3)
+    a.legend(fontsize=8, loc='best')
     bottom = np.zeros(len(lv))
-    labels = [str(r['concurrency']) for r in lv]
-    for p in parts:
+    for p in ('edge', 'encode', 'network', 'queue', 'decode', 'cloud'):
         v = np.array([r['breakdown_ms_mean'][p] for r in lv])
-        b.bar(labels, v, bottom=bottom, label=p)
+        b.bar([str(c) for c in conc], v, bottom=bottom, label=p)
         bottom += v
-    b.set_xlabel('requests in flight')
-    b.set_ylabel('ms per image (mean)')
-    b.set_title('where the end-to-end time goes')
-    b.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    b.set_xlabel('requests in flight (concurrency)')
+    b.set_ylabel('time per image (ms, mean)')
+    b.set_title('Where the end-to-end time goes')
+    b.grid(True, axis='y', alpha=0.3)
+    legend_beside(b, title='stage', title_fontsize=8)
+    m = res.get('machine') or {}
+    fig.suptitle(title or f"Cloud server on loopback: {osp.basename(res.get('config') or '')}, "
+                 f"{m.get('cpus', '?')} CPUs, {m.get('server_threads', '?')} server thread(s)")
+    save(fig, path, dpi=110)
+
+
+class SlowUploads:
+    """``n`` slow clients (slowloris) on loopback, for the fault tests and benchmark.
+
+    Each connection sends its request headers (with ``token``) and ``sent`` of the ``declared``
+    body bytes, then one more byte every ``trickle_s`` seconds (0: it stalls); with
+    ``headers_only`` it sends only the first 30 bytes of the headers. Connections come from the
+    loopback addresses ``127.0.0.<first_source>``, ... (``per_source`` each: the server's
+    per-client cap sees several clients). A reader thread records, per connection, what the
+    server did and when (seconds after the connection was opened): ``results`` is a list of
+    ``(status or 'closed' / 'reset' / 'refused', seconds)``, None while open; ``history`` holds
+    every outcome. With ``reopen`` a connection the server ends is opened again at once (an
+    attack that keeps ``n`` held) until :meth:`stop_reopening`.
+    """
+
+    def __init__(self, port: int, n: int, token: Optional[str], per_source: int = 50,
+                 declared: int = 1000, sent: int = 10, trickle_s: float = 0.0,
+                 headers_only: bool = False, first_source: int = 2, path: str = '/v1/detect',
+                 reopen: bool = False):
+        import selectors
+        self.port, self.n, self.per_source, self.first_source = port, n, per_source, first_source
+        self.trickle_s, self.reopen = trickle_s, reopen
+        auth = f'Authorization: Bearer {token}\r\n' if token else ''
+        head = (f'POST {path} HTTP/1.1\r\nHost: {LOOPBACK}\r\n{auth}Content-Type: '
+                f'application/octet-stream\r\nContent-Length: {declared}\r\n\r\n').encode()
+        self.first_bytes = head[:30] if headers_only else head + bytes(sent)
+        self.results: List[Optional[tuple]] = [None] * n
+        self.history: List[tuple] = []
+        self._socks, self._t0, self._data = {}, {}, {}
+        self._sel = selectors.DefaultSelector()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def source(self, i: int) -> str:
+        return f'127.0.0.{self.first_source + i // self.per_source}'
+
+    def open(self) -> 'SlowUploads':
+        with self._lock:
+            for i in range(self.n):
+                self._connect(i)
+        self._thread.start()
+        return self
+
+    def stop_reopening(self) -> None:
+        self.reopen = False
+
+    def _connect(self, i: int) -> None:
+        import selectors
+        import socket
+        t0 = time.perf_counter()
+        try:
+            s = socket.create_connection((LOOPBACK, self.port), timeout=10,
+                                         source_address=(self.source(i), 0))
+            s.sendall(self.first_bytes)
+        except OSError as e:
+            self._record(i, 'refused' if isinstance(e, ConnectionRefusedError) else 'reset', t0)
+            return
+        s.setblocking(False)
+        self._socks[i], self._t0[i], self._data[i], self.results[i] = s, t0, b'', None
+        self._sel.register(s, selectors.EVENT_READ, i)
+
+    def _record(self, i: int, what, t0: float) -> None:
+        self.results[i] = (what, time.perf_counter() - t0)
+        self.history.append(self.results[i])
+
+    def _finish(self, i: int, what) -> None:
+        s = self._socks.pop(i)
+        self._sel.unregister(s)
+        s.close()
+        self._record(i, what, self._t0[i])
+        if self.reopen:
+            self._connect(i)
+
+    def _loop(self) -> None:
+        next_trickle = time.perf_counter() + (self.trickle_s or float('inf'))
+        while not self._stop.is_set():
+            with self._lock:
+                events = self._sel.select(0.05) if self._socks else []
+                for key, _ in events:
+                    if self._socks.get(key.data) is key.fileobj:  # not finished meanwhile
+                        self._read(key.data, key.fileobj)
+                if time.perf_counter() >= next_trickle:
+                    next_trickle += self.trickle_s
+                    for s in self._socks.values():
+                        with contextlib.suppress(OSError):
+                            s.send(b'\0')
+            if not events:
+                time.sleep(0.01)
+
+    def _read(self, i: int, s) -> None:
+        try:
+            chunk = s.recv(65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            self._finish(i, 'reset')
+            return
+        self._data[i] += chunk
+        data = self._data[i]
+        if chunk and b'\r\n' not in data:
+            return
+        line = data.split(b'\r\n', 1)[0].split()
+        self._finish(i, int(line[1]) if len(line) > 1 and line[1].isdigit() else 'closed')
+
+    @property
+    def open_count(self) -> int:
+        return sum(r is None for r in self.results)
+
+    def wait(self, timeout: float) -> List[Optional[tuple]]:
+        """Until every connection is answered or closed, or ``timeout`` seconds."""
+        t_end = time.perf_counter() + timeout
+        while self.open_count and time.perf_counter() < t_end:
+            time.sleep(0.05)
+        return list(self.results)
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(5)
+        for i in list(self._socks):
+            self._socks[i].close()
+        self._socks.clear()
+
+    def __enter__(self) -> 'SlowUploads':
+        return self.open()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def tally(results) -> Dict[str, int]:
+    """``{status or what happened: count}`` of :class:`SlowUploads` results ('open': None)."""
+    out: Dict[str, int] = {}
+    for r in results:
+        key = 'open' if r is None else str(r[0])
+        out[key] = out.get(key, 0) + 1
+    return out

@@ -91,7 +91,8 @@ def check_ema_tables(cfg) -> None:
     tables of other weights than the averaged ones they hold; run by ``check_config``."""
     hooks = [h.get('type') for h in cfg.get('custom_hooks') or [] if isinstance(h, dict)]
     compressor = (cfg.get('model') or {}).get('compressor') or {}
-    cls = MODELS.get(compressor.get('type', '')) if isinstance(compressor, dict) else None
+    cls = MODELS.get(compressor['type']) if isinstance(compressor, dict) and \
+        compressor.get('type') else None  # an unsplit config has none
     coded = isinstance(cls, type) and issubclass(cls, EntropyBottleneckNeck)
     if coded and 'EMAHook' in hooks and 'EMACodingTablesHook' not in hooks:
         raise ConfigError(

@@ -147,6 +147,10 @@ class KnowledgeAdaptationHook(Hook):
     """
 
     priority = 'NORMAL'
+    # the flat teacher/loss arguments' defaults: other values conflict with distiller=dict(...)
+    _FLAT_DEFAULTS = dict(teacher_config=None, teacher_checkpoint=None, feature_loss_weight=1.0,
+                          feature_loss_background_weight=1.0, response_loss_weight=1.0,
+                          temperature=1.0, response_num_rois=128)
 
     def __init__(self,
                  teacher_config: Union[str, dict, None] = None,
@@ -161,6 +165,34 @@ class KnowledgeAdaptationHook(Hook):
                  response_num_rois: int = 128,
                  init_student_from_teacher: bool = True,
                  distiller: Union[dict, DetectionDistiller, None] = None):
+        self._check_schedule(bottleneck_epochs, bottleneck_iters)
+        self._check_weights(feature_loss_weight, feature_loss_background_weight,
+                            response_loss_weight, temperature, detection_loss_weight_stage1,
+                            response_num_rois)
+        flat = dict(teacher_config=teacher_config, teacher_checkpoint=teacher_checkpoint,
+                    feature_loss_weight=feature_loss_weight,
+                    feature_loss_background_weight=feature_loss_background_weight,
+                    response_loss_weight=response_loss_weight, temperature=temperature,
+                    response_num_rois=response_num_rois)
+        # the teacher and the loss weights live in the distiller
+        self.distiller = self._flat_distiller(**flat) if distiller is None else \
+            self._whole_distiller(distiller, flat)
+        self.bottleneck_epochs = bottleneck_epochs
+        self.bottleneck_iters = bottleneck_iters
+        self.detection_loss_weight_stage1 = float(detection_loss_weight_stage1)
+        self.init_student_from_teacher = bool(init_student_from_teacher)
+
+        self.stage: Optional[int] = None
+        self._by_iter = bottleneck_iters is not None
+        self._stage1_len = bottleneck_iters if self._by_iter else bottleneck_epochs
+        self._model_frozen: Set[int] = set()  # params the model froze itself (frozen_stages)
+        self._eval_modules: List[nn.Module] = []
+        self._logger = None
+        self.num_copied = 0  # tensors copied from the teacher by init_student_from_teacher
+
+    @staticmethod
+    def _check_schedule(bottleneck_epochs, bottleneck_iters) -> None:
+        """At most one stage-1 length, a count: refused here rather than at the first epoch."""
         if bottleneck_epochs is not None and bottleneck_iters is not None:
             raise ConfigError('KnowledgeAdaptationHook: give bottleneck_epochs or '
                               'bottleneck_iters, not both')
@@ -169,6 +201,11 @@ class KnowledgeAdaptationHook(Hook):
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
                 raise ConfigError(f'KnowledgeAdaptationHook: {name} must be an int >= 0, '
                                   f'got {v!r}')
+
+    @staticmethod
+    def _check_weights(feature_loss_weight, feature_loss_background_weight, response_loss_weight,
+                       temperature, detection_loss_weight_stage1, response_num_rois) -> None:
+        """Loss weights and KD settings in their ranges, refused before a teacher is built."""
         for name, v in (('feature_loss_weight', feature_loss_weight),
                         ('response_loss_weight', response_loss_weight),
                         ('detection_loss_weight_stage1', detection_loss_weight_stage1)):
@@ -182,48 +219,38 @@ class KnowledgeAdaptationHook(Hook):
                               f'got {temperature!r}')
         if int(response_num_rois) < 1:
             raise ConfigError('KnowledgeAdaptationHook: response_num_rois must be >= 1')
-        if distiller is None:
-            distiller = DetectionDistiller(
-                teacher_config, teacher_checkpoint,
-                feature_loss=dict(type='FeatureKDLoss',
-                                  background_weight=feature_loss_background_weight,
-                                  loss_weight=feature_loss_weight),
-                response_loss=dict(type='ResponseKDLoss', temperature=temperature,
-                                   loss_weight=response_loss_weight),
-                response_num_rois=response_num_rois)
-        else:
-            flat = dict(teacher_config=(teacher_config, None),
-                        teacher_checkpoint=(teacher_checkpoint, None),
-                        feature_loss_weight=(feature_loss_weight, 1.0),
-                        feature_loss_background_weight=(feature_loss_background_weight, 1.0),
-                        response_loss_weight=(response_loss_weight, 1.0),
-                        temperature=(temperature, 1.0),
-                        response_num_rois=(response_num_rois, 128))
-            given = [k for k, (v, default) in flat.items() if v != default]
-            if given:
-                raise ConfigError(
-                    f'KnowledgeAdaptationHook: give distiller=dict(...) or the flat teacher/loss '
-                    f'arguments, not both: move {", ".join(given)} into the distiller config '
-                    '(teacher_config, teacher_checkpoint, feature_loss, response_loss, '
-                    'response_num_rois)')
-            if not isinstance(distiller, DetectionDistiller):
-                distiller = MODELS.build(dict(dict(type='DetectionDistiller'), **distiller))
-            if not isinstance(distiller, DetectionDistiller):
-                raise ConfigError('KnowledgeAdaptationHook: distiller must build a '
-                                  f'DetectionDistiller, got {type(distiller).__name__}')
-        self.distiller = distiller  # the teacher and the loss weights live here
-        self.bottleneck_epochs = bottleneck_epochs
-        self.bottleneck_iters = bottleneck_iters
-        self.detection_loss_weight_stage1 = float(detection_loss_weight_stage1)
-        self.init_student_from_teacher = bool(init_student_from_teacher)
 
-        self.stage: Optional[int] = None
-        self._by_iter = bottleneck_iters is not None
-        self._stage1_len = bottleneck_iters if self._by_iter else bottleneck_epochs
-        self._model_frozen: Set[int] = set()  # params the model froze itself (frozen_stages)
-        self._eval_modules: List[nn.Module] = []
-        self._logger = None
-        self.num_copied = 0  # tensors copied from the teacher by init_student_from_teacher
+    @staticmethod
+    def _flat_distiller(teacher_config, teacher_checkpoint, feature_loss_weight,
+                        feature_loss_background_weight, response_loss_weight, temperature,
+                        response_num_rois) -> DetectionDistiller:
+        """The distiller of the hook's flat teacher and loss arguments."""
+        return DetectionDistiller(
+            teacher_config, teacher_checkpoint,
+            feature_loss=dict(type='FeatureKDLoss',
+                              background_weight=feature_loss_background_weight,
+                              loss_weight=feature_loss_weight),
+            response_loss=dict(type='ResponseKDLoss', temperature=temperature,
+                               loss_weight=response_loss_weight),
+            response_num_rois=response_num_rois)
+
+    @classmethod
+    def _whole_distiller(cls, distiller, flat: dict) -> DetectionDistiller:
+        """``distiller`` (a config or a built one), refused next to non-default flat
+        arguments ``flat``: one way to say what the teacher and the losses are."""
+        given = [k for k, default in cls._FLAT_DEFAULTS.items() if flat[k] != default]
+        if given:
+            raise ConfigError(
+                f'KnowledgeAdaptationHook: give distiller=dict(...) or the flat teacher/loss '
+                f'arguments, not both: move {", ".join(given)} into the distiller config '
+                '(teacher_config, teacher_checkpoint, feature_loss, response_loss, '
+                'response_num_rois)')
+        if not isinstance(distiller, DetectionDistiller):
+            distiller = MODELS.build(dict(dict(type='DetectionDistiller'), **distiller))
+        if not isinstance(distiller, DetectionDistiller):
+            raise ConfigError('KnowledgeAdaptationHook: distiller must build a '
+                              f'DetectionDistiller, got {type(distiller).__name__}')
+        return distiller
 
     @property
     def teacher(self) -> Optional[nn.Module]:

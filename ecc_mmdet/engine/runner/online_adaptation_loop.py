@@ -62,6 +62,7 @@ from ...distillation import DetectionDistiller, resolve_path
 from ...models.routers.features import top_k_entropy
 from ...structures import comm_record
 from ...structures.comm_record import COMM_KEY
+from ...utils.device import to_numpy
 from ...errors import ConfigError
 
 __all__ = ['OnlineAdaptationLoop', 'METHODS']
@@ -302,7 +303,7 @@ class OnlineAdaptationLoop(BaseLoop):
         """Encode the images with the upload codec -> (decoded CHW uint8 tensors, bytes)."""
         decoded, sizes = [], []
         for img in images:
-            hwc = np.ascontiguousarray(img.permute(1, 2, 0).cpu().numpy())
+            hwc = np.ascontiguousarray(to_numpy(img.permute(1, 2, 0)))
             out = self.codec.transform({'img': hwc})
             decoded.append(torch.from_numpy(np.ascontiguousarray(out['img'].transpose(2, 0, 1))))
             sizes.append(int(out[COMM_KEY]['payload_bytes']))

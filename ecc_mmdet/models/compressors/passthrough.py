@@ -18,6 +18,7 @@ from mmdet.registry import MODELS
 from torch import Tensor
 
 from ecc_edge.codecs.bitstream import CodecId, CorruptedBitstreamError, as_bytes
+from ...utils.device import to_numpy
 from .base import BaseFeatureCompressor, CompressedImage
 
 __all__ = ['Float16Neck', 'Float32Neck']
@@ -49,7 +50,7 @@ class _RawFloatNeck(BaseFeatureCompressor):
     @torch.no_grad()
     def compress(self, x: Tensor) -> List[CompressedImage]:
         self._check_input(x)
-        wire = self._to_wire(x).detach().cpu().numpy()
+        wire = to_numpy(self._to_wire(x))
         return [(b'', np.ascontiguousarray(img).astype(self._np_dtype).tobytes(),
                  tuple(int(d) for d in img.shape)) for img in wire]
 

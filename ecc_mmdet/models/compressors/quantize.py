@@ -33,6 +33,7 @@ from torch import Tensor
 
 from ecc_edge.codecs.bitstream import CodecId, CorruptedBitstreamError, as_bytes
 from ecc_edge.codecs.range_coding import decode_with_histogram, encode_with_histogram
+from ...utils.device import to_numpy
 from .base import BaseFeatureCompressor, CompressedImage
 
 __all__ = ['QuantizeNeck']
@@ -142,9 +143,8 @@ class QuantizeNeck(BaseFeatureCompressor):
         q, lo, hi = self._quantize_batch(xf)
         if not torch.isfinite(hi - lo).all():
             raise ValueError('QuantizeNeck.compress: a channel range overflows float32')
-        q = q.to(torch.int64).cpu().numpy()
-        lo = lo.reshape(x.shape[0], -1).cpu().numpy().astype('<f4')
-        hi = hi.reshape(x.shape[0], -1).cpu().numpy().astype('<f4')
+        q = to_numpy(q.to(torch.int64))
+        lo, hi = (to_numpy(v.reshape(x.shape[0], -1), '<f4') for v in (lo, hi))
         out = []
         for i in range(x.shape[0]):
             params = struct.pack('<B', self.n_bits) + lo[i].tobytes() + hi[i].tobytes()

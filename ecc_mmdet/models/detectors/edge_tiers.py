@@ -38,6 +38,7 @@ from mmdet.structures import DetDataSample
 from torch import Tensor
 
 from ...errors import ConfigError
+from ...utils.device import to_numpy
 from ..exits import ExitOutput
 from ..routers import LearnedRouter, exit_fingerprint
 
@@ -170,8 +171,7 @@ class EdgeTiers:
                 'ecc_mmdet.deployment.calibration.fit_score_maps)')
         out = instances.clone()
         s = instances.scores
-        out.scores = torch.as_tensor(maps[tier](s.detach().cpu().numpy()), dtype=s.dtype,
-                                     device=s.device)
+        out.scores = torch.as_tensor(maps[tier](to_numpy(s)), dtype=s.dtype, device=s.device)
         return out
 
     def finish_on_edge(self, sample: DetDataSample, instances) -> DetDataSample:

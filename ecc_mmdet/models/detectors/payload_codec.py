@@ -28,6 +28,7 @@ from ecc_edge.codecs.bitstream import CorruptedBitstreamError, ImageMeta, Payloa
 from ecc_edge.codecs.detections import pack_detections
 from ...deployment.fingerprint import model_fingerprint
 from ...errors import ConfigError
+from ...utils.device import compress_per_image, to_numpy
 
 __all__ = ['PayloadCodec', 'build_compressor', 'check_report']
 
@@ -77,7 +78,7 @@ class PayloadCodec:
     def encode(self, f: Tensor, batch_data_samples) -> List[bytes]:
         """Edge: F_k -> one self-contained payload per image (encoder, entropy coder, framing)."""
         comp = self.model.compressor
-        parts = comp.compress(f)
+        parts = compress_per_image(comp.compress, f)  # on CUDA: one by one, deterministic
         fingerprint = self.fingerprint()
         return [pack(Payload(comp.codec_id, tuple(shape), ImageMeta.from_metainfo(ds.metainfo),
                              params, body, rate_point=comp.header_rate_point,
@@ -132,5 +133,5 @@ class PayloadCodec:
         keep = (inst.scores >= cfg['score_thr']).nonzero().flatten()
         keep = keep[inst.scores[keep].argsort(descending=True)][:cfg['max_boxes']]
         return pack_detections(int(result.metainfo.get('img_id', 0)),
-                               inst.bboxes[keep].cpu().numpy(), inst.scores[keep].cpu().numpy(),
-                               inst.labels[keep].cpu().numpy(), fingerprint=self.fingerprint())
+                               to_numpy(inst.bboxes[keep]), to_numpy(inst.scores[keep]),
+                               to_numpy(inst.labels[keep]), fingerprint=self.fingerprint())

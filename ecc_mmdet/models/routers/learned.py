@@ -13,6 +13,7 @@ from mmdet.registry import MODELS
 from torch import Tensor, nn
 
 from ...errors import ConfigError
+from ...utils.device import tensor_bytes
 from .base import BaseRouter
 from .features import router_features
 
@@ -25,7 +26,7 @@ def exit_fingerprint(module: nn.Module) -> int:
     for name, t in sorted(module.state_dict().items()):
         h.update(name.encode())
         h.update(str(tuple(t.shape)).encode())
-        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+        h.update(tensor_bytes(t))
     return int.from_bytes(h.digest()[:8], 'little') >> 1
 
 

@@ -1,0 +1,157 @@
+"""The hyperprior's coding step in numpy: ``HyperpriorBottleneckNeck.compress`` (ecc_mmdet)
+after the encoders, for the light edge.
+
+Given the latent ``y`` and the side information ``z = h_a(y)`` (both from the edge graph):
+
+1. z's symbols ``round(z - median)`` are range-coded with z's per-channel tables (the factorized
+   model), and ``z_hat = symbols + median`` in float32, as the PyTorch entropy model computes it;
+2. the integer hyper-synthesis (:class:`IntegerHyperSynthesis`, ``ExactHyperSynthesis.exact``)
+   turns ``z_hat`` into means on the ``2**-F`` grid and log-scale accumulators: integer weights,
+   fixed-point activations, every product and sum an integer below 2**53, so float64 gives the
+   exact result in any summation order (numpy's matmul here, torch's conv2d there);
+3. the accumulators become scale-table indexes by integer thresholds
+   (``GaussianConditionalEntropyModel.index_from_fixed_point``), and y's symbols
+   ``round(y - mean)`` are range-coded with the indexed Gaussian tables.
+
+The body is z's bytes then y's; the codec params carry z's length. Nothing here depends on how
+``y`` and ``z`` were computed: for the same float32 values the bytes equal the PyTorch edge's.
+"""
+from __future__ import annotations
+
+from typing import Dict, List, NamedTuple, Sequence, Tuple
+
+import numpy as np
+
+from .range_coding import CodingTables, encode_with_cdf_tables, encode_with_indexed_tables
+
+__all__ = ['HyperpriorEncoder', 'IntegerHyperSynthesis', 'conv3x3_exact', 'quantise',
+           'scale_indexes', 'tables_from_rows']
+
+
+def quantise(values: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    """``round(values - centres)`` (half to even, as ``torch.round``) in the inputs' float32,
+    as int32; refuses non-finite or out-of-int32 values (ValueError)."""
+    sym = np.round(values - centres)
+    if not np.isfinite(sym).all() or (sym.size and np.abs(sym).max() >= 2**31):
+        raise ValueError('the latent has non-finite or out-of-range values')
+    return sym.astype(np.int32)
+
+
+def tables_from_rows(pmf_rows: Sequence[Sequence[int]], offsets: Sequence[int],
+                     lengths: Sequence[int]) -> CodingTables:
+    """Range-coder tables from rows of integer frequencies (each row's first ``lengths[i]``
+    entries: its support + the escape bin), as the sidecar stores them."""
+    pmf = np.zeros((len(lengths), max(lengths)), np.int64)
+    for i, (row, n) in enumerate(zip(pmf_rows, lengths)):
+        pmf[i, :n] = row[:n]
+    return CodingTables(pmf, np.asarray(offsets), np.asarray(lengths))
+
+
+def conv3x3_exact(a: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> np.ndarray:
+    """3x3 convolution, stride 1, zero padding 1, of integer-valued float64 arrays: ``a``
+    (C, H, W), ``weight`` (O, C * 9) in (c, ky, kx) order, ``bias`` (O,) -> (O, H, W).
+
+    An im2col matmul: exact whatever order BLAS sums in, as long as every partial sum is an
+    integer below 2**53 (``ExactHyperSynthesis`` checks its bounds at construction)."""
+    c, h, w = a.shape
+    padded = np.pad(a, ((0, 0), (1, 1), (1, 1)))
+    cols = np.lib.stride_tricks.sliding_window_view(padded, (3, 3), axis=(1, 2))
+    cols = cols.transpose(0, 3, 4, 1, 2).reshape(c * 9, h * w)  # (C*9, H*W), (c, ky, kx) rows
+    return (weight @ cols + bias[:, None]).reshape(-1, h, w)
+
+
+class _Layer(NamedTuple):
+    weight: np.ndarray  # (O, C * 9) float64 integers: round(clamp(w) * 2**F)
+    bias: np.ndarray  # (O,) float64 integers: round(b * 2**(2F))
+
+
+class IntegerHyperSynthesis:
+    """``ExactHyperSynthesis.exact`` in numpy: z_hat (Cz, h, w) -> (means (C, H, W) float32 on
+    the ``2**-F`` grid, log-scale accumulators (C, H, W) float64 integers at scale 2**(2F)),
+    H, W = h, w times ``2**up_steps``.
+
+    Args:
+        layers: per conv, dict(weight=flat (O*C*9) integers, bias=(O) integers, in_channels,
+            out_channels), the first ``up_steps`` preceded by a nearest 2x upsampling and
+            followed by the clamped fixed-point activation, the last one the output conv.
+        frac_bits, act_max, mean_max, predict_means: ``ExactHyperSynthesis``'s.
+    """
+
+    def __init__(self, layers: List[Dict], frac_bits: int, act_max: float, mean_max: float,
+                 predict_means: bool):
+        self.layers = [_Layer(np.asarray(l['weight'], np.float64).reshape(
+            l['out_channels'], l['in_channels'] * 9), np.asarray(l['bias'], np.float64))
+            for l in layers]
+        self.up_steps = len(layers) - 1
+        self.scale = 2.0**int(frac_bits)
+        self.act_max = float(act_max)
+        self.mean_max = float(mean_max)
+        self.predict_means = bool(predict_means)
+
+    def __call__(self, z_hat: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+        s = self.scale
+        a = np.round(np.clip(z_hat.astype(np.float64), -self.act_max, self.act_max) * s)
+        for i, layer in enumerate(self.layers):
+            if i < self.up_steps:  # nearest 2x
+                a = a.repeat(2, axis=1).repeat(2, axis=2)
+            acc = conv3x3_exact(a, layer.weight, layer.bias)
+            if i < self.up_steps:
+                a = np.clip(np.floor(acc / s + 0.5), 0, self.act_max * s)
+        if not self.predict_means:
+            return np.zeros(acc.shape, np.float32), acc
+        c = acc.shape[0] // 2
+        means = np.clip(np.floor(acc[:c] / s + 0.5) / s, -self.mean_max, self.mean_max)
+        return means.astype(np.float32), acc[c:]
+
+
+def scale_indexes(log_acc: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+    """Scale-table index of each accumulator: the number of integer thresholds <= it
+    (``torch.bucketize(..., right=True)``), int64."""
+    return np.searchsorted(thresholds, log_acc, side='right').astype(np.int64)
+
+
+class HyperpriorEncoder:
+    """``HyperpriorBottleneckNeck.compress`` of one image from its graph outputs.
+
+    Args:
+        spec: the sidecar's ``hyperprior`` (``ecc_mmdet.deployment.edge_export``): synthesis
+            (layers, frac_bits, act_max, mean_max, predict_means), index_thresholds and the
+            Gaussian tables (offsets, lengths, pmf_table).
+        z_tables: z's per-channel tables; z_medians: (Cz,) float32 medians of z's channels.
+    """
+
+    def __init__(self, spec: Dict, z_tables: CodingTables, z_medians: np.ndarray):
+        syn = spec['synthesis']
+        self.synthesis = IntegerHyperSynthesis(syn['layers'], syn['frac_bits'], syn['act_max'],
+                                               syn['mean_max'], syn['predict_means'])
+        self.thresholds = np.asarray(spec['index_thresholds'], np.float64)
+        g = spec['gaussian']
+        self.y_tables = tables_from_rows(g['pmf_table'], g['offsets'], g['lengths'])
+        self.z_tables = z_tables
+        self.z_medians = np.asarray(z_medians, np.float32).reshape(-1, 1, 1)
+
+    @classmethod
+    def from_sidecar(cls, codec: Dict, spec: Dict) -> 'HyperpriorEncoder':
+        """From the sidecar's ``codec`` (z's factorized tables and medians) and
+        ``hyperprior``."""
+        return cls(spec, tables_from_rows(codec['pmf_table'], codec['offsets'], codec['lengths']),
+                   np.asarray(codec['medians'], np.float32))
+
+    def params(self, z_sym: np.ndarray, size: Tuple[int, int]) -> Tuple[np.ndarray, np.ndarray]:
+        """z's symbols (Cz, zh, zw) -> (means float32, scale indexes int64) of a (C, h, w)
+        latent."""
+        z_hat = z_sym.astype(np.float32) + self.z_medians
+        means, log_acc = self.synthesis(z_hat)
+        h, w = size
+        return means[:, :h, :w], scale_indexes(log_acc[:, :h, :w], self.thresholds)
+
+    def compress(self, y: np.ndarray, z: np.ndarray
+                 ) -> Tuple[bytes, bytes, np.ndarray, np.ndarray]:
+        """y (C, h, w) and z (Cz, zh, zw) float32 -> (z's body, y's body, y's symbols,
+        z's symbols)."""
+        z_sym = quantise(z, self.z_medians)
+        z_body = encode_with_cdf_tables(z_sym.reshape(len(z_sym), -1), self.z_tables, None)
+        means, idx = self.params(z_sym, y.shape[-2:])
+        y_sym = quantise(y, means)
+        y_body = encode_with_indexed_tables(y_sym.reshape(-1), idx.reshape(-1), self.y_tables)
+        return z_body, y_body, y_sym, z_sym
