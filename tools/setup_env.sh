@@ -86,12 +86,11 @@ log "installing pinned runtime, serving, edge, robustness and test requirements"
 "${PIP[@]}" install -q -r "$REPO/requirements/runtime.txt" -r "$REPO/requirements/serving.txt" \
   -r "$REPO/requirements/edge.txt" -r "$REPO/requirements/robustness.txt" \
   -r "$REPO/requirements/tests.txt"
-# two distributions from one checkout: ecc-mmdet-edge (edge/, the torch-free ecc_edge) and
-# ecc_mmdet (pyproject.toml), which depends on it; the pins above are their dependencies.
-log "installing ecc-mmdet-edge and ecc_mmdet in editable mode"
 # metadata the former setup.py left in the checkout shadows the installed one on sys.path
 rm -rf "$REPO/ecc_mmdet.egg-info"
-"${PIP[@]}" install -q --no-build-isolation --no-deps -e "$REPO/edge" -e "$REPO"
+# the device-only distribution (edge/) would own ecc_edge a second time
+"${PIP[@]}" uninstall -y -q ecc-mmdet-edge 2>/dev/null || true
+"${PIP[@]}" install -q --no-build-isolation --no-deps -e "$REPO"
 
 # torchvision cannot work with the CPU torch here; a stray install breaks mmdet/mmengine imports.
 if "$PY" -c "import importlib.util,sys; sys.exit(0 if importlib.util.find_spec('torchvision') else 1)"; then

@@ -2,8 +2,8 @@
 fresh virtual environments, used from outside the repository.
 
 * ``ecc-mmdet-edge`` (edge/): ``ecc_edge`` alone, installed where torch, mmdet and mmcv are not.
-* ``ecc_mmdet`` (pyproject.toml): the extras, no ``ecc_edge`` of its own, the configs inside the
-  package, and ``_base_ = 'ecc_mmdet::configs/...'`` from a user's directory (installed, and in
+* ``ecc_mmdet`` (pyproject.toml): the extras, ``ecc_edge`` too (``pip install .`` needs nothing
+  else), the configs inside the package, and ``_base_ = 'ecc_mmdet::configs/...'`` from a user's directory (installed, and in
   the editable development install).
 
 Wheels build offline (``--no-build-isolation --no-index``) from a copy of the files a checkout has,
@@ -82,7 +82,7 @@ def _metadata(wheel):
     return names, meta
 
 
-def test_main_wheel_has_the_configs_and_extras_but_not_the_edge_package(wheels):
+def test_main_wheel_has_the_configs_extras_and_the_edge_package(wheels):
     names, meta = _metadata(wheels['main'])
     configs = sorted(osp.relpath(p, osp.join(REPO, 'configs'))
                      for p in glob.glob(osp.join(REPO, 'configs', '**', '*.py'), recursive=True))
@@ -91,14 +91,15 @@ def test_main_wheel_has_the_configs_and_extras_but_not_the_edge_package(wheels):
                if n.startswith('ecc_mmdet/.mim/configs/configs/')}
     assert set(configs) <= shipped, sorted(set(configs) - shipped)
     assert 'ecc_mmdet/.mim/model-index.yml' in names and 'ecc_mmdet/registry.py' in names
-    assert not [n for n in names if n.startswith('ecc_edge/')]
+    assert 'ecc_edge/codecs/bitstream.py' in names and 'ecc_edge/runtime.py' in names
     assert any(n.endswith('.dist-info/licenses/LICENSE') for n in names)
     assert re.search(rf'^Version: {re.escape(VERSION)}$', meta, re.M)
     assert re.search(r'^License-Expression: Apache-2.0$', meta, re.M)
     extras = set(re.findall(r'^Provides-Extra: (\S+)$', meta, re.M))
     assert {'serving', 'edge', 'robustness', 'tests'} <= extras
     requires = re.findall(r'^Requires-Dist: (.+)$', meta, re.M)
-    assert 'ecc-mmdet-edge' in requires and any(r.startswith('mmdet') for r in requires)
+    assert not any(r.startswith('ecc-mmdet-edge') for r in requires)  # self-contained
+    assert any(r.startswith('mmdet') for r in requires)
     assert not any(r.startswith('mmcv') for r in requires)  # see pyproject.toml
     assert any(r.startswith('fastapi') and 'extra == "serving"' in r for r in requires)
 
@@ -139,10 +140,10 @@ model = dict(compressor=dict(latent_channels=8))
 
 def test_user_config_on_ecc_mmdet_bases_runs_from_the_installed_wheels(
         wheels, tiny_coco, tmp_path):
-    """The installed wheels in a fresh venv (torch & co. from this environment): a user's
+    """The installed wheel in a fresh venv (torch & co. from this environment): a user's
     config in its own directory inherits a packaged config and runs the evaluation loop."""
     (tmp_path / 'user.py').write_text(USER_CONFIG)
-    python = make_venv(str(tmp_path / 'venv'), [wheels['edge'], wheels['main']],
+    python = make_venv(str(tmp_path / 'venv'), [wheels['main']],
                        [sysconfig.get_paths()['purelib']])
     out = run_outside(python, f"""
         import os, sys

@@ -41,10 +41,11 @@ def row(method, setting, metrics, bandwidth):
     """One result row from an evaluator's metrics dict."""
     lat = metrics.get(f'comm/latency_ms_at_{bandwidth_key(bandwidth)}')
     edge, cloud = metrics.get('comm/edge_gflops'), metrics.get('comm/cloud_gflops')
+    # CocoMetric reports no bbox keys when the model predicts no box on any image: that is 0 mAP
     return dict(method=method, setting=setting,
                 bytes_per_image=metrics.get('comm/bytes_per_image_mean', 0.0),
-                bbox_mAP=100.0 * metrics['coco/bbox_mAP'],
-                bbox_mAP_50=100.0 * metrics['coco/bbox_mAP_50'],
+                bbox_mAP=100.0 * metrics.get('coco/bbox_mAP', 0.0),
+                bbox_mAP_50=100.0 * metrics.get('coco/bbox_mAP_50', 0.0),
                 edge_gflops=edge, cloud_gflops=cloud,
                 edge_flops_fraction=metrics.get('comm/edge_flops_fraction'),
                 latency_ms=lat, real_to_est=metrics.get('comm/real_to_est_ratio'),
