@@ -2,7 +2,7 @@
 # EntropyBottleneckNeck encoder; cloud = decoder + layer2-4 + ChannelMapper + the deformable
 # transformer encoder/decoder + DINOHead. The same works for Deformable DETR, DETR, Conditional
 # and DAB-DETR: type='EdgeCloud<their type>'.
-#   python tools/train.py configs/ecc_dino_r50_coco.py      (data in data/coco/, see README)
+#   python tools/train.py configs/ecc_dino_r50_coco.py      (data in data/coco/, see docs/splitting.md)
 _base_ = 'mmdet::dino/dino-4scale_r50_8xb2-12e_coco.py'
 custom_imports = dict(imports=['ecc_mmdet'], allow_failed_imports=False)
 

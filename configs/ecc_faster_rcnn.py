@@ -1,7 +1,7 @@
 # Split Faster R-CNN R50-FPN on COCO 2017: edge = stem + layer1 + EntropyBottleneckNeck encoder,
 # cloud = decoder + layer2..4 + FPN + heads. Reports COCO mAP and communication cost together.
 # Any ResNet-family mmdet config becomes a split one with the same three lines in `model`.
-#   python tools/train.py configs/ecc_faster_rcnn.py      (data in data/coco/, see README)
+#   python tools/train.py configs/ecc_faster_rcnn.py      (data in data/coco/, see docs/splitting.md)
 _base_ = 'mmdet::faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py'
 custom_imports = dict(imports=['ecc_mmdet'], allow_failed_imports=False)
 

@@ -2,7 +2,7 @@
 # edge = CSPNeXt stem + stage1 + EntropyBottleneckNeck encoder; cloud = decoder + stages 2-4 +
 # CSPNeXtPAFPN + RTMDetSepBNHead. Pipeline (Mosaic/MixUp and its stage-2 switch) and schedule
 # are mmdet's own config.
-#   python tools/train.py configs/ecc_rtmdet_tiny_coco.py      (data in data/coco/, see README)
+#   python tools/train.py configs/ecc_rtmdet_tiny_coco.py      (data in data/coco/, see docs/splitting.md)
 _base_ = 'mmdet::rtmdet/rtmdet_tiny_8xb32-300e_coco.py'
 custom_imports = dict(imports=['ecc_mmdet'], allow_failed_imports=False)
 

@@ -1,7 +1,7 @@
 # Split YOLOX-S on COCO 2017: edge = CSPDarknet Focus stem + stage1 + EntropyBottleneckNeck
 # encoder; cloud = decoder + stages 2-4 + YOLOXPAFPN + YOLOXHead. Pipeline, schedule and hooks
 # are mmdet's own config.
-#   python tools/train.py configs/ecc_yolox_s_coco.py      (data in data/coco/, see README)
+#   python tools/train.py configs/ecc_yolox_s_coco.py      (data in data/coco/, see docs/splitting.md)
 _base_ = 'mmdet::yolox/yolox_s_8xb8-300e_coco.py'
 custom_imports = dict(imports=['ecc_mmdet'], allow_failed_imports=False)
 

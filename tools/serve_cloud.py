@@ -18,7 +18,7 @@ is one INFO line and ``ecc_client_disconnects_total``. ``--metrics-token``: ``/m
 the bearer token too (default: open, as ``/healthz``). Each flag sets the ``serving`` key of
 the same meaning (``body_timeout_s``, ``header_timeout_s``, ``max_connections_per_client``,
 ``max_connections``, ``shutdown_grace_s``, ``metrics_require_token``).
-For several processes behind a load balancer, see the README (``uvicorn --factory
+For several processes behind a load balancer, see docs/deployment.md (``uvicorn --factory
 ecc_mmdet.serving.app:app_from_env --workers N``); for a cluster, ``tools/serve_ray.py``.
 """
 import argparse

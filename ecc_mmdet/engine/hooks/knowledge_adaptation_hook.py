@@ -270,7 +270,7 @@ class KnowledgeAdaptationHook(Hook):
                 f'a {type(model).__name__} (no attach_distiller). Use an '
                 'EdgeCloud* detector (EdgeCloudTwoStageDetector, EdgeCloudSingleStageDetector, '
                 'EdgeCloudRTMDet, EdgeCloudDINO, ...): set model.type and add split_after and '
-                'compressor (the README shows a complete config), '
+                'compressor (docs/splitting.md shows a complete config), '
                 'or remove the hook from custom_hooks.')
         if isinstance(runner.model, DistributedDataParallel) and \
                 not runner.model.find_unused_parameters:
