@@ -248,6 +248,8 @@ def _check_hyperprior(h: Dict, latent_channels: int) -> None:
     stay below 2**53 (float64 exact in any order), the thresholds index the Gaussian tables."""
     syn, p = h['synthesis'], 'hyperprior.synthesis'
     layers, scale = syn['layers'], 2.0**syn['frac_bits']
+    if h['hyper_downsample'] not in (2, 4):
+        _fail('hyperprior.hyper_downsample', f'must be 2 or 4, got {h["hyper_downsample"]}')
     if 2**(len(layers) - 1) != h['hyper_downsample']:
         _fail(f'{p}.layers', f'has {len(layers)} convs; hyperprior.hyper_downsample '
               f'{h["hyper_downsample"]} needs {h["hyper_downsample"].bit_length()}')

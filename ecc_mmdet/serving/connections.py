@@ -10,8 +10,9 @@ included) with no per-client share. :class:`ConnectionGuard` makes a uvicorn pro
   ``header_timeout_s`` of its first byte (or of being opened);
 - answers ``429`` (the client's share, ``max_per_client``) or ``503`` (``max_total``) with
   ``Retry-After`` to the request of a connection opened over a cap, then closes it. Refused
-  connections do not count towards the caps, and the per-address table holds only addresses with
-  open connections (state bounded by ``max_total``).
+  connections do not count towards the caps, but at most ``max_total`` of them wait for their
+  request: beyond, a new refused connection is closed at once, so sockets stay bounded. The
+  per-address table holds only addresses with open connections (state bounded by ``max_total``).
 
 The body of a request is the service's to time (:meth:`CloudService.read_body`), so that every
 front end has it. :class:`DrainingServer` tells the service that shutdown began before uvicorn
@@ -65,6 +66,7 @@ class ConnectionGuard:
         self.header_timeout_s = header_timeout_s
         self.per_client: Dict[str, int] = {}
         self.total = 0
+        self.refusing = 0  # refused connections waiting for their request (to answer it)
         self.m_open = Gauge('ecc_open_connections', 'Accepted connections open now',
                             registry=registry)
         self.m_refused = Counter('ecc_connections_refused', 'Connections refused over a cap',
@@ -115,17 +117,25 @@ class _Guarded:
     def connection_made(self, transport) -> None:
         super().connection_made(transport)
         self._host = self.client[0] if self.client else '?'
-        refusal = self.guard.open(self._host)
-        self._accepted = refusal is None
-        if refusal is not None:
-            self.app = refusal  # its request gets the refusal, then the connection closes
         self._timer, self._armed_cycle = None, None
+        refusal = self.guard.open(self._host)
+        self._accepted, self._refusing = refusal is None, False
+        if refusal is not None:
+            if self.guard.refusing >= self.guard.max_total:
+                transport.close()  # refusals hold sockets too: past max_total of them, no answer
+                return
+            self.guard.refusing += 1
+            self._refusing = True
+            self.app = refusal  # its request gets the refusal, then the connection closes
         self._arm()
 
     def connection_lost(self, exc) -> None:
         if self._accepted:
             self._accepted = False
             self.guard.close(self._host)
+        if self._refusing:
+            self._refusing = False
+            self.guard.refusing -= 1
         self._disarm()
         super().connection_lost(exc)
 

@@ -143,7 +143,7 @@ def _model_of_cfg_text(text: str) -> str:
     from a saved config's text; parsed, never executed (it comes from the file)."""
     try:
         tree = ast.parse(text[:1_000_000])
-    except (SyntaxError, ValueError):
+    except (SyntaxError, ValueError, RecursionError, MemoryError):  # forged or odd text
         return ''
     for node in tree.body:
         if isinstance(node, ast.Assign) and any(getattr(t, 'id', None) == 'model'

@@ -55,7 +55,12 @@ def _cached(url: str) -> bool:
 
 def _reachable(url: str, timeout: float) -> bool:
     parsed = urlparse(url)
-    port = parsed.port or (443 if parsed.scheme == 'https' else 80)
+    try:
+        port = parsed.port or (443 if parsed.scheme == 'https' else 80)
+    except ValueError:  # a port that is not a number
+        return False
+    if not parsed.hostname:
+        return False
     try:
         with socket.create_connection((parsed.hostname, port), timeout=timeout):
             return True

@@ -87,6 +87,28 @@ def test_connection_caps_answer_429_per_client_and_503_in_total(guarded):
     assert all(r is not None and r[0] == 408 for r in mine.results[:-1] + rest.results[:-1])
 
 
+def test_refused_connections_waiting_for_their_request_are_bounded(guarded):
+    """At most TOTAL refused connections wait for a request to refuse; one more is closed at
+    once with no answer, so a client cannot hold sockets without bound by opening them fast."""
+    import socket
+    _, _, port = guarded
+    socks = []
+    try:
+        for _ in range(PER_CLIENT + TOTAL + 1):  # all from one address, sending nothing
+            s = socket.socket()
+            s.bind(('127.0.0.40', 0))
+            s.connect(('127.0.0.1', port))
+            s.settimeout(HEADER_S + 5)
+            socks.append(s)
+        last = socks[-1].recv(100)  # closed by the server with no answer
+        waiting = socks[-2].recv(100)  # a refusal waiting for its request: 408 at the timeout
+    finally:
+        for s in socks:
+            s.close()
+    assert last == b''
+    assert waiting.startswith(b'HTTP/1.1 408'), waiting
+
+
 def test_client_gone_mid_body_is_one_info_line_and_a_metric(guarded):
     url, proc, port = guarded
     before = metric(url, 'ecc_client_disconnects_total')
