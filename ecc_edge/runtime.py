@@ -237,7 +237,7 @@ class LightEdge:
         return dets._replace(scores=apply_score_map(self.score_maps['edge'], dets.scores))
 
     def report(self, dets: ExitDetections, img_id: int) -> bytes:
-        """``PayloadCodec.report`` (ecc_mmdet): scores >= score_thr, best first, the
+        """``PayloadCodec.reports`` (ecc_mmdet): scores >= score_thr, best first, the
         top max_boxes, packed with the model fingerprint."""
         keep = np.nonzero(dets.scores >= self.edge_report['score_thr'])[0]
         keep = keep[np.argsort(-dets.scores[keep], kind='stable')][:self.edge_report['max_boxes']]

@@ -72,8 +72,8 @@ def run_edge(model, batch_inputs: Tensor, samples: Sequence[DetDataSample],
     kept = [i for i in everyone if tiers[i] != 'cloud']
     if kept and getattr(model, 'edge_report', None) is not None:
         with trace.step('report', kept, None):  # serialisation only: no torch operators
-            for i in kept:
-                payloads[i] = model.payload_codec.report(results[i])
+            for i, report in zip(kept, model.payload_codec.reports([results[i] for i in kept])):
+                payloads[i] = report
     est_bits: List[Optional[float]] = [None] * n
     if off:
         f_off = f[torch.as_tensor(off, device=f.device)] if len(off) < n else f

@@ -125,13 +125,16 @@ class PayloadCodec:
                 'send images padded to the same batch_input_shape together, or one at a time')
         return torch.cat(feats)
 
-    def report(self, result) -> bytes:
-        """Edge: the compact detections report of an image finished on the edge (its scores >=
-        ``edge_report['score_thr']``, the best ``max_boxes``)."""
-        cfg = self.model.edge_report
-        inst = result.pred_instances
-        keep = (inst.scores >= cfg['score_thr']).nonzero().flatten()
-        keep = keep[inst.scores[keep].argsort(descending=True)][:cfg['max_boxes']]
-        return pack_detections(int(result.metainfo.get('img_id', 0)),
-                               to_numpy(inst.bboxes[keep]), to_numpy(inst.scores[keep]),
-                               to_numpy(inst.labels[keep]), fingerprint=self.fingerprint())
+    def reports(self, results) -> List[bytes]:
+        """Edge: the compact detections report of each image finished on the edge (its scores
+        >= ``edge_report['score_thr']``, the best ``max_boxes``); one fingerprint per batch, as
+        :meth:`encode` does."""
+        cfg, fingerprint, out = self.model.edge_report, self.fingerprint(), []
+        for result in results:
+            inst = result.pred_instances
+            keep = (inst.scores >= cfg['score_thr']).nonzero().flatten()
+            keep = keep[inst.scores[keep].argsort(descending=True)][:cfg['max_boxes']]
+            out.append(pack_detections(int(result.metainfo.get('img_id', 0)),
+                                       to_numpy(inst.bboxes[keep]), to_numpy(inst.scores[keep]),
+                                       to_numpy(inst.labels[keep]), fingerprint=fingerprint))
+        return out
