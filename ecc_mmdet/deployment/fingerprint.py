@@ -2,9 +2,14 @@
 
 A cloud that holds another checkpoint than the edge would decode a payload into garbage features
 without any error (the symbols decode fine; they just mean something else). The edge writes an
-8-byte digest of everything that decides the uplink bitstream -- the edge backbone stages, the
+8-byte digest of what the cloud decodes with -- the edge backbone stages' weights, the
 compressor's edge modules and its entropy coding tables -- into each header, and the cloud
 refuses a payload whose digest is not its own (:class:`~ecc_edge.codecs.ModelMismatchError`).
+
+The normalisation layers of the edge backbone stages are left out: they are the state online
+adaptation changes (the edge re-estimates their statistics, the cloud sends new affine
+parameters), and an adapted edge still speaks the same bitstream to the same decoder. Which
+adapted parameters an edge runs is its PARAM_UPDATE sequence number, not its identity.
 
 The full model computes the digest from its weights on every call (not cached: an EMA swap
 through ``.data`` changes no version counter).
@@ -13,17 +18,21 @@ digest as a buffer, ``pairing_fingerprint``, in its state dict: exporting a side
 back keeps the digest that matches the weights it was exported with.
 """
 import hashlib
-from typing import List
+from typing import Dict, List, Tuple
 
 import torch
 from torch import nn
+from torch.nn.modules.batchnorm import _NormBase
 
 from ecc_edge.codecs.bitstream import FINGERPRINT_BYTES
 from ..utils.device import tensor_bytes
 
-__all__ = ['BUFFER_NAME', 'compute_fingerprint', 'model_fingerprint', 'pin_fingerprint']
+__all__ = ['BUFFER_NAME', 'NORM_TYPES', 'compute_fingerprint', 'model_fingerprint',
+           'pin_fingerprint']
 
 BUFFER_NAME = 'pairing_fingerprint'
+#: the normalisation layers online adaptation may change (left out of the identity)
+NORM_TYPES = (_NormBase, nn.GroupNorm, nn.LayerNorm)
 
 
 def _coding_modules(model) -> List[nn.Module]:
@@ -38,15 +47,30 @@ def _coding_modules(model) -> List[nn.Module]:
     return out
 
 
+def _adaptable_prefixes(model) -> Dict[int, Tuple[str, ...]]:
+    """id(edge stage) -> state-dict prefixes of its normalisation layers (the compressor's own
+    norm layers, if any, stay in: nothing adapts them)."""
+    out = {}
+    for mod in model.splitter.edge_modules():
+        out[id(mod)] = tuple(f'{name}.' for name, sub in mod.named_modules()
+                             if name and isinstance(sub, NORM_TYPES))
+        if isinstance(mod, NORM_TYPES):
+            out[id(mod)] = ('', )
+    return out
+
+
 def _tensors(model):
+    skip = _adaptable_prefixes(model)
     for i, mod in enumerate(_coding_modules(model)):
+        prefixes = skip.get(id(mod), ())
         for name, t in sorted(mod.state_dict(keep_vars=True).items()):
-            yield f'{i}.{type(mod).__name__}.{name}', t
+            if not (prefixes and name.startswith(prefixes)):
+                yield f'{i}.{type(mod).__name__}.{name}', t
 
 
 def compute_fingerprint(model) -> bytes:
-    """SHA-256 over names, dtypes, shapes and bytes of the edge-side and coding tensors,
-    truncated to FINGERPRINT_BYTES."""
+    """SHA-256 over names, dtypes, shapes and bytes of the edge-side and coding tensors (not
+    the edge stages' normalisation layers), truncated to FINGERPRINT_BYTES."""
     h = hashlib.sha256(f'{type(model.compressor).__name__}'.encode())
     for name, t in _tensors(model):
         h.update(f'{name}|{t.dtype}|{(t.numel(), )}'.encode())

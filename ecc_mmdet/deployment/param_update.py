@@ -10,24 +10,23 @@ parameters and running statistics of normalisation layers travel.
 was made for, a newer sequence number, every name an edge normalisation tensor of this model,
 every shape equal, finite values -- and only then copies; a bad update raises a
 :class:`~ecc_edge.codecs.bitstream.BitstreamError` and leaves the model exactly as it was.
-Afterwards the model's fingerprint is that of its new weights (a side build re-pins it), so the
-cloud serving this edge applies the same update to its own copy.
+The fingerprint leaves the edge's normalisation layers out
+(:mod:`~ecc_mmdet.deployment.fingerprint`), so an updated edge keeps its identity: the cloud
+decodes its payloads with the same model, and the update's sequence number says which
+parameters the edge runs.
 """
 from typing import Dict, List
 
 import torch
 from torch import Tensor, nn
-from torch.nn.modules.batchnorm import _NormBase
 
 from ecc_edge.codecs.bitstream import BitstreamError, CorruptedBitstreamError
 from ecc_edge.codecs.param_update import pack_params, unpack_params
-from .fingerprint import BUFFER_NAME, compute_fingerprint, model_fingerprint, pin_fingerprint
+from .fingerprint import NORM_TYPES, model_fingerprint
 from ..utils.device import to_numpy
 
 __all__ = ['StaleUpdateError', 'edge_norm_modules', 'edge_norm_parameters', 'make_param_update',
            'apply_param_update']
-
-_NORMS = (_NormBase, nn.GroupNorm, nn.LayerNorm)
 
 
 class StaleUpdateError(BitstreamError):
@@ -42,7 +41,7 @@ def _edge_modules(model) -> List[nn.Module]:
 
 def edge_norm_modules(model) -> Dict[str, nn.Module]:
     """Name -> every normalisation layer of the edge model (edge backbone stages and exits)."""
-    wanted = {id(m) for e in _edge_modules(model) for m in e.modules() if isinstance(m, _NORMS)}
+    wanted = {id(m) for e in _edge_modules(model) for m in e.modules() if isinstance(m, NORM_TYPES)}
     return {name: mod for name, mod in model.named_modules() if id(mod) in wanted}
 
 
@@ -90,6 +89,4 @@ def apply_param_update(model, data: bytes, last_seq: int = -1) -> int:
     for name, arr in update.tensors.items():
         t = params[name]
         t.copy_(torch.from_numpy(arr).to(device=t.device, dtype=t.dtype))
-    if isinstance(getattr(model, BUFFER_NAME, None), Tensor):  # a side build: re-pin
-        pin_fingerprint(model, compute_fingerprint(model))
     return update.seq

@@ -53,7 +53,7 @@ def test_round_trip_gives_the_edge_exactly_the_cloud_norm_parameters(edge_and_cl
     cloud_norms = edge_norm_parameters(cloud)
     for k in norms:
         assert torch.equal(after[k], cloud_norms[k]), k
-    assert edge.model_fingerprint() != fp_before  # the edge's weights changed
+    assert edge.model_fingerprint() == fp_before  # its identity: adapted norms leave it out
     # float16: 2 bytes less per value (names and framing stay), values within half precision
     half = make_param_update(cloud, 8, base_fingerprint=edge.model_fingerprint(), half=True)
     assert len(msg) - len(half) == 2 * sum(t.numel() for t in norms.values())
@@ -112,10 +112,30 @@ def test_hostile_sizes_are_refused_before_allocation():
         pack_params(1, {'a.weight': np.array([np.inf], np.float32)})
 
 
-def test_side_build_repins_its_fingerprint(edge_and_cloud):
+def test_updates_keep_the_identity_of_full_and_side_builds(edge_and_cloud):
     edge, cloud = edge_and_cloud
     side = edge.build_edge()
+    fp = edge.model_fingerprint()
     msg = make_param_update(cloud, 1, base_fingerprint=side.model_fingerprint())
     apply_param_update(side, msg)
     apply_param_update(edge, msg)
-    assert side.model_fingerprint() == edge.model_fingerprint()
+    assert side.model_fingerprint() == edge.model_fingerprint() == fp
+    # a second update for the same base applies on top (the edge's identity did not move)
+    assert apply_param_update(edge, make_param_update(cloud, 2, base_fingerprint=fp), 1) == 2
+
+
+def test_fingerprint_leaves_out_adaptable_norms_only(edge_and_cloud):
+    """Re-estimated BN statistics (the edge's own adaptation) keep the identity; any other edge
+    or coding tensor changes it."""
+    edge, _ = edge_and_cloud
+    fp = edge.model_fingerprint()
+    with torch.no_grad():
+        for t in edge_norm_parameters(edge).values():
+            t.mul_(1.5).add_(0.1)
+        for name, buf in edge.named_buffers():
+            if name.endswith('num_batches_tracked') and name.startswith('backbone.'):
+                buf.add_(3)
+    assert edge.model_fingerprint() == fp
+    with torch.no_grad():
+        edge.backbone.conv1.weight.add_(1e-3)  # the edge stem's convolution: another model
+    assert edge.model_fingerprint() != fp
