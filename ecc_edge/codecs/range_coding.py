@@ -34,6 +34,12 @@ Three static-model coders:
 
 Range-coded sections are ``constriction``'s uint32 words, written little-endian.
 
+The two table coders bound the symbols' magnitude by ``max_abs`` (default
+:data:`MAX_LATENT_SYMBOL` = 2**15; ``None``: the whole int32 range): an encoder given a larger
+symbol raises ``ValueError``, a decoder that meets one raises ``CorruptedBitstreamError``. No
+trained latent comes near it, while a forged but validly coded body could otherwise decode to
+latents of 2**31 that flow into the cloud's convolutions as huge finite features.
+
 Decoding checks everything it can and raises :class:`CorruptedBitstreamError` for garbage:
 constriction errors, impossible escape values, histogram counts that do not add up, body
 lengths that are not whole words, and -- because a range decoder happily decodes random
@@ -53,7 +59,7 @@ from .bitstream import CorruptedBitstreamError, as_bytes
 __all__ = [
     'CodingTables', 'encode_with_cdf_tables', 'decode_with_cdf_tables',
     'encode_with_indexed_tables', 'decode_with_indexed_tables', 'encode_with_histogram',
-    'decode_with_histogram', 'MAX_HISTOGRAM_ALPHABET'
+    'decode_with_histogram', 'MAX_HISTOGRAM_ALPHABET', 'MAX_LATENT_SYMBOL'
 ]
 
 # constriction is a native extension: its submodules are attributes, not importable modules.
@@ -66,6 +72,8 @@ _CHUNK_BITS = 16
 _NUM_CLASSES = 33  # n = bit_length(z + 1) - 1 <= 32 for any int32 symbol and int32 offset
 _INT32_MIN, _INT32_MAX = -2**31, 2**31 - 1
 MAX_HISTOGRAM_ALPHABET = 2**16
+#: the largest symbol magnitude the table coders accept by default (module docstring)
+MAX_LATENT_SYMBOL = 2**15
 
 
 # --------------------------------------------------------------------------- helpers
@@ -128,14 +136,25 @@ def _prepared(pmf_tables, offsets, lengths) -> CodingTables:
     return CodingTables(pmf_tables, offsets, lengths)
 
 
-def _check_int32(symbols: np.ndarray) -> np.ndarray:
+def _check_int32(symbols: np.ndarray, max_abs: Optional[int] = None) -> np.ndarray:
     symbols = np.asarray(symbols)
     if symbols.size and not np.issubdtype(symbols.dtype, np.integer):
         raise ValueError(f'symbols must be integers, got dtype {symbols.dtype}')
     symbols = symbols.astype(np.int64)
     if symbols.size and (symbols.min() < _INT32_MIN or symbols.max() > _INT32_MAX):
         raise ValueError('symbols must fit in int32')
+    if max_abs is not None and symbols.size and np.abs(symbols).max() > max_abs:
+        raise ValueError(f'a symbol of magnitude {int(np.abs(symbols).max())} is beyond the '
+                         f'coder\'s bound {max_abs}: the latent is not one a trained model makes')
     return symbols
+
+
+def _check_decoded(out: np.ndarray, max_abs: Optional[int]) -> np.ndarray:
+    if max_abs is not None and out.size and np.abs(out).max() > max_abs:
+        raise CorruptedBitstreamError(f'the body decodes to a symbol of magnitude '
+                                      f'{int(np.abs(out).max())}, beyond the bound {max_abs} '
+                                      'of any encoder: a forged body')
+    return out.astype(np.int32)
 
 
 def _bit_length(x: np.ndarray) -> np.ndarray:
@@ -220,8 +239,10 @@ def _decode_groups(data: bytes, groups, prep: CodingTables) -> list:
 
 
 def encode_with_cdf_tables(symbols: np.ndarray, pmf_tables, offsets,
-                           lengths: Optional[Sequence[int]] = None) -> bytes:
-    """Range-code a (C, N) int32 array, channel c with table c. Lossless for any int32.
+                           lengths: Optional[Sequence[int]] = None,
+                           max_abs: Optional[int] = MAX_LATENT_SYMBOL) -> bytes:
+    """Range-code a (C, N) int32 array, channel c with table c. Lossless for any int32 within
+    ``max_abs`` (module docstring).
 
     ``pmf_tables``: C 1-D integer arrays (support frequencies then the overflow bin), or a
     padded (C, Lmax) array plus ``lengths`` (entries used per row, overflow bin included).
@@ -230,7 +251,7 @@ def encode_with_cdf_tables(symbols: np.ndarray, pmf_tables, offsets,
     models for every call.
     """
     prep = _prepared(pmf_tables, offsets, lengths)
-    symbols = _check_int32(symbols)
+    symbols = _check_int32(symbols, max_abs)
     if symbols.ndim != 2 or symbols.shape[0] != len(prep.tables):
         raise ValueError(f'symbols must have shape (C={len(prep.tables)}, N), '
                          f'got {symbols.shape}')
@@ -241,7 +262,8 @@ def encode_with_cdf_tables(symbols: np.ndarray, pmf_tables, offsets,
 
 def decode_with_cdf_tables(data: bytes, num_symbols_per_channel: int, pmf_tables, offsets,
                            lengths: Optional[Sequence[int]] = None,
-                           verify: bool = True) -> np.ndarray:
+                           verify: bool = True,
+                           max_abs: Optional[int] = MAX_LATENT_SYMBOL) -> np.ndarray:
     """Inverse of :func:`encode_with_cdf_tables` -> (C, N) int32 array.
 
     Raises CorruptedBitstreamError when ``data`` cannot be the encoding of C x N symbols
@@ -257,8 +279,8 @@ def decode_with_cdf_tables(data: bytes, num_symbols_per_channel: int, pmf_tables
             raise CorruptedBitstreamError(f'{len(data)} bytes for an empty symbol array')
         return np.zeros((len(prep.tables), n_sym), dtype=np.int32)
     out = np.stack(_decode_groups(data, [(c, n_sym) for c in range(len(prep.tables))], prep))
-    out = out.astype(np.int32)
-    if verify and encode_with_cdf_tables(out, prep, None) != data:
+    out = _check_decoded(out, max_abs)
+    if verify and encode_with_cdf_tables(out, prep, None, max_abs=max_abs) != data:
         raise CorruptedBitstreamError('range-coded body is not a valid encoding of its symbols')
     return out
 
@@ -283,11 +305,12 @@ def _index_groups(indexes: np.ndarray):
 
 
 def encode_with_indexed_tables(symbols: np.ndarray, indexes: np.ndarray,
-                               tables: CodingTables) -> bytes:
+                               tables: CodingTables,
+                               max_abs: Optional[int] = MAX_LATENT_SYMBOL) -> bytes:
     """Range-code a 1-D int32 array, symbol i with table ``indexes[i]`` (a conditional entropy
     model: the decoder must know the same indexes, e.g. from a hyperprior). Lossless for any
-    int32, with the escape scheme of :func:`encode_with_cdf_tables`."""
-    symbols = _check_int32(symbols).reshape(-1)
+    int32 within ``max_abs``, with the escape scheme of :func:`encode_with_cdf_tables`."""
+    symbols = _check_int32(symbols, max_abs).reshape(-1)
     indexes = _check_indexes(indexes, symbols.size, len(tables.tables))
     if symbols.size == 0:
         return b''
@@ -301,7 +324,8 @@ def encode_with_indexed_tables(symbols: np.ndarray, indexes: np.ndarray,
 
 
 def decode_with_indexed_tables(data: bytes, indexes: np.ndarray, tables: CodingTables,
-                               verify: bool = True) -> np.ndarray:
+                               verify: bool = True,
+                               max_abs: Optional[int] = MAX_LATENT_SYMBOL) -> np.ndarray:
     """Inverse of :func:`encode_with_indexed_tables` -> 1-D int32 array (one per index)."""
     data = as_bytes(data, 'the range-coded body')
     indexes = np.asarray(indexes).reshape(-1)
@@ -313,8 +337,8 @@ def decode_with_indexed_tables(data: bytes, indexes: np.ndarray, tables: CodingT
     order, groups = _index_groups(indexes)
     out = np.empty(indexes.size, dtype=np.int64)
     out[order] = np.concatenate(_decode_groups(data, groups, tables))
-    out = out.astype(np.int32)
-    if verify and encode_with_indexed_tables(out, indexes, tables) != data:
+    out = _check_decoded(out, max_abs)
+    if verify and encode_with_indexed_tables(out, indexes, tables, max_abs) != data:
         raise CorruptedBitstreamError('range-coded body is not a valid encoding of its symbols')
     return out
 

@@ -1,12 +1,13 @@
-"""Range coding: lossless for any int32 input; garbage raises CorruptedBitstreamError."""
+"""Range coding: lossless for any int32 input (within the latent bound unless lifted); garbage
+raises CorruptedBitstreamError."""
 import numpy as np
 import pytest
 
 from ecc_edge.codecs.bitstream import CorruptedBitstreamError
-from ecc_edge.codecs.range_coding import (CodingTables, decode_with_cdf_tables,
-                                           decode_with_histogram, decode_with_indexed_tables,
-                                           encode_with_cdf_tables, encode_with_histogram,
-                                           encode_with_indexed_tables)
+from ecc_edge.codecs.range_coding import (MAX_LATENT_SYMBOL, CodingTables,
+                                           decode_with_cdf_tables, decode_with_histogram,
+                                           decode_with_indexed_tables, encode_with_cdf_tables,
+                                           encode_with_histogram, encode_with_indexed_tables)
 
 INT32_MIN, INT32_MAX = -2**31, 2**31 - 1
 
@@ -46,7 +47,7 @@ def test_cdf_tables_round_trip(kind):
                              size=(channels, n))
     else:
         symbols = np.zeros((channels, n), dtype=np.int64)
-    data = _round_trip(symbols.astype(np.int32), tables, offsets)
+    data = _round_trip(symbols.astype(np.int32), tables, offsets, max_abs=None)
     assert isinstance(data, bytes) and len(data) > 0
 
 
@@ -55,7 +56,7 @@ def test_cdf_tables_extreme_offsets():
     tables = [np.array([5, 1]), np.array([3, 3, 1])]
     offsets = np.array([INT32_MIN, INT32_MAX - 1])
     symbols = np.array([[INT32_MAX, INT32_MIN, 0], [INT32_MIN, INT32_MAX, 0]], dtype=np.int32)
-    assert len(_round_trip(symbols, tables, offsets)) > 0
+    assert len(_round_trip(symbols, tables, offsets, max_abs=None)) > 0
 
 
 def test_cdf_tables_padded_form_matches_list_form():
@@ -136,9 +137,9 @@ def _indexed(rng, num_tables=5, n=600):
     return CodingTables(tables, offsets), indexes
 
 
-def _indexed_round_trip(symbols, indexes, prep):
-    data = encode_with_indexed_tables(symbols, indexes, prep)
-    out = decode_with_indexed_tables(data, indexes, prep)
+def _indexed_round_trip(symbols, indexes, prep, max_abs=None):
+    data = encode_with_indexed_tables(symbols, indexes, prep, max_abs=max_abs)
+    out = decode_with_indexed_tables(data, indexes, prep, max_abs=max_abs)
     assert out.dtype == np.int32 and out.shape == (symbols.size, )
     np.testing.assert_array_equal(out, symbols.reshape(-1))
     return data
@@ -167,6 +168,35 @@ def test_indexed_tables_round_trip(kind):
         bits = -sum(np.log2(prep.tables[c][s - prep.offsets[c]] / prep.tables[c].sum())
                     for s, c in zip(symbols.tolist(), indexes.tolist()))
         assert len(data) * 8 == pytest.approx(bits, rel=0.05, abs=64)
+
+
+@pytest.mark.parametrize('coder', ['cdf', 'indexed'])
+def test_latent_bound_refuses_forged_huge_symbols(coder):
+    """A validly coded body of huge symbols (what a forger can make with the unbounded coder)
+    is refused by the default decoder; the default encoder refuses to make one; symbols at the
+    bound round-trip."""
+    rng = np.random.default_rng(12)
+    prep, indexes = _indexed(rng, n=40)
+    ok = rng.integers(-3, 3, size=indexes.size)
+    ok[:2] = (MAX_LATENT_SYMBOL, -MAX_LATENT_SYMBOL)
+    huge = ok.copy()
+    huge[5] = 2**31 - 1
+    if coder == 'cdf':
+        tables = [prep.tables[0]]
+        enc = lambda s, **kw: encode_with_cdf_tables(s.reshape(1, -1), tables, [prep.offsets[0]],
+                                                     **kw)
+        dec = lambda d, **kw: decode_with_cdf_tables(d, indexes.size, tables,
+                                                     [prep.offsets[0]], **kw)
+    else:
+        enc = lambda s, **kw: encode_with_indexed_tables(s, indexes, prep, **kw)
+        dec = lambda d, **kw: decode_with_indexed_tables(d, indexes, prep, **kw)
+    np.testing.assert_array_equal(dec(enc(ok)).reshape(-1), ok)
+    forged = enc(huge, max_abs=None)
+    np.testing.assert_array_equal(dec(forged, max_abs=None).reshape(-1), huge)
+    with pytest.raises(CorruptedBitstreamError, match='beyond the bound'):
+        dec(forged)
+    with pytest.raises(ValueError, match="beyond the coder's bound"):
+        enc(huge)
 
 
 def test_indexed_tables_equal_the_cdf_coder_with_one_table_per_channel():
@@ -225,17 +255,18 @@ def test_indexed_tables_garbage_truncation_and_other_indexes_raise_corrupted():
         with pytest.raises(CorruptedBitstreamError):
             decode_with_indexed_tables(bytes(flipped), indexes, prep)
     # random words of the right length: those the decoder reads without an impossible escape
-    # are refused by the canonical re-encode check alone
+    # are refused by the canonical re-encode check alone (the symbol bound lifted: it refuses
+    # most of them on its own)
     decodable = 0
     for _ in range(40):
         fake = rng.integers(0, 256, size=len(valid), dtype=np.uint8).tobytes()
         try:
-            decode_with_indexed_tables(fake, indexes, prep, verify=False)
+            decode_with_indexed_tables(fake, indexes, prep, verify=False, max_abs=None)
             decodable += 1
         except CorruptedBitstreamError:
             pass
         with pytest.raises(CorruptedBitstreamError):
-            decode_with_indexed_tables(fake, indexes, prep)
+            decode_with_indexed_tables(fake, indexes, prep, max_abs=None)
     assert decodable >= 5
     # a valid body with indexes other than the encoder's: shorter, longer, one table's symbols
     # read with another table, or a symbol moved from one table's group to another's

@@ -145,7 +145,7 @@ def test_tables_are_valid_integer_pmfs(trained):
 def test_decompress_equals_eval_forward_exactly(trained):
     y = _gaussian(3, 9, 11, seed=5)
     y[0, 0, 0, 0] = 1e4  # far outside the tables: escape-coded
-    y[1, 3, 2, 2] = -3e5
+    y[1, 3, 2, 2] = -3e4  # within the coders' symbol bound (2**15)
     y_hat, _ = trained(y)
     bodies = trained.compress(y)
     assert len(bodies) == 3 and all(isinstance(b, bytes) for b in bodies)
@@ -156,6 +156,8 @@ def test_decompress_equals_eval_forward_exactly(trained):
         trained.decompress([bodies[0][:-4]], (9, 11))
     with pytest.raises(ValueError):
         trained.compress(torch.full((1, C, 2, 2), float('nan')))
+    with pytest.raises(ValueError, match='bound'):  # no trained latent is this large
+        trained.compress(torch.full((1, C, 2, 2), 3e5))
 
 
 def test_real_bits_match_estimate(trained):

@@ -157,6 +157,24 @@ def test_bad_payloads_are_refused(neck):
         assert torch.isfinite(out).all()
 
 
+def test_forged_body_of_huge_latents_is_refused(neck, monkeypatch):
+    """A forger who codes huge symbols with the unbounded coder makes a valid body (its CRC and
+    canonical re-encoding hold); the cloud refuses it instead of decoding latents of ~1e5."""
+    import functools
+
+    from ecc_mmdet.entropy_models import gaussian_conditional as gc
+    x = _features(seed=5, n=1)
+    honest = neck.compress(x)
+    with monkeypatch.context() as m:
+        m.setattr(gc, 'encode_with_indexed_tables',
+                  functools.partial(gc.encode_with_indexed_tables, max_abs=None))
+        m.setattr(neck, '_latent', lambda *a, _f=neck._latent: _f(*a) + 1e5)
+        (params, body, shape), = neck.compress(x)
+    assert body != honest[0][1]
+    with pytest.raises(CorruptedBitstreamError, match='beyond the bound'):
+        neck.decompress(params, body, shape)
+
+
 def test_config_errors():
     with pytest.raises(ValueError, match='hyper_downsample must be 2 or 4'):
         _neck(hyper_downsample=3)
