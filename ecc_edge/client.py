@@ -10,18 +10,28 @@ capped exponential back-off with full jitter (:func:`backoff_delay`), never shor
 ``Retry-After``. The server answers a repeated key from its cache, so a retry after a lost
 response never has an image computed or counted twice. Other refusals are final. The bearer
 token is sent in a header only: it is never logged, put in an exception or a repr.
+
+An adapting edge (server started with ``--adapt``) registers itself (:meth:`CloudClient.
+register_edge`), uploads selected images (:meth:`~CloudClient.upload_for_adaptation`), asks for
+update rounds (:meth:`~CloudClient.adapt_round`) and catches up on missed updates
+(:meth:`~CloudClient.fetch_update`), with the same retries; a 429 ``UploadLimitError`` (the
+edge's pending uploads are at the cloud's limit) is final: only a round makes room.
 """
 import email.utils
+import json
 import random
 import re
 import threading
 import time
-from typing import Callable, Dict, List, NamedTuple, Optional, Sequence
+import uuid
+from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 __all__ = ['CloudClient', 'CloudRequestError', 'CloudUnavailableError', 'EdgeResult',
-           'RETRY_STATUSES', 'backoff_delay', 'check_token', 'coco_results']
+           'ParamUpdateAnswer', 'RETRY_STATUSES', 'backoff_delay', 'check_token',
+           'coco_results']
 
 _REQUEST_ID = re.compile(r'[A-Za-z0-9._:-]{1,128}')  # what the server accepts
+_EDGE_ID = re.compile(r'[A-Za-z0-9._-]{1,64}')  # what an adapting cloud accepts
 _TOKEN = re.compile(r'[\x21-\x7e]+')  # visible ASCII: what an HTTP header can carry
 #: answers that say "not now" rather than "no": request timeout, too many requests, and a
 #: gateway or server that is (re)starting, overloaded or shutting down
@@ -140,37 +150,92 @@ class CloudClient:
         the same retries as :meth:`send`."""
         return self.send(report, request_id, path='/v1/report')
 
-    def send(self, payload: bytes, request_id: str, path: str = '/v1/detect') -> Dict:
+    def send(self, payload: bytes, request_id: str, path: str = '/v1/detect',
+             headers: Optional[Dict[str, str]] = None) -> Dict:
         """Post one payload -> the server's JSON answer plus ``retries`` (attempts - 1),
         ``client_ms`` (the whole exchange, waits included) and ``attempt_ms`` (the answered
-        attempt alone, comparable with the server's ``timings_ms.server``).
+        attempt alone, comparable with the server's ``timings_ms.server``). ``headers``: more
+        request headers (e.g. ``Ecc-Edge-Id`` and ``Ecc-Param-Seq`` of an adapted edge).
 
         Raises :class:`CloudRequestError` for a final refusal (a status not in
         :data:`RETRY_STATUSES`) and :class:`CloudUnavailableError` once the budget is spent."""
+        t0 = time.perf_counter()
+        r, attempt, t_attempt = self._exchange('POST', path, payload, request_id, headers)
+        return _answer(r, attempt, t0, t_attempt)
+
+    def _exchange(self, method: str, path: str, content: Optional[bytes], request_id: str,
+                  headers: Optional[Dict[str, str]] = None, params: Optional[Dict] = None,
+                  ok: Sequence[int] = (200, ), final: Sequence[str] = ()):
+        """One request, retried with the same ``Idempotency-Key`` -> (the response with a
+        status in ``ok``, attempts - 1, when the answered attempt began). A refusal whose
+        error name is in ``final`` is final even with a retry status."""
         import httpx
         if not _REQUEST_ID.fullmatch(request_id):
             raise ValueError(f'request id {request_id!r}: 1-128 characters of [A-Za-z0-9._:-]')
-        headers = {'Idempotency-Key': request_id}
-        t0, first_failure, attempt = time.perf_counter(), None, 0
+        headers = dict(headers or {}, **{'Idempotency-Key': request_id})
+        first_failure, attempt = None, 0
         while True:
             t_attempt = time.perf_counter()
             try:
-                r = self._http.post(path, content=payload, headers=headers)
+                r = self._http.request(method, path, content=content, headers=headers,
+                                       params=params)
             except httpx.LocalProtocolError:  # our request is malformed: retrying won't help
                 raise CloudRequestError(None, 'LocalProtocolError', 'httpx refused to send '
                                         'the request (a malformed header?)') from None
             except httpx.TransportError as e:  # no answer: it may or may not have run
                 failure = (None, type(e).__name__, f'{self.base_url}: {self._redact(e)}', None)
             else:
-                if r.status_code == 200:
-                    return _answer(r, attempt, t0, t_attempt)
+                if r.status_code in ok:
+                    return r, attempt, t_attempt
                 error, detail = _error_of(r)
-                if r.status_code not in RETRY_STATUSES:
+                if r.status_code not in RETRY_STATUSES or error in final:
                     raise CloudRequestError(r.status_code, error, detail)
                 failure = (r.status_code, error, detail, r.headers.get('retry-after'))
             first_failure = self._clock() if first_failure is None else first_failure
             self._wait(attempt, failure, first_failure)
             attempt += 1
+
+    # -------------------------------------------------------------- online adaptation
+    def register_edge(self, edge_id: str, fingerprint: bytes, reset: bool = False) -> Dict:
+        """Register this edge for online adaptation (``POST /v1/adapt/edges/{edge_id}``;
+        idempotent: a known edge keeps its state unless ``reset``) -> ``edge_id``, ``seq`` (the
+        latest update issued to it) and ``num_skipped``."""
+        body = json.dumps(dict(fingerprint=bytes(fingerprint).hex(), reset=bool(reset)))
+        r = self._adapt('POST', f'/v1/adapt/edges/{_edge_id(edge_id)}', body.encode(),
+                        {'Content-Type': 'application/json'})
+        return _json_of(r)
+
+    def upload_for_adaptation(self, edge_id: str, messages: Sequence[bytes],
+                              img_ids: Sequence[int]) -> Dict:
+        """Upload images (IMAGE messages, e.g. those an edge batch selected; labelled as one
+        batch) for the edge's next update round -> ``image_ids``, the teacher's
+        ``detections`` of each (original-image coordinates), ``num_skipped`` and ``pending``.
+        Over the edge's pending limit: :class:`CloudRequestError` 429 ``UploadLimitError`` (run
+        a round first)."""
+        if not messages or len(messages) != len(img_ids):
+            raise ValueError('upload one or more IMAGE messages, each with its image id')
+        headers = {'Ecc-Edge-Id': _edge_id(edge_id),
+                   'Ecc-Image-Id': ','.join(str(int(i)) for i in img_ids),
+                   'Ecc-Image-Bytes': ','.join(str(len(m)) for m in messages)}
+        return _json_of(self._adapt('POST', '/v1/adapt/upload', b''.join(messages), headers))
+
+    def adapt_round(self, edge_id: str) -> Optional['ParamUpdateAnswer']:
+        """Run the edge's update round -> its PARAM_UPDATE, or None: nothing to learn yet."""
+        r = self._adapt('POST', '/v1/adapt/round', b'', {'Ecc-Edge-Id': _edge_id(edge_id)},
+                        ok=(200, 204))
+        return _update_of(r)
+
+    def fetch_update(self, edge_id: str, after: int) -> Optional['ParamUpdateAnswer']:
+        """The latest PARAM_UPDATE when newer than ``after`` (the sequence number the edge
+        runs), else None; 409 ``UpdateAheadError`` when ``after`` is past the cloud's latest."""
+        r = self._adapt('GET', '/v1/adapt/update', None, {'Ecc-Edge-Id': _edge_id(edge_id)},
+                        params=dict(after=int(after)), ok=(200, 204))
+        return _update_of(r)
+
+    def _adapt(self, method: str, path: str, content, headers, params=None, ok=(200, )):
+        r, _, _ = self._exchange(method, path, content, f'adapt-{uuid.uuid4().hex}', headers,
+                                 params, ok, final=('UploadLimitError', ))
+        return r
 
     def _redact(self, e: Exception) -> str:
         """``str(e)`` without the token (exceptions end up in logs)."""
@@ -200,16 +265,52 @@ class CloudClient:
 def _answer(r, attempt: int, t0: float, t_attempt: float) -> Dict:
     """The JSON object of a 200 answer with the client's figures added."""
     now = time.perf_counter()
+    body = _json_of(r)
+    body['retries'] = attempt
+    body['client_ms'] = (now - t0) * 1e3
+    body['attempt_ms'] = (now - t_attempt) * 1e3
+    return body
+
+
+def _json_of(r) -> Dict:
+    """The JSON object of a 200 answer."""
     try:
         body = r.json()
     except ValueError:  # e.g. a proxy's page: not an answer of ours
         body = None
     if not isinstance(body, dict):
         raise CloudRequestError(200, 'BadResponse', f'not a JSON object: {r.text[:200]!r}')
-    body['retries'] = attempt
-    body['client_ms'] = (now - t0) * 1e3
-    body['attempt_ms'] = (now - t_attempt) * 1e3
     return body
+
+
+class ParamUpdateAnswer(NamedTuple):
+    """A PARAM_UPDATE from the cloud: its bytes, sequence number and the image ids the round
+    trained on (empty for :meth:`CloudClient.fetch_update`)."""
+    data: bytes
+    seq: int
+    trained_on: Tuple[int, ...]
+
+
+def _edge_id(edge_id: str) -> str:
+    if not isinstance(edge_id, str) or not _EDGE_ID.fullmatch(edge_id):
+        raise ValueError(f'edge id {edge_id!r}: 1-64 characters of [A-Za-z0-9._-]')
+    return edge_id
+
+
+
+
+def _update_of(r) -> Optional[ParamUpdateAnswer]:
+    """A 200 answer's PARAM_UPDATE (None for 204)."""
+    if r.status_code == 204:
+        return None
+    try:
+        seq = int(r.headers['ecc-param-seq'])
+        ids = r.headers.get('ecc-trained-on-ids', '')
+        trained_on = tuple(int(i) for i in ids.split(',')) if ids else ()
+    except (KeyError, ValueError):
+        raise CloudRequestError(r.status_code, 'BadResponse', 'a PARAM_UPDATE answer without '
+                                'a valid Ecc-Param-Seq / Ecc-Trained-On-Ids header') from None
+    return ParamUpdateAnswer(r.content, seq, trained_on)
 
 
 def _seconds(retry_after: Optional[str]) -> Optional[float]:

@@ -4,7 +4,8 @@
         [--corruptions gaussian_noise shot_noise defocus_blur motion_blur fog contrast] \
         [--severities 3 5] [--methods none norm_stats tent cema upload_all random] \
         [--num-images 200] [--seeds 0 1] [--continual] [--data-root DIR] \
-        [--cfg-options test_cfg.cloud.steps=4 ...] [--out work_dirs/benchmarks/online.json]
+        [--cfg-options test_cfg.cloud.steps=4 ...] [--through-server] \
+        [--out work_dirs/benchmarks/online.json]
 
 CONFIG selects ``OnlineAdaptationLoop`` (e.g. configs/ecc_faster_rcnn_r18_synthetic_cema.py);
 its settings are CEMA's, the tool only changes ``method`` (and ``random_ratio``: the random
@@ -15,9 +16,16 @@ router's offload ratio in the first and last quarter of the stream. A clean stre
 adaptation is the reference of "mAP lost to the shift". ``--continual`` adds CEMA and no
 adaptation over the severity-3 streams one after another without reset.
 
+``--through-server`` runs the cloud side of every stream through a real server: it starts
+``tools/serve_cloud.py --adapt`` on 127.0.0.1 (a free port, a fresh token file in a temporary
+directory, the same config, checkpoint, ``--cfg-options``, data root and thread count), the loop
+uploads and gets its PARAM_UPDATEs over HTTP (``test_cfg.remote``), and the server is stopped at
+the end. The results are the in-process ones (only the ``seconds`` differ).
+
 Writes JSON, a table and a plot; checks the issue's targets on the averages over corruptions.
 """
 import argparse
+import contextlib
 import copy
 import os
 import os.path as osp
@@ -50,11 +58,19 @@ def parse_args(argv=None):
     p.add_argument('--continual', action='store_true')
     p.add_argument('--data-root')
     p.add_argument('--cfg-options', nargs='+', action=DictAction)
+    p.add_argument('--through-server', action='store_true',
+                   help='adapt through tools/serve_cloud.py --adapt on 127.0.0.1 (started and '
+                   'stopped here) instead of in this process')
     p.add_argument('--out', default='work_dirs/benchmarks/online_adaptation.json')
     p.add_argument('--from-json', nargs='+',
                    help='re-render the summary, table and plot of saved runs (their JSON; several '
                    'runs, e.g. other seeds, are merged) without running anything; to --out')
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    # the --cfg-options as given, for the server's command line
+    raw = argparse.ArgumentParser(add_help=False)
+    raw.add_argument('--cfg-options', nargs='+', default=[])
+    args.cfg_option_strings = raw.parse_known_args(argv)[0].cfg_options
+    return args
 
 
 def _mean(xs):
@@ -332,6 +348,30 @@ def _seed_rows(args, run, seed, streams, order):
     return rows, clean
 
 
+@contextlib.contextmanager
+def _cloud(args, runner):
+    """``--through-server``: the loop's ``remote`` setting of a server started here, stopped on
+    exit; None in process."""
+    if not args.through_server:
+        yield None
+        return
+    import torch
+    from ecc_tools.e2e import write_token
+    from ecc_tools.serving_bench import server
+    cfg = runner.cfg
+    per_round = int(cfg.test_dataloader.get('batch_size', 1)) * int(
+        cfg.test_cfg.get('update_interval', 1))
+    data_root = args.data_root or cfg.test_dataloader.dataset.get('data_root')
+    with tempfile.TemporaryDirectory(prefix='adapt_server_') as tmp:
+        token_file = write_token(osp.join(tmp, 'token'))
+        extra = ['--adapt', '--adapt-max-pending', max(64, per_round), '--data-root', data_root]
+        with server(args.config, args.checkpoint, None, args.cfg_option_strings,
+                    threads=torch.get_num_threads(), extra_args=extra, log_dir=tmp,
+                    token_file=token_file) as (url, _):
+            print(f'- adapting through the server at {url}', flush=True)
+            yield dict(url=url, token_file=token_file, edge_id='benchmark')
+
+
 def main(argv=None):
     args = parse_args(argv)
     if args.from_json:
@@ -339,8 +379,16 @@ def main(argv=None):
     if not args.config or not args.checkpoint:
         raise SystemExit('error: give CONFIG and CHECKPOINT (or --from-json J)')
     runner, base_loop = _runner(args)
+    with _cloud(args, runner) as remote:
+        res = _run_all(args, runner, base_loop, remote)
+    return _report(res, args.out)
 
+
+def _run_all(args, runner, base_loop, remote) -> dict:
+    """Every method on every stream and seed -> the results (rows, clean rows, summary)."""
     def run(method, streams, seed, reset=True, **extra):
+        if remote is not None:  # the methods without a cloud ignore it
+            extra['remote'] = remote
         return _run_loop(runner, base_loop, args.num_images, method, streams, seed, reset,
                          **extra)
 
@@ -355,7 +403,9 @@ def main(argv=None):
                seeds=args.seeds, corruptions=args.corruptions, severities=args.severities,
                loop=base_loop, clean=clean, rows=rows,
                summary=summarize(rows, clean, order, args.severities, args.corruptions))
-    return _report(res, args.out)
+    if remote is not None:
+        res['through_server'] = True
+    return res
 
 
 if __name__ == '__main__':

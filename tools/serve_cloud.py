@@ -18,6 +18,15 @@ is one INFO line and ``ecc_client_disconnects_total``. ``--metrics-token``: ``/m
 the bearer token too (default: open, as ``/healthz``). Each flag sets the ``serving`` key of
 the same meaning (``body_timeout_s``, ``header_timeout_s``, ``max_connections_per_client``,
 ``max_connections``, ``shutdown_grace_s``, ``metrics_require_token``).
+``--adapt``: also serve online adaptation (``/v1/adapt/*``: edges register, upload selected
+images, get PARAM_UPDATEs; ``ecc_mmdet.serving.adaptation_service``) of a dynamic split
+detector's edge, with the full checkpoint. The teacher is ``--adapt-teacher-config`` /
+``--adapt-teacher-checkpoint``, else the config's ``test_cfg`` or top-level ``teacher_config`` /
+``teacher_checkpoint``; the ``CloudAdapter`` settings (and ``downlink_half``) are those of the
+config's ``OnlineAdaptationLoop`` test loop, so ``tools/test.py`` with ``test_cfg.remote`` gives
+the in-process numbers. ``--adapt-state-dir`` keeps every edge's state there (written atomically
+after each change; a restarted server continues); ``--adapt-max-edges`` and
+``--adapt-max-pending`` bound the edges and each edge's uploads waiting for a round (429).
 For several processes behind a load balancer, see docs/deployment.md (``uvicorn --factory
 ecc_mmdet.serving.app:app_from_env --workers N``); for a cluster, ``tools/serve_ray.py``.
 """
@@ -58,6 +67,18 @@ def parse_args(argv=None):
     add_checkpoint_args(p)  # --allow-partial-checkpoint, --debug
     p.add_argument('--cfg-options', nargs='+', action=DictAction,
                    help='override config settings, e.g. serving.max_batch_size=1')
+    a = p.add_argument_group('online adaptation')
+    a.add_argument('--adapt', action='store_true', help='serve /v1/adapt/* (a dynamic split '
+                   'detector, full checkpoint, a teacher)')
+    a.add_argument('--adapt-teacher-config', help='the teacher\'s config (default: the '
+                   'config\'s test_cfg / top-level teacher_config)')
+    a.add_argument('--adapt-teacher-checkpoint', help='the teacher\'s checkpoint (default: '
+                   'the config\'s teacher_checkpoint)')
+    a.add_argument('--adapt-state-dir', help='keep the edges\' adaptation states here (a '
+                   'restarted server continues); default: in memory only')
+    a.add_argument('--adapt-max-edges', type=int, default=16, help='edges adapted at most [16]')
+    a.add_argument('--adapt-max-pending', type=int, default=64,
+                   help='uploads of one edge waiting for a round [64]')
     g = p.add_argument_group('slow and vanishing clients (default: the config\'s serving '
                              'keys, else the value in brackets)')
     for flag, key, kind, text in GUARD_FLAGS:
@@ -110,6 +131,7 @@ def build_service(args):
     serving = ServingConfig.from_dict(serving_options(cfg, args))
     if serving.metrics_require_token and token is None:
         raise ConfigError('--metrics-token needs a token: drop --insecure-no-auth')
+    teacher = adapt_teacher(args, cfg) if args.adapt else None  # its errors first
     from ecc_tools.dynamic import calibrated_if_dynamic
     # the cloud's score maps come from the calibration split, fitted at startup
     calibrated = calibrated_if_dynamic(args.config, args.checkpoint, args.data_root,
@@ -123,7 +145,43 @@ def build_service(args):
         runtime = CloudRuntime.from_files(cfg, args.checkpoint, device=args.device,
                                           partial_checkpoint=args.allow_partial_checkpoint,
                                           max_input_side=serving.max_input_side)
-    return CloudService(runtime, token, serving, report_sink=_jsonl_sink(args.reports_out))
+    adaptation = build_adaptation(args, runtime, serving, *teacher) if args.adapt else None
+    return CloudService(runtime, token, serving, report_sink=_jsonl_sink(args.reports_out),
+                        adaptation=adaptation)
+
+
+def adapt_teacher(args, cfg):
+    """``--adapt``: (the config's OnlineAdaptationLoop settings, or {} for CloudAdapter's
+    defaults; the teacher, built) -- a ConfigError or FileNotFoundError naming what is
+    missing."""
+    from ecc_mmdet.distillation import DetectionDistiller
+    loop = dict(cfg.get('test_cfg', None) or {})
+    if loop.get('type') != 'OnlineAdaptationLoop':
+        loop = {}
+    distiller = DetectionDistiller(
+        teacher_config=args.adapt_teacher_config or loop.get('teacher_config'),
+        teacher_checkpoint=args.adapt_teacher_checkpoint or loop.get('teacher_checkpoint'),
+        owner='serve_cloud --adapt')
+    return loop, distiller.build(device=args.device, cfg=cfg)
+
+
+def build_adaptation(args, runtime, serving, loop: dict, distiller):
+    """``--adapt``: an AdaptationService over a hub of the served model, the teacher and the
+    loop's cloud settings, as ``OnlineAdaptationLoop`` builds them in process."""
+    from ecc_mmdet.adaptation.cloud_state import AdaptationHub
+    from ecc_mmdet.serving.adaptation_service import AdaptationService
+    model = runtime.model
+    if getattr(model, 'edge_exit', None) is None or getattr(model, 'router', None) is None:
+        raise ConfigError('--adapt adapts the edge exit of a dynamic split detector (edge_exit '
+                          '+ router, e.g. configs/ecc_faster_rcnn_r18_synthetic_cema.py): serve '
+                          'such a config with its full checkpoint (not cloud.pth)')
+    distiller.check_classes(model)
+    # every cloud method's edge re-estimates its own statistics: updates carry the affine only
+    hub = AdaptationHub(model, distiller, dict(loop.get('cloud') or {}),
+                        state_dir=args.adapt_state_dir, max_edges=args.adapt_max_edges,
+                        max_pending=args.adapt_max_pending, affine_only=True,
+                        half=bool(loop.get('downlink_half', False)))
+    return AdaptationService(hub, runtime.class_names, retry_after_s=serving.retry_after_s)
 
 
 def _jsonl_sink(path):
@@ -136,6 +194,24 @@ def _jsonl_sink(path):
         out.write(json.dumps(report) + '\n')
         out.flush()
     return sink
+
+
+def _banner(args, service, port: int) -> None:
+    """What is served, with its limits (never the token)."""
+    s = service.config
+    auth = ('on (metrics too)' if s.metrics_require_token else 'on') if service._token else 'OFF'
+    print(f'serving {args.config} on http://{args.host}:{port}/v1/detect (fingerprint '
+          f'{service.runtime.fingerprint.hex()}, batch <= {s.max_batch_size}, wait '
+          f'{s.max_wait_ms} ms, queue {s.max_queue}, body <= {s.max_body_bytes} B in '
+          f'{s.body_timeout_s:g} s, headers in {s.header_timeout_s:g} s, connections <= '
+          f'{s.max_connections_per_client}/client, {s.max_connections} in all, auth {auth})',
+          flush=True)
+    if service.adaptation is not None:
+        hub = service.adaptation.hub
+        print(f'adapting edges on /v1/adapt/* ({len(hub.edges)} restored from '
+              f'{args.adapt_state_dir}; at most {hub.max_edges} edges)' if args.adapt_state_dir
+              else f'adapting edges on /v1/adapt/* (state in memory; at most {hub.max_edges} '
+              'edges)', flush=True)
 
 
 @main_guard
@@ -165,14 +241,7 @@ def main(argv=None):
         with open(args.port_file + '.tmp', 'w') as f:
             f.write(str(port))
         os.replace(args.port_file + '.tmp', args.port_file)
-    s = service.config
-    auth = ('on (metrics too)' if s.metrics_require_token else 'on') if service._token else 'OFF'
-    print(f'serving {args.config} on http://{args.host}:{port}/v1/detect (fingerprint '
-          f'{service.runtime.fingerprint.hex()}, batch <= {s.max_batch_size}, wait '
-          f'{s.max_wait_ms} ms, queue {s.max_queue}, body <= {s.max_body_bytes} B in '
-          f'{s.body_timeout_s:g} s, headers in {s.header_timeout_s:g} s, connections <= '
-          f'{s.max_connections_per_client}/client, {s.max_connections} in all, auth {auth})',
-          flush=True)
+    _banner(args, service, port)
     serve(service, [sock], args.graceful_timeout)
     return 0
 

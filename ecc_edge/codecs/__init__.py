@@ -1,4 +1,5 @@
-"""Payload framing (:mod:`.bitstream`) and lossless range coding (:mod:`.range_coding`).
+"""Payload framing (:mod:`.bitstream`), encoded images in it (:mod:`.image_message`) and lossless
+range coding (:mod:`.range_coding`).
 
 Nothing here imports torch or mmdet: the framing carries the image meta a detector needs as
 plain numbers. The per-image byte record that evaluators read (a ``DetDataSample`` matter) lives
@@ -9,6 +10,7 @@ from .bitstream import (FINGERPRINT_BYTES, FORMAT_VERSION, MAGIC, NO_FINGERPRINT
                         CorruptedBitstreamError, ImageMeta, Payload, RatePointError,
                         TruncatedBitstreamError,
                         UnsupportedVersionError, as_bytes, framing_overhead, pack, unpack)
+from .image_message import MAX_IMAGE_SIDE, ImageMessage, pack_image, unpack_image
 from .range_coding import (decode_with_cdf_tables, decode_with_histogram,
                            decode_with_indexed_tables, encode_with_cdf_tables,
                            encode_with_histogram, encode_with_indexed_tables)
@@ -18,6 +20,7 @@ __all__ = [
     'CodecMismatchError', 'ImageCodecId', 'MessageType', 'ModelMismatchError',
     'CorruptedBitstreamError', 'ImageMeta', 'Payload', 'RatePointError', 'TruncatedBitstreamError',
     'UnsupportedVersionError', 'as_bytes', 'framing_overhead', 'pack', 'unpack',
+    'MAX_IMAGE_SIDE', 'ImageMessage', 'pack_image', 'unpack_image',
     'encode_with_cdf_tables', 'decode_with_cdf_tables', 'encode_with_histogram', 'decode_with_histogram',
     'encode_with_indexed_tables', 'decode_with_indexed_tables'
 ]

@@ -31,8 +31,9 @@ from ..models.exits.edge_exit import ExitOutput
 from ..models.routers.features import top_k_entropy
 from ..errors import ConfigError
 
-__all__ = ['norm_affine_parameters', 'norm_train_mode', 'exit_forward', 'exit_entropy',
-           'exit_pseudo_label_loss', 'NormStats', 'Tent', 'ReplayBuffer', 'CloudAdapter']
+__all__ = ['norm_affine_parameters', 'norm_train_mode', 'running_stats', 'load_running_stats',
+           'exit_forward', 'exit_entropy', 'exit_pseudo_label_loss', 'NormStats', 'Tent',
+           'ReplayBuffer', 'CloudAdapter']
 
 
 def norm_affine_parameters(model) -> List[nn.Parameter]:
@@ -54,6 +55,27 @@ def norm_train_mode(model):
         yield model
     finally:
         model.eval()
+
+
+def _stat_layers(model) -> Dict[str, _NormBase]:
+    return {name: m for name, m in model.named_modules()
+            if isinstance(m, _NormBase) and m.track_running_stats}
+
+
+def running_stats(model) -> Dict[str, Tensor]:
+    """A copy of the running statistics of every batch-norm layer of ``model`` (what
+    re-estimating them, e.g. the teacher's ``adapt_teacher``, changes; the weights stay)."""
+    return {f'{name}.{k}': b.detach().clone() for name, m in _stat_layers(model).items()
+            for k, b in m.named_buffers(recurse=False) if b is not None}
+
+
+@torch.no_grad()
+def load_running_stats(model, stats: Dict[str, Tensor]) -> None:
+    """Put :func:`running_stats`' copy back into ``model``."""
+    for name, m in _stat_layers(model).items():
+        for k, b in m.named_buffers(recurse=False):
+            if b is not None:
+                b.copy_(stats[f'{name}.{k}'])
 
 
 def exit_forward(model, batch_inputs: Tensor):
@@ -217,10 +239,10 @@ class CloudAdapter:
         (a new stream)."""
         self.distiller = distiller
         teacher = distiller.teacher
-        if self._teacher_state is None:
-            self._teacher_state = copy.deepcopy(teacher.state_dict())
+        if self._teacher_state is None:  # only its statistics change (adapt_teacher)
+            self._teacher_state = running_stats(teacher)
         else:
-            teacher.load_state_dict(self._teacher_state)
+            load_running_stats(teacher, self._teacher_state)
         self.model = copy.deepcopy(edge_model)
         self.model.eval()
         for p in self.model.parameters():
@@ -273,9 +295,7 @@ class CloudAdapter:
 
     def _teacher_norm_stats(self, inputs: Tensor) -> None:
         teacher = self.distiller.teacher
-        bns = [m for m in teacher.modules() if isinstance(m, _NormBase)
-               and m.track_running_stats]
-        for m in bns:
+        for m in _stat_layers(teacher).values():
             m.train()
         try:
             teacher.extract_feat(inputs)

@@ -2,7 +2,9 @@
 :class:`~ecc_mmdet.serving.service.CloudService`'s.
 
 Endpoints: ``POST /v1/detect`` (raw payload, ``application/octet-stream``), ``POST /v1/report``
-(the detections report of an image finished on the edge), ``GET /healthz``
+(the detections report of an image finished on the edge), the online adaptation routes
+``POST /v1/adapt/edges/{edge_id}``, ``POST /v1/adapt/upload``, ``POST /v1/adapt/round`` and
+``GET /v1/adapt/update?after=N`` (:mod:`.adaptation_service`), ``GET /healthz``
 (the process answers), ``GET /readyz`` (the model is loaded and the batcher runs; 503 while
 shutting down), ``GET /metrics`` (Prometheus text format; with ``serving.metrics_require_token``
 only for the bearer token, since it reveals the traffic).
@@ -27,10 +29,14 @@ from starlette.requests import ClientDisconnect
 
 from ..apis.inference import load_config
 from .runtime import CloudRuntime
-from .service import CloudService, Reply, ServingConfig
+from .service import CONTENT_TYPE, CloudService, Reply, ServingConfig
 
-__all__ = ['create_app', 'serve']
+__all__ = ['ADAPT_ROUTES', 'create_app', 'serve']
 logger = logging.getLogger('ecc_mmdet.serving')
+#: (method, path, action of CloudService.adapt): the online adaptation routes
+ADAPT_ROUTES = (('POST', '/v1/adapt/edges/{edge_id}', 'register'),
+                ('POST', '/v1/adapt/upload', 'upload'), ('POST', '/v1/adapt/round', 'round'),
+                ('GET', '/v1/adapt/update', 'update'))
 
 
 def create_app(service: Union[CloudService, Callable[[], CloudService]]) -> FastAPI:
@@ -99,23 +105,33 @@ class AnswerCancelled:
 def install_routes(app: FastAPI) -> None:
     """The routes, reading the service from ``app.state.service`` (shared with Ray Serve)."""
 
-    async def answer(request: Request, handler: str) -> Response:
+    async def answer(request: Request, route: str, call) -> Response:
         svc: CloudService = request.app.state.service
         try:
-            reply = await getattr(svc, handler)(headers_of(request), request.stream())
+            reply = await call(svc, headers_of(request), request.stream())
         except ClientDisconnect:  # nobody to answer
             client = request.client
-            svc.client_disconnected(handler, f'{client.host}:{client.port}' if client else '?')
+            svc.client_disconnected(route, f'{client.host}:{client.port}' if client else '?')
             return Response(status_code=400)
         return as_response(reply)
 
     @app.post('/v1/detect')
     async def detect(request: Request):
-        return await answer(request, 'detect')
+        return await answer(request, 'detect', lambda svc, h, c: svc.detect(h, c))
 
     @app.post('/v1/report')
     async def report(request: Request):
-        return await answer(request, 'report')
+        return await answer(request, 'report', lambda svc, h, c: svc.report(h, c))
+
+    def adapt(action: str):
+        async def route(request: Request):
+            params = dict(request.query_params, **request.path_params)
+            return await answer(request, f'adapt_{action}',
+                                lambda svc, h, c: svc.adapt(action, h, c, params))
+        return route
+
+    for method, path, action in ADAPT_ROUTES:
+        app.add_api_route(path, adapt(action), methods=[method], name=f'adapt_{action}')
 
     @app.get('/healthz')
     async def healthz():
@@ -142,7 +158,11 @@ def headers_of(request: Request) -> dict:
     return {k.lower(): v for k, v in request.headers.items()}
 
 
-def as_response(reply: Reply) -> JSONResponse:
+def as_response(reply: Reply) -> Response:
+    """JSON, a binary answer (a PARAM_UPDATE) or an empty one (204)."""
+    if reply.body is None or isinstance(reply.body, bytes):
+        return Response(reply.body, status_code=reply.status, headers=reply.headers,
+                        media_type=None if reply.body is None else CONTENT_TYPE)
     return JSONResponse(reply.body, status_code=reply.status, headers=reply.headers)
 
 

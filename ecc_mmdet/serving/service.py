@@ -2,24 +2,34 @@
 :class:`~ecc_mmdet.serving.runtime.CloudRuntime`, independent of the HTTP front end.
 
 The FastAPI app (:mod:`.app`) and the Ray Serve deployment (:mod:`.ray_deployment`) both hand
-each upload to :meth:`CloudService.detect` (a feature payload) or :meth:`CloudService.report`
-(an edge-finished image's detections report) and send back what it returns, so every front end
-refuses the same things with the same status codes:
+each upload to :meth:`CloudService.detect` (a feature payload), :meth:`CloudService.report`
+(an edge-finished image's detections report) or :meth:`CloudService.adapt` (the online
+adaptation routes ``/v1/adapt/*``, handled by an optional
+:class:`~ecc_mmdet.serving.adaptation_service.AdaptationService`) and send back what it
+returns, so every front end refuses the same things with the same status codes:
 
 =======  ==================================================================================
 status   when
 =======  ==================================================================================
-200      detections (JSON); for ``/v1/report``: the report's image id and box count
-400      a payload the decoder refuses (the body names the ``BitstreamError`` subclass), or a
-         malformed ``Idempotency-Key``
+200      detections (JSON); for ``/v1/report``: the report's image id and box count; for an
+         adaptation round or update: the PARAM_UPDATE bytes (``Ecc-Param-Seq``)
+204      an adaptation round with nothing to learn yet, or no update newer than ``after``
+400      a payload the decoder refuses (the body names the ``BitstreamError`` subclass), a
+         malformed ``Idempotency-Key``, or malformed adaptation headers / edge id / JSON
 401      no ``Authorization: Bearer`` header          403  a wrong token
+404      adaptation: an edge id never registered (``UnknownEdgeError``), or a server started
+         without ``--adapt`` (``AdaptationDisabled``)
 408      the body did not arrive within ``body_timeout_s`` of the headers, or was still
          arriving ``shutdown_grace_s`` after shutdown began (``Connection: close``)
-409      the payload was made by another model (fingerprint)
+409      the payload was made by another model (fingerprint), or an edge claims an update
+         sequence number past the latest this cloud issued (``UpdateAheadError``)
 413      body over ``max_body_bytes``, or an image larger than ``max_input_side``
-415      a ``Content-Type`` other than ``application/octet-stream``
+415      a ``Content-Type`` other than ``application/octet-stream`` (``application/json``
+         for an edge's registration)
 422      an ``Idempotency-Key`` already used for a different payload
-503      queue full or shutting down (with ``Retry-After``)
+429      adaptation: the edge's uploads waiting for a round, or the registered edges, are at
+         their limit (``UploadLimitError``; run a round first: retrying alone does not help)
+503      queue full, adaptation busy or shutting down (with ``Retry-After``)
 =======  ==================================================================================
 
 A client that goes away before its body is complete is one INFO line and the
@@ -42,7 +52,7 @@ import logging
 import re
 import time
 from collections import OrderedDict
-from typing import AsyncIterator, Callable, Dict, Mapping, NamedTuple, Optional
+from typing import AsyncIterator, Callable, Dict, Mapping, NamedTuple, Optional, Union
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -100,7 +110,7 @@ class ServingConfig(NamedTuple):
 
 class Reply(NamedTuple):
     status: int
-    body: Dict
+    body: Union[Dict, bytes, None]  # JSON, a binary answer, or nothing (204)
     headers: Dict[str, str]
 
 
@@ -116,6 +126,8 @@ class CloudService:
         report_sink: called with each accepted detections report (image id, detections in
             the server's JSON form, bytes); e.g. ``tools/serve_cloud.py --reports-out`` appends
             them to a JSON-lines file. None: reports are validated, counted and acknowledged.
+        adaptation: an :class:`~ecc_mmdet.serving.adaptation_service.AdaptationService`
+            (``tools/serve_cloud.py --adapt``); None: no online adaptation.
         token: the bearer token clients must send; None disables authentication (only for
             loopback experiments; the server CLI refuses it unless asked explicitly).
         config: a :class:`ServingConfig`.
@@ -123,8 +135,10 @@ class CloudService:
 
     def __init__(self, runtime: CloudRuntime, token: Optional[str],
                  config: ServingConfig = ServingConfig(),
-                 report_sink: Optional[Callable[[Dict], None]] = None):
+                 report_sink: Optional[Callable[[Dict], None]] = None, adaptation=None):
         self.runtime, self.config, self.report_sink = runtime, config, report_sink
+        #: an AdaptationService (``/v1/adapt/*``); None: those routes answer 404
+        self.adaptation = adaptation
         self._token = None if token is None else token.encode()
         self.batcher = DynamicBatcher(self._predict, config.max_batch_size, config.max_wait_ms,
                                       config.max_queue)
@@ -244,26 +258,45 @@ class CloudService:
 
     async def detect(self, headers: Mapping[str, str], chunks: AsyncIterator[bytes]) -> Reply:
         """Handle one ``POST /v1/detect`` (a FEATURES payload); ``headers`` with lower-case
-        names."""
-        return await self._handle('detect', headers, chunks, self._run)
+        names. With adaptation, an ``Ecc-Edge-Id`` + ``Ecc-Param-Seq`` pair is checked first
+        (409 for parameters this cloud never issued); without, it is ignored."""
+        async def run(data: bytes) -> Reply:
+            denied = self.adaptation.check_params(headers) if self.adaptation else None
+            return denied if denied is not None else await self._run(data)
+
+        return await self._handle('detect', headers, chunks, run)
+
+    async def adapt(self, action: str, headers: Mapping[str, str],
+                    chunks: AsyncIterator[bytes], params: Mapping[str, str]) -> Reply:
+        """Handle one online adaptation request: ``action`` ``register`` / ``upload`` /
+        ``round`` / ``update``; ``params``: the path and query parameters."""
+        if self.adaptation is None:
+            async def off(data: bytes) -> Reply:
+                return _error(404, 'AdaptationDisabled', 'this server does not adapt edges: '
+                              'start tools/serve_cloud.py with --adapt')
+            return await self._handle(f'adapt_{action}', headers, chunks, off, None)
+        compute, ctype = self.adaptation.handler(action, headers, params)
+        return await self._handle(f'adapt_{action}', headers, chunks, compute, ctype)
 
     async def report(self, headers: Mapping[str, str], chunks: AsyncIterator[bytes]) -> Reply:
         """Handle one ``POST /v1/report``: the compact detections report of an image the edge
         finished itself (a DETECTIONS message), validated and handed to ``report_sink``."""
         return await self._handle('report', headers, chunks, self._take_report)
 
-    async def _handle(self, route: str, headers, chunks, compute) -> Reply:
+    async def _handle(self, route: str, headers, chunks, compute,
+                      content_type: Optional[str] = CONTENT_TYPE) -> Reply:
         t0 = time.perf_counter()
-        reply = await self._admit(headers, chunks, compute)
+        reply = await self._admit(headers, chunks, compute, content_type)
         self.m_requests.labels(route=route, status=str(reply.status)).inc()
         self.m_latency.labels(route=route).observe(time.perf_counter() - t0)
         if reply.status == 200 and route == 'detect':
             reply.body.setdefault('timings_ms', {})['server'] = (time.perf_counter() - t0) * 1e3
         return reply
 
-    async def _admit(self, headers, chunks, compute) -> Reply:
+    async def _admit(self, headers, chunks, compute,
+                     content_type: Optional[str] = CONTENT_TYPE) -> Reply:
         """The checks every upload passes (auth, state, type, key, size), then ``compute``
-        once per Idempotency-Key."""
+        once per Idempotency-Key. ``content_type`` None: any (a request without a body)."""
         denied = self.check_auth(headers)
         if denied is not None:
             return denied
@@ -271,9 +304,9 @@ class CloudService:
             return _error(503, 'ShuttingDown', 'the server is shutting down',
                           **{'Retry-After': str(self.config.retry_after_s)})
         ctype = headers.get('content-type', '').split(';')[0].strip().lower()
-        if ctype != CONTENT_TYPE:
+        if content_type is not None and ctype != content_type:
             return _error(415, 'UnsupportedMediaType',
-                          f'send the raw payload as {CONTENT_TYPE}, got {ctype or "none"}')
+                          f'send the body as {content_type}, got {ctype or "none"}')
         rid = headers.get('idempotency-key')
         if rid is not None and not _REQUEST_ID.fullmatch(rid):
             return _error(400, 'BadIdempotencyKey', 'Idempotency-Key must be 1-128 characters of '
@@ -282,8 +315,11 @@ class CloudService:
         if isinstance(data, Reply):
             return data
         self.m_bytes.inc(len(data))
-        if rid is None:
-            return await compute(data)
+        return await (compute(data) if rid is None else self._once(rid, data, compute))
+
+    async def _once(self, rid: str, data: bytes, compute) -> Reply:
+        """``compute(data)`` once per Idempotency-Key ``rid``: a retry gets the first answer
+        (a successful one; a refused request may be retried)."""
         digest = hashlib.sha256(data).digest()
         entry = self._done.get(rid)
         if entry is not None:
@@ -297,6 +333,9 @@ class CloudService:
                     raise
                 return await compute(data)  # the first attempt was cancelled: compute it
             self.m_replays.inc()
+            if isinstance(reply.body, bytes):  # a PARAM_UPDATE: said in a header
+                return Reply(reply.status, reply.body, dict(reply.headers, **{
+                    'Ecc-Replayed': '1'}))
             return Reply(reply.status, dict(reply.body, replayed=True), reply.headers)
         fut = asyncio.get_running_loop().create_future()
         self._done[rid] = (digest, fut)

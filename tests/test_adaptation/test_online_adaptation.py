@@ -60,7 +60,7 @@ def test_dynamic_upper_bound_follows_the_running_entropy():
     s.reset()
     assert s.e_max == pytest.approx(0.5) and s.count == 0
     # band mode: bounds are warm-up quantiles and move by the drift of the mean
-    b = EntropySelector(band=(0.25, 0.75), warmup=5)
+    b = EntropySelector(band=(0.25, 0.75), warmup=5, budget=False)  # the rule without a budget
     b.select(torch.tensor([0.1, 0.2, 0.3, 0.4, 0.5]), range(5))
     assert (b.e_low, b.e_max) == pytest.approx((0.2, 0.4))
     b.select(torch.full((5,), 0.5), range(5))  # running mean 0.4, warm-up mean 0.3: +0.1
@@ -274,7 +274,7 @@ def test_loop_scores_every_image_before_any_update_that_used_it(loop_files, tmp_
 
 def test_loop_resets_per_stream_refuses_a_bad_downlink_and_restores_the_model(
         loop_files, tmp_path, monkeypatch):
-    import ecc_mmdet.engine.runner.online_adaptation_loop as mod
+    import ecc_mmdet.adaptation.cloud_state as mod
     real = mod.make_param_update
 
     def corrupt_first(model, seq, *a, **kw):

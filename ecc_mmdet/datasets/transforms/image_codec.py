@@ -53,6 +53,23 @@ def _fit_within(shape: Tuple[int, int], max_size: Sequence[int]) -> Tuple[int, i
     return max(1, int(round(h * scale))), max(1, int(round(w * scale)))
 
 
+def decode_image(file_bytes, shape: Tuple[int, int], gray: bool = False) -> np.ndarray:
+    """The cloud's side of :class:`CompressImage`: decode the file and scale it back to the
+    camera resolution ``shape`` = (h, w) (the edge may have sent it scaled down, never up).
+    ValueError when the file does not decode or is larger than ``shape``."""
+    buf = np.frombuffer(bytes(file_bytes), np.uint8)
+    decoded = cv2.imdecode(buf, cv2.IMREAD_GRAYSCALE if gray else cv2.IMREAD_COLOR)
+    h, w = shape
+    if decoded is None:
+        raise ValueError('the image file does not decode')
+    if decoded.shape[0] > h or decoded.shape[1] > w:
+        raise ValueError(f'the image file holds {decoded.shape[:2]} pixels, more than the '
+                         f'image it stands for ({h}, {w})')
+    if decoded.shape[:2] != (h, w):
+        decoded = cv2.resize(decoded, (w, h), interpolation=cv2.INTER_LINEAR)
+    return decoded
+
+
 @TRANSFORMS.register_module()
 class CompressImage(BaseTransform):
     """Encode ``results['img']`` with an image codec, replace it by the decoded image and record
@@ -122,6 +139,21 @@ class CompressImage(BaseTransform):
         fit = '' if self.max_size is None else f'_fit{self.max_size[0]}x{self.max_size[1]}'
         return f'{self.codec}_q{self.quality}{fit}'
 
+    def encode(self, img: np.ndarray) -> np.ndarray:
+        """The file the edge sends (uint8 array): ``img`` (uint8 HxW, HxWx1 or HxWx3) scaled
+        down to ``max_size`` and encoded; :func:`decode_image` is the cloud's side."""
+        h, w = img.shape[:2]
+        sent = np.ascontiguousarray(img if img.ndim == 2 or img.shape[2] == 3 else img[..., 0])
+        if self.max_size is not None:
+            sh, sw = _fit_within((h, w), self.max_size)
+            if (sh, sw) != (h, w):
+                sent = cv2.resize(sent, (sw, sh), interpolation=cv2.INTER_AREA)
+        ok, buf = cv2.imencode(self._ext, sent, self._params)
+        if not ok:
+            raise RuntimeError(f'{type(self).__name__}: cv2.imencode({self._ext}) failed for '
+                               f'shape {img.shape}')
+        return buf
+
     def transform(self, results: dict) -> dict:
         img = results.get('img') if isinstance(results, dict) else None
         cls = type(self).__name__
@@ -137,21 +169,11 @@ class CompressImage(BaseTransform):
                              f'shape {img.shape}')
 
         t0 = time.perf_counter()
-        h, w = img.shape[:2]
-        sent = np.ascontiguousarray(img if img.ndim == 2 or img.shape[2] == 3 else img[..., 0])
-        if self.max_size is not None:
-            sh, sw = _fit_within((h, w), self.max_size)
-            if (sh, sw) != (h, w):
-                sent = cv2.resize(sent, (sw, sh), interpolation=cv2.INTER_AREA)
-        ok, buf = cv2.imencode(self._ext, sent, self._params)
-        if not ok:
-            raise RuntimeError(f'{cls}: cv2.imencode({self._ext}) failed for shape {img.shape}')
-        gray = sent.ndim == 2
-        decoded = cv2.imdecode(buf, cv2.IMREAD_GRAYSCALE if gray else cv2.IMREAD_COLOR)
-        if decoded is None:
-            raise RuntimeError(f'{cls}: cv2.imdecode failed on its own {self.codec} file')
-        if decoded.shape[:2] != (h, w):  # the cloud scales back to the camera resolution
-            decoded = cv2.resize(decoded, (w, h), interpolation=cv2.INTER_LINEAR)
+        buf = self.encode(img)
+        try:  # the cloud scales back to the camera resolution
+            decoded = decode_image(buf, img.shape[:2], gray=img.ndim == 2 or img.shape[2] == 1)
+        except ValueError as e:
+            raise RuntimeError(f'{cls}: {e} (its own {self.codec} file)') from e
         codec_time = time.perf_counter() - t0
         decoded = decoded.reshape(img.shape).astype(np.uint8, copy=False)
 

@@ -14,8 +14,10 @@ time, and for every batch, in this order:
    each into its own COCO evaluator. Nothing computed from this batch has touched the model yet;
 2. **edge-only baselines** (``norm_stats``, ``tent``) adapt on the batch just scored;
 3. **CEMA** (and the upload controls): the selector decides from the exit's uncertainty which
-   images go up; each is encoded with a real image codec (its bytes counted; the cloud learns
-   from the decoded image), labelled by the teacher and queued in the cloud's replay buffer;
+   images go up; each is encoded with a real image codec (its bytes counted) and sent as an
+   IMAGE message to the edge's cloud state (:class:`~ecc_mmdet.adaptation.EdgeAdaptation` in
+   this process, or a real server with ``remote``), which decodes it, has the teacher label it
+   and queues it in its replay buffer;
 4. every ``update_interval`` batches the cloud adapts its copy and the new normalisation
    parameters come down as a real PARAM_UPDATE message (bytes counted), which the edge checks and
    applies all-or-nothing.
@@ -23,9 +25,10 @@ time, and for every batch, in this order:
 How bytes are counted: *inference uplink* = the feature payloads of images the router offloaded
 (as in every other evaluation); *adaptation uplink* = the encoded images the selector uploaded,
 counted in full even when the same image was also offloaded (the cloud needs its pixels: the
-teacher reads images and the edge layers being trained start at the image); *downlink* = the
-PARAM_UPDATE messages. Streams start from the checkpoint (``reset=True``, the default) or follow
-each other without reset (continual mode).
+teacher reads images and the edge layers being trained start at the image), as the image files
+(not the 62 bytes of IMAGE framing around each); *downlink* = the PARAM_UPDATE messages. Streams
+start from the checkpoint (``reset=True``, the default) or follow each other without reset
+(continual mode).
 
 Methods: ``none``, ``norm_stats`` (edge BN statistics), ``tent`` (edge entropy minimisation),
 ``cema`` (entropy-band selection + cloud), ``upload_all``, ``random`` (uniform upload at
@@ -49,19 +52,20 @@ from mmengine.runner import BaseLoop
 from mmdet.registry import LOOPS, TASK_UTILS
 from mmdet.structures import DetDataSample
 
-from ecc_edge.codecs.bitstream import BitstreamError
+from ecc_edge.codecs.bitstream import BitstreamError, ImageCodecId, ImageMeta
+from ecc_edge.codecs.image_message import pack_image
+from ...adaptation.cloud_state import EdgeAdaptation
 from ...apis.evaluation import score_only_seen_images
 from ...datasets.transforms.corruptions import add_corruption
 from ...datasets.transforms.image_codec import CompressImage
 from ...deployment.fingerprint import model_fingerprint
 from ...evaluation.meter import DeploymentMeter
-from ...deployment.param_update import apply_param_update, make_param_update
+from ...deployment.param_update import apply_param_update
 from ...deployment.pipeline import run_deployment
 from ...deployment.sides import build_edge
 from ...distillation import DetectionDistiller, resolve_path
 from ...models.routers.features import top_k_entropy
 from ...structures import comm_record
-from ...structures.comm_record import COMM_KEY
 from ...utils.device import to_numpy
 from ...errors import ConfigError
 
@@ -133,6 +137,9 @@ class OnlineAdaptationLoop(BaseLoop):
             ``teacher_config`` / ``teacher_checkpoint``), see ``DetectionDistiller``.
         out_file: results JSON, in the work dir (None: not written).
         log_interval: progress line every this many batches.
+        remote: ``dict(url=..., token_file=..., edge_id=...)``: adapt through a real cloud
+            server (``tools/serve_cloud.py --adapt``) instead of in this process; the edge
+            re-registers with ``reset`` at every stream start.
     """
 
     def __init__(self, runner, dataloader, evaluator, method: str = 'cema',
@@ -143,7 +150,8 @@ class OnlineAdaptationLoop(BaseLoop):
                  upload_codec: dict = dict(codec='webp', quality=90),
                  downlink_half: bool = False, top_k: int = 10,
                  teacher_config=None, teacher_checkpoint=None,
-                 out_file: Optional[str] = 'online_adaptation.json', log_interval: int = 10):
+                 out_file: Optional[str] = 'online_adaptation.json', log_interval: int = 10,
+                 remote: Optional[dict] = None):
         if method not in METHODS:
             raise ConfigError(f'OnlineAdaptationLoop.method {method!r} is not one of '
                               f'{", ".join(METHODS)}')
@@ -177,6 +185,11 @@ class OnlineAdaptationLoop(BaseLoop):
         self.downlink_half = bool(downlink_half)
         self.teacher_config, self.teacher_checkpoint = teacher_config, teacher_checkpoint
         self.out_file, self.log_interval = out_file, int(log_interval)
+        if remote is not None and not (isinstance(remote, dict) and remote.get('url')):
+            raise ConfigError('OnlineAdaptationLoop.remote: dict(url=..., token_file=..., '
+                              f'edge_id=...) of a cloud server, got {remote!r}')
+        self.remote = None if remote is None else dict(remote)
+        self.cloud_side = self._remote_side = None
         self.results: List[Dict] = []
         #: (stream, img_id, sequence number of the edge parameters that predicted it), in order
         self.predicted_with: List[tuple] = []
@@ -288,7 +301,21 @@ class OnlineAdaptationLoop(BaseLoop):
         if self.edge_learner is not None:
             self.edge_learner.attach(model)
         if self.cloud is not None:
-            self.cloud.attach(model, distiller)
+            self.cloud_side = self._cloud_side(model, distiller)
+
+    def _cloud_side(self, model, distiller):
+        """This edge's state in the cloud, from the start: in this process, or a server's."""
+        if self.remote is None:
+            per_round = int(self.dataloader_cfg.get('batch_size', 1)) * self.update_interval
+            return EdgeAdaptation(model, distiller, self.cloud, model_fingerprint(model),
+                                  affine_only=self.edge_learner is not None,
+                                  half=self.downlink_half, max_pending=max(64, per_round))
+        if self._remote_side is None:
+            from ...adaptation.remote import RemoteEdgeAdaptation
+            self._remote_side = RemoteEdgeAdaptation(fingerprint=model_fingerprint(model),
+                                                     **self.remote)
+        self._remote_side.reset()
+        return self._remote_side
 
     def _write_results(self) -> None:
         if not self.out_file:
@@ -299,15 +326,14 @@ class OnlineAdaptationLoop(BaseLoop):
                       indent=1)
         self.runner.logger.info(f'online adaptation results written to {path}')
 
-    def _upload(self, images: Sequence[torch.Tensor]):
-        """Encode the images with the upload codec -> (decoded CHW uint8 tensors, bytes)."""
-        decoded, sizes = [], []
-        for img in images:
-            hwc = np.ascontiguousarray(to_numpy(img.permute(1, 2, 0)))
-            out = self.codec.transform({'img': hwc})
-            decoded.append(torch.from_numpy(np.ascontiguousarray(out['img'].transpose(2, 0, 1))))
-            sizes.append(int(out[COMM_KEY]['payload_bytes']))
-        return decoded, sizes
+    def _upload(self, image: torch.Tensor, sample, fingerprint: bytes):
+        """One image (CHW uint8, as the pipeline made it) -> (its IMAGE message, the file's
+        bytes)."""
+        hwc = np.ascontiguousarray(to_numpy(image.permute(1, 2, 0)))
+        file_bytes = self.codec.encode(hwc).tobytes()
+        msg = pack_image(file_bytes, ImageCodecId[self.codec.codec.upper()], hwc.shape,
+                         ImageMeta.from_metainfo(sample.metainfo), fingerprint)
+        return msg, len(file_bytes)
 
     def _run_stream(self, model, stream) -> Dict:
         """One stream, batch by batch in the order of the module docstring."""
@@ -321,7 +347,7 @@ class OnlineAdaptationLoop(BaseLoop):
         for ev in (up_teacher, up_edge):
             ev.dataset_meta = dataset.metainfo
         st = _StreamTally(name, (system_eval, edge_eval, up_teacher, up_edge),
-                          getattr(self.cloud, 'num_skipped', 0))
+                          getattr(self.cloud_side, 'num_skipped', 0))
         for b, data in enumerate(loader):
             raw = list(data['inputs'])
             batch = model.data_preprocessor(data, False)
@@ -334,7 +360,7 @@ class OnlineAdaptationLoop(BaseLoop):
                 self.edge_learner.step(model, inputs)
             # 3. upload selection and the cloud; 4. update round and downlink
             if self.cloud is not None:
-                self._upload_selected(raw, samples, keys, edge, entropy, st)
+                self._upload_selected(model, raw, samples, keys, edge, entropy, st)
                 if (b + 1) % self.update_interval == 0:
                     self._update_round(model, st)
             if self.log_interval and (b + 1) % self.log_interval == 0:
@@ -367,28 +393,31 @@ class OnlineAdaptationLoop(BaseLoop):
         st.n += len(samples)
         return edge, entropy
 
-    def _upload_selected(self, raw, samples, keys, edge, entropy, st: _StreamTally) -> None:
-        """Encode the images the selector chose and hand them to the cloud's buffer."""
+    def _upload_selected(self, model, raw, samples, keys, edge, entropy,
+                         st: _StreamTally) -> None:
+        """Send the images the selector chose to the cloud as one upload of IMAGE messages
+        (the cloud labels them as one batch)."""
         chosen = [i for i, c in enumerate(self.selector.select(entropy, keys).tolist()) if c]
         if not chosen:
             return
-        decoded, sizes = self._upload([raw[i] for i in chosen])
-        st.up_adapt += sum(sizes)
+        fingerprint = model_fingerprint(model)
+        messages = []
+        for i in chosen:
+            msg, size = self._upload(raw[i], samples[i], fingerprint)
+            st.up_adapt += size
+            messages.append(msg)
+        labels = self.cloud_side.upload(messages, [keys[i] for i in chosen])
         st.uploads += len(chosen)
-        labels = self.cloud.receive(decoded, [samples[i] for i in chosen])
         st.up_teacher.process(data_samples=labels)
         st.up_edge.process(data_samples=[edge[i] for i in chosen])
         st.uploaded_ids += [keys[i] for i in chosen]
 
     def _update_round(self, model, st: _StreamTally) -> None:
         """The cloud adapts; its parameters go down as a PARAM_UPDATE the edge may refuse."""
-        used = self.cloud.adapt()
-        if not used:
+        msg, used = self.cloud_side.round()
+        if msg is None:
             return
         self.seq += 1
-        msg = make_param_update(self.cloud.model, self.seq, model_fingerprint(model),
-                                half=self.downlink_half,
-                                affine_only=self.edge_learner is not None)
         st.down += len(msg)  # sent, whether or not the edge accepts it
         try:
             self.last_seq = apply_param_update(model, msg, self.last_seq)
@@ -439,6 +468,7 @@ class OnlineAdaptationLoop(BaseLoop):
             mean_entropy=float(np.mean(entropies)) if entropies else 0.0,
             entropy_quantiles=dict(zip(('p10', 'p25', 'p50', 'p75', 'p90'), np.quantile(
                 entropies, [.1, .25, .5, .75, .9]).tolist())) if entropies else {},
-            uploads_without_pseudo_labels=getattr(self.cloud, 'num_skipped', 0) - st.skipped0,
+            uploads_without_pseudo_labels=getattr(self.cloud_side, 'num_skipped', 0) -
+            st.skipped0,
             **on_uploads,
             selector=self.selector.state(), seconds=time.perf_counter() - st.t0)
