@@ -1,15 +1,20 @@
 """tools/demo.py end to end at its --tiny setting (8 train / 4 val / 8 calibration images, one
-epoch per stage; ~40 s on 2 cores): every stage runs through the real tools, and a second run
-reuses every stage's result."""
+epoch per stage; ~50 s on 2 cores): every stage runs through the real tools, the system is
+served over HTTP on loopback and matches its in-process evaluation, and a second run reuses
+every stage's result."""
 import json
+import os
+import stat
 
-from conftest import run_tool
+from conftest import REPO, run_tool
 
+SYSTEM = ('dynamic (exit + router)', 'system: entropy router, target offload 0.5')
+SERVED = ('system, served over HTTP (loopback)', 'light edge client -> serve_cloud.py')
 ROWS = [('teacher', 'original image'), ('cloud-only JPEG', 'q=10'), ('cloud-only JPEG', 'q=30'),
         ('cloud-only JPEG', 'q=60'), ('cloud-only JPEG', 'q=90'), ('cloud-only WebP', 'q=5'),
         ('cloud-only WebP', 'q=30'), ('cloud-only AVIF', 'q=5'), ('cloud-only AVIF', 'q=30'),
-        ('8-bit features', 'split_after=0'), ('learned bottleneck', 'KD student (beta=0.05)'),
-        ('dynamic (exit + router)', 'entropy router, target offload 0.5')]
+        ('8-bit features', 'split_after=0'),
+        ('learned bottleneck', 'task-driven hyperprior KD student (beta=0.05)'), SYSTEM, SERVED]
 
 
 def test_tiny_demo_runs_every_stage_then_reuses_them(tmp_path):
@@ -18,28 +23,73 @@ def test_tiny_demo_runs_every_stage_then_reuses_them(tmp_path):
     out = proc.stdout
     # its own tiny dataset, in the work dir (a user's data/synthetic_coco is left alone)
     assert f'generated {work / "data"}: 8 train / 4 val / 8 held-out' in out
-    for step in range(1, 6):
-        assert f'[{step}/5]' in out
+    for step in range(1, 7):
+        assert f'[{step}/6]' in out
     # each stage trained from its tiny config; the student went through both KD stages
     assert (work / 'baseline' / 'epoch_1.pth').is_file()
-    assert (work / 'dynamic' / 'epoch_1.pth').is_file()
-    assert (work / 'student' / 'epoch_2.pth').is_file()
-    student_log = (work / 'student' / 'train.log').read_text()
+    assert (work / 'dynamic_hp' / 'epoch_1.pth').is_file()
+    assert (work / 'student_hp' / 'epoch_2.pth').is_file()
+    student_log = (work / 'student_hp' / 'train.log').read_text()
     assert 'entering stage 1/2' in student_log and 'entering stage 2/2' in student_log
-    assert 'EntropyRouter threshold' in (work / 'dynamic' / 'train.log').read_text()
+    assert 'EntropyRouter threshold' in (work / 'dynamic_hp' / 'train.log').read_text()
     summary = json.loads((work / 'summary.json').read_text())
     rows = {(r['method'], r['setting']): r for r in summary['rows']}
     assert list(rows) == ROWS
-    learned, dynamic = rows[ROWS[-2]], rows[ROWS[-1]]
-    assert learned['bytes_per_image'] > 0 and 0 < dynamic['offload_ratio'] < 1
-    assert dynamic['bytes_per_image'] < learned['bytes_per_image']
+    learned, system, served = rows[ROWS[-3]], rows[SYSTEM], rows[SERVED]
+    assert learned['bytes_per_image'] > 0 and 0 < system['offload_ratio'] < 1
+    assert system['bytes_per_image'] < learned['bytes_per_image']
     assert all(r['bytes_per_image'] > 0 for k, r in rows.items() if k[0].startswith('cloud-only'))
-    assert (work / 'comparison.txt').read_text().count('\n') >= len(ROWS)
+    table = (work / 'comparison.txt').read_text()
+    assert table.count('\n') >= len(ROWS) - 1 and 'vs front' in table
     assert (work / 'rate_accuracy.png').stat().st_size > 0
-    # everything exists: the second run trains and evaluates nothing
-    again = run_tool('demo', '--tiny', '--work-dir', work).stdout
+    _check_served(work, out, summary['served'], system, served)
+    # everything exists: the second run trains, evaluates and serves nothing; --no-serve drops
+    # the served stage and row
+    again = run_tool('demo', '--tiny', '--no-serve', '--work-dir', work).stdout
     assert 'reused' in again and again.count('  reusing ') == 4  # 3 checkpoints + comparison
-    assert '$ ' not in again  # no training command was run
-    assert json.loads((work / 'summary.json').read_text())['rows'] == summary['rows']
+    assert '$ ' not in again and '[5/5]' in again  # no command was run
+    assert json.loads((work / 'summary.json').read_text())['rows'] == summary['rows'][:-1]
 
 
+def _check_served(work, out, res, system, served):
+    """The served stage: a loopback server with a private token file, the light edge client,
+    detections and bytes equal to the in-process system's (on non-empty detections)."""
+    assert '--server http://127.0.0.1:' in out and '--light' in out
+    token = work / 'served' / 'token'
+    assert stat.S_IMODE(os.stat(token).st_mode) == 0o600
+    assert token.read_text().strip() not in out
+    assert res['answered'] == res['images'] == 4 and res['differing_images'] == []
+    assert res['wire_bytes_per_image'] == res['metric_bytes_per_image'] == \
+        system['bytes_per_image'] > 0
+    assert served['bbox_mAP'] == res['mAP'] and res['in_process_mAP'] == system['bbox_mAP']
+    assert 0 < res['latency_ms']['p50'] <= res['latency_ms']['p95']
+    assert len(json.loads((work / 'served' / 'results.json').read_text())) > 0
+    assert 'detections differ from the in-process evaluation on 0 of 4 images' in out
+
+
+def test_served_detections_comparison():
+    """What the served stage calls equal: the JSON's rounding, nothing more."""
+    from ecc_tools.e2e import same_detections
+    ref = dict(bboxes=[[1.0, 2.0, 10.0, 20.0]], scores=[0.5], labels=[3])
+    assert same_detections(ref, dict(bboxes=[[1.0004, 2.0, 10.0, 19.9996]], scores=[0.500001],
+                                     labels=[3]))
+    assert not same_detections(ref, dict(bboxes=[[1.01, 2.0, 10.0, 20.0]], scores=[0.5],
+                                         labels=[3]))
+    assert not same_detections(ref, dict(bboxes=ref['bboxes'], scores=[0.5], labels=[2]))
+    assert not same_detections(ref, dict(bboxes=ref['bboxes'], scores=[0.4999], labels=[3]))
+    assert not same_detections(ref, None) and same_detections(dict(scores=[]), None)
+
+
+def test_demo_system_config_is_the_dynamic_one_on_the_hyperprior_student():
+    """configs/..._dynamic_hp.py = the hp_task student's model + the dynamic config's exit,
+    router, calibration and schedule: the demo's system compares with the factorized one."""
+    from mmengine.config import Config
+    cfg = lambda name: Config.fromfile(f'{REPO}/configs/{name}.py').to_dict()  # noqa: E731
+    hp, dyn = cfg('ecc_faster_rcnn_r18_synthetic_dynamic_hp'), \
+        cfg('ecc_faster_rcnn_r18_synthetic_dynamic')
+    student = cfg('ecc_faster_rcnn_r18_synthetic_kd_hp_task')['model']
+    assert {k: v for k, v in hp['model'].items() if k in student} == student
+    assert {k: hp['model'][k] for k in hp['model'] if k not in student} == \
+        {k: dyn['model'][k] for k in dyn['model'] if k not in student}
+    for key in set(hp) | set(dyn):
+        assert key in ('model', 'load_from') or hp.get(key) == dyn.get(key), key

@@ -26,6 +26,10 @@ INPUT_PREFIX = 'cloud-only '
 LEARNED = 'learned bottleneck'
 VARIABLE = 'variable-rate student'
 DYNAMIC = 'dynamic (exit + router)'
+#: the dynamic system run through the light edge client and the cloud server (tools/demo.py)
+SERVED = 'system, served over HTTP (loopback)'
+#: rows of a trained codec: each is compared with the input-codec front at its mAP
+LEARNED_KINDS = (LEARNED, VARIABLE, DYNAMIC, SERVED)
 #: the project's targets (issue "Rate-accuracy: beat the strongest way of sending the image")
 TARGET_BD_RATE = -0.50          # vs the Pareto front of all input codecs
 TARGET_MAP_GAP = 1.0            # student within this many mAP points of the teacher ...
@@ -56,7 +60,7 @@ def input_codec_method(codec: str, fitted: bool) -> str:
     return f'{INPUT_PREFIX}{CODEC_LABELS.get(codec, codec)}' + (' (fitted)' if fitted else '')
 
 
-def _input_size(pipeline) -> Optional[Tuple[int, int]]:
+def detector_input_size(pipeline) -> Optional[Tuple[int, int]]:
     """The (w, h) scale of the test pipeline's Resize: the detector's input size."""
     for step in pipeline:
         if str(step.get('type', '')).split('.')[-1] == 'Resize' and step.get('scale'):
@@ -65,7 +69,7 @@ def _input_size(pipeline) -> Optional[Tuple[int, int]]:
     return None
 
 
-def _ann_file(cfg) -> str:
+def ann_file_of(cfg) -> str:
     ev = cfg.test_evaluator
     return ev['ann_file'] if isinstance(ev, dict) else ev[0]['ann_file']
 
@@ -105,7 +109,7 @@ def _input_codec_rows(ev: _Evaluations, teacher, tcfg, image_codecs: Dict[str, S
     pipeline = tcfg.test_dataloader.dataset.pipeline
     fits = [None]
     if fit_to_input:
-        size = _input_size(pipeline)
+        size = detector_input_size(pipeline)
         if size is None:
             raise ValueError('fit_to_input: the test pipeline has no Resize with a (w, h) scale')
         fits.append(size)
@@ -151,7 +155,7 @@ def _family_rows(ev: _Evaluations, family: str, teacher_config: str, teacher_che
     """Another detector family: its teacher, on the original and the sent images, and its
     KD student, as rows whose method starts with the family's name."""
     fcfg = load_config(teacher_config, data_root)
-    f_ann = _ann_file(fcfg)
+    f_ann = ann_file_of(fcfg)
     if f_ann != ev.ann_file:
         raise ValueError(f'{family}: {teacher_config} evaluates on {f_ann}, the main teacher on '
                          f'{ev.ann_file}; families are compared on the same images')
@@ -203,7 +207,7 @@ def run_rate_accuracy(teacher_config: str, teacher_checkpoint: str,
     if image_codecs is None:
         image_codecs = {'jpeg': (5, 10, 20, 40, 70, 95)}
     tcfg = load_config(teacher_config, data_root)
-    ev = _Evaluations(_ann_file(tcfg), num_images, bandwidth)
+    ev = _Evaluations(ann_file_of(tcfg), num_images, bandwidth)
     teacher = build_detector(tcfg.model, teacher_checkpoint)
     print('- teacher on original images', flush=True)
     dataset = build_test_dataset(tcfg)
@@ -350,7 +354,7 @@ def _input_front_figures(rows, inputs) -> dict:
             dict(method=r['method'], setting=r['setting'], bytes=r['bytes_per_image'],
                  mAP=r['bbox_mAP'], front_bytes=fb,
                  ratio=None if fb is None else r['bytes_per_image'] / fb)
-            for r in rows if r['method'] in (LEARNED, VARIABLE, DYNAMIC)
+            for r in rows if r['method'] in LEARNED_KINDS
             for fb in [front_bytes_at(front, r['bbox_mAP'])]])
 
 
@@ -487,19 +491,33 @@ def _fmt(v, spec):
     return format('-', '>' + spec.split('.')[0])
 
 
+def _front_ratio(r, front) -> str:
+    """A learned row's bytes over the input-codec front's at its mAP ('-' for the others;
+    'n/r' where the front does not reach that mAP)."""
+    if r['method'] not in LEARNED_KINDS or not front:
+        return '-'
+    fb = front_bytes_at(front, r['bbox_mAP'])
+    return 'n/r' if fb is None else f"{r['bytes_per_image'] / fb:.2f}x"
+
+
 def _row_lines(rows, bandwidth) -> List[str]:
     width = max([18] + [len(r['setting']) + 2 for r in rows])
     mwidth = max([20] + [len(r['method']) + 2 for r in rows])
+    front = front_rows([r for r in rows if r['method'].startswith(INPUT_PREFIX)])
     lines = [f"{'method':<{mwidth}}{'setting':<{width}}{'KB/image':>10}{'bbox mAP':>10}"
              f"{'95% CI':>14}{'mAP@50':>8}{'edge GFLOPs':>12}"
-             f"{f'latency ms @{bandwidth:g}Mb/s':>22}"]
+             f"{f'latency ms @{bandwidth:g}Mb/s':>22}{'vs front':>10}"]
     for r in rows:
         ci = r.get('mAP_ci')
         ci = f'[{ci[0]:.1f}, {ci[1]:.1f}]' if ci else '-'
         lines.append(f"{r['method']:<{mwidth}}{r['setting']:<{width}}"
                      f"{_fmt(r['bytes_per_image'] / 1000, '10.2f')}{r['bbox_mAP']:>10.1f}"
                      f"{ci:>14}{r['bbox_mAP_50']:>8.1f}{_fmt(r['edge_gflops'], '12.3f')}"
-                     f"{_fmt(r['latency_ms'], '22.1f')}")
+                     f"{_fmt(r['latency_ms'], '22.1f')}{_front_ratio(r, front):>10}")
+    if front:
+        lines.append("vs front: a learned row's bytes / the bytes the input-codec front (all "
+                     "image codecs' Pareto front) needs for the same mAP; n/r: it does not "
+                     "reach that mAP")
     return lines
 
 

@@ -88,11 +88,11 @@ def stop(proc, timeout: float = 60) -> None:
 @contextlib.contextmanager
 def server(config: str, checkpoint: str, token: Optional[str], options: Sequence[str] = (),
            threads: int = 1, timeout: float = 300, extra_args: Sequence[str] = (),
-           log_dir: Optional[str] = None):
+           log_dir: Optional[str] = None, token_file: Optional[str] = None):
     """``tools/serve_cloud.py`` on a free loopback port -> yields (base URL, Popen; its
     ``log`` attribute is the server's output file). ``token`` None serves without one
-    (``--insecure-no-auth``); ``options`` go to ``--cfg-options``, ``extra_args`` as given.
-    Stopped gracefully on exit."""
+    (``--insecure-no-auth``) unless ``token_file`` holds it (``--token-file``); ``options`` go
+    to ``--cfg-options``, ``extra_args`` as given. Stopped gracefully on exit."""
     with tempfile.TemporaryDirectory() as tmp:
         port_file = osp.join(tmp, 'port')
         env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONUNBUFFERED='1')
@@ -100,7 +100,9 @@ def server(config: str, checkpoint: str, token: Optional[str], options: Sequence
         cmd = [sys.executable, osp.join(TOOLS, 'serve_cloud.py'), config, checkpoint,
                '--host', LOOPBACK, '--port', '0', '--port-file', port_file,
                '--threads', str(threads), *map(str, extra_args)]
-        if token is None:
+        if token_file is not None:
+            cmd += ['--token-file', token_file]
+        elif token is None:
             cmd.append('--insecure-no-auth')
         else:
             env['ECC_SERVE_TOKEN'] = token
