@@ -8,18 +8,22 @@ float32, what the PyTorch edge computes after the graph:
   image, sigmoid scores, ``filter_scores_and_topk`` per level, ATSS's centerness as score
   factor, rescale to the original image, ``min_bbox_size``, mmcv's class-aware ``batched_nms``
   (coordinate-offset trick + mmcv's CPU nms), ``max_per_img``);
-* :func:`router_score`: ``EntropyRouter.scores`` / ``ScoreBandRouter.scores``;
+* :func:`router_score`: the ``scores`` of ``EntropyRouter``, ``ScoreBandRouter``,
+  ``RandomRouter`` (SHA-256 of the seed and the image id) and ``LearnedRouter`` (its features in
+  float32 as ``routers.features.router_features`` computes them, then its MLP);
 * :func:`apply_score_map`: ``ScoreMap.__call__`` (``np.interp`` + 1e-6 x score).
 
 OpenCV's ``cv2.dnn.NMSBoxes`` is not used: it filters by a score threshold, counts box widths
 with a different convention and is not the greedy order of mmcv's nms for equal scores.
 """
+import hashlib
 import math
 from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
-__all__ = ['ExitDetections', 'anchors', 'apply_score_map', 'decode_exit', 'nms', 'router_score',
+__all__ = ['ExitDetections', 'anchors', 'apply_score_map', 'class_entropy', 'decode_exit',
+           'learned_features', 'learned_score', 'nms', 'random_score', 'router_score',
            'top_anchor_probs']
 
 _F32 = np.float32
@@ -172,17 +176,54 @@ def top_anchor_probs(cls_maps: Sequence[np.ndarray], num_classes: int, k: int) -
     return top
 
 
+def class_entropy(p: np.ndarray, dtype=np.float64) -> np.ndarray:
+    """``routers.features.class_entropy`` in ``dtype``: (..., C) -> (...) in [0, 1]."""
+    p = p.astype(dtype, copy=False)
+    bg = dtype(1) - p.max(-1, keepdims=True)
+    q = np.maximum(np.concatenate([p, bg], -1), dtype(1e-12))
+    q = q / q.sum(-1, keepdims=True)
+    return -(q * np.log(q)).sum(-1) / np.log(dtype(q.shape[-1]))
+
+
+def learned_features(spec: Dict, dets: ExitDetections, cls_maps: Sequence[np.ndarray],
+                     num_classes: int) -> np.ndarray:
+    """``router_features`` of one image (float32, as PyTorch): the top-k anchors' max scores and
+    class entropies, the counts of detections at least each threshold / the scale."""
+    p = top_anchor_probs(cls_maps, num_classes, spec['top_k']).astype(_F32)  # exact: f32 values
+    counts = np.asarray([(dets.scores >= _F32(t)).sum() for t in spec['count_thresholds']],
+                        _F32) / _F32(spec['count_scale'])
+    return np.concatenate([p.max(-1), class_entropy(p, _F32), counts]).astype(_F32)
+
+
+def learned_score(spec: Dict, feats: np.ndarray) -> float:
+    """``LearnedRouter.forward``: standardised features through the MLP (ReLU between layers),
+    float32."""
+    x = (feats - np.asarray(spec['feat_mean'], _F32)) / np.asarray(spec['feat_std'], _F32)
+    layers = spec['layers']
+    for i, layer in enumerate(layers):
+        x = np.asarray(layer['weight'], _F32) @ x + np.asarray(layer['bias'], _F32)
+        if i < len(layers) - 1:
+            x = np.maximum(x, _F32(0))
+    return float(x[0])
+
+
+def random_score(seed: int, img_id) -> float:
+    """``RandomRouter.scores``: a uniform draw from SHA-256 of the seed and the image id."""
+    if img_id is None:
+        raise ValueError('the RandomRouter draws from the image id: give the image\'s id '
+                         '(LightEdge.process(image, img_id), as tools/edge_client.py does)')
+    digest = hashlib.sha256(f'{seed}:{img_id}'.encode()).digest()
+    return int.from_bytes(digest[:8], 'little') / 2.0**64
+
+
 def router_score(spec: Dict, dets: ExitDetections, cls_maps: Sequence[np.ndarray],
-                 num_classes: int) -> float:
-    """The router's score of one image (higher: needs the cloud more)."""
+                 num_classes: int, img_id=None) -> float:
+    """The router's score of one image (higher: needs the cloud more); ``img_id`` is the key of
+    the random router's draw."""
     kind = spec['kind']
     if kind == 'EntropyRouter':
         p = top_anchor_probs(cls_maps, num_classes, spec['top_k'])
-        bg = 1 - p.max(-1, keepdims=True)
-        q = np.maximum(np.concatenate([p, bg], -1), 1e-12)
-        q = q / q.sum(-1, keepdims=True)
-        h = -(q * np.log(q)).sum(-1) / np.log(np.float64(q.shape[-1]))
-        return float(np.clip(h.mean(-1), 0, 1))
+        return float(np.clip(class_entropy(p).mean(-1), 0, 1))
     if kind == 'ScoreBandRouter':
         low, high = spec['low'], spec['high']
         mid, half = (low + high) / 2, (high - low) / 2
@@ -190,6 +231,10 @@ def router_score(spec: Dict, dets: ExitDetections, cls_maps: Sequence[np.ndarray
         count = int(((s >= low) & (s < high)).sum())
         frac = float(np.exp(-((s - mid) / half)**2).mean()) if s.size else 1.0
         return count + 0.999 * frac
+    if kind == 'RandomRouter':
+        return random_score(spec['seed'], img_id)
+    if kind == 'LearnedRouter':
+        return learned_score(spec, learned_features(spec, dets, cls_maps, num_classes))
     raise ValueError(f'router {kind!r} is not ported to the light runtime')
 
 

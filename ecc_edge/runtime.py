@@ -222,12 +222,16 @@ class LightEdge:
         return self._payload(sym, meta, struct.pack('<I', len(z_body)), z_body + y_body), \
             sym, z_sym
 
-    def exit_and_route(self, outputs: Dict[str, np.ndarray], meta: ImageMeta
-                       ) -> Tuple[ExitDetections, float, bool]:
+    def exit_and_route(self, outputs: Dict[str, np.ndarray], meta: ImageMeta,
+                       img_id: Optional[int] = None) -> Tuple[ExitDetections, float, bool]:
         """A dynamic model's graph outputs -> (exit detections with RAW scores, router score,
-        offload?)."""
+        offload?). ``img_id``: the random router's key (as the PyTorch edge's ``img_id``)."""
         dets, cls_maps = decode_exit(outputs, self.exit, meta.img_shape, meta.scale_factor)
-        score = router_score(self.router, dets, cls_maps, self.exit['cls_out_channels'])
+        try:
+            score = router_score(self.router, dets, cls_maps, self.exit['cls_out_channels'],
+                                 img_id)
+        except ValueError as e:
+            raise EdgeRuntimeError(str(e)) from None
         return dets, score, offload(self.router, score)
 
     def finish_on_edge(self, dets: ExitDetections) -> ExitDetections:
@@ -244,10 +248,12 @@ class LightEdge:
         return pack_detections(int(img_id), dets.bboxes[keep], dets.scores[keep],
                                dets.labels[keep], fingerprint=self.fingerprint)
 
-    def process(self, image: Union[str, np.ndarray], img_id: int = 0) -> LightResult:
+    def process(self, image: Union[str, np.ndarray], img_id: Optional[int] = None
+                ) -> LightResult:
         """Image -> the framed payload the cloud server decodes (a dynamic model: or the edge
         exit's detections, when the router keeps the image on the edge). ``img_id`` goes into
-        an edge-finished image's detections report."""
+        an edge-finished image's detections report (0 when not given) and is the random
+        router's key (which needs it)."""
         t0 = time.perf_counter()
         x, meta = self.preprocess(self.read(image))
         t1 = time.perf_counter()
@@ -262,7 +268,7 @@ class LightEdge:
                                side_symbols=z_sym)
         outputs = self.run_graph(x)
         t2 = time.perf_counter()
-        dets, score, off = self.exit_and_route(outputs, meta)
+        dets, score, off = self.exit_and_route(outputs, meta, img_id)
         t3 = time.perf_counter()
         times = dict(preprocess=(t1 - t0) * 1e3, graph=(t2 - t1) * 1e3, route=(t3 - t2) * 1e3)
         if off:
@@ -272,6 +278,6 @@ class LightEdge:
         dets = self.finish_on_edge(dets)
         payload = None
         if self.edge_report is not None:
-            payload = self.report(dets, img_id)
+            payload = self.report(dets, 0 if img_id is None else img_id)
             times['report'] = (time.perf_counter() - t3) * 1e3
         return LightResult(payload, meta, None, times, 'edge_main', dets, score)

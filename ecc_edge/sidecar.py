@@ -32,7 +32,7 @@ MIN_KEY_BYTES = 16
 _CODECS = {1: 'ENTROPY_BOTTLENECK', 5: 'VARIABLE_RATE_BOTTLENECK', 6: 'HYPERPRIOR_BOTTLENECK',
            7: 'VARIABLE_RATE_HYPERPRIOR'}
 _VARIABLE_RATE, _HYPERPRIOR = (5, 7), (6, 7)
-_ROUTERS = ('EntropyRouter', 'ScoreBandRouter')
+_ROUTERS = ('EntropyRouter', 'LearnedRouter', 'RandomRouter', 'ScoreBandRouter')
 
 Check = Callable[[object, str], None]
 
@@ -187,8 +187,15 @@ _HYPERPRIOR_SPEC = Obj(
                   frac_bits=Int(4, 12), act_max=Num(1.0, 2.0**20),
                   mean_max=Num(1.0, 2.0**20), predict_means=Bool),
     index_thresholds=Ints(-2**52, 2**52, 1, 255), gaussian=Obj(**_TABLES))
-_ROUTER_PARAMS = {'EntropyRouter': dict(top_k=Int(1, 10**6)),
-                  'ScoreBandRouter': dict(low=Num(0.0, 1.0), high=Num(0.0, 1.0))}
+_FLOATS = Arr(Num(-3.4e38, 3.4e38), 1, 1 << 16)  # float32 values
+_ROUTER_PARAMS = {
+    'EntropyRouter': dict(top_k=Int(1, 10**6)),
+    'ScoreBandRouter': dict(low=Num(0.0, 1.0), high=Num(0.0, 1.0)),
+    'RandomRouter': dict(seed=Int(-2**63, 2**63 - 1)),
+    'LearnedRouter': dict(top_k=Int(1, 4096), count_thresholds=Arr(Num(0.0, 1.0), 0, 64),
+                          count_scale=Num(1e-6, 1e6), feat_mean=_FLOATS,
+                          feat_std=Arr(Num(1e-12, 3.4e38), 1, 1 << 16),
+                          layers=Arr(Obj(weight=Arr(_FLOATS, 1, 4096), bias=_FLOATS), 1, 8))}
 _TOP = dict(
     format=Str(choices=(SIDECAR_FORMAT, )), version=Int(SIDECAR_VERSION, SIDECAR_VERSION),
     graph_sha256=_HEX64, model_fingerprint=Str(16, hex_len=16), preprocess=_PREPROCESS,
@@ -210,6 +217,29 @@ def _check_router(router) -> None:
     _check_fields(router, fields, 'router.')
     if router['kind'] == 'ScoreBandRouter' and not router['low'] < router['high']:
         _fail('router.low', f'must be below router.high ({router["low"]} >= {router["high"]})')
+    if router['kind'] == 'LearnedRouter':
+        _check_mlp(router)
+
+
+def _check_mlp(r: Dict) -> None:
+    """The learned router's features (2 x top_k + the counts) chain through its layers to one
+    score."""
+    width = 2 * r['top_k'] + len(r['count_thresholds'])
+    for name in ('feat_mean', 'feat_std'):
+        if len(r[name]) != width:
+            _fail(f'router.{name}', f'has {len(r[name])} entries; 2 x router.top_k + '
+                  f'len(router.count_thresholds) features need {width}')
+    for i, layer in enumerate(r['layers']):
+        rows = layer['weight']
+        if any(len(row) != width for row in rows):
+            _fail(f'router.layers[{i}].weight', f'rows must hold {width} inputs')
+        if len(layer['bias']) != len(rows):
+            _fail(f'router.layers[{i}].bias', f'has {len(layer["bias"])} entries, the weight '
+                  f'{len(rows)} rows')
+        width = len(rows)
+    if width != 1:
+        _fail(f'router.layers[{len(r["layers"]) - 1}].weight', f'gives {width} outputs; the '
+              'router scores with one')
 
 
 def _check_codec(c: Dict, hyper: Optional[Dict]) -> None:

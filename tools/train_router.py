@@ -25,6 +25,26 @@ from ecc_mmdet.utils import ConfigError
 from ecc_tools.dynamic import exit_scores, load_dynamic, offload_gains, run_pass
 
 
+def _load(args):
+    """(model with a fresh LearnedRouter, calibration split, input checkpoint); ConfigError for
+    a checkpoint without trained exits (the router would be fitted for random ones)."""
+    cfg = load_config(args.config, args.data_root)
+    router_cfg = cfg.model.get('router') or {}
+    # the router's settings as the config has them, so the checkpoint loads into it
+    router = dict(type='LearnedRouter', threshold=0.0, **{
+        k: router_cfg[k] for k in ('top_k', 'hidden', 'pool_features')
+        if k in router_cfg and router_cfg.get('type') == 'LearnedRouter'})
+    cfg, model, calib = load_dynamic(args.config, args.checkpoint, args.data_root,
+                                     router=router, train_exits_only=False)
+    ckpt = torch.load(args.checkpoint, map_location='cpu', weights_only=False)
+    if not any(k.startswith('edge_exit.') for k in ckpt.get('state_dict', ckpt)):
+        raise ConfigError(f'{args.checkpoint} holds no edge_exit weights: a router fitted on it '
+                          'would route for untrained exits (and be refused with trained ones). '
+                          'Give the checkpoint of the trained dynamic model (tools/train.py on '
+                          'the dynamic config)')
+    return model, calib, ckpt
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('config')
@@ -36,14 +56,7 @@ def main(argv=None):
     p.add_argument('--data-root')
     args = p.parse_args(argv)
     try:
-        cfg = load_config(args.config, args.data_root)
-        router_cfg = cfg.model.get('router') or {}
-        # the router's settings as the config has them, so the checkpoint loads into it
-        router = dict(type='LearnedRouter', threshold=0.0, **{
-            k: router_cfg[k] for k in ('top_k', 'hidden', 'pool_features')
-            if k in router_cfg and router_cfg.get('type') == 'LearnedRouter'})
-        cfg, model, calib = load_dynamic(args.config, args.checkpoint, args.data_root,
-                                         router=router, train_exits_only=False)
+        model, calib, ckpt = _load(args)
     except (ConfigError, ValueError) as e:
         print(f'error: {e}', file=sys.stderr)
         return 2
@@ -63,7 +76,6 @@ def main(argv=None):
     print(f"fitted: {fit['epochs']} epochs (chosen on a hold-out), hold-out MSE "
           f"{fit['holdout_mse']:.4f} vs gain variance {float(gains.var()):.4f}; mean gain "
           f"{float(gains.mean()):+.3f}, {float((gains > 0).double().mean()):.0%} of images gain")
-    ckpt = torch.load(args.checkpoint, map_location='cpu', weights_only=False)
     state = ckpt.get('state_dict', ckpt)
     state.update({f'router.{k}': v for k, v in router.state_dict().items()})
     save_checkpoint(dict(state_dict=state, meta=dict(ckpt.get('meta') or {},

@@ -28,10 +28,12 @@ Gaussian tables; the runtime codes like ``HyperpriorBottleneckNeck.compress``
 
 What the light runtime cannot express yet is refused here with the reason: codecs other than
 the learned bottlenecks and hyperpriors, test pipelines other than load + Resize (+
-annotations, packing), extension exits, learned and random routers, and exit heads other than
-the AnchorHead family (AnchorGenerator, DeltaXYWHBBoxCoder, sigmoid classification, mmdet's own
-post-processing). The router says itself how it exports, or why it cannot
-(``BaseRouter.light_edge_spec``).
+annotations, packing), extension exits, a learned router that feeds on pooled F_k (or one
+trained for other exits), and exit heads other than the AnchorHead family (AnchorGenerator,
+DeltaXYWHBBoxCoder, sigmoid classification, mmdet's own post-processing). The router says itself
+how it exports, or why it cannot (``BaseRouter.light_edge_spec``): every router of
+:mod:`ecc_mmdet.models.routers` exports (the learned one with its MLP's weights, the random one
+with its seed: the light edge draws from the image id, as PyTorch does).
 """
 import hashlib
 import json
@@ -187,6 +189,7 @@ def _check_exits(model) -> None:
         raise ConfigError('the light edge runtime does not run extension exits (MEANet): export '
                           'the model without extension_exit/hard_classes, or run its edge with '
                           'PyTorch (tools/edge_client.py without --light)')
+    model.check_router()  # a learned router trained for other exits is refused
     router.light_edge_spec()  # the router says how it exports, or why it cannot
     _exit_spec(edge_exit)
 

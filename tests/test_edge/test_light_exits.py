@@ -1,7 +1,7 @@
 """The light edge runtime with an edge exit and a router (ecc_edge.exits): on a tiny seeded
-dynamic model, its router decisions, edge detections (decoded, NMS'd, rescaled, score-mapped),
-detections reports and offloaded payloads match the PyTorch edge (``run_edge``); what it does
-not port is refused at export."""
+dynamic model, for every router of the library, its router decisions, edge detections (decoded,
+NMS'd, rescaled, score-mapped), detections reports and offloaded payloads match the PyTorch edge
+(``run_edge``); what it does not port is refused at export, with the reason."""
 import copy
 import os.path as osp
 
@@ -31,10 +31,11 @@ def _datasets(cfg):
     return [val, build_test_dataset(tcfg)]
 
 
-def _build(served_model, router, exit_=EXIT, spread=0.3, **model_keys):
+def _build(served_model, router, exit_=EXIT, spread=0.3, cls_bias=-1.0, **model_keys):
     """The model with its exit head's last convolutions drawn with std ``spread``: scores far
     from saturation, so that no two are exactly equal in float32 (the order of tied scores
-    follows torch's unstable sort in mmdet, which numpy does not reproduce)."""
+    follows torch's unstable sort in mmdet, which numpy does not reproduce); ``cls_bias``
+    shifts the class scores."""
     from ecc_mmdet.apis import build_detector, load_config
     cfg = load_config(served_model['config'])
     cfg.model.update(edge_exit=copy.deepcopy(exit_), router=router, **model_keys)
@@ -49,7 +50,7 @@ def _build(served_model, router, exit_=EXIT, spread=0.3, **model_keys):
             conv = getattr(head, f'{prefix}_{name}', None)
             if conv is not None:
                 conv.weight.copy_(torch.randn(conv.weight.shape, generator=g) * spread)
-        getattr(head, f'{prefix}_cls').bias.fill_(-1.0)
+        getattr(head, f'{prefix}_cls').bias.fill_(cls_bias)
     return cfg, model.eval()
 
 
@@ -167,12 +168,52 @@ def test_retina_exit_with_several_anchors_per_location(served_model, tmp_path):
     assert edge.exit['num_anchors'] == 4
 
 
+def _train_learned_router(model, datasets):
+    """Fit the model's LearnedRouter on its own features of the test images (a gain that is a
+    function of them, so that its scores spread) for the model's exits."""
+    from ecc_mmdet.apis import iter_batches
+    from ecc_mmdet.models.routers import exit_fingerprint
+    with torch.no_grad():
+        feats = torch.cat([model.router.features(model.run_exits(model.edge_features(x), s))
+                           for ds in datasets for x, s in iter_batches(model, ds)])
+    k = model.router.top_k
+    gains = feats[:, :k].mean(1) - feats[:, k:2 * k].mean(1) + feats[:, 2 * k:].sum(1)
+    model.router.fit(feats, gains, exit_fingerprint(model.edge_exit), max_epochs=50)
+    return model
+
+
+def test_random_router_routes_like_the_pytorch_edge(served_model, tmp_path):
+    """The light edge draws from the image id it is given, as PyTorch from the sample's."""
+    from ecc_edge.runtime import EdgeRuntimeError
+    cfg, model = _build(served_model, dict(type='RandomRouter', seed=7, threshold=0.5))
+    datasets = _datasets(cfg)
+    edge = _compare(model, cfg, datasets, tmp_path)
+    assert edge.router == dict(kind='RandomRouter', seed=7,
+                               threshold=float(model.router.threshold))
+    with pytest.raises(EdgeRuntimeError, match='draws from the image id'):
+        edge.process(datasets[0][0]['data_samples'].img_path)  # no image id: no draw
+
+
+def test_learned_router_routes_like_the_pytorch_edge(served_model, tmp_path):
+    """Its features (top-k scores and entropies, detection counts) in float32 numpy and its MLP
+    from the sidecar's weights give the PyTorch score (the comparison: within 1e-5, and the
+    same tier for every image)."""
+    cfg, model = _build(served_model, dict(type='LearnedRouter', threshold=0.0, top_k=8),
+                        cls_bias=-5.0)  # scores around the count thresholds 0.3 / 0.5 / 0.7
+    datasets = _datasets(cfg)
+    _train_learned_router(model, datasets)
+    edge = _compare(model, cfg, datasets, tmp_path)
+    side = edge.router
+    assert side['kind'] == 'LearnedRouter' and len(side['feat_mean']) == 2 * 8 + 3
+    assert [len(layer['bias']) for layer in side['layers']] == [16, 1]
+    assert min(side['feat_std']) > 0.05  # every feature varies over the images: all compared
+
+
 def test_exits_and_routers_the_runtime_does_not_port_are_refused(served_model, tmp_path):
     from ecc_mmdet.deployment.edge_export import export_edge_onnx
     from ecc_mmdet.utils import ConfigError
     cases = [
-        (dict(type='LearnedRouter', threshold=0.0), {}, 'not LearnedRouter'),
-        (dict(type='RandomRouter', threshold=0.5), {}, 'not RandomRouter'),
+        (dict(type='LearnedRouter', threshold=0.0), {}, 'untrained'),
         (dict(type='EntropyRouter', target_offload_ratio=0.3), {}, 'no calibrated threshold'),
         (dict(type='EntropyRouter', threshold=0.5),
          dict(extension_exit=copy.deepcopy(EXIT), hard_classes=[1]), 'extension exits'),
@@ -186,22 +227,50 @@ def test_exits_and_routers_the_runtime_does_not_port_are_refused(served_model, t
                         calibrate_scores=True)  # no score maps fitted
     with pytest.raises(ConfigError, match='no score maps'):
         export_edge_onnx(model, cfg, str(tmp_path))
+    # a learned router: on pooled F_k (not a graph output), or trained for other exits
+    cfg, model = _build(served_model, dict(type='LearnedRouter', threshold=0.0,
+                                           pool_features=True))
+    _train_learned_router(model, _datasets(cfg))
+    with pytest.raises(ConfigError, match=r'pool_features=True\): its features include F_k'):
+        export_edge_onnx(model, cfg, str(tmp_path))
+    cfg, model = _build(served_model, dict(type='LearnedRouter', threshold=0.0))
+    _train_learned_router(model, _datasets(cfg))
+    with torch.no_grad():
+        next(model.edge_exit.parameters()).add_(0.01)  # the exits were retrained since
+    model.tiers.forget_exit()
+    with pytest.raises(ConfigError, match='trained for other edge exits'):
+        export_edge_onnx(model, cfg, str(tmp_path))
+    assert not osp.exists(tmp_path / 'edge.onnx')
 
 
 def test_each_router_says_how_it_exports():
     """The router gives its sidecar entry (or its refusal); a subclass of a ported router that
-    does not port itself is refused (it may score differently)."""
-    from ecc_mmdet.models.routers import EntropyRouter, ScoreBandRouter
+    does not port itself is refused (it may score differently). Every router of the library is
+    ported (the runtime's sidecar schema reads each) or says in its own class why not."""
+    from mmdet.registry import MODELS
+
+    from ecc_edge.sidecar import _ROUTERS
+    from ecc_mmdet.models import routers
+    from ecc_mmdet.models.routers import EntropyRouter, RandomRouter, ScoreBandRouter
+    from ecc_mmdet.models.routers.base import _light_edge_kinds
     from ecc_mmdet.utils import ConfigError
     assert EntropyRouter(top_k=5, threshold=0.5).light_edge_spec() == dict(
         kind='EntropyRouter', threshold=0.5, top_k=5)
     assert ScoreBandRouter(low=0.1, high=0.7, threshold=2.0).light_edge_spec() == dict(
         kind='ScoreBandRouter', threshold=2.0, low=0.1, high=0.7)
+    assert RandomRouter(seed=3, threshold=0.2).light_edge_spec() == dict(
+        kind='RandomRouter', threshold=0.2, seed=3)
+    assert _light_edge_kinds() == sorted(_ROUTERS)  # the exporter's and the runtime's lists
+    assert {'EntropyRouter', 'LearnedRouter', 'RandomRouter', 'ScoreBandRouter'} <= set(_ROUTERS)
+    for name in routers.__all__:  # a router not ported says why in its own class
+        cls = MODELS.get(name)
+        if cls is getattr(routers, name) and name not in _ROUTERS:
+            assert 'light_edge_refusal' in vars(cls), name
 
     class SharperEntropy(EntropyRouter):
         def scores(self, exits):
             return super().scores(exits) ** 2
 
-    with pytest.raises(ConfigError, match='ports EntropyRouter, ScoreBandRouter, not '
-                                          'SharperEntropy'):
+    with pytest.raises(ConfigError, match='ports EntropyRouter, .*ScoreBandRouter.*, not '
+                                          'SharperEntropy: it is not ported'):
         SharperEntropy(threshold=0.5).light_edge_spec()

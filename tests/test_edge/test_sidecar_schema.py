@@ -97,6 +97,16 @@ def test_every_field_is_checked_by_type_and_presence(exports, kind):
         validate_sidecar(_edited(side, ('codec', 'extra'), 1))
 
 
+def _learned(**edit):
+    """A LearnedRouter entry (top_k 2: 7 features, 3 hidden units) with ``edit`` applied."""
+    side = dict(kind='LearnedRouter', threshold=0.0, top_k=2, count_thresholds=[0.3, 0.5, 0.7],
+                count_scale=10.0, feat_mean=[0.0] * 7, feat_std=[1.0] * 7,
+                layers=[dict(weight=[[0.1] * 7] * 3, bias=[0.0] * 3),
+                        dict(weight=[[1.0] * 3], bias=[0.0])])
+    side.update(edit)
+    return side
+
+
 CASES = [  # (export, field, value, message)
     ('static', 'preprocess.std[1]', 0.0, r'preprocess\.std\[1\]: must be in \[0\.001'),
     ('static', 'preprocess.mean', [1.0, 2.0], r'preprocess\.mean: must have 3 entries'),
@@ -127,7 +137,17 @@ CASES = [  # (export, field, value, message)
     ('dynamic', 'exit.test_cfg.iou_threshold', 1.5, r'iou_threshold: must be in \[0\.0, 1'),
     ('dynamic', 'exit.test_cfg.max_per_img', 0, r'max_per_img: must be in \[1, '),
     ('dynamic', 'class_names', ['a'] * 5, r'class_names: has 5 names, exit\.num_classes'),
-    ('dynamic', 'router.kind', 'LearnedRouter', r'router\.kind: must be one of EntropyRouter'),
+    ('dynamic', 'router.kind', 'MagicRouter', r'router\.kind: must be one of EntropyRouter'),
+    ('dynamic', 'router', _learned(feat_std=[1.0] * 6), r'router\.feat_std: has 6 entries; 2 x'),
+    ('dynamic', 'router', _learned(feat_std=[0.0] * 7), r'router\.feat_std\[0\]: must be in'),
+    ('dynamic', 'router', _learned(layers=[dict(weight=[[0.1] * 6], bias=[0.0])]),
+     r'router\.layers\[0\]\.weight: rows must hold 7 inputs'),
+    ('dynamic', 'router', _learned(layers=[dict(weight=[[0.1] * 7] * 2, bias=[0.0])]),
+     r'router\.layers\[0\]\.bias: has 1 entries, the weight 2 rows'),
+    ('dynamic', 'router', _learned(layers=[dict(weight=[[0.1] * 7] * 2, bias=[0.0] * 2)]),
+     r'router\.layers\[0\]\.weight: gives 2 outputs'),
+    ('dynamic', 'router', dict(kind='RandomRouter', threshold=0.5, seed=1.5),
+     r'router\.seed: must be an integer'),
     ('dynamic', 'router.threshold', math.nan, r'router\.threshold: must be a number, got NaN'),
     ('dynamic', 'router.top_k', 0, r'router\.top_k: must be in \[1, '),
     ('dynamic', 'router', dict(kind='ScoreBandRouter', threshold=1.0, low=0.6, high=0.2),

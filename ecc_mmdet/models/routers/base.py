@@ -5,6 +5,9 @@ the score, the more the image needs the cloud. An image is offloaded when its sc
 router's ``threshold``. The threshold is either given, or derived from a target offload ratio on a
 calibration split (:meth:`BaseRouter.calibrate`: a percentile of the calibration scores) that must
 not be the evaluation split (:class:`~ecc_mmdet.engine.RouterCalibrationHook` in the Runner).
+N calibration images reach ratios in steps of 1/N, and tied scores move together: a calibration
+that misses its target by more than ``ratio_precision``, or keeps every image on one side, is
+refused with the number of images that would reach it, instead of routing at another ratio.
 """
 import math
 from abc import ABCMeta, abstractmethod
@@ -43,6 +46,9 @@ class BaseRouter(nn.Module, metaclass=ABCMeta):
             every image on the edge, ``-inf`` offloads every image.
         target_offload_ratio: in [0, 1]; the threshold is then set by :meth:`calibrate` on a
             calibration split (0 and 1 need no calibration).
+        ratio_precision: the most the offload ratio reached on the calibration images may miss
+            the target by (a calibration split too small for it, or whose scores tie, is
+            refused).
     Give one of the two (default: ``target_offload_ratio=DEFAULT_RATIO``, 0.5).
     """
 
@@ -56,11 +62,14 @@ class BaseRouter(nn.Module, metaclass=ABCMeta):
     light_edge_refusal = 'it is not ported to the runtime'
 
     def __init__(self, threshold: Optional[float] = None,
-                 target_offload_ratio: Optional[float] = None):
+                 target_offload_ratio: Optional[float] = None, ratio_precision: float = 0.05):
         super().__init__()
         name = type(self).__name__
         if threshold is not None and target_offload_ratio is not None:
             raise ConfigError(f'router ({name}): give threshold or target_offload_ratio, not both')
+        if not 0.0 < float(ratio_precision) <= 1.0:
+            raise ConfigError(f'router.ratio_precision must be in (0, 1], got {ratio_precision}')
+        self.ratio_precision = float(ratio_precision)
         target_offload_ratio = self.target_ratio(threshold, target_offload_ratio)
         value = math.nan
         if threshold is not None:
@@ -134,8 +143,35 @@ class BaseRouter(nn.Module, metaclass=ABCMeta):
         if ratio is None or not 0.0 <= float(ratio) <= 1.0:
             raise ConfigError(f'calibration needs a target offload ratio in [0, 1], got {ratio}')
         t = threshold_for_ratio(scores, ratio)
+        self._check_reached(torch.as_tensor(scores, dtype=torch.float64).flatten(), t,
+                            float(ratio))
         self.threshold.fill_(t)
         return t
+
+    def _check_reached(self, scores: Tensor, t: float, ratio: float) -> None:
+        """ConfigError when the threshold ``t`` misses ``ratio`` on the calibration ``scores``
+        by more than ``ratio_precision``, or (0 < ratio < 1) offloads all or none of them."""
+        n, p = scores.numel(), self.ratio_precision
+        hits = int((scores > t).sum())
+        reached = hits / n
+        if abs(reached - ratio) <= p + 1e-9 and (ratio in (0.0, 1.0) or 0 < hits < n):
+            return
+        name = type(self).__name__
+        # enough images: steps of 1/n <= 2p, and at least one image on each side of the ratio
+        need = max(math.ceil(1 / (2 * p)), math.floor(0.5 / min(ratio, 1 - ratio)) + 1)
+        if n < need:
+            raise ConfigError(
+                f'{name}: calibrating target_offload_ratio={ratio} on {n} images reaches '
+                f'{reached:.3f} ({hits} of {n}); the calibration split is too small for this '
+                f'ratio within ratio_precision={p}: use at least {need} calibration images '
+                '(RouterCalibrationHook.num_images, the calibration split\'s size), a larger '
+                'router.ratio_precision, or router.threshold instead')
+        tied = int((scores == scores.sort(descending=True).values[round(ratio * n) - 1]).sum())
+        raise ConfigError(
+            f'{name}: calibrating target_offload_ratio={ratio} on {n} images reaches only '
+            f'{reached:.3f} ({hits} of {n}): {tied} of them share the score at the threshold, '
+            'and tied images are offloaded together. Calibrate on more varied images, choose '
+            'a router whose scores separate them, or a larger router.ratio_precision')
 
     def light_edge_spec(self) -> Dict:
         """The export sidecar's ``router`` entry for the light edge runtime: kind, calibrated

@@ -34,16 +34,21 @@ def top_k_entropy(exits, k: int, detach: bool = True) -> Tensor:
     return class_entropy(top_anchor_probs(exits, k, detach).double()).mean(-1).clamp(0, 1)
 
 
+#: the learned router's detection counts: exit detections scoring at least each threshold,
+#: divided by the scale (the light edge reads both from the sidecar)
+COUNT_THRESHOLDS, COUNT_SCALE = (0.3, 0.5, 0.7), 10.0
+
+
 def router_features(exits, top_k: int = 16, pool_features: bool = False) -> Tensor:
-    """(N, D) features of the learned router: the top-k anchors' max scores (sorted) and class
-    entropies, the count of exit detections above 0.3 / 0.5 / 0.7, and (``pool_features``) F_k
-    average-pooled."""
+    """(N, D) float32 features of the learned router: the top-k anchors' max scores (sorted)
+    and class entropies, the count of exit detections above 0.3 / 0.5 / 0.7 (/ 10), and
+    (``pool_features``) F_k average-pooled."""
     p = top_anchor_probs(exits, top_k)
     maxp = p.max(-1).values
     ent = class_entropy(p)
     counts = torch.stack([
         torch.tensor([float((r.scores >= t).sum()) for r in exits.results], device=p.device)
-        for t in (0.3, 0.5, 0.7)], -1) / 10.0
+        for t in COUNT_THRESHOLDS], -1) / COUNT_SCALE
     parts = [maxp, ent, counts]
     if pool_features:
         parts.append(exits.features.detach().float().mean((2, 3)))

@@ -16,9 +16,8 @@ __all__ = ['RandomRouter', 'ScoreBandRouter', 'EntropyRouter']
 @MODELS.register_module()
 class RandomRouter(BaseRouter):
     """The control: a uniform score per image, a pure function of ``seed`` and the image id, so
-    the same image gets the same decision in every batch and run."""
-
-    light_edge_refusal = 'a control for experiments, not for deployment'
+    the same image gets the same decision in every batch and run (and on the light edge, which
+    draws from the image id it is given)."""
 
     def __init__(self, seed: int = 0, **kwargs):
         super().__init__(**kwargs)
@@ -31,6 +30,9 @@ class RandomRouter(BaseRouter):
             digest = hashlib.sha256(f'{self.seed}:{key}'.encode()).digest()
             out.append(int.from_bytes(digest[:8], 'little') / 2.0**64)
         return torch.tensor(out, dtype=torch.float64)
+
+    def light_edge_params(self) -> Dict:
+        return dict(seed=self.seed)
 
 
 @MODELS.register_module()

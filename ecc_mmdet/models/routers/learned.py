@@ -4,9 +4,14 @@ A small MLP on :func:`router_features` regresses the per-image gain of the cloud
 exit (per-image AP difference on training images; ``tools/train_router.py``). It is trained after
 the exits, on a frozen model, and remembers the exits it was trained for (a fingerprint of their
 weights): a router of another model is refused instead of routing by noise.
+
+The light edge runs it in numpy (:mod:`ecc_edge.exits`): its features come from the exit's raw
+class maps and detections the runtime already decodes, and the sidecar carries the MLP's
+float32 weights and the feature standardisation. ``pool_features`` is not exported: F_k is not
+an output of the edge graph.
 """
 import hashlib
-from typing import Tuple
+from typing import Dict, Tuple
 
 import torch
 from mmdet.registry import MODELS
@@ -15,7 +20,7 @@ from torch import Tensor, nn
 from ...errors import ConfigError
 from ...utils.device import tensor_bytes
 from .base import BaseRouter
-from .features import router_features
+from .features import COUNT_SCALE, COUNT_THRESHOLDS, router_features
 
 __all__ = ['LearnedRouter', 'exit_fingerprint']
 
@@ -43,7 +48,6 @@ class LearnedRouter(BaseRouter):
     """
 
     score_range: Tuple[float, float] = (float('-inf'), float('inf'))
-    light_edge_refusal = 'its MLP is not ported to the runtime'
 
     def __init__(self, feature_channels: int, top_k: int = 16, hidden: int = 16,
                  pool_features: bool = False, **kwargs):
@@ -126,6 +130,28 @@ class LearnedRouter(BaseRouter):
 
     def scores(self, exits) -> Tensor:
         return self(self.features(exits).to(self.mlp[0].weight.device)).detach()
+
+    def light_edge_params(self) -> Dict:
+        """The features' settings, their standardisation and the MLP's layers (float32 values,
+        exact in JSON); ReLU between layers. ConfigError when the light edge cannot compute the
+        features or the router is untrained."""
+        if self.pool_features:
+            raise ConfigError(
+                'the light edge runtime cannot run LearnedRouter(pool_features=True): its '
+                'features include F_k average-pooled, which the edge graph does not output. '
+                'Train the router with pool_features=False, or run the edge with PyTorch')
+        if int(self.trained_for) == 0:
+            raise ConfigError('LearnedRouter is untrained (router.trained_for == 0): train it '
+                              'with tools/train_router.py before export')
+
+        def floats(t):
+            return t.detach().float().cpu().tolist()
+
+        layers = [dict(weight=floats(m.weight), bias=floats(m.bias))
+                  for m in self.mlp if isinstance(m, nn.Linear)]
+        return dict(top_k=self.top_k, count_thresholds=list(COUNT_THRESHOLDS),
+                    count_scale=COUNT_SCALE, feat_mean=floats(self.feat_mean),
+                    feat_std=floats(self.feat_std), layers=layers)
 
     def check_exits(self, fingerprint: int) -> None:
         """Refuse to route for exits other than those it was trained for."""

@@ -1,0 +1,122 @@
+"""Bad input to the routers: a calibration split too small for the requested offload ratio's
+precision (or whose scores tie), and a learned router checkpoint for other exits, are refused
+with an error that names the fix, before any image is routed."""
+import copy
+import math
+import os.path as osp
+
+import pytest
+import torch
+
+from ecc_mmdet.models.routers import EntropyRouter, exit_fingerprint
+from ecc_mmdet.utils import ConfigError
+
+from conftest import REPO, fake_batch, run_tool
+from test_dynamic import build, dynamic_cfg
+
+
+def _distinct(n, seed=0):
+    return torch.rand(n, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+def test_a_calibration_split_too_small_for_the_ratio_is_refused():
+    # 8 images cannot offload 5 %: round(0.4) = 0 of them, the router would never offload
+    r = EntropyRouter(target_offload_ratio=0.05)
+    with pytest.raises(ConfigError, match=r'on 8 images reaches 0\.000 \(0 of 8\).*at least 11 '
+                                          'calibration images'):
+        r.calibrate(_distinct(8))
+    assert math.isnan(float(r.threshold))  # nothing was set
+    # 30 % of 8 images reaches 25 %: within the default precision of 5 points, not within 2
+    assert 0 < EntropyRouter(target_offload_ratio=0.3).calibrate(_distinct(8)) < 1
+    with pytest.raises(ConfigError, match=r'ratio_precision=0\.02: use at least 25'):
+        EntropyRouter(target_offload_ratio=0.3, ratio_precision=0.02).calibrate(_distinct(8))
+    # 0 and 1 need no calibration images to speak of; 4 images reach 50 % exactly
+    assert EntropyRouter(target_offload_ratio=0.5).calibrate(_distinct(4)) < 1
+    assert EntropyRouter(target_offload_ratio=0.5).calibrate(_distinct(1), 0.0) == math.inf
+    with pytest.raises(ConfigError, match='ratio_precision must be in'):
+        EntropyRouter(target_offload_ratio=0.5, ratio_precision=0)
+
+
+@pytest.mark.parametrize('precision', [0.05, 0.02, 0.01])
+def test_the_size_the_error_asks_for_is_enough(precision):
+    """For every ratio, the error names a size above the one refused, and every calibration
+    split of at least the largest size named reaches the ratio within the precision."""
+    for ratio in (0.01, 0.05, 0.1, 0.25, 0.3, 0.5, 0.7, 0.9, 0.97):
+        named, passed = {}, {}
+        for n in range(1, 300):
+            try:
+                EntropyRouter(target_offload_ratio=ratio,
+                              ratio_precision=precision).calibrate(_distinct(n))
+                passed[n] = True
+            except ConfigError as e:
+                named[n] = int(str(e).split('use at least ')[1].split()[0])
+                passed[n] = False
+        assert named and all(m > n for n, m in named.items()), (ratio, named)
+        need = max(named.values())
+        assert need < 300 and all(passed[n] for n in passed if n >= need), (ratio, need)
+
+
+def test_tied_calibration_scores_that_miss_the_ratio_are_refused():
+    scores = torch.cat([torch.full((30, ), 0.5, dtype=torch.float64), _distinct(10) + 1])
+    with pytest.raises(ConfigError, match=r'reaches only 0\.250 \(10 of 40\): 30 of them share '
+                                          'the score at the threshold'):
+        EntropyRouter(target_offload_ratio=0.5).calibrate(scores)
+    # a ratio the ties do not straddle is reached
+    assert EntropyRouter(target_offload_ratio=0.25).calibrate(scores) == pytest.approx(0.5 + (
+        float(_distinct(10).min()) + 1 - 0.5) / 2)
+
+
+@pytest.fixture(scope='module')
+def learned_checkpoint():
+    """A LearnedRouter fitted for the exits of the seed-0 model: its router.* weights."""
+    m = build(_learned_cfg(), seed=0)
+    g = torch.Generator().manual_seed(0)
+    dim = m.router.feat_mean.numel()
+    m.router.fit(torch.randn(40, dim, generator=g), torch.randn(40, generator=g),
+                 exit_fingerprint(m.edge_exit), max_epochs=5)
+    return {f'router.{k}': v for k, v in m.router.state_dict().items()}
+
+
+def _learned_cfg(**router):
+    return dynamic_cfg(dict(type='LearnedRouter', target_offload_ratio=0.5, **router))
+
+
+def test_a_learned_router_checkpoint_for_other_exits_is_refused(learned_checkpoint):
+    from ecc_mmdet.apis import load_weights
+    from ecc_mmdet.deployment.calibration import calibrate_router
+    other = build(_learned_cfg(), seed=1)  # other exit weights
+    load_weights(other, dict(state_dict=learned_checkpoint), partial=True)
+    assert int(other.router.trained_for) != exit_fingerprint(other.edge_exit)
+    inputs, samples = fake_batch(other, n=4, seed=2)
+    with pytest.raises(ConfigError, match='trained for other edge exits.*tools/train_router.py'):
+        calibrate_router(other, [(inputs, samples)])  # refused before a threshold is set
+    assert math.isnan(float(other.router.threshold))
+    with pytest.raises(ConfigError, match='trained for other edge exits'):
+        other.predict(inputs, copy.deepcopy(samples))
+    # the model it was fitted for takes it, and calibrates
+    same = build(_learned_cfg(), seed=0)
+    load_weights(same, dict(state_dict=learned_checkpoint), partial=True)
+    batches = [fake_batch(same, n=4, seed=s) for s in range(3)]
+    t, reached = calibrate_router(same, batches)
+    assert reached == pytest.approx(0.5) and math.isfinite(t)
+    # a checkpoint of a router built with other settings does not load half-way
+    with pytest.raises(ConfigError, match='built with other settings'):
+        load_weights(build(_learned_cfg(hidden=8), seed=0),
+                     dict(state_dict=learned_checkpoint), partial=True)
+
+
+def test_train_router_refuses_a_checkpoint_without_trained_exits(tiny_coco_calib, tmp_path):
+    """A router fitted on a checkpoint without exit weights would route for random exits."""
+    from mmengine.runner import save_checkpoint
+
+    from ecc_mmdet.apis import build_detector, load_config
+    config = osp.join(REPO, 'configs', 'ecc_faster_rcnn_r18_synthetic_dynamic.py')
+    cfg = load_config(config, tiny_coco_calib)
+    state = {k: v for k, v in build_detector(cfg.model).state_dict().items()
+             if not k.startswith(('edge_exit.', 'router.'))}
+    ckpt = tmp_path / 'student.pth'
+    save_checkpoint(dict(state_dict=state, meta={}), str(ckpt))
+    proc = run_tool('train_router', config, ckpt, '--out', tmp_path / 'router.pth', '--skip', 0,
+                    '--num-images', 8, '--data-root', tiny_coco_calib, check=False)
+    assert proc.returncode == 2 and 'holds no edge_exit weights' in proc.stderr
+    assert not (tmp_path / 'router.pth').exists()
