@@ -22,7 +22,10 @@ import numpy as np
 from . import REPO
 from .workflow import run_logged
 
-BOX_ATOL, SCORE_ATOL = 2e-3, 1e-5  # the served JSON rounds boxes to 1e-3 px, scores to 1e-6
+# The served JSON rounds boxes to 1e-3 px and scores to 1e-6; beyond that, another runtime's
+# float arithmetic (ONNX Runtime on the edge, one thread and batch 1 in the server) moves a
+# calibrated score by up to ~3e-5 and a box by ~5e-4 px (measured on the demo's 100 images).
+BOX_ATOL, SCORE_ATOL = 2e-3, 1e-4
 
 
 def write_token(path: str) -> str:
@@ -60,6 +63,20 @@ def served_predictions(results_file: str, cat_ids) -> Dict[int, dict]:
         p['bboxes'].append([x, y, x + w, y + h])
         p['scores'].append(d['score'])
         p['labels'].append(label_of[d['category_id']])
+    return out
+
+
+def as_served(preds: List[dict]) -> Dict[int, dict]:
+    """In-process predictions rounded as the server's JSON and the client's COCO file round
+    them (a fair reference for the served mAP: that rounding alone moves COCO's ranking)."""
+    out = {}
+    for p in preds:
+        boxes = [[round(v, 3) for v in b] for b in np.asarray(p['bboxes']).reshape(-1, 4).tolist()]
+        out[int(p['img_id'])] = dict(
+            bboxes=[[x1, y1, x1 + round(x2 - x1, 3), y1 + round(y2 - y1, 3)]
+                    for x1, y1, x2, y2 in boxes],
+            scores=[round(float(v), 6) for v in np.asarray(p['scores']).tolist()],
+            labels=np.asarray(p['labels']).tolist())
     return out
 
 
@@ -143,6 +160,8 @@ def run_served(config: str, checkpoint: str, data_root: str, out_dir: str,
         mAP=100 * served_map.get('coco/bbox_mAP', 0.0),
         mAP_50=100 * served_map.get('coco/bbox_mAP_50', 0.0),
         in_process_mAP=100 * metrics.get('coco/bbox_mAP', 0.0),
+        in_process_mAP_as_served=100 * coco_map(dataset, ann_file, as_served(ref)).get(
+            'coco/bbox_mAP', 0.0),
         wire_bytes_per_image=sum(t['bytes'] for t in timings) / max(len(ref), 1),
         metric_bytes_per_image=metrics.get('comm/bytes_per_image_mean', 0.0),
         latency_ms=dict(p50=float(np.percentile(e2e, 50)), p95=float(np.percentile(e2e, 95))),
@@ -165,7 +184,8 @@ def summary_line(res: dict) -> str:
     lat, n = res['latency_ms'], res['images']
     return (f"served over HTTP (loopback, light edge client -> serve_cloud.py): {res['answered']}"
             f"/{n} images answered, {res['offloaded']} offloaded; mAP {res['mAP']:.1f} (in "
-            f"process {res['in_process_mAP']:.1f}); {res['wire_bytes_per_image']:.0f} B/image on "
+            f"process {res['in_process_mAP']:.1f}, {res['in_process_mAP_as_served']:.1f} with the "
+            f"JSON's rounding); {res['wire_bytes_per_image']:.0f} B/image on "
             f"the wire (CommunicationMetric {res['metric_bytes_per_image']:.0f}); end-to-end "
             f"latency p50 {lat['p50']:.1f} ms, p95 {lat['p95']:.1f} ms; detections differ from "
             f"the in-process evaluation on {len(res['differing_images'])} of {n} images")
