@@ -7,17 +7,18 @@
 
 1. creates the synthetic COCO-format dataset if it is missing;
 2. trains the unsplit teacher (Faster R-CNN R18-FPN), or reuses its checkpoint;
-3. trains the split student with knowledge adaptation from the teacher (KnowledgeAdaptationHook)
-   and the task-driven hyperprior codec (configs/ecc_faster_rcnn_r18_synthetic_kd_hp_task.py), or
-   reuses its checkpoint;
-4. trains the edge exit on the frozen student; its router is calibrated on the held-out
-   calibration split (configs/ecc_faster_rcnn_r18_synthetic_dynamic_hp.py);
-5. evaluates the teacher, cloud-only JPEG / WebP / AVIF at several qualities (at the camera
+3. trains the system in one run (configs/ecc_faster_rcnn_r18_synthetic_system.py), or reuses its
+   checkpoint: the split student with knowledge adaptation from the teacher
+   (KnowledgeAdaptationHook) and the task-driven hyperprior codec, with the edge exit learning
+   alongside on the frozen edge features; the router is calibrated on the held-out calibration
+   split at the end;
+4. evaluates the teacher, cloud-only JPEG / WebP / AVIF at several qualities (at the camera
    resolution and, when the camera images are larger, fitted to the detector's input), 8-bit
    features, the student and the system (exit + router + task-driven codec at its default
    operating point) with CocoMetric + CommunicationMetric; each learned row gets its bytes as a
-   multiple of what the input-codec front needs for the same mAP;
-6. serves the system end to end (``ecc_tools.e2e``; ``--no-serve`` skips it): the light edge
+   multiple of what the input-codec front needs for the same mAP (the student row is the
+   system's checkpoint without exit and router: every image sent to the cloud);
+5. serves the system end to end (``ecc_tools.e2e``; ``--no-serve`` skips it): the light edge
    exported to ONNX, the cloud server on 127.0.0.1, the validation images streamed through the
    light edge client and scored with COCO; mAP, bytes on the wire, end-to-end latency p50/p95 and
    the images whose detections differ from the in-process evaluation (``--tiny`` fails if any
@@ -28,10 +29,12 @@ where WebP needs 1.16 KB, docs/results.md). Its variable-rate form would serve e
 model, but the rule is to take it only if each of its points holds the single-rate students'
 accuracy within 0.5 mAP: the variable-rate hyperprior's lowest point is 2.8 mAP below them at its
 bytes (docs/benchmarks/rate_accuracy_val500_hyperprior.txt; its task-driven form is not
-measured). The factorized student stays in the benchmark tools
-(configs/ecc_faster_rcnn_r18_synthetic_kd.py, configs/ecc_faster_rcnn_r18_synthetic_dynamic.py).
+measured). The student and its exit can also be trained one after the other
+(configs/ecc_faster_rcnn_r18_synthetic_kd_hp_task.py, then ..._dynamic_hp.py), and the factorized
+student stays in the benchmark tools (configs/ecc_faster_rcnn_r18_synthetic_kd.py,
+configs/ecc_faster_rcnn_r18_synthetic_dynamic.py).
 
-``--detector rtmdet`` runs stages 1-3 and 5 with RTMDet-tiny (CSPNeXt) as teacher and split KD
+``--detector rtmdet`` runs stages 1-4 with RTMDet-tiny (CSPNeXt) as teacher and split KD
 (factorized) student instead (no system: its edge exit is configured for the Faster R-CNN
 student).
 
@@ -49,7 +52,7 @@ import os
 import os.path as osp
 import time
 import warnings
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 # mmengine imports pkg_resources to resolve 'mmdet::' config paths; its deprecation notice is noise
 warnings.filterwarnings('ignore', message='pkg_resources is deprecated')
@@ -59,23 +62,31 @@ from ecc_tools.workflow import train_stage  # noqa: E402
 from mmengine.config import Config  # noqa: E402
 from ecc_mmdet.datasets.synthetic_coco import ensure_synthetic_coco  # noqa: E402
 
-DYNAMIC_CFG = 'configs/ecc_faster_rcnn_r18_synthetic_dynamic_hp.py'
+SYSTEM_CFG = 'configs/ecc_faster_rcnn_r18_synthetic_system.py'
 # what a sceptical user would send instead: the best image codecs at low and mid qualities
 IMAGE_CODECS = {'jpeg': (10, 30, 60, 90), 'webp': (5, 30), 'avif': (5, 30)}
 
 
 class Detector(NamedTuple):
-    """One detector family's stages: configs, the student's work directory and row name."""
+    """One detector family's stages: configs, the trained work directory and the student's row
+    name. With a ``system`` config (student + edge exit + router, trained in one run) the
+    student row is that checkpoint evaluated by the ``student`` config (every image sent)."""
     teacher: str
     student: str
     student_dir: str
     student_name: str
+    system: Optional[str] = None
+
+    @property
+    def trained(self) -> str:
+        """The config the student stage trains."""
+        return self.system or self.student
 
 
 DETECTORS = {
     'faster_rcnn': Detector('configs/faster_rcnn_r18_fpn_synthetic.py',
-                            'configs/ecc_faster_rcnn_r18_synthetic_kd_hp_task.py', 'student_hp',
-                            'task-driven hyperprior KD student'),
+                            'configs/ecc_faster_rcnn_r18_synthetic_kd_hp_task.py', 'system',
+                            'task-driven hyperprior KD student', SYSTEM_CFG),
     'rtmdet': Detector('configs/rtmdet_tiny_synthetic.py',
                        'configs/ecc_rtmdet_tiny_synthetic_kd.py', 'student', 'KD student'),
 }
@@ -117,33 +128,33 @@ def fit_to_input(teacher_cfg: str, image_size) -> bool:
 
 def system_setting() -> str:
     """The system row's name: its router and default operating point, from its config."""
-    router = Config.fromfile(DYNAMIC_CFG).model.router
+    router = Config.fromfile(SYSTEM_CFG).model.router
     return (f"system: {router['type'].replace('Router', '').lower()} router, target offload "
             f"{router['target_offload_ratio']:g}")
 
 
 def compare(args, ckpts, fitted: bool):
-    """Stage 5: every in-process row (cached in ``comparison.json`` while it is newer than the
+    """Stage 4: every in-process row (cached in ``comparison.json`` while it is newer than the
     checkpoints) -> rows."""
     from ecc_tools.rate_accuracy import plot, run_rate_accuracy, summarize, table
     out = osp.join(args.work_dir, 'comparison.json')
-    teacher_ckpt, student_ckpt, dynamic_ckpt = ckpts
+    teacher_ckpt, student_ckpt = ckpts
     settings = dict(bandwidth_mbps=args.bandwidth, fit_to_input=fitted,
                     image_codecs={k: list(v) for k, v in IMAGE_CODECS.items()})
-    if osp.isfile(out) and osp.getmtime(out) > max(osp.getmtime(c) for c in ckpts if c):
+    if osp.isfile(out) and osp.getmtime(out) > max(osp.getmtime(c) for c in ckpts):
         res = json.load(open(out))
         if all(res.get(k) == v for k, v in settings.items()):
             print(f'  reusing {out}', flush=True)
             return res['rows']
     det = DETECTORS[args.detector]
     scfg = Config.fromfile(det.student)
-    dynamic = [(system_setting(), DYNAMIC_CFG, dynamic_ckpt)] if dynamic_ckpt else []
+    name = f"{det.student_name} (beta={scfg.model.compressor.get('beta'):g})"
+    system = [(system_setting(), det.system, student_ckpt)] if det.system else []
     rows = run_rate_accuracy(
-        det.teacher, teacher_ckpt,
-        [(f"{det.student_name} (beta={scfg.model.compressor.get('beta'):g})", det.student,
-          student_ckpt)], image_codecs=IMAGE_CODECS, fit_to_input=fitted, quantize_bits=(8, ),
+        det.teacher, teacher_ckpt, [(name, det.student, student_ckpt)],
+        image_codecs=IMAGE_CODECS, fit_to_input=fitted, quantize_bits=(8, ),
         split_after=scfg.model.split_after, data_root=args.data, bandwidth=args.bandwidth,
-        dynamic_students=dynamic)
+        dynamic_students=system)
     with open(out, 'w') as f:
         json.dump(dict(rows=rows, summary=summarize(rows), **settings), f, indent=2)
     plot(rows, osp.join(args.work_dir, 'rate_accuracy.png'))
@@ -174,7 +185,7 @@ def parse_args(argv=None):
             f'work_dirs/demo_{args.detector}'
     if args.data is None:
         args.data = osp.join(args.work_dir, 'data') if args.tiny else 'data/synthetic_coco'
-    args.serve = args.serve and args.detector == 'faster_rcnn'  # the system is Faster R-CNN's
+    args.serve = args.serve and DETECTORS[args.detector].system is not None  # a system's stage
     return args
 
 
@@ -190,23 +201,16 @@ def _dataset(args, steps: int) -> dict:
 
 
 def _train(args, train_cfgs, steps: int):
-    """The training stages -> checkpoints of (teacher, student, dynamic system or None)."""
+    """The training stages -> checkpoints of (teacher, student or system)."""
     det = DETECTORS[args.detector]
     print(f'[2/{steps}] teacher: unsplit {args.detector} ({det.teacher})', flush=True)
     teacher = train_stage(train_cfgs[0], osp.join(args.work_dir, 'baseline'), args.data)
-
-    print(f'[3/{steps}] student: split detector trained from the teacher ({det.student})',
-          flush=True)
+    what = ('the system: split student trained from the teacher, edge exit alongside, router '
+            'calibrated') if det.system else 'student: split detector trained from the teacher'
+    print(f'[3/{steps}] {what} ({det.trained})', flush=True)
     student = train_stage(train_cfgs[1], osp.join(args.work_dir, det.student_dir), args.data,
                           [f'teacher_config={det.teacher}', f'teacher_checkpoint={teacher}'])
-
-    dynamic = None
-    if args.detector == 'faster_rcnn':
-        print(f'[4/{steps}] the system: edge exit trained on the frozen student, router '
-              f'calibrated ({DYNAMIC_CFG})', flush=True)
-        dynamic = train_stage(train_cfgs[2], osp.join(args.work_dir, 'dynamic_hp'), args.data,
-                              [f'load_from={student}'])
-    return teacher, student, dynamic
+    return teacher, student
 
 
 def _serve(args, step: str, dynamic_ckpt: str) -> dict:
@@ -220,7 +224,7 @@ def _serve(args, step: str, dynamic_ckpt: str) -> dict:
     if osp.isfile(cached) and osp.getmtime(cached) > osp.getmtime(dynamic_ckpt):
         print(f'  reusing {cached}', flush=True)
         return json.load(open(cached))
-    return run_served(DYNAMIC_CFG, dynamic_ckpt, args.data, out_dir, args.bandwidth)
+    return run_served(SYSTEM_CFG, dynamic_ckpt, args.data, out_dir, args.bandwidth)
 
 
 def _check_served(args, served: dict) -> None:
@@ -259,8 +263,8 @@ def _report(args, num_val: int, rows, served, t_start: float, note: str) -> None
 def main(argv=None):
     args = parse_args(argv)
     det = DETECTORS[args.detector]
-    train_cfgs = [det.teacher, det.student, DYNAMIC_CFG]
-    steps = 4 + (args.detector == 'faster_rcnn') + args.serve
+    train_cfgs = [det.teacher, det.trained]
+    steps = 4 + args.serve
     os.chdir(REPO)
     if args.tiny:
         train_cfgs = [tiny_config(c, args.work_dir) for c in train_cfgs]
@@ -268,11 +272,10 @@ def main(argv=None):
     summary = _dataset(args, steps)
     ckpts = _train(args, train_cfgs, steps)
     fitted = fit_to_input(det.teacher, summary['image_size'])
-    print(f'[{4 + (ckpts[2] is not None)}/{steps}] evaluate the teacher, cloud-only '
-          f"JPEG/WebP/AVIF, 8-bit features, the student{' and the system' if ckpts[2] else ''}",
-          flush=True)
+    print(f'[4/{steps}] evaluate the teacher, cloud-only JPEG/WebP/AVIF, 8-bit features, the '
+          f"student{' and the system' if det.system else ''}", flush=True)
     rows = compare(args, ckpts, fitted)
-    served = _serve(args, f'[{steps}/{steps}]', ckpts[2]) if args.serve else None
+    served = _serve(args, f'[{steps}/{steps}]', ckpts[1]) if args.serve else None
     h, w = summary['image_size']
     note = '' if fitted else (
         f'; the camera images ({w}x{h}) are no larger than the detector\'s input, so each '

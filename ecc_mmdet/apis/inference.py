@@ -19,6 +19,8 @@ from .build_errors import config_error_of
 #: the top-level parts a split config adds to a detector: a checkpoint of the detector it was
 #: made from lacks them, and a split checkpoint loaded into that detector has them extra
 SPLIT_PARTS = EdgeCloudDetectorMixin.EDGE_CLOUD_KEYS
+#: the edge tiers of a dynamic split detector: a system's checkpoint minus these is its student
+EDGE_TIER_PARTS = ('edge_exit', 'extension_exit', 'router')
 
 
 def _split_class(type_name):
@@ -102,8 +104,10 @@ def load_weights(model, checkpoint: Union[str, Mapping], partial: Union[bool, st
     ``partial``: False refuses any missing, unexpected or reshaped key; ``'split'`` lets the
     split parts (:data:`SPLIT_PARTS`: compressor, exits, router) be absent or extra, as when a
     detector's weights initialise its split version or a split checkpoint its unsplit
-    detector; True loads whatever fits. Returns the checkpoint dict."""
-    allow = SPLIT_PARTS if partial == 'split' else ()
+    detector; ``'exits'`` lets only the edge tiers (:data:`EDGE_TIER_PARTS`) be absent or
+    extra, as when a dynamic system's checkpoint is evaluated as its split student (every
+    image to the cloud); True loads whatever fits. Returns the checkpoint dict."""
+    allow = {'split': SPLIT_PARTS, 'exits': EDGE_TIER_PARTS}.get(partial, ())
     return load_checked(model, checkpoint, allow=allow, partial=partial is True, path=path)
 
 

@@ -25,7 +25,7 @@ from ecc_mmdet.engine import KnowledgeAdaptationHook
 from ecc_mmdet.utils import ConfigError, set_data_root
 
 import conftest  # noqa: E402
-from conftest import REPO, TINY_FRCNN, TINY_RETINA  # noqa: E402
+from conftest import REPO, TINY_FRCNN, TINY_RETINA, exit_cfg  # noqa: E402
 
 KD_CFG = osp.join(REPO, 'configs', 'ecc_faster_rcnn_r18_synthetic_kd.py')
 COCO_CFG = osp.join(REPO, 'configs', 'ecc_faster_rcnn.py')
@@ -200,6 +200,44 @@ def test_hyperprior_student_both_stages(teacher_ckpt):
         codec = student.payload_codec
         assert torch.equal(codec.decompress(codec.unpack(payloads, samples)),
                            student.compressor(f)[0])
+
+
+def test_edge_exit_trains_alongside_both_stages_and_exit_only_training_is_refused(teacher_ckpt):
+    """A dynamic student (train_exits_only=False): the exit reads the frozen edge's detached
+    features, so it learns in stage 1 with the compressor and in stage 2 with the cloud (from
+    the labels and the teacher's detections), while the edge stages never move; an exit-only
+    model is refused (it trains nothing the hook distils)."""
+    torch.manual_seed(1)
+    cfg = student_cfg(tiny_model_cfg())
+    cfg.edge_exit = dict(exit_cfg(), distill_weight=0.5, pseudo_label_score_thr=0.0)
+    student = MODELS.build(cfg)
+    hook = KnowledgeAdaptationHook(teacher_config=tiny_model_cfg(), teacher_checkpoint=teacher_ckpt,
+                                   bottleneck_epochs=1, init_student_from_teacher=False)
+    runner = FakeRunner(student)
+    hook.before_train(runner)
+    inputs, samples = fake_batch(student)
+    optim = torch.optim.AdamW(student.parameters(), lr=1e-3)
+    edge = ('backbone.conv1.', 'backbone.bn1.', 'backbone.layer1.')
+    for stage in (1, 2):
+        runner.epoch = stage - 1
+        hook.before_train_iter(runner, 0)
+        assert hook.stage == stage
+        before = snapshot(student)
+        h = train_steps(student, hook, runner, inputs, samples, optim, 2)
+        tops = {k.split('.')[0] for k in changed_keys(before, snapshot(student))}
+        # labels and the teacher's detections (pseudo labels) both teach the exit
+        assert 'edge_exit' in tops and {'exit_loss_cls', 'exit_kd_loss_cls'} <= set(h[0])
+        assert tops & ({'compressor'} if stage == 1 else {'rpn_head', 'roi_head'})
+        assert not {k for k in changed_keys(before, snapshot(student)) if k.startswith(edge)}
+        if stage == 1:
+            assert tops == {'compressor', 'edge_exit'}, tops
+    hook.after_train(runner)
+
+    cfg.train_exits_only = True
+    hook = KnowledgeAdaptationHook(teacher_config=tiny_model_cfg(), teacher_checkpoint=teacher_ckpt,
+                                   bottleneck_epochs=1, init_student_from_teacher=False)
+    with pytest.raises(ConfigError, match='train_exits_only=False'):
+        hook.before_train(FakeRunner(MODELS.build(cfg)))
 
 
 @pytest.mark.parametrize('two_stage', [True, False])

@@ -15,30 +15,7 @@ from ecc_mmdet.models.routers import (BaseRouter, EntropyRouter, LearnedRouter, 
 from ecc_mmdet.structures import read as read_comm
 from ecc_mmdet.utils import ConfigError, check_config
 
-from conftest import TINY_FRCNN, TINY_RETINA, fake_batch, split_cfg, tiny_model_cfg
-
-
-def exit_cfg(channels=8, num_classes=6):
-    return dict(
-        type='EdgeExit',
-        neck=dict(type='EdgeExitPyramid', out_channels=channels, num_levels=3),
-        head=dict(type='ATSSHead', num_classes=num_classes, in_channels=channels,
-                  feat_channels=channels, stacked_convs=1,
-                  norm_cfg=dict(type='GN', num_groups=4, requires_grad=True),
-                  anchor_generator=dict(type='AnchorGenerator', ratios=[1.0],
-                                        octave_base_scale=2, scales_per_octave=1,
-                                        strides=[8, 16, 32]),
-                  bbox_coder=dict(type='DeltaXYWHBBoxCoder', target_means=[.0] * 4,
-                                  target_stds=[0.1, 0.1, 0.2, 0.2]),
-                  loss_cls=dict(type='FocalLoss', use_sigmoid=True, gamma=2.0, alpha=0.25,
-                                loss_weight=1.0),
-                  loss_bbox=dict(type='GIoULoss', loss_weight=2.0),
-                  loss_centerness=dict(type='CrossEntropyLoss', use_sigmoid=True,
-                                       loss_weight=1.0)),
-        train_cfg=dict(assigner=dict(type='ATSSAssigner', topk=9), allowed_border=-1,
-                       pos_weight=-1, debug=False),
-        test_cfg=dict(nms_pre=200, min_bbox_size=0, score_thr=0.0,
-                      nms=dict(type='nms', iou_threshold=0.6), max_per_img=20))
+from conftest import TINY_FRCNN, TINY_RETINA, exit_cfg, fake_batch, split_cfg, tiny_model_cfg
 
 
 def dynamic_cfg(router=None, two_stage=True, **kw):

@@ -128,7 +128,7 @@ def _student_rows(ev: _Evaluations, students, variable_rate_students, dynamic_st
     for name, config, ckpt in students:
         print(f'- {LEARNED} {name}', flush=True)
         scfg = load_config(config, data_root)
-        model = build_detector(scfg.model, ckpt)
+        model = build_detector(scfg.model, ckpt, partial='exits')  # a system's: its student
         ev.add(LEARNED, name, model, build_test_dataset(scfg))['codec'] = \
             model.compressor.codec_name
     for name, config, ckpt in variable_rate_students:

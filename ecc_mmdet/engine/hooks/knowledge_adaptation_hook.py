@@ -107,6 +107,11 @@ class _Distiller:
     def __call__(self, model, batch_inputs, batch_data_samples, losses, intermediates):
         return self.hook.distill(model, batch_inputs, batch_data_samples, losses, intermediates)
 
+    def exit_targets(self, batch_inputs, batch_data_samples):
+        """The teacher's detections, from which jointly trained edge exits distil."""
+        return [r.pred_instances for r in self.hook.distiller.predict(batch_inputs,
+                                                                      batch_data_samples)]
+
     def __deepcopy__(self, memo):  # e.g. an EMA copy of the student: share, never copy a teacher
         return self
 
@@ -279,6 +284,12 @@ class KnowledgeAdaptationHook(Hook):
                 'DDP must tolerate parameters without gradients. Add to the config: '
                 'find_unused_parameters = True (or model_wrapper_cfg=dict('
                 "type='MMDistributedDataParallel', find_unused_parameters=True)).")
+        if getattr(model, 'train_exits_only', None):
+            raise ConfigError(
+                'KnowledgeAdaptationHook trains the split student, but the model has '
+                f'train_exits_only={model.train_exits_only!r} (the exits alone, on a frozen '
+                'student): set model.train_exits_only=False to train the exits jointly with the '
+                'student, or remove the hook to train the exits alone')
         self._resolve_schedule(runner)
         cfg = getattr(runner, 'cfg', None) or {}
         device = next(model.parameters()).device
@@ -326,10 +337,19 @@ class KnowledgeAdaptationHook(Hook):
         coding = getattr(model.compressor, 'coding_models', None)
         return list(coding()) if callable(coding) else []
 
+    @staticmethod
+    def _exits(model) -> List[nn.Module]:
+        """Edge exits trained jointly with the student (``train_exits_only=False``): they read
+        the detached F_k of the frozen edge stages, so they learn in both stages and need no
+        stage of their own."""
+        return [m for m in (getattr(model, 'edge_exit', None),
+                            getattr(model, 'extension_exit', None)) if m is not None]
+
     def _stage_split(self, model, stage: int):
         """-> (ids of the stage's trainable parameters, frozen top-level modules).
 
-        Stage 1: the compressor trains, every other child module is frozen. Stage 2: the edge
+        Stage 1: the compressor (and the edge exits of a dynamic student) trains, every other
+        child module is frozen. Stage 2: the edge
         (``splitter.edge_modules()``, ``compressor.edge_modules()``, the entropy model) is
         frozen and everything else trains -- decoder g_s (``compressor.cloud_modules()`` minus
         the entropy model), the backbone stages after the split, neck, rpn_head/roi_head or
@@ -337,8 +357,9 @@ class KnowledgeAdaptationHook(Hook):
         """
         comp = model.compressor
         if stage == 1:
-            frozen = [m for _, m in model.named_children() if m is not comp]
-            return {id(p) for p in comp.parameters()}, frozen
+            learn = [comp] + self._exits(model)
+            frozen = [m for _, m in model.named_children() if all(m is not x for x in learn)]
+            return {id(p) for m in learn for p in m.parameters()}, frozen
         edge = list(model.splitter.edge_modules()) + list(comp.edge_modules()) + \
             self._coding_models(model)
         edge_ids = {id(p) for p in unique_parameters(edge)}

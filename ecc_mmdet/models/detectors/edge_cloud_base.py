@@ -155,7 +155,12 @@ class EdgeCloudDetectorMixin:
         losses.update(inter['compressor_losses'])
         if self.distiller is not None:
             losses = self.distiller(self, batch_inputs, batch_data_samples, losses, inter)
-        losses.update(self.tiers.joint_losses(inter['edge_feats'].detach(), batch_data_samples))
+        teacher = None  # jointly trained exits distil from the distiller's teacher, if any
+        exit_targets = getattr(self.distiller, 'exit_targets', None)
+        if exit_targets is not None and self.tiers.distils():
+            teacher = exit_targets(batch_inputs, batch_data_samples)
+        losses.update(self.tiers.joint_losses(inter['edge_feats'].detach(), batch_data_samples,
+                                              teacher))
         return losses
 
     @abstractmethod

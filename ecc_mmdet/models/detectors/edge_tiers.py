@@ -219,15 +219,26 @@ class EdgeTiers:
             out.append(t)
         return out
 
-    def joint_losses(self, f: Tensor, batch_data_samples) -> dict:
+    def distils(self) -> bool:
+        """Whether an exit learns from a stronger model's detections (``distill_weight``)."""
+        m = self.model
+        return any(e is not None and e.distill_weight > 0
+                   for e in (m.edge_exit, m.extension_exit))
+
+    def joint_losses(self, f: Tensor, batch_data_samples, teacher_results=None) -> dict:
         """Joint training: the exits' losses on F_k (detached by the caller: the exits read F_k,
-        never change it)."""
+        never change it), with pseudo labels from ``teacher_results`` (per-image InstanceData
+        of a stronger model, e.g. the distillation teacher) when given."""
         m, losses = self.model, {}
-        if m.edge_exit is not None:
-            losses.update(m.edge_exit.loss(f, batch_data_samples))
-        if m.extension_exit is not None:
-            losses.update({f'ext_{k}': v for k, v in m.extension_exit.loss(
-                f, self.hard_only(batch_data_samples)).items()})
+        for exit_, prefix, hard in ((m.edge_exit, '', False), (m.extension_exit, 'ext_', True)):
+            if exit_ is None:
+                continue
+            samples = self.hard_only(batch_data_samples) if hard else batch_data_samples
+            pseudo = None
+            if teacher_results is not None:
+                pseudo = exit_.pseudo_labels(teacher_results, batch_data_samples)
+                pseudo = self.hard_only(pseudo) if hard else pseudo
+            losses.update({prefix + k: v for k, v in exit_.loss(f, samples, pseudo).items()})
         return losses
 
     def exit_only_losses(self, batch_inputs: Tensor, batch_data_samples) -> dict:
