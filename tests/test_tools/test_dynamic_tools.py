@@ -96,10 +96,16 @@ def test_learned_router_and_benchmark(trained, tiny_coco_calib, tmp_path):
                     'model.router.hidden=8', check=False)
     assert proc.returncode == 2 and 'does not fit' in proc.stderr and 'router.mlp' in proc.stderr
     out = tmp_path / 'bench' / 'dynamic.json'
-    run_tool('benchmark_dynamic', '--checkpoint', work / 'epoch_1.pth',
+    # rate-accuracy rows drawn beside the curves (as docs/results.md passes the demo's)
+    ra = tmp_path / 'ra.json'
+    ra.write_text(json.dumps(dict(rows=[
+        dict(method='teacher', setting='original image', bytes_per_image=0.0, bbox_mAP=1.0),
+        dict(method='cloud-only WebP', setting='q=5', bytes_per_image=600.0, bbox_mAP=0.5),
+        dict(method='cloud-only WebP', setting='q=30', bytes_per_image=1100.0, bbox_mAP=0.8)])))
+    run_tool('benchmark_dynamic', '--config', DYNAMIC_CFG, '--checkpoint', work / 'epoch_1.pth',
              '--teacher-checkpoint', work / 'epoch_1.pth', '--data-root', tiny_coco_calib,
              '--num-router-train', 8, '--num-calib', 8, '--ratios', 0, 0.5, 1,
-             '--bootstrap', 5, '--out', out)
+             '--bootstrap', 5, '--rate-accuracy-json', ra, '--out', out)
     res = json.load(open(out))
     rows = res['rows']
     routers = {r['router'] for r in rows if r['variant'] == 'Dynamic'}
