@@ -8,9 +8,10 @@ float32, what the PyTorch edge computes after the graph:
   image, sigmoid scores, ``filter_scores_and_topk`` per level, ATSS's centerness as score
   factor, rescale to the original image, ``min_bbox_size``, mmcv's class-aware ``batched_nms``
   (coordinate-offset trick + mmcv's CPU nms), ``max_per_img``);
-* :func:`router_score`: the ``scores`` of ``EntropyRouter``, ``ScoreBandRouter``,
-  ``RandomRouter`` (SHA-256 of the seed and the image id) and ``LearnedRouter`` (its features in
-  float32 as ``routers.features.router_features`` computes them, then its MLP);
+* :func:`router_score`: the ``scores`` of ``EntropyRouter``, ``EmptyExitRouter``,
+  ``ScoreBandRouter``, ``RandomRouter`` (SHA-256 of the seed and the image id) and
+  ``LearnedRouter`` (its features in float32 as ``routers.features.router_features`` computes
+  them, then its MLP);
 * :func:`apply_score_map`: ``ScoreMap.__call__`` (``np.interp`` + 1e-6 x score).
 
 OpenCV's ``cv2.dnn.NMSBoxes`` is not used: it filters by a score threshold, counts box widths
@@ -221,9 +222,12 @@ def router_score(spec: Dict, dets: ExitDetections, cls_maps: Sequence[np.ndarray
     """The router's score of one image (higher: needs the cloud more); ``img_id`` is the key of
     the random router's draw."""
     kind = spec['kind']
-    if kind == 'EntropyRouter':
+    if kind in ('EntropyRouter', 'EmptyExitRouter'):
         p = top_anchor_probs(cls_maps, num_classes, spec['top_k'])
-        return float(np.clip(class_entropy(p).mean(-1), 0, 1))
+        score = float(np.clip(class_entropy(p).mean(-1), 0, 1))
+        if kind == 'EmptyExitRouter' and not (dets.scores >= spec['empty_below']).any():
+            score += 1.0  # nothing found: before every image where something was
+        return score
     if kind == 'ScoreBandRouter':
         low, high = spec['low'], spec['high']
         mid, half = (low + high) / 2, (high - low) / 2

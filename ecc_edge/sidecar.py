@@ -32,7 +32,8 @@ MIN_KEY_BYTES = 16
 _CODECS = {1: 'ENTROPY_BOTTLENECK', 5: 'VARIABLE_RATE_BOTTLENECK', 6: 'HYPERPRIOR_BOTTLENECK',
            7: 'VARIABLE_RATE_HYPERPRIOR'}
 _VARIABLE_RATE, _HYPERPRIOR = (5, 7), (6, 7)
-_ROUTERS = ('EntropyRouter', 'LearnedRouter', 'RandomRouter', 'ScoreBandRouter')
+_ROUTERS = ('EmptyExitRouter', 'EntropyRouter', 'LearnedRouter', 'RandomRouter',
+            'ScoreBandRouter')
 
 Check = Callable[[object, str], None]
 
@@ -190,6 +191,7 @@ _HYPERPRIOR_SPEC = Obj(
 _FLOATS = Arr(Num(-3.4e38, 3.4e38), 1, 1 << 16)  # float32 values
 _ROUTER_PARAMS = {
     'EntropyRouter': dict(top_k=Int(1, 10**6)),
+    'EmptyExitRouter': dict(top_k=Int(1, 10**6), empty_below=Num(0.0, 1.0)),
     'ScoreBandRouter': dict(low=Num(0.0, 1.0), high=Num(0.0, 1.0)),
     'RandomRouter': dict(seed=Int(-2**63, 2**63 - 1)),
     'LearnedRouter': dict(top_k=Int(1, 4096), count_thresholds=Arr(Num(0.0, 1.0), 0, 64),

@@ -142,6 +142,24 @@ def test_entropy_router_exit_and_reports_match_the_pytorch_edge(served_model, tm
     assert edge.sidecar['router']['threshold'] == float(model.router.threshold)
 
 
+def test_empty_exit_router_matches_the_pytorch_edge(served_model, tmp_path):
+    """EmptyExitRouter on the light edge: empty_below at the images' median top exit score, so
+    half of them count as "nothing found" (score 1 + entropy) and the routing splits both kinds."""
+    from ecc_mmdet.apis import iter_batches
+    cfg, model = _build(served_model, dict(type='EmptyExitRouter', top_k=10, empty_below=0.5,
+                                           threshold=1.0))
+    datasets = _datasets(cfg)
+    with torch.no_grad():
+        tops = [float(r.scores.max()) if len(r.scores) else 0.0 for ds in datasets
+                for inputs, samples in iter_batches(model, ds, batch_size=1)
+                for r in model.run_exits(model.edge_features(inputs), samples).results]
+    model.router.empty_below = float(np.median(tops))
+    edge = _compare(model, cfg, datasets, tmp_path)
+    assert edge.sidecar['router']['empty_below'] == model.router.empty_below
+    scores = [float(edge.process(p, i).router_score) for p, i, *_ in _reference(model, datasets)]
+    assert min(scores) < 1.0 <= max(scores)
+
+
 def test_score_band_router_with_a_score_map_matches_the_pytorch_edge(served_model, tmp_path):
     from ecc_mmdet.evaluation.score_calibration import ScoreMap
     cfg, model = _build(served_model, dict(type='ScoreBandRouter', low=0.2, high=0.6,
@@ -271,6 +289,6 @@ def test_each_router_says_how_it_exports():
         def scores(self, exits):
             return super().scores(exits) ** 2
 
-    with pytest.raises(ConfigError, match='ports EntropyRouter, .*ScoreBandRouter.*, not '
+    with pytest.raises(ConfigError, match='ports EmptyExitRouter, EntropyRouter, .*ScoreBandRouter.*, not '
                                           'SharperEntropy: it is not ported'):
         SharperEntropy(threshold=0.5).light_edge_spec()

@@ -137,7 +137,7 @@ CASES = [  # (export, field, value, message)
     ('dynamic', 'exit.test_cfg.iou_threshold', 1.5, r'iou_threshold: must be in \[0\.0, 1'),
     ('dynamic', 'exit.test_cfg.max_per_img', 0, r'max_per_img: must be in \[1, '),
     ('dynamic', 'class_names', ['a'] * 5, r'class_names: has 5 names, exit\.num_classes'),
-    ('dynamic', 'router.kind', 'MagicRouter', r'router\.kind: must be one of EntropyRouter'),
+    ('dynamic', 'router.kind', 'MagicRouter', r'router\.kind: must be one of EmptyExitRouter, EntropyRouter'),
     ('dynamic', 'router', _learned(feat_std=[1.0] * 6), r'router\.feat_std: has 6 entries; 2 x'),
     ('dynamic', 'router', _learned(feat_std=[0.0] * 7), r'router\.feat_std\[0\]: must be in'),
     ('dynamic', 'router', _learned(layers=[dict(weight=[[0.1] * 6], bias=[0.0])]),

@@ -169,6 +169,8 @@ def test_forged_body_of_huge_latents_is_refused(neck, monkeypatch):
         m.setattr(gc, 'encode_with_indexed_tables',
                   functools.partial(gc.encode_with_indexed_tables, max_abs=None))
         m.setattr(neck, '_latent', lambda *a, _f=neck._latent: _f(*a) + 1e5)
+        # honest side information (z of the honest latent), so only y carries the forgery
+        m.setattr(neck.h_a, 'forward', lambda y, _f=neck.h_a.forward: _f(y - 1e5))
         (params, body, shape), = neck.compress(x)
     assert body != honest[0][1]
     with pytest.raises(CorruptedBitstreamError, match='beyond the bound'):
@@ -216,7 +218,8 @@ def test_variable_rate_hyperprior_points_round_trip_and_rate_is_monotone():
     vr = VariableRateHyperpriorNeck(C, latent_channels=6, hyper_channels=4, hyper_downsample=2,
                                     beta=0.002, rate_unit='bits_per_element', num_rates=4)
     x = _features()
-    vr = fit_neck(vr, x, steps=250, lr=2e-2, seed=0)
+    # lr 1e-2: at 2e-2 the two lowest points may end up swapped on some CPUs (228 vs 224 bytes)
+    vr = fit_neck(vr, x, steps=250, lr=1e-2, seed=0)
     sizes = []
     for r in range(4):
         vr.set_rate_point(r)

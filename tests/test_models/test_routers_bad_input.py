@@ -120,3 +120,31 @@ def test_train_router_refuses_a_checkpoint_without_trained_exits(tiny_coco_calib
                     '--num-images', 8, '--data-root', tiny_coco_calib, check=False)
     assert proc.returncode == 2 and 'holds no edge_exit weights' in proc.stderr
     assert not (tmp_path / 'router.pth').exists()
+
+
+def test_empty_exit_router_puts_images_where_the_exit_found_nothing_first():
+    """EmptyExitRouter = the entropy + 1 where no exit detection reaches empty_below: a
+    confidently empty exit (low entropy) still goes to the cloud before any image where the exit
+    found something; elsewhere it is the EntropyRouter."""
+    from mmengine.structures import InstanceData
+    from ecc_mmdet.models.exits import ExitOutput
+    from ecc_mmdet.models.routers import EmptyExitRouter
+    g = torch.Generator().manual_seed(0)
+    cls = [torch.randn(3, 6, 4, 4, generator=g) * 3]
+    dets = [InstanceData(scores=torch.tensor(s), bboxes=torch.zeros(len(s), 4),
+                         labels=torch.zeros(len(s), dtype=torch.long))
+            for s in ([0.9, 0.1], [0.29], [])]
+    exits = ExitOutput(results=dets, cls_scores=cls, features=torch.zeros(3, 1, 4, 4),
+                       samples=[], num_classes=6)
+    entropy = EntropyRouter(top_k=5, threshold=0.5).scores(exits)
+    router = EmptyExitRouter(top_k=5, empty_below=0.3, target_offload_ratio=0.5)
+    assert torch.equal(router.scores(exits), entropy + torch.tensor([0.0, 1.0, 1.0],
+                                                                    dtype=torch.float64))
+    assert entropy[0] < router.calibrate(router.scores(exits), 2 / 3) < 1 + entropy[1:].min()
+    assert router.decide(exits).tolist() == [False, True, True]
+    assert router.light_edge_spec()['empty_below'] == 0.3
+    for bad in (0.0, 1.5):
+        with pytest.raises(ConfigError, match='empty_below'):
+            EmptyExitRouter(empty_below=bad)
+    with pytest.raises(ConfigError, match='score range'):
+        EmptyExitRouter(threshold=2.5)

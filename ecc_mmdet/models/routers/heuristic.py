@@ -1,4 +1,5 @@
-"""Rule-based routers: the random control, DCSB's score band, class-distribution entropy."""
+"""Rule-based routers: the random control, DCSB's score band, class-distribution entropy, and
+entropy that also counts an empty exit as uncertain."""
 import hashlib
 from typing import Dict, Tuple
 
@@ -10,7 +11,7 @@ from ...errors import ConfigError
 from .base import BaseRouter
 from .features import top_k_entropy
 
-__all__ = ['RandomRouter', 'ScoreBandRouter', 'EntropyRouter']
+__all__ = ['RandomRouter', 'ScoreBandRouter', 'EntropyRouter', 'EmptyExitRouter']
 
 
 @MODELS.register_module()
@@ -83,3 +84,30 @@ class EntropyRouter(BaseRouter):
 
     def light_edge_params(self) -> Dict:
         return dict(top_k=self.top_k)
+
+
+@MODELS.register_module()
+class EmptyExitRouter(EntropyRouter):
+    """:class:`EntropyRouter` that treats "nothing found where something usually is" as the
+    most uncertain case: an image on which no exit detection scores ``empty_below`` or more
+    scores 1 + its entropy, above every image where the exit found something. Under blur, fog
+    or low contrast an exit becomes confidently empty (its entropy falls, so entropy alone keeps
+    those images on the edge); this sends them to the cloud first. Meant for streams where
+    (nearly) every image holds an object of interest, as on the synthetic set and most of COCO.
+    """
+
+    score_range: Tuple[float, float] = (0.0, 2.0)
+
+    def __init__(self, top_k: int = 10, empty_below: float = 0.3, **kwargs):
+        if not 0.0 < float(empty_below) <= 1.0:
+            raise ConfigError(f'EmptyExitRouter.empty_below must be in (0, 1], got {empty_below}')
+        super().__init__(top_k=top_k, **kwargs)
+        self.empty_below = float(empty_below)
+
+    def scores(self, exits) -> Tensor:
+        empty = [not bool((r.scores >= self.empty_below).any()) for r in exits.results]
+        return super().scores(exits) + torch.tensor(empty, dtype=torch.float64,
+                                                    device=exits.features.device)
+
+    def light_edge_params(self) -> Dict:
+        return dict(top_k=self.top_k, empty_below=self.empty_below)
