@@ -7,10 +7,11 @@ ratios, with ECCENTRIC's three variants side by side.
         [--teacher-config configs/faster_rcnn_r18_fpn_synthetic.py] \
         [--teacher-checkpoint work_dirs/demo/baseline/epoch_12.pth] \
         [--data-root DIR] [--num-images N] [--ratios 0 0.1 ... 1] [--jpeg-quality 50] \
-        [--rate-accuracy-json docs/benchmarks/rate_accuracy_val500.json] \
+        [--rate-accuracy-json docs/benchmarks/rate_accuracy_val500.json] [--corruption fog 3] \
         [--out work_dirs/benchmarks/dynamic.json]
 
-Routers: random (the control), score band (DCSB), class-distribution entropy, learned (an MLP on
+Routers: random (the control), score band (DCSB), class-distribution entropy, empty exit (entropy,
+with the images where the exit finds nothing first), learned (an MLP on
 the exit's outputs and F_k, fitted here on training images to the per-image AP gain of
 offloading), and the per-image oracle (offloads the images with the largest true gain: an upper
 reference). Thresholds are calibrated per target ratio on training images that are neither the
@@ -44,6 +45,9 @@ def parse_args(argv=None):
     p.add_argument('--jpeg-quality', type=int, default=50)
     p.add_argument('--bootstrap', type=int, default=200)
     p.add_argument('--rate-accuracy-json', help='rate-accuracy rows to draw beside (optional)')
+    p.add_argument('--corruption', nargs=2, metavar=('NAME', 'SEVERITY'),
+                   help='corrupt the evaluation images (e.g. fog 3); routers stay calibrated '
+                   'on the clean held-out images')
     p.add_argument('--cache', help='pickle of the model passes: written, and reused by a re-run '
                    'with the same checkpoints and sizes (re-analysis without re-running models)')
     p.add_argument('--out', default='work_dirs/benchmarks/dynamic.json')
@@ -57,7 +61,8 @@ def main(argv=None):
             raise SystemExit(f'error: --ratios must lie in [0, 1], got {r}')
     res = run_dynamic(args.config, args.checkpoint, args.teacher_config, args.teacher_checkpoint,
                       args.data_root, args.num_images, args.num_router_train, args.num_calib,
-                      args.ratios, args.jpeg_quality, args.bootstrap, args.cache)
+                      args.ratios, args.jpeg_quality, args.bootstrap, args.cache,
+                      args.corruption)
     os.makedirs(osp.dirname(osp.abspath(args.out)), exist_ok=True)
     base = osp.splitext(args.out)[0]
     res['command'] = 'python tools/benchmark_dynamic.py ' + ' '.join(argv or __import__(

@@ -109,7 +109,10 @@ def test_learned_router_and_benchmark(trained, tiny_coco_calib, tmp_path):
     res = json.load(open(out))
     rows = res['rows']
     routers = {r['router'] for r in rows if r['variant'] == 'Dynamic'}
-    assert {'random', 'score band', 'entropy', 'learned', 'oracle'} <= routers
+    assert {'random', 'score band', 'entropy', 'empty exit', 'learned', 'oracle'} <= routers
+    empty = res['empty_exit']  # images where the exit finds nothing and the cloud something
+    assert empty['of'] == res['num_images'] and set(empty['offloaded']) >= {'entropy',
+                                                                             'empty exit'}
     adaptive = next(r for r in rows if r['variant'] == 'Adaptive')
     dynamic = [r for r in rows if r['variant'] == 'Dynamic']
     assert {r['target_ratio'] for r in dynamic} >= {0, 1}  # the checks below have rows to check

@@ -20,13 +20,14 @@ import torch
 from mmengine.dataset import pseudo_collate
 
 from ecc_mmdet.apis import build_detector, build_test_dataset, evaluate_detector, load_config
-from ecc_mmdet.datasets.transforms import add_image_codec_baseline
+from ecc_mmdet.datasets.transforms import add_corruption, add_image_codec_baseline
 from ecc_mmdet.deployment.calibration import (check_calibration_split,
                                               score_maps_from_predictions, tier_predictions)
 from ecc_mmdet.evaluation.bootstrap import ImageBootstrap
 from ecc_mmdet.utils import ConfigError
 from ecc_mmdet.evaluation.routing import compose, missed_objects, per_image_ap
-from ecc_mmdet.models.routers import (BaseRouter, EntropyRouter, LearnedRouter, RandomRouter,
+from ecc_mmdet.models.routers import (BaseRouter, EmptyExitRouter, EntropyRouter, LearnedRouter,
+                                      RandomRouter,
                                       ScoreBandRouter, exit_fingerprint, threshold_for_ratio)
 from ecc_mmdet.models.routers.features import router_features
 
@@ -39,6 +40,7 @@ HEURISTIC_ROUTERS = {
     'random': lambda: RandomRouter(seed=0, threshold=0.5),
     'score band': lambda: ScoreBandRouter(low=0.2, high=0.6, threshold=0.0),
     'entropy': lambda: EntropyRouter(top_k=10, threshold=0.5),
+    'empty exit': lambda: EmptyExitRouter(top_k=10, empty_below=MISSED_SCORE_THR, threshold=0.5),
 }
 
 
@@ -325,13 +327,17 @@ def run_dynamic(config: str, checkpoint: str, teacher_config: str, teacher_check
                 num_router_train: int = 200, num_calib: int = 200,
                 ratios: Sequence[float] = tuple(np.round(np.linspace(0, 1, 11), 2)),
                 jpeg_quality: int = 50, bootstrap: int = 200,
-                cache: Optional[str] = None) -> dict:
+                cache: Optional[str] = None, corruption: Optional[Sequence] = None) -> dict:
     """``cache``: a pickle of the model passes (predictions, records, router inputs), reused when
-    it was made with the same checkpoints and split sizes (to re-analyse without re-running)."""
+    it was made with the same checkpoints and split sizes (to re-analyse without re-running).
+    ``corruption``: (name, severity) applied to the evaluation images only; routers are
+    calibrated and fitted on clean held-out images, as deployed before the shift."""
     cfg, model, train = load_dynamic(config, checkpoint, data_root, router=None,
                                      train_exits_only=False)
     calib_cfg = calibration_dataset_cfg(cfg)
-    val = build_test_dataset(cfg)
+    pipeline = cfg.test_dataloader.dataset.pipeline
+    val = build_test_dataset(cfg, add_corruption(pipeline, corruption[0], int(corruption[1]))
+                             if corruption else None)
     n = len(val) if num_images is None else min(num_images, len(val))
     calib_idx, rtrain_idx = _calibration_indices(len(train), num_calib, num_router_train)
     ann_val = cfg.test_evaluator['ann_file'] if isinstance(cfg.test_evaluator, dict) else \
@@ -340,7 +346,8 @@ def run_dynamic(config: str, checkpoint: str, teacher_config: str, teacher_check
     heur = {k: f() for k, f in HEURISTIC_ROUTERS.items()}
     key = dict(version=2, checkpoint=osp.abspath(checkpoint), mtime=osp.getmtime(checkpoint),
                teacher=osp.abspath(teacher_checkpoint), n=n, num_calib=num_calib,
-               num_router_train=num_router_train, jpeg_quality=jpeg_quality, data_root=data_root)
+               num_router_train=num_router_train, jpeg_quality=jpeg_quality, data_root=data_root,
+               corruption=list(corruption) if corruption else None)
     p = _cached_passes(cache, key, lambda: _collect(
         model, val, list(range(n)), train, calib_cfg, calib_idx, rtrain_idx, heur, n,
         teacher_config, teacher_checkpoint, data_root, jpeg_quality, ann_val))
@@ -356,9 +363,24 @@ def run_dynamic(config: str, checkpoint: str, teacher_config: str, teacher_check
                 num_calib=num_calib, jpeg_quality=jpeg_quality, router_fit=fit,
                 extension_share=float(np.mean([q['comm'].get('tier') == 'edge_extension'
                                                for q in p.edge_val])),
-                bootstrap=bootstrap, gains_val=dict(
+                bootstrap=bootstrap, corruption=list(corruption) if corruption else None,
+                empty_exit=empty_exit_offloading(p, list(heur), 0.5), gains_val=dict(
                     mean=float(m.gains_val.mean()), positive=float((m.gains_val > 0).mean()),
                     zero=float((m.gains_val == 0).mean())))
+
+
+def empty_exit_offloading(p: '_Passes', routers, ratio: float) -> dict:
+    """The images on which the exit finds nothing (no detection scoring MISSED_SCORE_THR) and
+    the cloud finds something, and the share of them each heuristic router offloads at its
+    threshold for ``ratio`` (calibrated on the clean held-out images)."""
+    found = lambda q: bool((np.asarray(q['scores']) >= MISSED_SCORE_THR).any())  # noqa: E731
+    idx = [i for i, (e, c) in enumerate(zip(p.edge_val, p.cloud_val))
+           if not found(e) and found(c)]
+    out = dict(images=len(idx), of=len(p.edge_val), ratio=ratio, offloaded={})
+    for name in routers:
+        t = threshold_for_ratio(torch.as_tensor(p.s_cal[name]), ratio)
+        out['offloaded'][name] = float((p.s_val[name][idx] > t).mean()) if idx else None
+    return out
 
 
 def best_router(rows) -> str:
@@ -437,7 +459,9 @@ def table(res) -> str:
              f"(thresholds calibrated on {res['num_calib']}, learned router fitted on "
              f"{res['num_router_train']} other held-out images; Independent sends JPEG "
              f"q={res['jpeg_quality']}); GF = GFLOPs per image, bytes over all images, missed = "
-             f"objects no detection scoring >= {MISSED_SCORE_THR} finds (IoU 0.5)",
+             f"objects no detection scoring >= {MISSED_SCORE_THR} finds (IoU 0.5)"
+             + (' ; evaluation images corrupted: {} severity {}'.format(*res['corruption'])
+                if res.get('corruption') else ''),
              head, '-' * len(head)]
     for i, r in enumerate(rows):
         router = r['router'] if len(r['router']) <= 14 else 'oracle (best)'
@@ -473,6 +497,12 @@ def table(res) -> str:
             f"{'met' if c['met'] else 'MISSED'}")
     else:
         lines.append('target 3: no operating point within the mAP loss -> MISSED')
+    e = res.get('empty_exit')
+    if e:
+        shares = ', '.join(f'{k}: ' + ('-' if v is None else f'{100 * v:.0f} %')
+                           for k, v in e['offloaded'].items())
+        lines.append(f"exit finds nothing, the cloud something: {e['images']} of {e['of']} "
+                     f"images; offloaded at target {e['ratio']:g}: {shares}")
     return '\n'.join(lines)
 
 
