@@ -25,24 +25,27 @@ __all__ = ['router_scores', 'calibrate_router', 'check_calibration_split', 'tier
 
 
 @torch.no_grad()
-def router_scores(model, batches: Iterable[Tuple[Tensor, list]]) -> Tensor:
-    """The router's score of every image of ``batches`` (preprocessed ``(inputs, samples)``)."""
+def router_scores(model, batches: Iterable[Tuple[Tensor, list]], fit: bool = False) -> Tensor:
+    """The router's score of every image of ``batches`` (preprocessed ``(inputs, samples)``).
+    ``fit``: a router with ``fit_calibration`` (parameters of its score fitted on these images,
+    e.g. ``EmptyExitRouter.empty_below``) fits them from the exits' outputs first."""
     if model.edge_exit is None or model.router is None:
         raise ConfigError('router calibration needs a model with edge_exit and router')
-    out = []
+    exits = []
     for inputs, samples in batches:
-        exits = model.run_exits(model.edge_features(inputs), samples)
+        exits.append(model.run_exits(model.edge_features(inputs), samples))
         model.check_router()  # refuses a learned router fitted for other exits
-        out.append(model.router.scores(exits).double().cpu())
-    if not out:
+    if not exits:
         raise ConfigError('the calibration split has no images')
-    return torch.cat(out)
+    if fit and callable(getattr(model.router, 'fit_calibration', None)):
+        model.router.fit_calibration(exits)
+    return torch.cat([model.router.scores(e).double().cpu() for e in exits])
 
 
 def calibrate_router(model, batches, ratio: Optional[float] = None) -> Tuple[float, float]:
     """Set ``model.router``'s threshold for ``ratio`` (default: its target) on ``batches``;
     returns ``(threshold, offload ratio reached on the calibration images)``."""
-    scores = router_scores(model, batches)
+    scores = router_scores(model, batches, fit=True)
     t = model.router.calibrate(scores, ratio)
     return t, float((scores > t).double().mean())
 

@@ -148,3 +148,17 @@ def test_empty_exit_router_puts_images_where_the_exit_found_nothing_first():
             EmptyExitRouter(empty_below=bad)
     with pytest.raises(ConfigError, match='score range'):
         EmptyExitRouter(threshold=2.5)
+    # by default "nothing" is fitted on the calibration images: below the 10 % quantile of their
+    # top scores (here 0.058 of 0.9 / 0.29 / none): only the third image is empty
+    fitted = EmptyExitRouter(top_k=5, target_offload_ratio=0.5)
+    with pytest.raises(RuntimeError, match='not fitted'):
+        fitted.scores(exits)
+    with pytest.raises(ConfigError, match='calibrate'):
+        fitted.light_edge_spec()
+    fitted.fit_calibration([exits])
+    assert fitted.empty_below == pytest.approx(float(torch.quantile(
+        torch.tensor([0.9, 0.29, 0.0], dtype=torch.float64), 0.1)))
+    assert torch.equal(fitted.scores(exits), entropy + torch.tensor([0.0, 0.0, 1.0],
+                                                                    dtype=torch.float64))
+    with pytest.raises(ConfigError, match='fixed threshold'):
+        EmptyExitRouter(threshold=1.0)

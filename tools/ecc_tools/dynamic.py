@@ -40,7 +40,7 @@ HEURISTIC_ROUTERS = {
     'random': lambda: RandomRouter(seed=0, threshold=0.5),
     'score band': lambda: ScoreBandRouter(low=0.2, high=0.6, threshold=0.0),
     'entropy': lambda: EntropyRouter(top_k=10, threshold=0.5),
-    'empty exit': lambda: EmptyExitRouter(top_k=10, empty_below=MISSED_SCORE_THR, threshold=0.5),
+    'empty exit': lambda: EmptyExitRouter(top_k=10, target_offload_ratio=0.5),
 }
 
 
@@ -115,6 +115,18 @@ def run_pass(model, dataset, indices, offload_all: bool, progress: str = '') -> 
 
 
 @torch.no_grad()
+def fit_routers(model, dataset, indices, routers: Dict[str, object]) -> None:
+    """Routers whose score has parameters fitted on the calibration images (``fit_calibration``,
+    e.g. the empty exit's ``empty_below``) fit them, as ``calibrate_router`` does."""
+    fits = [r for r in routers.values() if callable(getattr(r, 'fit_calibration', None))]
+    if fits:
+        exits = [model.run_exits(model.edge_features(inputs), samples)
+                 for inputs, samples in _batches(model, dataset, indices)]
+        for r in fits:
+            r.fit_calibration(exits)
+
+
+@torch.no_grad()
 def exit_scores(model, dataset, indices, routers: Dict[str, object], top_k: int = 16):
     """Scores of each heuristic router and the learned router's features, per image."""
     scores = {name: [] for name in routers}
@@ -170,6 +182,7 @@ def _collect(model, val, val_idx, train, train_cfg, calib_idx, rtrain_idx, heur,
     edge_tr = run_pass(model, train, rtrain_idx, False)
     cloud_tr = run_pass(model, train, rtrain_idx, True)
     print('- router scores (evaluation, router-fitting and calibration images)', flush=True)
+    fit_routers(model, train, calib_idx, heur)
     s_val, f_val = exit_scores(model, val, val_idx, heur)
     s_tr, f_tr = exit_scores(model, train, rtrain_idx, heur)
     s_cal, f_cal = exit_scores(model, train, calib_idx, heur)
@@ -344,7 +357,7 @@ def run_dynamic(config: str, checkpoint: str, teacher_config: str, teacher_check
         cfg.test_evaluator[0]['ann_file']
     ann_train = calib_cfg['data_root'].rstrip('/') + '/' + calib_cfg['ann_file']
     heur = {k: f() for k, f in HEURISTIC_ROUTERS.items()}
-    key = dict(version=2, checkpoint=osp.abspath(checkpoint), mtime=osp.getmtime(checkpoint),
+    key = dict(version=3, checkpoint=osp.abspath(checkpoint), mtime=osp.getmtime(checkpoint),
                teacher=osp.abspath(teacher_checkpoint), n=n, num_calib=num_calib,
                num_router_train=num_router_train, jpeg_quality=jpeg_quality, data_root=data_root,
                corruption=list(corruption) if corruption else None)

@@ -1,7 +1,7 @@
 """Rule-based routers: the random control, DCSB's score band, class-distribution entropy, and
 entropy that also counts an empty exit as uncertain."""
 import hashlib
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 from mmdet.registry import MODELS
@@ -92,22 +92,53 @@ class EmptyExitRouter(EntropyRouter):
     most uncertain case: an image on which no exit detection scores ``empty_below`` or more
     scores 1 + its entropy, above every image where the exit found something. Under blur, fog
     or low contrast an exit becomes confidently empty (its entropy falls, so entropy alone keeps
-    those images on the edge); this sends them to the cloud first. Meant for streams where
+    those images on the edge); this sends them to the cloud first.
+
+    What counts as "nothing" depends on the exit: a light exit's top scores are low everywhere.
+    By default ``empty_below`` is fitted on the calibration images (with the threshold) as the
+    ``empty_quantile`` quantile of their top exit scores: 0.1 calls an image empty when its best
+    detection is weaker than on 90 % of the clean calibration images. Meant for streams where
     (nearly) every image holds an object of interest, as on the synthetic set and most of COCO.
     """
 
     score_range: Tuple[float, float] = (0.0, 2.0)
 
-    def __init__(self, top_k: int = 10, empty_below: float = 0.3, **kwargs):
-        if not 0.0 < float(empty_below) <= 1.0:
+    def __init__(self, top_k: int = 10, empty_below: Optional[float] = None,
+                 empty_quantile: float = 0.1, **kwargs):
+        if empty_below is not None and not 0.0 < float(empty_below) <= 1.0:
             raise ConfigError(f'EmptyExitRouter.empty_below must be in (0, 1], got {empty_below}')
+        if not 0.0 < float(empty_quantile) < 1.0:
+            raise ConfigError(f'EmptyExitRouter.empty_quantile must be in (0, 1), got '
+                              f'{empty_quantile}')
         super().__init__(top_k=top_k, **kwargs)
-        self.empty_below = float(empty_below)
+        if empty_below is None and not self.needs_calibration:
+            raise ConfigError('EmptyExitRouter fits empty_below on the calibration images with '
+                              'its threshold: give target_offload_ratio, or give empty_below '
+                              'with a fixed threshold')
+        self.empty_quantile = float(empty_quantile)
+        self.empty_below = None if empty_below is None else float(empty_below)
+
+    @staticmethod
+    def top_scores(exits) -> Tensor:
+        """(N,) the best exit detection's score per image (0 without any)."""
+        return torch.tensor([float(r.scores.max()) if len(r.scores) else 0.0
+                             for r in exits.results], dtype=torch.float64)
+
+    def fit_calibration(self, exit_outputs) -> None:
+        """Before the threshold: ``empty_below`` from the calibration images' top scores."""
+        tops = torch.cat([self.top_scores(e) for e in exit_outputs])
+        self.empty_below = max(float(torch.quantile(tops, self.empty_quantile)), 1e-6)
 
     def scores(self, exits) -> Tensor:
-        empty = [not bool((r.scores >= self.empty_below).any()) for r in exits.results]
-        return super().scores(exits) + torch.tensor(empty, dtype=torch.float64,
-                                                    device=exits.features.device)
+        if self.empty_below is None:
+            raise RuntimeError('EmptyExitRouter: empty_below is not fitted yet; calibrate the '
+                               'router on a calibration split (RouterCalibrationHook, or '
+                               'ecc_mmdet.deployment.calibration.calibrate_router)')
+        empty = (self.top_scores(exits) < self.empty_below).double()
+        return super().scores(exits) + empty.to(exits.features.device)
 
     def light_edge_params(self) -> Dict:
+        if self.empty_below is None:
+            raise ConfigError('EmptyExitRouter: calibrate the router before exporting it '
+                              '(empty_below is fitted on the calibration images)')
         return dict(top_k=self.top_k, empty_below=self.empty_below)
