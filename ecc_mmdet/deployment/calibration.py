@@ -27,19 +27,20 @@ __all__ = ['router_scores', 'calibrate_router', 'check_calibration_split', 'tier
 @torch.no_grad()
 def router_scores(model, batches: Iterable[Tuple[Tensor, list]], fit: bool = False) -> Tensor:
     """The router's score of every image of ``batches`` (preprocessed ``(inputs, samples)``).
-    ``fit``: a router with ``fit_calibration`` (parameters of its score fitted on these images,
-    e.g. ``EmptyExitRouter.empty_below``) fits them from the exits' outputs first."""
+    ``fit``: a router whose score has parameters fitted on these images (``fit_calibration``,
+    e.g. ``EmptyExitRouter.empty_below``) fits them from its per-image ``calibration_parts``."""
     if model.edge_exit is None or model.router is None:
         raise ConfigError('router calibration needs a model with edge_exit and router')
-    exits = []
+    fits = fit and callable(getattr(model.router, 'fit_calibration', None))
+    out = []
     for inputs, samples in batches:
-        exits.append(model.run_exits(model.edge_features(inputs), samples))
+        exits = model.run_exits(model.edge_features(inputs), samples)
         model.check_router()  # refuses a learned router fitted for other exits
-    if not exits:
+        out.append(model.router.calibration_parts(exits) if fits else
+                   model.router.scores(exits).double().cpu())
+    if not out:
         raise ConfigError('the calibration split has no images')
-    if fit and callable(getattr(model.router, 'fit_calibration', None)):
-        model.router.fit_calibration(exits)
-    return torch.cat([model.router.scores(e).double().cpu() for e in exits])
+    return model.router.fit_calibration(torch.cat(out)) if fits else torch.cat(out)
 
 
 def calibrate_router(model, batches, ratio: Optional[float] = None) -> Tuple[float, float]:

@@ -155,7 +155,8 @@ def test_empty_exit_router_puts_images_where_the_exit_found_nothing_first():
         fitted.scores(exits)
     with pytest.raises(ConfigError, match='calibrate'):
         fitted.light_edge_spec()
-    fitted.fit_calibration([exits])
+    assert torch.equal(fitted.fit_calibration(fitted.calibration_parts(exits)),
+                       entropy + torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64))
     assert fitted.empty_below == pytest.approx(float(torch.quantile(
         torch.tensor([0.9, 0.29, 0.0], dtype=torch.float64), 0.1)))
     assert torch.equal(fitted.scores(exits), entropy + torch.tensor([0.0, 0.0, 1.0],

@@ -124,3 +124,13 @@ def test_learned_router_and_benchmark(trained, tiny_coco_calib, tmp_path):
             assert r['bytes_per_image'] == pytest.approx(adaptive['bytes_per_image'])
     assert osp.isfile(str(out).replace('.json', '.txt')) and osp.isfile(
         str(out).replace('.json', '.png'))
+    # the evaluation images corrupted (the routers still calibrated on clean held-out images)
+    fog = tmp_path / 'bench' / 'fog.json'
+    run_tool('benchmark_dynamic', '--checkpoint', work / 'epoch_1.pth',
+             '--teacher-checkpoint', work / 'epoch_1.pth', '--data-root', tiny_coco_calib,
+             '--num-router-train', 8, '--num-calib', 8, '--ratios', 0, 1, '--bootstrap', 2,
+             '--corruption', 'fog', 3, '--out', fog)
+    res_fog = json.load(open(fog))
+    assert res_fog['corruption'] == ['fog', '3'] and res.get('corruption') is None
+    assert 'corrupted: fog severity 3' in open(str(fog).replace('.json', '.txt')).read()
+    assert res_fog['empty_exit']['of'] == res_fog['num_images'] == res['num_images']

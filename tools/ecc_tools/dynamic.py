@@ -119,11 +119,13 @@ def fit_routers(model, dataset, indices, routers: Dict[str, object]) -> None:
     """Routers whose score has parameters fitted on the calibration images (``fit_calibration``,
     e.g. the empty exit's ``empty_below``) fit them, as ``calibrate_router`` does."""
     fits = [r for r in routers.values() if callable(getattr(r, 'fit_calibration', None))]
-    if fits:
-        exits = [model.run_exits(model.edge_features(inputs), samples)
-                 for inputs, samples in _batches(model, dataset, indices)]
+    parts = {id(r): [] for r in fits}
+    for inputs, samples in _batches(model, dataset, indices) if fits else ():
+        exits = model.run_exits(model.edge_features(inputs), samples)
         for r in fits:
-            r.fit_calibration(exits)
+            parts[id(r)].append(r.calibration_parts(exits))
+    for r in fits:
+        r.fit_calibration(torch.cat(parts[id(r)]))
 
 
 @torch.no_grad()

@@ -118,24 +118,28 @@ class EmptyExitRouter(EntropyRouter):
         self.empty_quantile = float(empty_quantile)
         self.empty_below = None if empty_below is None else float(empty_below)
 
-    @staticmethod
-    def top_scores(exits) -> Tensor:
-        """(N,) the best exit detection's score per image (0 without any)."""
-        return torch.tensor([float(r.scores.max()) if len(r.scores) else 0.0
-                             for r in exits.results], dtype=torch.float64)
+    def calibration_parts(self, exits) -> Tensor:
+        """(N, 2) float64: each image's entropy and best exit detection score (0 without any),
+        what the score is made of (kept per calibration image instead of the exits' maps)."""
+        top = [float(r.scores.max()) if len(r.scores) else 0.0 for r in exits.results]
+        return torch.stack([super().scores(exits).double().cpu(),
+                            torch.tensor(top, dtype=torch.float64)], 1)
 
-    def fit_calibration(self, exit_outputs) -> None:
-        """Before the threshold: ``empty_below`` from the calibration images' top scores."""
-        tops = torch.cat([self.top_scores(e) for e in exit_outputs])
-        self.empty_below = max(float(torch.quantile(tops, self.empty_quantile)), 1e-6)
+    def fit_calibration(self, parts: Tensor) -> Tensor:
+        """Before the threshold: ``empty_below`` from the calibration images' top scores (their
+        :meth:`calibration_parts`) -> their scores."""
+        self.empty_below = max(float(torch.quantile(parts[:, 1], self.empty_quantile)), 1e-6)
+        return self._combine(parts)
+
+    def _combine(self, parts: Tensor) -> Tensor:
+        return parts[:, 0] + (parts[:, 1] < self.empty_below).double()
 
     def scores(self, exits) -> Tensor:
         if self.empty_below is None:
             raise RuntimeError('EmptyExitRouter: empty_below is not fitted yet; calibrate the '
                                'router on a calibration split (RouterCalibrationHook, or '
                                'ecc_mmdet.deployment.calibration.calibrate_router)')
-        empty = (self.top_scores(exits) < self.empty_below).double()
-        return super().scores(exits) + empty.to(exits.features.device)
+        return self._combine(self.calibration_parts(exits)).to(exits.features.device)
 
     def light_edge_params(self) -> Dict:
         if self.empty_below is None:
