@@ -124,3 +124,57 @@ def test_robustness_benchmark_end_to_end(served_model, tmp_path):
     bad = run_tool('benchmark_robustness', served_model['config'], served_model['checkpoint'],
                    '--corruptions', 'haze', check=False)
     assert bad.returncode != 0 and "unknown corruption(s) ['haze']" in bad.stderr
+
+
+def test_random_corruption_trains_only_on_corruptions_no_benchmark_evaluates():
+    """The robust teacher's augmentation: its draws cover its corruptions and severities and
+    never one the benchmarks evaluate (those are refused at construction), prob 0 is the
+    identity, and its draws follow NumPy's global seed (the Runner's)."""
+    from ecc_mmdet.datasets.transforms import RandomCorruption
+    from ecc_mmdet.datasets.transforms.corruptions import (BENCHMARK_CORRUPTIONS,
+                                                           EXTRA_CORRUPTIONS)
+    aug = RandomCorruption(prob=0.75)
+    np.random.seed(0)
+    seen, changed = [], 0
+    for i in range(40):
+        img = _image(i % 3)
+        out = aug(dict(img=img.copy(), img_path=f'{i}.png'))
+        if 'corruption' in out:
+            seen.append(out['corruption'])
+            changed += not np.array_equal(out['img'], img)
+        else:
+            assert np.array_equal(out['img'], img)
+    names, sevs = {c for c, _ in seen}, {s for _, s in seen}
+    assert names == set(EXTRA_CORRUPTIONS) and sevs == {1, 2, 3, 4, 5}
+    assert not names & set(BENCHMARK_CORRUPTIONS) and 20 < len(seen) < 40 and changed > 20
+    np.random.seed(0)
+    again = [aug(dict(img=_image(i % 3), img_path=f'{i}.png')).get('corruption')
+             for i in range(40)]
+    assert [c for c in again if c] == seen
+    img = _image()
+    assert np.array_equal(RandomCorruption(prob=0.0)(dict(img=img.copy()))['img'], img)
+    for bad in (['fog'], ['speckle_noise', 'contrast']):
+        with pytest.raises(ValueError, match='benchmarks evaluate'):
+            RandomCorruption(corruptions=bad)
+    with pytest.raises(ValueError, match='unknown'):
+        RandomCorruption(corruptions=['rain'])
+    with pytest.raises(ValueError, match='severities'):
+        RandomCorruption(severities=(0, 6))
+
+
+def test_robust_teacher_config_augments_only_with_held_out_corruptions():
+    """configs/faster_rcnn_r34_fpn_synthetic_robust.py: a deeper, wider teacher whose training
+    images go through RandomCorruption with its default (held-out) corruptions; its test
+    pipeline is clean."""
+    from mmengine.config import Config
+    from mmdet.registry import TRANSFORMS
+    from conftest import REPO
+    cfg = Config.fromfile(f'{REPO}/configs/faster_rcnn_r34_fpn_synthetic_robust.py')
+    train = cfg.train_dataloader.dataset.pipeline
+    steps = [t['type'] for t in train]
+    assert steps[:2] == ['LoadImageFromFile', 'RandomCorruption']
+    aug = TRANSFORMS.build(train[1])
+    from ecc_mmdet.datasets.transforms.corruptions import EXTRA_CORRUPTIONS
+    assert aug.corruptions == EXTRA_CORRUPTIONS
+    assert 'RandomCorruption' not in [t['type'] for t in cfg.test_dataloader.dataset.pipeline]
+    assert cfg.model.backbone.depth == 34 and cfg.model.neck.out_channels == 96

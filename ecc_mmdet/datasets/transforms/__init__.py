@@ -2,9 +2,9 @@
 
 Unlike :mod:`ecc_mmdet.datasets`, this subpackage imports mmcv / mmdet.
 """
-from .corruptions import CORRUPTIONS, CorruptImage, add_corruption
+from .corruptions import CORRUPTIONS, CorruptImage, RandomCorruption, add_corruption
 from .image_codec import (IMAGE_CODECS, CompressImage, JPEGCompressImage,
                           add_image_codec_baseline, add_jpeg_baseline)
 
-__all__ = ['CORRUPTIONS', 'CorruptImage', 'add_corruption', 'IMAGE_CODECS', 'CompressImage', 'JPEGCompressImage', 'add_image_codec_baseline',
-           'add_jpeg_baseline']
+__all__ = ['CORRUPTIONS', 'CorruptImage', 'RandomCorruption', 'add_corruption', 'IMAGE_CODECS',
+           'CompressImage', 'JPEGCompressImage', 'add_image_codec_baseline', 'add_jpeg_baseline']

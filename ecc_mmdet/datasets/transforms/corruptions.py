@@ -16,7 +16,7 @@ import numpy as np
 from mmcv.transforms import BaseTransform
 from mmdet.registry import TRANSFORMS
 
-__all__ = ['CORRUPTIONS', 'CorruptImage', 'add_corruption']
+__all__ = ['CORRUPTIONS', 'CorruptImage', 'RandomCorruption', 'add_corruption']
 
 #: the 15 benchmark corruptions of ImageNet-C / COCO-C (the package's 'common' set)
 BENCHMARK_CORRUPTIONS = (
@@ -101,6 +101,49 @@ class CorruptImage(BaseTransform):
     def __repr__(self) -> str:
         return (f'{type(self).__name__}(corruption={self.corruption!r}, '
                 f'severity={self.severity}, seed={self.seed})')
+
+
+@TRANSFORMS.register_module()
+class RandomCorruption(BaseTransform):
+    """Training augmentation: with probability ``prob``, one of ``corruptions`` at a severity
+    drawn from ``severities`` (NumPy's global state, seeded per worker by the Runner).
+
+    The corruptions the project's benchmarks evaluate (:data:`BENCHMARK_CORRUPTIONS`: robustness,
+    routing under shift, online adaptation) are refused: a model trained on them would be scored
+    on its own augmentation. The default is the four held-out ones (:data:`EXTRA_CORRUPTIONS`).
+    """
+
+    def __init__(self, corruptions=EXTRA_CORRUPTIONS, severities=(1, 2, 3, 4, 5),
+                 prob: float = 0.5):
+        corruptions, severities = tuple(corruptions), tuple(severities)
+        unknown = [c for c in corruptions if c not in CORRUPTIONS]
+        if unknown or not corruptions:
+            raise ValueError(f'RandomCorruption: unknown corruptions {unknown}; choose from '
+                             f'{", ".join(EXTRA_CORRUPTIONS)}')
+        evaluated = [c for c in corruptions if c in BENCHMARK_CORRUPTIONS]
+        if evaluated:
+            raise ValueError(f'RandomCorruption: {evaluated} are corruptions the benchmarks '
+                             'evaluate; train on others (default: '
+                             f'{", ".join(EXTRA_CORRUPTIONS)})')
+        if not severities or any(isinstance(v, bool) or v not in (1, 2, 3, 4, 5)
+                                 for v in severities):
+            raise ValueError(f'RandomCorruption: severities must be in 1..5, got {severities}')
+        if not 0.0 <= float(prob) <= 1.0:
+            raise ValueError(f'RandomCorruption: prob must be in [0, 1], got {prob}')
+        self.corruptions, self.severities, self.prob = corruptions, severities, float(prob)
+
+    def transform(self, results: dict) -> Optional[dict]:
+        if np.random.rand() >= self.prob:
+            return results
+        c = self.corruptions[np.random.randint(len(self.corruptions))]
+        s = int(self.severities[np.random.randint(len(self.severities))])
+        results = CorruptImage(c, s, seed=int(np.random.randint(2**31))).transform(results)
+        results['corruption'] = (c, s)
+        return results
+
+    def __repr__(self) -> str:
+        return (f'{type(self).__name__}(corruptions={self.corruptions}, '
+                f'severities={self.severities}, prob={self.prob})')
 
 
 def add_corruption(pipeline: list, corruption: str, severity: int, seed: int = 0) -> list:
