@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .synthetic import (DEFAULT_MIN_OBJECT_SIZE, GENERATOR_VERSION, SYNTHETIC_CLASSES,
+from .synthetic import (DEFAULT_MIN_OBJECT_SIZE, GENERATOR_VERSION, STYLES, SYNTHETIC_CLASSES,
                         ensure_synthetic_coco, generate_synthetic_coco, render_synthetic_image)
 
 __all__ = [
@@ -42,6 +42,11 @@ def _parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--max-object-size', type=float, default=None,
                         help='default: half the shorter image side')
     parser.add_argument('--format', choices=('png', 'jpg'), default='png')
+    parser.add_argument('--style', choices=STYLES, default='default',
+                        help="rendering domain; 'shifted' draws other textures, backgrounds, "
+                        'clutter and sensor effects (same classes and box rules), to test '
+                        'models trained on the default style on data unlike their training '
+                        'set (nothing is trained on it)')
     parser.add_argument('--force', action='store_true',
                         help='regenerate even if a matching dataset exists')
     parser.add_argument('--quiet', action='store_true', help='no progress lines')
@@ -53,7 +58,9 @@ def _print_summary(summary: dict) -> None:
     state = (f'generated in {summary["seconds"]:.2f} s'
              if summary['generated'] else 'already up to date (reused)')
     print(f'synthetic COCO dataset in {summary["out_dir"]}: {state}')
-    print(f'  image size {h}x{w}, categories: {", ".join(summary["categories"])}')
+    style = summary['args'].get('style')  # only in the args of non-default sets
+    print(f'  image size {h}x{w}, categories: {", ".join(summary["categories"])}'
+          + (f', {style} style' if style else ''))
     for s in summary['num_images']:
         print(f'  {s:5s}: {summary["num_images"][s]:6d} images, '
               f'{summary["num_annotations"][s]:6d} boxes -> {summary["ann_files"][s]}')
@@ -76,6 +83,7 @@ def main(argv=None) -> int:
             progress=not a.quiet,
             min_object_size=a.min_object_size,
             max_object_size=a.max_object_size,
+            style=a.style,
             force=a.force)
     except ValueError as e:
         print(f'make_synthetic_coco: error: {e}', file=sys.stderr)

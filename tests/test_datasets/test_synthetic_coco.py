@@ -1,4 +1,5 @@
 """Tests of the deterministic synthetic COCO-format dataset generator."""
+import hashlib
 import importlib.util
 import itertools
 import json
@@ -16,6 +17,7 @@ from ecc_mmdet.datasets import (SYNTHETIC_CLASSES, ensure_synthetic_coco,
                                 generate_synthetic_coco, render_synthetic_image)
 from ecc_mmdet.datasets import synthetic_coco as sc
 from ecc_mmdet.datasets.synthetic import MIN_BOX_SIZE, MIN_VISIBLE_FRACTION
+from ecc_mmdet.datasets.synthetic.spec import normalize_args
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SMALL = dict(num_train=8, num_val=4, image_size=64, progress=False)
@@ -267,3 +269,100 @@ def test_held_out_calib_split(tmp_path):
     assert not ensure_synthetic_coco(tmp_path / 'calib', num_calib=5, **{
         k: v for k, v in SMALL.items()})['generated']
     assert not ensure_synthetic_coco(tmp_path / 'plain', **SMALL)['generated']
+
+
+# md5 of render_synthetic_image(seed=0, split='train', index=i, image_size=128)[0].tobytes() and
+# the boxes, recorded before the shifted style was added: the default rendering must not change
+DEFAULT_STYLE_REFERENCE = {
+    0: ('3b7c89ea4a3edd0dd1747c90694b7ec9',
+        [[76, 36, 13, 14], [22, 44, 14, 7], [72, 56, 27, 25], [1, 46, 35, 35]]),
+    1: ('3b9bc1f3a8902c6247b226e6d3c44c23', [[98, 62, 30, 49], [0, 87, 14, 22], [10, 0, 48, 30]]),
+    2: ('90f05b761b7ae12ea9996e145de0b523', [[21, 71, 11, 11], [9, 17, 13, 13], [110, 38, 18, 21]]),
+}
+
+
+def test_default_style_unchanged():
+    for idx, (md5, boxes) in DEFAULT_STYLE_REFERENCE.items():
+        for kw in ({}, dict(style='default')):
+            image, anns = render_synthetic_image(seed=0, split='train', index=idx,
+                                                 image_size=128, **kw)
+            assert hashlib.md5(image.tobytes()).hexdigest() == md5
+            assert [a['bbox'] for a in anns] == boxes
+
+
+def test_shifted_style_deterministic_and_other_than_default():
+    for idx in range(3):
+        a = render_synthetic_image(seed=0, split='val', index=idx, image_size=64, style='shifted')
+        b = render_synthetic_image(seed=0, split='val', index=idx, image_size=64, style='shifted')
+        default = render_synthetic_image(seed=0, split='val', index=idx, image_size=64)
+        assert a[0].dtype == np.uint8 and a[0].shape == (64, 64, 3)
+        assert np.array_equal(a[0], b[0]) and a[1] == b[1]
+        assert not np.array_equal(a[0], default[0])
+
+
+def test_shifted_style_annotations_valid_and_all_classes():
+    seen = set()
+    for idx in range(40):
+        image, anns, masks = render_synthetic_image(seed=1, split='train', index=idx,
+                                                    image_size=(64, 80), style='shifted',
+                                                    return_masks=True)
+        assert image.shape == (64, 80, 3) and len(anns) == len(masks)
+        for a, m in zip(anns, masks):
+            x, y, w, h = a['bbox']
+            assert x >= 0 and y >= 0 and x + w <= 80 and y + h <= 64
+            assert min(w, h) >= MIN_BOX_SIZE
+            ys, xs = np.nonzero(m)
+            assert a['area'] == m.sum()
+            assert a['bbox'] == [xs.min(), ys.min(), xs.max() - xs.min() + 1,
+                                 ys.max() - ys.min() + 1]
+            assert a['visible_fraction'] >= MIN_VISIBLE_FRACTION
+            seen.add(a['category'])
+        for m1, m2 in itertools.combinations(masks, 2):
+            assert not (m1 & m2).any()
+    assert seen == set(SYNTHETIC_CLASSES)
+
+
+def test_style_argument_meta_and_reuse(tmp_path):
+    base = (4, 2, 64, None, 0, 1, 6, 8.0, None, 'png')
+    assert 'style' not in normalize_args(*base)
+    assert normalize_args(*base, style='default') == normalize_args(*base)
+    assert normalize_args(*base, style='shifted')['style'] == 'shifted'
+    with pytest.raises(ValueError, match='style must be one of default, shifted'):
+        normalize_args(*base, style='foggy')
+    with pytest.raises(ValueError, match='default, shifted'):
+        render_synthetic_image(image_size=32, style='foggy')
+    tiny = dict(num_train=2, num_val=1, image_size=32, progress=False)
+    out = tmp_path / 'styled'
+    assert ensure_synthetic_coco(out, **tiny)['generated']
+    assert 'style' not in _load(out / 'meta.json')
+    # a default set is not reused for a shifted request, nor a shifted one for a default request
+    shifted = ensure_synthetic_coco(out, style='shifted', **tiny)
+    assert shifted['generated'] and _load(out / 'meta.json')['style'] == 'shifted'
+    assert not ensure_synthetic_coco(out, style='shifted', **tiny)['generated']
+    on_disk = _pixels(shifted, 'train')[1]
+    assert np.array_equal(on_disk, render_synthetic_image(index=1, image_size=32,
+                                                          style='shifted')[0])
+    assert 'shifted' in _load(shifted['ann_files']['val'])['info']['description']
+    assert ensure_synthetic_coco(out, **tiny)['generated']
+    assert 'style' not in _load(out / 'meta.json')
+
+
+def test_cli_style(tmp_path, capsys):
+    out = tmp_path / 'cli_shifted'
+    rc = sc.main(['--out', str(out), '--num-train', '2', '--num-val', '1', '--num-calib', '0',
+                  '--image-size', '32', '--style', 'shifted', '--quiet'])
+    assert rc == 0 and 'shifted style' in capsys.readouterr().out
+    assert _load(out / 'meta.json')['style'] == 'shifted'
+    assert len(COCO(str(out / 'annotations' / 'instances_train.json')).getImgIds()) == 2
+    with pytest.raises(SystemExit):
+        sc.main(['--out', str(out), '--style', 'foggy'])
+    assert 'invalid choice' in capsys.readouterr().err
+
+
+@pytest.mark.parametrize('style', ['default', 'shifted'])
+def test_smallest_images_render(style):
+    # clutter ellipses and blobs had an empty size range below 20-25 px (index 3 raised)
+    for idx in range(8):
+        image, _ = render_synthetic_image(seed=3, split='calib', index=idx, image_size=16,
+                                          style=style)
+        assert image.shape == (16, 16, 3)

@@ -7,11 +7,11 @@
 """
 from .render import render_synthetic_image
 from .spec import (DEFAULT_MIN_OBJECT_SIZE, GENERATOR_VERSION, MIN_BOX_SIZE, MIN_VISIBLE_FRACTION,
-                   SPLITS, SYNTHETIC_CLASSES)
+                   SPLITS, STYLES, SYNTHETIC_CLASSES)
 from .writer import ensure_synthetic_coco, generate_synthetic_coco
 
 __all__ = [
-    'SYNTHETIC_CLASSES', 'GENERATOR_VERSION', 'SPLITS', 'MIN_VISIBLE_FRACTION', 'MIN_BOX_SIZE',
-    'DEFAULT_MIN_OBJECT_SIZE', 'render_synthetic_image', 'generate_synthetic_coco',
+    'SYNTHETIC_CLASSES', 'GENERATOR_VERSION', 'SPLITS', 'STYLES', 'MIN_VISIBLE_FRACTION',
+    'MIN_BOX_SIZE', 'DEFAULT_MIN_OBJECT_SIZE', 'render_synthetic_image', 'generate_synthetic_coco',
     'ensure_synthetic_coco'
 ]

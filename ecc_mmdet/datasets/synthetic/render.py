@@ -13,24 +13,41 @@ The problem is small and CPU-friendly but *not* trivially separable:
 * unannotated clutter (lines, squiggles, arcs, elongated ellipses, amoeba blobs, dots, dashes) on
   non-flat backgrounds (gradients, low-frequency noise, faint textures), plus sensor noise and blur.
 
-Everything is a pure function of ``(seed, split, index)``: image ``i`` of a split is the same
-whatever the number of images asked for. The order of the random draws is part of the output:
-changing it changes every image (bump :data:`GENERATOR_VERSION`).
+That is the ``default`` style, the one models train on. The ``shifted`` style (:data:`STYLES`) is a
+second domain for testing them on data unlike their training set; nothing is trained or tuned on
+it. It keeps the classes, the object layout and sizes and the annotation rules, and changes the
+rest, every choice drawn per image:
+
+* object textures from :data:`SHIFTED_TEXTURES` (polka dots, concentric bands, cross-hatching,
+  warped-sinusoid "marble"), still independent of the category;
+* backgrounds of multi-octave value noise or bricks/tiles, under a colour cast and vignetting;
+* denser clutter (6-14 pieces under the objects, 1-5 small ones over them) of other kinds:
+  zig-zags, thin spirals, hatch patches, short parallel strokes (plus lines, dots, dashes and
+  amoeba blobs); none is a closed ring, a cross of two bars or a polygon with 3, 4 or 10 corners;
+* stronger sensor noise (sigma up to 10), sometimes a short horizontal/vertical motion blur, and a
+  gamma change.
+
+Everything is a pure function of ``(seed, split, index)`` and the arguments (a non-default style
+has its own random stream): image ``i`` of a split is the same whatever the number of images asked
+for. The order of the random draws is part of the output: changing it changes every image (bump
+:data:`GENERATOR_VERSION`).
 """
 from __future__ import annotations
 
 import math
-from typing import List, Optional, Sequence, Tuple
+from typing import Callable, List, NamedTuple, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
 
 from .spec import (DEFAULT_MIN_OBJECT_SIZE, MIN_BOX_SIZE, MIN_VISIBLE_FRACTION, SPLIT_IDS,
-                   SPLITS, ImageSize, normalize_args)
+                   SPLITS, STYLES, ImageSize, normalize_args)
 
-__all__ = ['render_synthetic_image', 'render', 'image_rng', 'TEXTURES']
+__all__ = ['render_synthetic_image', 'render', 'image_rng', 'TEXTURES', 'SHIFTED_TEXTURES']
 
 TEXTURES = ('solid', 'stripes', 'checker', 'noise', 'gradient')
+#: the object textures of the ``shifted`` style (none of them is one of :data:`TEXTURES`)
+SHIFTED_TEXTURES = ('dots', 'rings', 'crosshatch', 'marble')
 _SEED_TAG = 0x5EED_C0C0
 _SHIFT = 4  # sub-pixel bits for cv2.fillPoly
 _SCALE = float(1 << _SHIFT)
@@ -93,6 +110,13 @@ def _fill(mask: np.ndarray, polys: List[np.ndarray], center: Tuple[float, float]
     cv2.fillPoly(mask, pts, int(value), lineType=cv2.LINE_8, shift=_SHIFT)
 
 
+def _second_color(rng: np.random.Generator, c1: np.ndarray) -> np.ndarray:
+    """The other colour of a two-colour texture: random, or a darker/lighter c1."""
+    if rng.random() < 0.5:
+        return _random_color(rng)
+    return np.clip(c1 * rng.uniform(0.3, 0.7) + rng.uniform(0, 1) * 255 * 0.3, 0, 255)
+
+
 def _texture(rng: np.random.Generator, hh: int, ww: int, c1: np.ndarray) -> np.ndarray:
     """An (hh, ww, 3) float32 texture whose main colour is c1."""
     kind = TEXTURES[int(rng.integers(len(TEXTURES)))]
@@ -102,10 +126,7 @@ def _texture(rng: np.random.Generator, hh: int, ww: int, c1: np.ndarray) -> np.n
         sigma = rng.uniform(12, 40)
         noise = rng.normal(0, sigma, (hh, ww, 1 if rng.random() < 0.5 else 3))
         return (c1 + noise).astype(np.float32)
-    if rng.random() < 0.5:
-        c2 = _random_color(rng)
-    else:
-        c2 = np.clip(c1 * rng.uniform(0.3, 0.7) + rng.uniform(0, 1) * 255 * 0.3, 0, 255)
+    c2 = _second_color(rng, c1)
     yy, xx = np.mgrid[0:hh, 0:ww].astype(np.float32)
     phi = rng.uniform(0, np.pi)
     u = xx * math.cos(phi) + yy * math.sin(phi)
@@ -179,13 +200,13 @@ def _clutter_arc(rng, m, h, w, thick):  # open arc (< 200 deg) so it never reads
 
 
 def _clutter_ellipse(rng, m, h, w, thick):  # elongated filled ellipse (aspect >= 2.5)
-    rx = rng.uniform(3, min(h, w) * 0.15)
+    rx = rng.uniform(3, max(3.0, min(h, w) * 0.15))  # max: empty range below 20 px
     poly = _rotate(_ellipse_points(rx, rx / rng.uniform(2.5, 5.0), 32), rng.uniform(0, np.pi))
     _fill(m, [poly], tuple(rng.uniform(0, [w, h])), 255)
 
 
 def _clutter_blob(rng, m, h, w, thick):  # amoeba: strongly non-circular smooth outline
-    rad = rng.uniform(3, min(h, w) * 0.12)
+    rad = rng.uniform(3, max(3.0, min(h, w) * 0.12))  # max: empty range below 25 px
     t = np.linspace(0, 2 * np.pi, 48, endpoint=False)
     rr = np.ones_like(t)
     for k in (2, 3, 4):
@@ -216,34 +237,33 @@ _ANY_CLUTTER = ('line', 'line', 'squiggle', 'arc', 'ellipse', 'blob', 'dot', 'da
 
 
 def _clutter_mask(rng: np.random.Generator, h: int, w: int,
-                  small_only: bool) -> Tuple[np.ndarray, bool]:
+                  kinds: Sequence[str]) -> Tuple[np.ndarray, bool]:
     """A uint8 (0..255, anti-aliased) mask of one piece of clutter that is none of the classes.
 
     The flag tells whether it is a filled area (which may then get a texture, like the objects).
     """
     m = np.zeros((h, w), np.uint8)
-    kinds = _SMALL_CLUTTER if small_only else _ANY_CLUTTER
     kind = kinds[int(rng.integers(len(kinds)))]
     thick = int(rng.integers(1, 3))
     _CLUTTER[kind](rng, m, h, w, thick)
     return m, kind in ('ellipse', 'blob')
 
 
-def _draw_clutter(rng, img, owner, n, small_only):
+def _draw_clutter(rng, img, owner, n, kinds, texture):
     h, w = img.shape[:2]
     for _ in range(n):
-        m, filled = _clutter_mask(rng, h, w, small_only)
+        m, filled = _clutter_mask(rng, h, w, kinds)
         a = (m.astype(np.float32) / 255.0)[..., None]
         color = _random_color(rng)
         if filled and rng.random() < 0.5:  # textured like the objects, so texture is no cue
-            color = _texture(rng, h, w, color)
+            color = texture(rng, h, w, color)
         img *= 1 - a
         img += a * color
         if owner is not None:
             owner[m > 127] = -1
 
 
-def _draw_shape(rng, img, owner, k: int, name: str, size: float) -> int:
+def _draw_shape(rng, img, owner, k: int, name: str, size: float, texture) -> int:
     """Draw shape ``k`` over ``img`` (and mark its pixels in ``owner``); returns its full area."""
     h, w = owner.shape
     cx = rng.uniform(0, w)  # centre inside the image; shapes may still be cut off
@@ -268,7 +288,7 @@ def _draw_shape(rng, img, owner, k: int, name: str, size: float) -> int:
     bg_mean = region[pm].mean(0)
     tex = None
     for _ in range(8):  # keep the object distinguishable from what lies under it
-        tex = _texture(rng, y1 - y0, x1 - x0, _random_color(rng))
+        tex = texture(rng, y1 - y0, x1 - x0, _random_color(rng))
         if np.linalg.norm(tex[pm].mean(0) - bg_mean) >= 60:
             break
     region[pm] = tex[pm]
@@ -281,6 +301,183 @@ def _sensor_effects(rng: np.random.Generator, img: np.ndarray) -> np.ndarray:
     if rng.random() < 0.4:
         img = cv2.GaussianBlur(img, (3, 3), rng.uniform(0.4, 0.8))
     img += rng.normal(0, rng.uniform(0, 6), img.shape).astype(np.float32)
+    return np.clip(np.round(img), 0, 255).astype(np.uint8)
+
+
+# ---- the 'shifted' style: same layout and annotation rules, other appearance -------------------
+def _smooth_noise(rng: np.random.Generator, h: int, w: int, cells: int) -> np.ndarray:
+    """(h, w) float32 value noise: a cells x cells grid of N(0, 1) values, cubic-interpolated."""
+    grid = rng.normal(0, 1, (cells, cells)).astype(np.float32)
+    return cv2.resize(grid, (w, h), interpolation=cv2.INTER_CUBIC)
+
+
+def _pattern_dots(rng, yy, xx):
+    """Polka dots on a rotated square lattice (soft edges)."""
+    period = rng.uniform(3.5, 6.0)
+    radius = period * rng.uniform(0.22, 0.35)
+    phi = rng.uniform(0, np.pi)
+    u = xx * math.cos(phi) + yy * math.sin(phi) + rng.uniform(0, period)
+    v = -xx * math.sin(phi) + yy * math.cos(phi) + rng.uniform(0, period)
+    d = np.hypot(u % period - period / 2, v % period - period / 2)
+    return np.clip(radius + 0.5 - d, 0, 1)
+
+
+def _pattern_rings(rng, yy, xx):
+    """Concentric bands around a centre inside the patch (so that they read as curved); narrow,
+    so that the inner band does not read as the hole of a ring."""
+    cy, cx = rng.uniform(0.1, 0.9, 2) * yy.shape
+    period = rng.uniform(2.5, 4.5)
+    return np.floor(np.hypot(yy - cy, xx - cx) / period) % 2
+
+
+def _pattern_crosshatch(rng, yy, xx):
+    """Two families of thin parallel lines, 60-120 degrees apart."""
+    period, width = rng.uniform(3.0, 6.0), rng.uniform(1.0, 1.8)
+    phi = rng.uniform(0, np.pi)
+    t = np.zeros(yy.shape, bool)
+    for ang in (phi, phi + rng.uniform(np.pi / 3, 2 * np.pi / 3)):
+        t |= (xx * math.cos(ang) + yy * math.sin(ang)) % period < width
+    return t.astype(np.float32)
+
+
+def _pattern_marble(rng, yy, xx):
+    """A sinusoid along a random direction whose phase is warped by smooth noise."""
+    phi = rng.uniform(0, np.pi)
+    u = xx * math.cos(phi) + yy * math.sin(phi)
+    warp = rng.uniform(4.0, 9.0) * _smooth_noise(rng, *yy.shape, int(rng.integers(2, 5)))
+    return 0.5 + 0.5 * np.sin(2 * np.pi * u / rng.uniform(5.0, 12.0) + warp)
+
+
+_PATTERNS = dict(dots=_pattern_dots, rings=_pattern_rings, crosshatch=_pattern_crosshatch,
+                 marble=_pattern_marble)
+
+
+def _shifted_texture(rng: np.random.Generator, hh: int, ww: int, c1: np.ndarray) -> np.ndarray:
+    """Like :func:`_texture` (any category, main colour c1), from :data:`SHIFTED_TEXTURES`."""
+    kind = SHIFTED_TEXTURES[int(rng.integers(len(SHIFTED_TEXTURES)))]
+    c2 = _second_color(rng, c1)
+    yy, xx = np.mgrid[0:hh, 0:ww].astype(np.float32)
+    t = _PATTERNS[kind](rng, yy, xx)[..., None]
+    return (c1 * (1 - t) + c2 * t).astype(np.float32)
+
+
+def _value_noise(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    """Multi-octave value noise (coarse to fine, each octave weaker) between two colours."""
+    cells, gain = rng.uniform(2.0, 4.0), rng.uniform(0.45, 0.7)
+    t = np.zeros((h, w), np.float32)
+    for octave in range(int(rng.integers(3, 6))):
+        n = min(max(2, int(round(cells * 2**octave))), max(h, w))
+        t += gain**octave * _smooth_noise(rng, h, w, n)
+    t = ((t - t.min()) / max(float(t.max() - t.min()), 1e-6))[..., None]
+    c1, c2 = _random_color(rng), _random_color(rng)
+    return c1 * (1 - t) + c2 * t
+
+
+def _bricks(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    """Running-bond bricks or a square-ish tile grid: mortar joints, bricks of slightly
+    different shades (faint, so that no brick stands out like an object)."""
+    bh = max(4.0, rng.uniform(0.06, 0.16) * min(h, w))
+    bricks = rng.random() < 0.6
+    bw = bh * (rng.uniform(1.8, 3.0) if bricks else rng.uniform(1.0, 1.3))
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    yy, xx = yy + rng.uniform(0, bh), xx + rng.uniform(0, bw)
+    row = np.floor(yy / bh)
+    xs = xx + (row % 2) * (0.5 * bw if bricks else 0.0)
+    col = np.floor(xs / bw)
+    base = _random_color(rng)
+    shades = rng.normal(0, rng.uniform(4, 12), (int(row.max()) + 1, int(col.max()) + 1, 3))
+    bg = base + shades[row.astype(int), col.astype(int)]
+    joint = rng.uniform(0.8, 2.0)
+    mortar = (yy % bh < joint) | (xs % bw < joint)
+    bg[mortar] = np.clip(base + rng.choice([-1.0, 1.0]) * rng.uniform(25, 60), 0, 255)
+    return bg
+
+
+def _vignette(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    """(h, w) gain falling off quadratically from a centre near the image centre."""
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    cy, cx = (0.5 + rng.uniform(-0.15, 0.15, 2)) * (h, w)
+    r2 = ((yy - cy) / (h / 2))**2 + ((xx - cx) / (w / 2))**2
+    return np.clip(1 - rng.uniform(0.15, 0.45) * r2 / 2, 0.3, 1)
+
+
+def _shifted_background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    """Value noise or bricks/tiles, under a colour cast (channel gains) and vignetting."""
+    bg = _value_noise(rng, h, w) if rng.random() < 0.6 else _bricks(rng, h, w)
+    bg = bg * rng.uniform(0.7, 1.3, 3) * _vignette(rng, h, w)[..., None]
+    return np.clip(bg, 0, 255).astype(np.float32)
+
+
+def _aa_line(m: np.ndarray, p, q, thick: int) -> None:
+    p, q = (np.round(np.asarray(v) * _SCALE).astype(int) for v in (p, q))
+    cv2.line(m, (int(p[0]), int(p[1])), (int(q[0]), int(q[1])), 255, thick, cv2.LINE_AA, _SHIFT)
+
+
+def _clutter_zigzag(rng, m, h, w, thick):  # turns < 90 deg both ways: it never closes or crosses
+    n = int(rng.integers(4, 10))
+    seg = rng.uniform(3, max(4.0, min(h, w) * 0.08))
+    turn = rng.uniform(0.6, 1.2)
+    ang = rng.uniform(0, 2 * np.pi) + turn * (-1.0)**np.arange(n)
+    steps = seg * np.stack([np.cos(ang), np.sin(ang)], 1)
+    pts = rng.uniform(0, [w, h]) + np.concatenate([np.zeros((1, 2)), np.cumsum(steps, 0)])
+    cv2.polylines(m, [np.round(pts * _SCALE).astype(np.int32)], False, 255, thick, cv2.LINE_AA,
+                  _SHIFT)
+
+
+def _clutter_spiral(rng, m, h, w, thick):
+    """A thin open spiral drawn from its centre: no hole and gaps between its turns, so it reads
+    neither as a ring nor as a disc (a thick or wide one did look like a ring)."""
+    turns, pitch = rng.uniform(1.5, 2.5), rng.uniform(3.0, 4.5)
+    t = np.linspace(0, 2 * np.pi * turns, int(24 * turns) + 2)
+    r = pitch * t / (2 * np.pi)
+    a = (1.0 if rng.random() < 0.5 else -1.0) * t + rng.uniform(0, 2 * np.pi)
+    pts = rng.uniform(0, [w, h]) + np.stack([r * np.cos(a), r * np.sin(a)], 1)
+    cv2.polylines(m, [np.round(pts * _SCALE).astype(np.int32)], False, 255, 1, cv2.LINE_AA,
+                  _SHIFT)
+
+
+def _clutter_hatch(rng, m, h, w, thick):  # thin parallel lines, ragged ends: no outline to read
+    n, gap, ang = int(rng.integers(3, 8)), rng.uniform(3.0, 4.5), rng.uniform(0, np.pi)
+    d, nrm = np.array([math.cos(ang), math.sin(ang)]), np.array([-math.sin(ang), math.cos(ang)])
+    c = rng.uniform(0, [w, h])
+    ends = rng.uniform(0.2, 1.0, (n, 2)) * rng.uniform(4, max(5.0, min(h, w) * 0.1))
+    for i, (a, b) in enumerate(ends):
+        o = c + (i - (n - 1) / 2) * gap * nrm
+        _aa_line(m, o - a * d, o + b * d, 1)
+
+
+def _clutter_strokes(rng, m, h, w, thick):  # a few short parallel strokes, scattered
+    n, ang = int(rng.integers(2, 6)), rng.uniform(0, np.pi)
+    d = np.array([math.cos(ang), math.sin(ang)])
+    centres = rng.uniform(0, [w, h]) + rng.normal(0, 5, (n, 2))
+    for c, half in zip(centres, rng.uniform(1.5, 3.5, n)):
+        _aa_line(m, c - half * d, c + half * d, thick)
+
+
+_CLUTTER.update(zigzag=_clutter_zigzag, spiral=_clutter_spiral, hatch=_clutter_hatch,
+                strokes=_clutter_strokes)
+_SHIFTED_CLUTTER = ('zigzag', 'zigzag', 'spiral', 'hatch', 'hatch', 'strokes', 'strokes', 'line',
+                    'blob', 'blob')
+_SHIFTED_SMALL_CLUTTER = ('strokes', 'dot', 'dash')
+
+
+def _motion_blur(rng: np.random.Generator, img: np.ndarray) -> np.ndarray:
+    """A 3-5 px horizontal or vertical line kernel (camera shake along one axis)."""
+    n = int(rng.integers(3, 6))
+    k = np.zeros((n, n), np.float32)
+    if rng.random() < 0.5:
+        k[n // 2, :] = 1.0 / n
+    else:
+        k[:, n // 2] = 1.0 / n
+    return cv2.filter2D(img, -1, k, borderType=cv2.BORDER_REFLECT)
+
+
+def _shifted_sensor_effects(rng: np.random.Generator, img: np.ndarray) -> np.ndarray:
+    """Motion blur (sometimes), a gamma change and stronger noise; returns the uint8 image."""
+    if rng.random() < 0.3:
+        img = _motion_blur(rng, img)
+    img = 255.0 * (np.clip(img, 0, 255) / 255.0)**rng.uniform(0.8, 1.25)
+    img += rng.normal(0, rng.uniform(2, 10), img.shape).astype(np.float32)
     return np.clip(np.round(img), 0, 255).astype(np.uint8)
 
 
@@ -303,27 +500,55 @@ def _annotations(shapes, owner: np.ndarray, categories: Sequence[str]) -> List[d
     return anns
 
 
+class _Style(NamedTuple):
+    """What a style draws with: the object layout and the annotation rules are shared."""
+    background: Callable  # (rng, h, w) -> float32 HxWx3
+    texture: Callable  # (rng, hh, ww, colour) -> float32 hh x ww x 3, for objects and clutter
+    clutter_before: Tuple[int, int]  # rng.integers range of the pieces drawn under the objects
+    clutter_after: Tuple[int, int]  # ... and over them (small kinds only)
+    any_clutter: Tuple[str, ...]
+    small_clutter: Tuple[str, ...]
+    sensor: Callable  # (rng, float32 image) -> uint8 image
+
+
+_STYLES = dict(
+    default=_Style(_background, _texture, (2, 9), (0, 4), _ANY_CLUTTER, _SMALL_CLUTTER,
+                   _sensor_effects),
+    shifted=_Style(_shifted_background, _shifted_texture, (6, 15), (1, 6), _SHIFTED_CLUTTER,
+                   _SHIFTED_SMALL_CLUTTER, _shifted_sensor_effects),
+)
+
+
 def render(rng: np.random.Generator, h: int, w: int, categories: Sequence[str], min_objects: int,
-           max_objects: int, min_size: float, max_size: float):
+           max_objects: int, min_size: float, max_size: float, style: str = 'default'):
     """Render one image; returns (uint8 HxWx3 image, annotations, owner map)."""
-    img = _background(rng, h, w)
+    st = _STYLES[style]
+    img = st.background(rng, h, w)
     owner = np.full((h, w), -1, np.int16)
-    _draw_clutter(rng, img, None, int(rng.integers(2, 9)), small_only=False)
+    _draw_clutter(rng, img, None, int(rng.integers(*st.clutter_before)), st.any_clutter,
+                  st.texture)
     n_obj = int(rng.integers(min_objects, max_objects + 1))
     shapes = []  # (category index, full area)
     log_lo, log_hi = math.log(min_size), math.log(max_size)
     for k in range(n_obj):
         cat = int(rng.integers(len(categories)))
         size = math.exp(rng.uniform(log_lo, log_hi))
-        shapes.append((cat, _draw_shape(rng, img, owner, k, categories[cat], size)))
-    _draw_clutter(rng, img, owner, int(rng.integers(0, 4)), small_only=True)
-    image = _sensor_effects(rng, img)
+        shapes.append((cat, _draw_shape(rng, img, owner, k, categories[cat], size, st.texture)))
+    _draw_clutter(rng, img, owner, int(rng.integers(*st.clutter_after)), st.small_clutter,
+                  st.texture)
+    image = st.sensor(rng, img)
     return image, _annotations(shapes, owner, categories), owner
 
 
-def image_rng(seed: int, split: str, index: int) -> np.random.Generator:
-    """The random stream of image ``index`` of ``split``: independent of the set's size."""
-    return np.random.default_rng([_SEED_TAG, int(seed), SPLIT_IDS[split], int(index)])
+def image_rng(seed: int, split: str, index: int, style: str = 'default') -> np.random.Generator:
+    """The random stream of image ``index`` of ``split``: independent of the set's size.
+
+    A non-default style has its own stream, so its images share no draws with the default ones.
+    """
+    key = [_SEED_TAG, int(seed), SPLIT_IDS[split], int(index)]
+    if style != 'default':
+        key.append(STYLES.index(style))
+    return np.random.default_rng(key)
 
 
 def render_synthetic_image(seed: int = 0,
@@ -335,23 +560,25 @@ def render_synthetic_image(seed: int = 0,
                            max_objects: int = 6,
                            min_object_size: float = DEFAULT_MIN_OBJECT_SIZE,
                            max_object_size: Optional[float] = None,
-                           return_masks: bool = False):
+                           return_masks: bool = False,
+                           style: str = 'default'):
     """Render image ``index`` of ``split`` exactly as :func:`generate_synthetic_coco` does.
 
     Returns ``(image, annotations)`` where ``image`` is an HxWx3 uint8 array (OpenCV BGR order)
     and each annotation is a dict with ``category`` (name), ``category_index`` (into
     ``categories``), ``bbox`` ([x, y, w, h] of the visible pixels), ``area`` (visible pixel count)
     and ``visible_fraction``. With ``return_masks=True`` a third element is a list of boolean HxW
-    visible masks, one per annotation.
+    visible masks, one per annotation. ``style`` is one of :data:`STYLES` (see the module
+    docstring).
     """
     if split not in SPLIT_IDS:
         raise ValueError(f'split must be one of {SPLITS}, got {split!r}')
     a = normalize_args(0, 0, image_size, categories, seed, min_objects, max_objects,
-                       min_object_size, max_object_size, 'png')
+                       min_object_size, max_object_size, 'png', style=style)
     h, w = a['image_size']
-    image, anns, owner = render(image_rng(a['seed'], split, index), h, w, a['categories'],
+    image, anns, owner = render(image_rng(a['seed'], split, index, style), h, w, a['categories'],
                                 a['min_objects'], a['max_objects'], a['min_object_size'],
-                                a['max_object_size'])
+                                a['max_object_size'], style)
     if return_masks:
         masks = [owner == ann['instance'] for ann in anns]
         return image, anns, masks

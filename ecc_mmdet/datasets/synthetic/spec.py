@@ -20,6 +20,11 @@ GENERATOR_VERSION = 1
 SPLITS = ('train', 'val', 'calib')
 SPLIT_IDS = {'train': 0, 'val': 1, 'calib': 2}
 
+#: Rendering domains: ``default`` is what models train on; ``shifted`` (other textures,
+#: backgrounds, clutter and sensor effects; same classes and box rules) is for testing them on data
+#: unlike their training set, and nothing is trained or tuned on it.
+STYLES = ('default', 'shifted')
+
 #: An instance is annotated only if at least this fraction of its full shape is visible ...
 MIN_VISIBLE_FRACTION = 0.3
 #: ... and its visible box is at least this many pixels wide and high.
@@ -82,8 +87,15 @@ def _normalize_format(image_format: str) -> str:
     return fmt
 
 
+def _normalize_style(style: str) -> str:
+    if style not in STYLES:
+        raise ValueError(f'style must be one of {", ".join(STYLES)}, got {style!r}')
+    return str(style)
+
+
 def normalize_args(num_train, num_val, image_size, categories, seed, min_objects, max_objects,
-                   min_object_size, max_object_size, image_format, num_calib=0) -> dict:
+                   min_object_size, max_object_size, image_format, num_calib=0,
+                   style='default') -> dict:
     """The validated argument dict (ValueError naming the bad argument otherwise)."""
     h, w = _normalize_size(image_size)
     num_train, num_val, num_calib = int(num_train), int(num_val), int(num_calib)
@@ -98,6 +110,7 @@ def normalize_args(num_train, num_val, image_size, categories, seed, min_objects
     min_object_size, max_object_size = _normalize_object_sizes(h, w, min_object_size,
                                                                max_object_size)
     fmt = _normalize_format(image_format)
+    style = _normalize_style(style)
     args = dict(
         generator_version=GENERATOR_VERSION,
         num_train=num_train,
@@ -113,6 +126,8 @@ def normalize_args(num_train, num_val, image_size, categories, seed, min_objects
     )
     if num_calib:  # only when asked for: sets generated without it stay valid
         args['num_calib'] = num_calib
+    if style != 'default':  # likewise: default sets keep their meta.json
+        args['style'] = style
     return args
 
 

@@ -116,12 +116,13 @@ def _write_split(args: dict, split: str, img_dir: Path, tick) -> dict:
     """Render and write the images of ``split``; returns its COCO dict."""
     h, w = args['image_size']
     cats, fmt = args['categories'], args['image_format']
+    style = args.get('style', 'default')  # absent from the args of default sets
     _clear_images(img_dir)
     images, annotations = [], []
     for i in range(args[f'num_{split}']):
-        image, anns, _ = render(image_rng(args['seed'], split, i), h, w, cats,
+        image, anns, _ = render(image_rng(args['seed'], split, i, style), h, w, cats,
                                 args['min_objects'], args['max_objects'],
-                                args['min_object_size'], args['max_object_size'])
+                                args['min_object_size'], args['max_object_size'], style)
         name = f'{i:06d}.{fmt}'
         (img_dir / name).write_bytes(_encode_image(image, fmt))
         images.append(dict(id=i + 1, file_name=name, height=h, width=w))
@@ -134,8 +135,9 @@ def _write_split(args: dict, split: str, img_dir: Path, tick) -> dict:
                      area=float(a['area']),
                      iscrowd=0))
         tick(split)
+    what = split if style == 'default' else f'{split}, {style} style'
     return dict(
-        info=dict(description=f'ecc_mmdet synthetic shapes ({split})',
+        info=dict(description=f'ecc_mmdet synthetic shapes ({what})',
                   version=str(GENERATOR_VERSION),
                   seed=args['seed']),
         licenses=[],
@@ -200,6 +202,7 @@ def generate_synthetic_coco(out_dir: Union[str, os.PathLike],
                             min_object_size: float = DEFAULT_MIN_OBJECT_SIZE,
                             max_object_size: Optional[float] = None,
                             num_calib: int = 0,
+                            style: str = 'default',
                             *,
                             reuse: bool = False) -> dict:
     """(Re)generate the synthetic COCO-format dataset under ``out_dir``.
@@ -220,6 +223,10 @@ def generate_synthetic_coco(out_dir: Union[str, os.PathLike],
         progress: print progress lines to stderr.
         min_object_size, max_object_size: range (px) of the shapes' circumscribed diameter,
             sampled log-uniformly; ``max_object_size`` defaults to half the shorter image side.
+        style: ``'default'`` (what models train on) or ``'shifted'``: other textures,
+            backgrounds, clutter and sensor effects with the same classes and box rules, to test
+            on data unlike the training set (see :mod:`.render`). Recorded in ``meta.json`` only
+            when not ``'default'``, so a set of one style is never reused for the other.
         reuse: write nothing when a complete set made with the same arguments is there
             (what :func:`ensure_synthetic_coco` does); False regenerates unconditionally.
 
@@ -229,7 +236,8 @@ def generate_synthetic_coco(out_dir: Union[str, os.PathLike],
         ``generated`` (whether anything was written), ``seconds`` and the normalised ``args``.
     """
     args = normalize_args(num_train, num_val, image_size, categories, seed, min_objects,
-                          max_objects, min_object_size, max_object_size, image_format, num_calib)
+                          max_objects, min_object_size, max_object_size, image_format, num_calib,
+                          style)
     out = Path(out_dir)
     summary = _existing_summary(out, args) if reuse else None
     if summary is None:
