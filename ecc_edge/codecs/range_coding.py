@@ -299,9 +299,12 @@ def _check_indexes(indexes: np.ndarray, n: int, num_tables: int) -> np.ndarray:
 def _index_groups(indexes: np.ndarray):
     """Symbols grouped by table, in a fixed order both sides derive from the indexes alone:
     -> (positions sorted by table (stable), [(table, count), ...] of the tables that occur)."""
-    order = np.argsort(indexes, kind='stable')
-    present, counts = np.unique(indexes, return_counts=True)
-    return order, list(zip(present.tolist(), counts.tolist()))
+    # a stable sort of <= 16-bit keys is numpy's radix sort: linear, where int64 keys merge-sort
+    keys = indexes.astype(np.uint16) if indexes.size and indexes.max() < 2**16 else indexes
+    order = np.argsort(keys, kind='stable')
+    counts = np.bincount(indexes)
+    present = np.flatnonzero(counts)
+    return order, list(zip(present.tolist(), counts[present].tolist()))
 
 
 def encode_with_indexed_tables(symbols: np.ndarray, indexes: np.ndarray,

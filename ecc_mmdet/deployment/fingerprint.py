@@ -11,8 +11,8 @@ adaptation changes (the edge re-estimates their statistics, the cloud sends new 
 parameters), and an adapted edge still speaks the same bitstream to the same decoder. Which
 adapted parameters an edge runs is its PARAM_UPDATE sequence number, not its identity.
 
-The full model computes the digest from its weights on every call (not cached: an EMA swap
-through ``.data`` changes no version counter).
+The full model derives the digest from its weights, and again whenever their values change
+(compared by value: an EMA swap through ``.data`` changes no version counter).
 An edge-only or cloud-only build lacks half of those weights, so it carries the full model's
 digest as a buffer, ``pairing_fingerprint``, in its state dict: exporting a side and loading it
 back keeps the digest that matches the weights it was exported with.
@@ -25,6 +25,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _NormBase
 
 from ecc_edge.codecs.bitstream import FINGERPRINT_BYTES
+from ..utils.derived import DerivedCache
 from ..utils.device import tensor_bytes
 
 __all__ = ['BUFFER_NAME', 'NORM_TYPES', 'compute_fingerprint', 'model_fingerprint',
@@ -68,24 +69,33 @@ def _tensors(model):
                 yield f'{i}.{type(mod).__name__}.{name}', t
 
 
-def compute_fingerprint(model) -> bytes:
-    """SHA-256 over names, dtypes, shapes and bytes of the edge-side and coding tensors (not
-    the edge stages' normalisation layers), truncated to FINGERPRINT_BYTES."""
-    h = hashlib.sha256(f'{type(model.compressor).__name__}'.encode())
-    for name, t in _tensors(model):
+def _digest(compressor_name: str, named) -> bytes:
+    h = hashlib.sha256(compressor_name.encode())
+    for name, t in named:
         h.update(f'{name}|{t.dtype}|{(t.numel(), )}'.encode())
         h.update(tensor_bytes(t))
     return h.digest()[:FINGERPRINT_BYTES]
 
 
+def compute_fingerprint(model) -> bytes:
+    """SHA-256 over names, dtypes, shapes and bytes of the edge-side and coding tensors (not
+    the edge stages' normalisation layers), truncated to FINGERPRINT_BYTES."""
+    return _digest(type(model.compressor).__name__, list(_tensors(model)))
+
+
 def model_fingerprint(model) -> bytes:
     """The fingerprint of ``model``'s bitstream: the pinned one of a side build, otherwise
-    computed from the weights on every call (~0.5 ms for the edge of the demo's students). Not
-    cached: mmengine's EMA swaps weights through ``.data``, which no version counter sees."""
+    derived from the weights, rehashed only when their values change (a
+    :class:`~ecc_mmdet.utils.derived.DerivedCache`: both sides call this for every payload,
+    and hashing costs ~0.5 ms for the demo's edge; mmengine's EMA swaps weights through
+    ``.data``, which no version counter sees, so the cache compares values)."""
     pinned = getattr(model, BUFFER_NAME, None)
     if isinstance(pinned, torch.Tensor):
         return bytes(pinned.cpu().tolist())
-    return compute_fingerprint(model)
+    named = list(_tensors(model))
+    key = (type(model.compressor).__name__, tuple(name for name, _ in named))
+    cache = model.__dict__.setdefault('_fingerprint_cache', DerivedCache())
+    return cache.get([t for _, t in named], lambda: _digest(key[0], named), key=key)
 
 
 def pin_fingerprint(side, fingerprint: bytes) -> None:

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ecc_edge.codecs.range_coding import CodingTables, decode_with_cdf_tables, encode_with_cdf_tables
+from ..utils.derived import DerivedCache
 from ..utils.device import tensor_bytes, to_numpy
 
 __all__ = ['FactorizedEntropyModel']
@@ -175,6 +176,12 @@ class FactorizedEntropyModel(nn.Module):
     def _medians(self) -> Tensor:
         return self.quantiles[:, 0, 1].detach()
 
+    def dequantize_eval(self, y: Tensor) -> Tensor:
+        """Eval-mode ``y_hat`` alone (what :meth:`decompress` returns for :meth:`compress`'s
+        bodies), without the likelihoods ``forward`` computes."""
+        medians = self._medians().to(y.dtype).view(1, -1, *([1] * (y.dim() - 2)))
+        return torch.round(y - medians) + medians
+
     def forward(self, y: Tensor, training: Optional[bool] = None) -> Tuple[Tensor, Tensor]:
         """-> (y_hat, likelihoods), both shaped like y (N, C, ...)."""
         if training is None:
@@ -239,9 +246,13 @@ class FactorizedEntropyModel(nn.Module):
 
     # ------------------------------------------------------------------- tables
     def _fingerprint(self) -> int:
-        """Hash of the parameters the tables derive from (~0.1 ms, computed on every call: a
-        cache keyed on the tensors' versions would miss in-place changes through ``.data``,
-        which is how mmengine's EMA averages weights and swaps them into the model)."""
+        """Hash of the parameters the tables derive from, rehashed only when their values
+        change (:class:`DerivedCache` compares values: mmengine's EMA swaps weights in place
+        through ``.data``, which version counters miss)."""
+        cache = self.__dict__.setdefault('_fingerprint_cache', DerivedCache())
+        return cache.get([*self.matrices, *self.biases, *self.factors], self._hash_params)
+
+    def _hash_params(self) -> int:
         h = hashlib.blake2b(digest_size=8)
         for p in [*self.matrices, *self.biases, *self.factors]:
             h.update(str((tuple(p.shape), str(p.dtype))).encode())

@@ -29,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..utils.derived import DerivedCache
+
 __all__ = ['ExactHyperSynthesis']
 
 
@@ -85,6 +87,7 @@ class ExactHyperSynthesis(nn.Module):
         with torch.no_grad():  # start at log-scale ~ log(1)... small outputs
             self.out.weight.mul_(0.1)
             self.out.bias.zero_()
+        self._integer_cache = DerivedCache()
 
     def _layers(self):
         return [*self.convs, self.out]
@@ -116,7 +119,12 @@ class ExactHyperSynthesis(nn.Module):
     @torch.no_grad()
     def integer_layers(self) -> List[Tuple[Tensor, Tensor]]:
         """(weight, bias) of every conv as the integer path uses them, float64 integers:
-        ``round(clamp(w) * 2**F)`` and ``round(b * 2**(2F))`` (what the light edge exports)."""
+        ``round(clamp(w) * 2**F)`` and ``round(b * 2**(2F))`` (what the light edge exports).
+        Derived once per weight values (both coding sides call this for every image)."""
+        params = [p for conv in self._layers() for p in (conv.weight, conv.bias)]
+        return self._integer_cache.get(params, self._integer_layers)
+
+    def _integer_layers(self) -> List[Tuple[Tensor, Tensor]]:
         s = 2.0**self.frac_bits
         return [(torch.round(torch.clamp(conv.weight.to(torch.float64), -self.weight_max,
                                          self.weight_max) * s),

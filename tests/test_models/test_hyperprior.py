@@ -250,3 +250,20 @@ def test_bit_map_sums_to_the_estimate_and_follows_the_content(neck):
                                           rate_unit='bits_per_element'), x, steps=50, seed=0)
     torch.testing.assert_close(fact.bit_map(x).sum((1, 2)), fact.estimate_bits(x), rtol=1e-4,
                                atol=1e-2)
+
+
+def test_integer_layers_follow_weight_changes_through_data():
+    """The integer weights are derived once per weight values: a change through ``.data`` (how
+    mmengine's EMA swaps weights, invisible to version counters) must reach the coding path."""
+    torch.manual_seed(1)
+    hs = ExactHyperSynthesis(4, 6, 3, up_steps=1)
+    z = torch.round(torch.randn(1, 4, 3, 3) * 3)
+    first = hs.exact(z)
+    assert hs.integer_layers() is hs.integer_layers()  # cached while nothing changes
+    hs.convs[0].weight.data.mul_(1.5)
+    hs.out.bias.data.add_(0.25)
+    fresh = ExactHyperSynthesis(4, 6, 3, up_steps=1)
+    fresh.load_state_dict(hs.state_dict())
+    for got, want in zip(hs.exact(z), fresh.exact(z)):
+        assert torch.equal(got, want)
+    assert not torch.equal(hs.exact(z)[1], first[1])

@@ -171,7 +171,7 @@ class HyperpriorBottleneckNeck(EntropyBottleneckNeck):
         y = self._latent(x, *self._rate_point(False))
         z = self.h_a(y)
         z_bodies = self.hyper_entropy_model.compress(z)
-        z_hat, _ = self.hyper_entropy_model(z, training=False)  # == what the decoder gets
+        z_hat = self.hyper_entropy_model.dequantize_eval(z)  # == what the decoder gets
         means, idx = self._exact_params(z_hat, y.shape[-2:])
         latent_shape = tuple(int(d) for d in y.shape[1:])
         out = []
