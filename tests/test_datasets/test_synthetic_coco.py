@@ -252,6 +252,16 @@ def test_cli_main_and_tool_script(tmp_path, capsys):
     ], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
     assert res.returncode == 0 and 'RuntimeWarning' not in res.stderr, res.stderr
     assert 'reused' in res.stdout
+    # the second domain as docs/results.md makes it: shifted style, larger objects, val only
+    shifted = out.parent / 'shifted'
+    res = subprocess.run([
+        sys.executable, 'tools/make_synthetic_coco.py', '--out', str(shifted), '--style',
+        'shifted', '--num-train', '0', '--num-val', '2', '--num-calib', '0', '--image-size', '48',
+        '64', '--min-object-size', '20'], cwd=REPO_ROOT, capture_output=True, text=True,
+        timeout=60)
+    assert res.returncode == 0, res.stderr
+    meta = json.loads((shifted / 'meta.json').read_text())
+    assert meta['style'] == 'shifted' and meta['min_object_size'] == 20 and meta['num_val'] == 2
 
 
 def test_held_out_calib_split(tmp_path):
