@@ -10,8 +10,8 @@ float32, what the PyTorch edge computes after the graph:
   (coordinate-offset trick + mmcv's CPU nms), ``max_per_img``);
 * :func:`router_score`: the ``scores`` of ``EntropyRouter``, ``EmptyExitRouter``,
   ``ScoreBandRouter``, ``RandomRouter`` (SHA-256 of the seed and the image id) and
-  ``LearnedRouter`` (its features in float32 as ``routers.features.router_features`` computes
-  them, then its MLP);
+  ``LearnedRouter`` (its features in float32 as ``routers.features.router_features`` and
+  ``gain_features`` compute them, then its MLP);
 * :func:`apply_score_map`: ``ScoreMap.__call__`` (``np.interp`` + 1e-6 x score).
 
 OpenCV's ``cv2.dnn.NMSBoxes`` is not used: it filters by a score threshold, counts box widths
@@ -24,7 +24,7 @@ from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 import numpy as np
 
 __all__ = ['ExitDetections', 'anchors', 'apply_score_map', 'class_entropy', 'decode_exit',
-           'learned_features', 'learned_score', 'nms', 'random_score', 'router_score',
+           'gain_features', 'learned_features', 'learned_score', 'nms', 'random_score', 'router_score',
            'top_anchor_probs']
 
 _F32 = np.float32
@@ -193,7 +193,26 @@ def learned_features(spec: Dict, dets: ExitDetections, cls_maps: Sequence[np.nda
     p = top_anchor_probs(cls_maps, num_classes, spec['top_k']).astype(_F32)  # exact: f32 values
     counts = np.asarray([(dets.scores >= _F32(t)).sum() for t in spec['count_thresholds']],
                         _F32) / _F32(spec['count_scale'])
-    return np.concatenate([p.max(-1), class_entropy(p, _F32), counts]).astype(_F32)
+    parts = [p.max(-1), class_entropy(p, _F32), counts]
+    if spec.get('gain'):
+        parts.append(gain_features(spec['gain'], dets, cls_maps, num_classes))
+    return np.concatenate(parts).astype(_F32)
+
+
+def gain_features(gain: Dict, dets: ExitDetections, cls_maps: Sequence[np.ndarray],
+                  num_classes: int) -> np.ndarray:
+    """``routers.features.gain_features`` of one image: log1p of the maps' soft object count,
+    the best detection score, log1p of the anchors at least each anchor threshold, detections
+    per score band / the scale (sums in float64, as PyTorch)."""
+    logits = np.concatenate([_per_anchor(m, num_classes) for m in cls_maps], 0)
+    top = (1.0 / (1.0 + np.exp(-logits.astype(np.float64)))).max(-1)
+    best = float(dets.scores.max()) if dets.scores.size else 0.0
+    out = [np.log1p(top.sum()), best]
+    out += [np.log1p(float((top >= t).sum())) for t in gain['anchor_thresholds']]
+    bands = gain['score_bands']
+    out += [float(((dets.scores >= _F32(lo)) & (dets.scores < _F32(hi))).sum())
+            / gain['count_scale'] for lo, hi in zip(bands[:-1], bands[1:])]
+    return np.asarray(out, np.float64).astype(_F32)
 
 
 def learned_score(spec: Dict, feats: np.ndarray) -> float:

@@ -197,7 +197,10 @@ _ROUTER_PARAMS = {
     'LearnedRouter': dict(top_k=Int(1, 4096), count_thresholds=Arr(Num(0.0, 1.0), 0, 64),
                           count_scale=Num(1e-6, 1e6), feat_mean=_FLOATS,
                           feat_std=Arr(Num(1e-12, 3.4e38), 1, 1 << 16),
-                          layers=Arr(Obj(weight=Arr(_FLOATS, 1, 4096), bias=_FLOATS), 1, 8))}
+                          layers=Arr(Obj(weight=Arr(_FLOATS, 1, 4096), bias=_FLOATS), 1, 8),
+                          gain=Opt(Obj(anchor_thresholds=Arr(Num(0.0, 1.0), 0, 64),
+                                       score_bands=Arr(Num(0.0, 2.0), 2, 64),
+                                       count_scale=Num(1e-6, 1e6))))}
 _TOP = dict(
     format=Str(choices=(SIDECAR_FORMAT, )), version=Int(SIDECAR_VERSION, SIDECAR_VERSION),
     graph_sha256=_HEX64, model_fingerprint=Str(16, hex_len=16), preprocess=_PREPROCESS,
@@ -214,6 +217,8 @@ def _check_router(router) -> None:
     if 'kind' not in router:
         _fail('router.kind', 'missing')
     Str(choices=_ROUTERS)(router['kind'], 'router.kind')  # then its own parameters
+    if router['kind'] == 'LearnedRouter':
+        router = dict(router, gain=router.get('gain'))  # optional: without gain features
     fields = dict(kind=Str(choices=_ROUTERS), threshold=Num(finite=False),
                   **_ROUTER_PARAMS[router['kind']])
     _check_fields(router, fields, 'router.')
@@ -224,13 +229,18 @@ def _check_router(router) -> None:
 
 
 def _check_mlp(r: Dict) -> None:
-    """The learned router's features (2 x top_k + the counts) chain through its layers to one
-    score."""
+    """The learned router's features (2 x top_k + the counts [+ the gain features]) chain
+    through its layers to one score."""
     width = 2 * r['top_k'] + len(r['count_thresholds'])
+    g = r['gain']
+    if g is not None:
+        if list(g['score_bands']) != sorted(g['score_bands']):
+            _fail('router.gain.score_bands', 'must be increasing')
+        width += 2 + len(g['anchor_thresholds']) + len(g['score_bands']) - 1
     for name in ('feat_mean', 'feat_std'):
         if len(r[name]) != width:
             _fail(f'router.{name}', f'has {len(r[name])} entries; 2 x router.top_k + '
-                  f'len(router.count_thresholds) features need {width}')
+                  f'len(router.count_thresholds) (+ the gain features) need {width}')
     for i, layer in enumerate(r['layers']):
         rows = layer['weight']
         if any(len(row) != width for row in rows):

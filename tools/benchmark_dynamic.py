@@ -11,10 +11,13 @@ ratios, with ECCENTRIC's three variants side by side.
         [--out work_dirs/benchmarks/dynamic.json]
 
 Routers: random (the control), score band (DCSB), class-distribution entropy, empty exit (entropy,
-with the images where the exit finds nothing first), learned (an MLP on
-the exit's outputs and F_k, fitted here on training images to the per-image AP gain of
-offloading), and the per-image oracle (offloads the images with the largest true gain: an upper
-reference). Thresholds are calibrated per target ratio on training images that are neither the
+with the images where the exit finds nothing first), learned (an MLP on the exit's outputs,
+regressing the per-image AP gain of offloading), the gain routers (the same MLP with the exit
+maps' expected object count and score bands as well: 'gain rank' ranks the AP gain, 'gain class'
+classifies "the cloud finds more objects here", 'gain rank+ood' adds F_k's distance from the
+fitting images' statistics), all fitted here on held-out calibration-split images
+(``--num-router-train``: thousands are cheap to generate), and the per-image oracle (offloads the
+images with the largest true gain: an upper reference). Thresholds are calibrated per target ratio on training images that are neither the
 evaluation images nor the router's training images. Variants: Adaptive (every image through the
 feature bitstream), Dynamic (exit + router + bitstream), Independent (exit + router, offloaded
 images sent as JPEG to the unsplit teacher). Writes JSON, a table (.txt) and a plot (.png); the
@@ -38,7 +41,9 @@ def parse_args(argv=None):
     p.add_argument('--teacher-checkpoint', default='work_dirs/demo/baseline/epoch_12.pth')
     p.add_argument('--data-root')
     p.add_argument('--num-images', type=int, default=None)
-    p.add_argument('--num-router-train', type=int, default=200)
+    p.add_argument('--num-router-train', type=int, default=200,
+                   help='held-out calibration-split images the learned routers are fitted on '
+                   '(after the --num-calib threshold images)')
     p.add_argument('--num-calib', type=int, default=200)
     p.add_argument('--ratios', type=float, nargs='+',
                    default=[0, .1, .2, .3, .4, .5, .6, .7, .8, .9, 1])

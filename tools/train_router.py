@@ -4,8 +4,9 @@
         work_dirs/demo/dynamic/epoch_12.pth --out work_dirs/demo/dynamic/learned_router.pth \
         [--skip 200] [--num-images 200] [--data-root DIR]
 
-The router (an MLP on the exit's outputs) regresses, per image, the AP gain of the cloud's
-detections over the exit's. The pairs come from the config's calibration split (held-out images:
+The router (an MLP on the exit's outputs) learns, per image, the gain of the cloud's detections
+over the exit's: it regresses or ranks the per-image AP gain, or classifies "the cloud finds more
+objects here" (``model.router.objective``). The pairs come from the config's calibration split (held-out images:
 the exit and the cloud overfit their own training images, so gains measured there would be
 biased), skipping the first ``--skip`` images, which RouterCalibrationHook uses to set the
 threshold. The output is the input checkpoint plus the router's weights; use it with
@@ -22,7 +23,7 @@ from ecc_mmdet.apis import load_config
 from ecc_mmdet.models.routers import LearnedRouter, exit_fingerprint
 from ecc_mmdet.utils import ConfigError
 
-from ecc_tools.dynamic import exit_scores, load_dynamic, offload_gains, run_pass
+from ecc_tools.dynamic import exit_scores, load_dynamic, offload_targets, router_target, run_pass
 
 
 def _load(args):
@@ -32,7 +33,8 @@ def _load(args):
     router_cfg = cfg.model.get('router') or {}
     # the router's settings as the config has them, so the checkpoint loads into it
     router = dict(type='LearnedRouter', threshold=0.0, **{
-        k: router_cfg[k] for k in ('top_k', 'hidden', 'pool_features')
+        k: router_cfg[k] for k in ('top_k', 'hidden', 'pool_features', 'gain_features',
+                                   'ood_features', 'objective')
         if k in router_cfg and router_cfg.get('type') == 'LearnedRouter'})
     cfg, model, calib = load_dynamic(args.config, args.checkpoint, args.data_root,
                                      router=router, train_exits_only=False)
@@ -69,13 +71,18 @@ def main(argv=None):
     print(f'exit and cloud on {len(idx)} held-out images', flush=True)
     edge = run_pass(model, calib, idx, False, 'edge exit')
     cloud = run_pass(model, calib, idx, True, 'cloud')
-    gains = torch.as_tensor(offload_gains(calib.ann_file, edge, cloud, calib.cat_ids))
-    _, feats = exit_scores(model, calib, idx, {}, model.router.top_k)
     router: LearnedRouter = model.router
-    fit = router.fit(feats, gains, exit_fingerprint(model.edge_exit))
-    print(f"fitted: {fit['epochs']} epochs (chosen on a hold-out), hold-out MSE "
-          f"{fit['holdout_mse']:.4f} vs gain variance {float(gains.var()):.4f}; mean gain "
-          f"{float(gains.mean()):+.3f}, {float((gains > 0).double().mean()):.0%} of images gain")
+    targets = router_target(router, offload_targets(calib.ann_file, edge, cloud, calib.cat_ids))
+    _, feats = exit_scores(model, calib, idx, {}, dict(router=router))
+    try:
+        fit = router.fit(feats['router'], targets, exit_fingerprint(model.edge_exit))
+    except ValueError as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 2
+    print(f"fitted ({fit['objective']}): {fit['epochs']} epochs (chosen on a hold-out), "
+          f"hold-out loss {fit['holdout_loss']:.4f}; target variance {float(targets.var()):.4f}, "
+          f"mean {float(targets.mean()):+.3f}, {float((targets > 0).double().mean()):.0%} of "
+          'images gain')
     state = ckpt.get('state_dict', ckpt)
     state.update({f'router.{k}': v for k, v in router.state_dict().items()})
     save_checkpoint(dict(state_dict=state, meta=dict(ckpt.get('meta') or {},

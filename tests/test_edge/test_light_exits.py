@@ -227,6 +227,19 @@ def test_learned_router_routes_like_the_pytorch_edge(served_model, tmp_path):
     assert min(side['feat_std']) > 0.05  # every feature varies over the images: all compared
 
 
+def test_learned_router_with_gain_features_routes_like_the_pytorch_edge(served_model, tmp_path):
+    """The gain features (the maps' soft object count, anchor counts, score bands) in numpy
+    from the sidecar's bands give the PyTorch score, for a ranking router."""
+    cfg, model = _build(served_model, dict(type='LearnedRouter', threshold=0.0, top_k=4,
+                                           gain_features=True, objective='rank'), cls_bias=-5.0)
+    datasets = _datasets(cfg)
+    _train_learned_router(model, datasets)
+    edge = _compare(model, cfg, datasets, tmp_path)
+    side = edge.router
+    assert side['gain']['score_bands'][0] == 0.05 and len(side['feat_mean']) == 2 * 4 + 3 + 10
+    assert min(side['feat_std'][2 * 4 + 3:2 * 4 + 3 + 5]) > 1e-3  # soft count, best, anchors
+
+
 def test_exits_and_routers_the_runtime_does_not_port_are_refused(served_model, tmp_path):
     from ecc_mmdet.deployment.edge_export import export_edge_onnx
     from ecc_mmdet.utils import ConfigError

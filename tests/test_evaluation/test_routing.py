@@ -86,6 +86,24 @@ def test_missed_objects(tiny_coco):
     assert missed_objects(boot.evaluate(half, cat_ids)) == pytest.approx(1 - kept / n_gt)
 
 
+def test_found_objects_counts_each_images_matched_objects(tiny_coco):
+    from ecc_mmdet.evaluation.routing import found_objects
+    ann, coco, cat_ids = _gt(tiny_coco)
+    exact = _predictions(coco, cat_ids, np.random.default_rng(3), jitter=0.0, keep=1.0)
+    for p in exact:
+        p['scores'] = np.full(len(p['labels']), 0.9)
+    boot = ImageBootstrap(ann, [p['img_id'] for p in exact], num_samples=1)
+    n_gt = np.array([sum(a['image_id'] == i['id'] for a in coco['annotations'])
+                     for i in coco['images']])
+    assert n_gt.max() > 1  # some image holds several objects
+    assert np.array_equal(found_objects(boot, boot.evaluate(exact, cat_ids)), n_gt)
+    assert not found_objects(boot, boot.evaluate(exact, cat_ids), score_thr=0.95).any()
+    first = [dict(p, bboxes=p['bboxes'][:1], labels=p['labels'][:1], scores=p['scores'][:1])
+             for p in exact]  # only each image's first true box (or its false positive)
+    assert np.array_equal(found_objects(boot, boot.evaluate(first, cat_ids)),
+                          np.minimum(n_gt, 1))
+
+
 def test_score_map_is_increasing_and_fits_precision():
     from ecc_mmdet.evaluation.score_calibration import ScoreMap
     rng = np.random.default_rng(0)

@@ -11,6 +11,7 @@ from conftest import REPO, data_options, run_tool
 
 DYNAMIC_CFG = osp.join(REPO, 'configs', 'ecc_faster_rcnn_r18_synthetic_dynamic.py')
 LEARNED_CFG = osp.join(REPO, 'configs', 'ecc_faster_rcnn_r18_synthetic_dynamic_learned.py')
+GAIN_CFG = osp.join(REPO, 'configs', 'ecc_faster_rcnn_r18_synthetic_dynamic_gain.py')
 FAST = ['load_from=None', 'train_dataloader.batch_size=4', 'default_hooks.logger.interval=1',
         'train_cfg.max_epochs=1', 'train_cfg.val_interval=1', 'param_scheduler.0.end=2',
         'custom_hooks.0.num_images=8']
@@ -87,7 +88,7 @@ def test_learned_router_and_benchmark(trained, tiny_coco_calib, tmp_path):
     ckpt = tmp_path / 'learned.pth'
     proc = run_tool('train_router', DYNAMIC_CFG, work / 'epoch_1.pth', '--out', ckpt,
                     '--skip', 8, '--num-images', 8, '--data-root', tiny_coco_calib)
-    assert 'fitted:' in proc.stdout and ckpt.is_file()
+    assert 'fitted (regress):' in proc.stdout and ckpt.is_file()
     run_tool('test', LEARNED_CFG, ckpt, '--work-dir', tmp_path / 'test',
              *data_options(tiny_coco_calib), '--cfg-options', 'custom_hooks.0.num_images=8')
     # a router checkpoint that does not fit the configured router is refused, not half-loaded
@@ -95,6 +96,13 @@ def test_learned_router_and_benchmark(trained, tiny_coco_calib, tmp_path):
                     *data_options(tiny_coco_calib), '--cfg-options', 'custom_hooks.0.num_images=8',
                     'model.router.hidden=8', check=False)
     assert proc.returncode == 2 and 'does not fit' in proc.stderr and 'router.mlp' in proc.stderr
+    # the gain router takes its settings (features, ranking objective) from its config; on
+    # these 8 images the one-epoch exit and cloud find the same (nothing): no order to learn,
+    # said in one line, and no checkpoint written
+    gain = tmp_path / 'gain.pth'
+    proc = run_tool('train_router', GAIN_CFG, work / 'epoch_1.pth', '--out', gain,
+                    '--skip', 8, '--num-images', 8, '--data-root', tiny_coco_calib, check=False)
+    assert proc.returncode == 2 and 'nothing to rank' in proc.stderr and not gain.exists()
     out = tmp_path / 'bench' / 'dynamic.json'
     # rate-accuracy rows drawn beside the curves (as docs/results.md passes the demo's)
     ra = tmp_path / 'ra.json'
@@ -102,7 +110,8 @@ def test_learned_router_and_benchmark(trained, tiny_coco_calib, tmp_path):
         dict(method='teacher', setting='original image', bytes_per_image=0.0, bbox_mAP=1.0),
         dict(method='cloud-only WebP', setting='q=5', bytes_per_image=600.0, bbox_mAP=0.5),
         dict(method='cloud-only WebP', setting='q=30', bytes_per_image=1100.0, bbox_mAP=0.8)])))
-    run_tool('benchmark_dynamic', '--config', DYNAMIC_CFG, '--checkpoint', work / 'epoch_1.pth',
+    proc = run_tool('benchmark_dynamic', '--config', DYNAMIC_CFG, '--checkpoint',
+                    work / 'epoch_1.pth',
              '--teacher-checkpoint', work / 'epoch_1.pth', '--data-root', tiny_coco_calib,
              '--num-router-train', 8, '--num-calib', 8, '--ratios', 0, 0.5, 1,
              '--bootstrap', 5, '--rate-accuracy-json', ra, '--out', out)
@@ -110,6 +119,9 @@ def test_learned_router_and_benchmark(trained, tiny_coco_calib, tmp_path):
     rows = res['rows']
     routers = {r['router'] for r in rows if r['variant'] == 'Dynamic'}
     assert {'random', 'score band', 'entropy', 'empty exit', 'learned', 'oracle'} <= routers
+    # the gain routers, unless the tiny set gives one nothing to learn (then it is said)
+    assert all(name in routers or f"'{name}' left out" in proc.stdout
+               for name in ('gain rank', 'gain class', 'gain rank+ood'))
     empty = res['empty_exit']  # images where the exit finds nothing and the cloud something
     assert empty['of'] == res['num_images'] and set(empty['offloaded']) >= {'entropy',
                                                                              'empty exit'}

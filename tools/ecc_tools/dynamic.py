@@ -25,11 +25,10 @@ from ecc_mmdet.deployment.calibration import (check_calibration_split,
                                               score_maps_from_predictions, tier_predictions)
 from ecc_mmdet.evaluation.bootstrap import ImageBootstrap
 from ecc_mmdet.utils import ConfigError
-from ecc_mmdet.evaluation.routing import compose, missed_objects, per_image_ap
+from ecc_mmdet.evaluation.routing import compose, found_objects, missed_objects, per_image_ap
 from ecc_mmdet.models.routers import (BaseRouter, EmptyExitRouter, EntropyRouter, LearnedRouter,
                                       RandomRouter,
                                       ScoreBandRouter, exit_fingerprint, threshold_for_ratio)
-from ecc_mmdet.models.routers.features import router_features
 
 #: the targets of the dynamic-inference issue
 TARGET_MAP_DROP_AT_HALF = 1.0   # at 50 % finished on the edge, mAP >= all-cloud - 1.0
@@ -41,6 +40,16 @@ HEURISTIC_ROUTERS = {
     'score band': lambda: ScoreBandRouter(low=0.2, high=0.6, threshold=0.0),
     'entropy': lambda: EntropyRouter(top_k=10, threshold=0.5),
     'empty exit': lambda: EmptyExitRouter(top_k=10, target_offload_ratio=0.5),
+}
+#: the learned routers fitted on the held-out images: LearnedRouter arguments. 'learned'
+#: regresses the per-image AP gain from the exit's outputs; the gain routers add the maps'
+#: expected object count and score bands (and F_k's distance from the fitting images), and rank
+#: the AP gain or classify "the cloud finds more objects here"
+LEARNED_ROUTERS = {
+    'learned': dict(),
+    'gain rank': dict(gain_features=True, objective='rank'),
+    'gain class': dict(gain_features=True, objective='classify'),
+    'gain rank+ood': dict(gain_features=True, ood_features=True, objective='rank'),
 }
 
 
@@ -129,23 +138,40 @@ def fit_routers(model, dataset, indices, routers: Dict[str, object]) -> None:
 
 
 @torch.no_grad()
-def exit_scores(model, dataset, indices, routers: Dict[str, object], top_k: int = 16):
-    """Scores of each heuristic router and the learned router's features, per image."""
+def exit_scores(model, dataset, indices, routers: Dict[str, object],
+                learned: Dict[str, LearnedRouter]):
+    """Per image: each heuristic router's score, and each learned router's features."""
     scores = {name: [] for name in routers}
-    feats = []
+    feats = {name: [] for name in learned}
     for inputs, samples in _batches(model, dataset, indices):
         exits = model.run_exits(model.edge_features(inputs), samples)
         for name, r in routers.items():
             scores[name].append(r.scores(exits).double())
-        feats.append(router_features(exits, top_k))
-    return {k: torch.cat(v).numpy() for k, v in scores.items()}, torch.cat(feats)
+        for name, r in learned.items():
+            feats[name].append(r.features(exits))
+    return ({k: torch.cat(v).numpy() for k, v in scores.items()},
+            {k: torch.cat(v) for k, v in feats.items()})
+
+
+def offload_targets(ann_file, edge_pass, cloud_pass, cat_ids) -> Dict[str, np.ndarray]:
+    """Per image: ``ap`` = AP of the cloud's result minus the exit's (0 without ground truth),
+    ``found`` = objects the cloud finds minus those the exit finds (:func:`found_objects`)."""
+    boot = ImageBootstrap(ann_file, [p['img_id'] for p in edge_pass], 1)
+    ev_e, ev_c = boot.evaluate(edge_pass, cat_ids), boot.evaluate(cloud_pass, cat_ids)
+    return dict(ap=np.nan_to_num(per_image_ap(boot, ev_c) - per_image_ap(boot, ev_e)),
+                found=found_objects(boot, ev_c, MISSED_SCORE_THR)
+                - found_objects(boot, ev_e, MISSED_SCORE_THR))
 
 
 def offload_gains(ann_file, edge_pass, cloud_pass, cat_ids) -> np.ndarray:
     """Per image: AP of the cloud's result minus AP of the exit's (0 without ground truth)."""
-    boot = ImageBootstrap(ann_file, [p['img_id'] for p in edge_pass], 1)
-    ev_e, ev_c = boot.evaluate(edge_pass, cat_ids), boot.evaluate(cloud_pass, cat_ids)
-    return np.nan_to_num(per_image_ap(boot, ev_c) - per_image_ap(boot, ev_e))
+    return offload_targets(ann_file, edge_pass, cloud_pass, cat_ids)['ap']
+
+
+def router_target(router: LearnedRouter, targets: Dict[str, np.ndarray]) -> torch.Tensor:
+    """What a learned router is fitted to: the object-count difference when it classifies
+    (\"the cloud finds more objects here\"), the AP gain otherwise."""
+    return torch.as_tensor(targets['found' if router.objective == 'classify' else 'ap'])
 
 
 def recalibrated(preds, score_map):
@@ -173,7 +199,7 @@ def _system(offload, edge_pass, cloud_pass, boot, evs, raw_evs=None, edge_encode
                 missed_objects=missed_objects(raw, MISSED_SCORE_THR)), ev
 
 
-def _collect(model, val, val_idx, train, train_cfg, calib_idx, rtrain_idx, heur, n,
+def _collect(model, val, val_idx, train, train_cfg, calib_idx, rtrain_idx, heur, learned, n,
              teacher_config, teacher_checkpoint, data_root, jpeg_quality, ann_val):
     """Everything that runs a model: both passes on the evaluation and router-fitting images,
     router inputs on all three sets, and the teacher on JPEG images (Independent)."""
@@ -185,9 +211,9 @@ def _collect(model, val, val_idx, train, train_cfg, calib_idx, rtrain_idx, heur,
     cloud_tr = run_pass(model, train, rtrain_idx, True)
     print('- router scores (evaluation, router-fitting and calibration images)', flush=True)
     fit_routers(model, train, calib_idx, heur)
-    s_val, f_val = exit_scores(model, val, val_idx, heur)
-    s_tr, f_tr = exit_scores(model, train, rtrain_idx, heur)
-    s_cal, f_cal = exit_scores(model, train, calib_idx, heur)
+    s_val, f_val = exit_scores(model, val, val_idx, heur, learned)
+    s_tr, f_tr = exit_scores(model, train, rtrain_idx, heur, learned)
+    s_cal, f_cal = exit_scores(model, train, calib_idx, heur, learned)
     print(f'- Independent: the teacher on JPEG q={jpeg_quality} images', flush=True)
     tcfg = load_config(teacher_config, data_root)
     teacher = build_detector(tcfg.model, teacher_checkpoint, partial='split')
@@ -215,12 +241,12 @@ class _Passes(NamedTuple):
     cloud_val: list  # ... and the cloud's, through the bitstream
     edge_tr: list    # the same on the router-fitting images
     cloud_tr: list
-    s_val: dict      # heuristic router -> scores; f_*: the learned router's features
-    f_val: torch.Tensor
+    s_val: dict      # heuristic router -> scores; f_*: learned router -> its features
+    f_val: dict
     s_tr: dict
-    f_tr: torch.Tensor
+    f_tr: dict
     s_cal: dict
-    f_cal: torch.Tensor
+    f_cal: dict
     jpeg_val: list   # the teacher on JPEG images (Independent)
     jpeg_tr: list
 
@@ -229,7 +255,7 @@ class _Matches(NamedTuple):
     """COCO matches of the exit and the cloud on the evaluation images, raw and calibrated."""
     raw: tuple  # (exit, cloud)
     cal: tuple
-    gains_tr: np.ndarray   # per router-fitting image: AP(cloud) - AP(exit)
+    targets_tr: dict       # per router-fitting image: AP(cloud) - AP(exit), objects found
     gains_val: np.ndarray  # the same on the evaluation images (the oracle's order)
 
 
@@ -263,24 +289,37 @@ def _cached_passes(cache: Optional[str], key: dict, collect) -> _Passes:
 
 def _matches(boot, p: _Passes, ann_train: str, val_cat_ids, train_cat_ids) -> _Matches:
     ev_edge, ev_cloud = (boot.evaluate(q, val_cat_ids) for q in (p.edge_val, p.cloud_val))
-    gains_tr = offload_gains(ann_train, p.edge_tr, p.cloud_tr, train_cat_ids)
+    targets_tr = offload_targets(ann_train, p.edge_tr, p.cloud_tr, train_cat_ids)
     # per-tier score calibration, fitted on the same held-out images as the learned router
     maps = score_maps_from_predictions(ann_train, p.edge_tr, p.cloud_tr, train_cat_ids)
     ev_edge_cal = boot.evaluate(recalibrated(p.edge_val, maps['edge']), val_cat_ids)
     ev_cloud_cal = boot.evaluate(recalibrated(p.cloud_val, maps['cloud']), val_cat_ids)
     gains_val = np.nan_to_num(per_image_ap(boot, ev_cloud) - per_image_ap(boot, ev_edge))
-    return _Matches((ev_edge, ev_cloud), (ev_edge_cal, ev_cloud_cal), gains_tr, gains_val)
+    return _Matches((ev_edge, ev_cloud), (ev_edge_cal, ev_cloud_cal), targets_tr, gains_val)
 
 
-def _fit_learned_router(model, p: _Passes, gains_tr: np.ndarray) -> dict:
-    """Fit the learned router on the held-out images; adds its scores to ``p.s_*``."""
-    learned = LearnedRouter(feature_channels=model.splitter.split_channels(), threshold=0.0)
-    fit = learned.fit(p.f_tr, torch.as_tensor(gains_tr), exit_fingerprint(model.edge_exit))
-    with torch.no_grad():
-        p.s_val['learned'] = learned(p.f_val).double().numpy()
-        p.s_cal['learned'] = learned(p.f_cal).double().numpy()
-        p.s_tr['learned'] = learned(p.f_tr).double().numpy()
-    return fit
+def learned_routers(model) -> Dict[str, LearnedRouter]:
+    """Fresh :data:`LEARNED_ROUTERS` for ``model``'s F_k."""
+    return {name: LearnedRouter(feature_channels=model.splitter.split_channels(), threshold=0.0,
+                                **kw) for name, kw in LEARNED_ROUTERS.items()}
+
+
+def _fit_learned_routers(model, p: _Passes, learned: Dict[str, LearnedRouter],
+                         targets_tr: dict) -> dict:
+    """Fit each learned router on the held-out images; adds their scores to ``p.s_*``. A
+    router whose targets do not vary (nothing to rank or classify) is left out, said so."""
+    fits, fp = {}, exit_fingerprint(model.edge_exit)
+    for name, r in list(learned.items()):
+        try:
+            fits[name] = r.fit(p.f_tr[name], router_target(r, targets_tr), fp)
+        except ValueError as e:
+            print(f'- learned router {name!r} left out: {e}', flush=True)
+            del learned[name]
+            continue
+        with torch.no_grad():
+            for s, f in ((p.s_val, p.f_val), (p.s_cal, p.f_cal), (p.s_tr, p.f_tr)):
+                s[name] = r(f[name]).double().numpy()
+    return fits
 
 
 def _dynamic_rows(p: _Passes, boot, m: _Matches, routers, ratios, n: int):
@@ -359,17 +398,18 @@ def run_dynamic(config: str, checkpoint: str, teacher_config: str, teacher_check
         cfg.test_evaluator[0]['ann_file']
     ann_train = calib_cfg['data_root'].rstrip('/') + '/' + calib_cfg['ann_file']
     heur = {k: f() for k, f in HEURISTIC_ROUTERS.items()}
-    key = dict(version=3, checkpoint=osp.abspath(checkpoint), mtime=osp.getmtime(checkpoint),
+    learned = learned_routers(model)
+    key = dict(version=4, checkpoint=osp.abspath(checkpoint), mtime=osp.getmtime(checkpoint),
                teacher=osp.abspath(teacher_checkpoint), n=n, num_calib=num_calib,
                num_router_train=num_router_train, jpeg_quality=jpeg_quality, data_root=data_root,
                corruption=list(corruption) if corruption else None)
     p = _cached_passes(cache, key, lambda: _collect(
-        model, val, list(range(n)), train, calib_cfg, calib_idx, rtrain_idx, heur, n,
+        model, val, list(range(n)), train, calib_cfg, calib_idx, rtrain_idx, heur, learned, n,
         teacher_config, teacher_checkpoint, data_root, jpeg_quality, ann_val))
     boot = ImageBootstrap(ann_val, [q['img_id'] for q in p.edge_val], max(bootstrap, 1))
     m = _matches(boot, p, ann_train, val.cat_ids, train.cat_ids)
-    fit = _fit_learned_router(model, p, m.gains_tr)
-    rows, evals, ev_all = _dynamic_rows(p, boot, m, list(heur) + ['learned'], ratios, n)
+    fit = _fit_learned_routers(model, p, learned, m.targets_tr)
+    rows, evals, ev_all = _dynamic_rows(p, boot, m, list(heur) + list(learned), ratios, n)
     rows += _oracle_rows(p, boot, m, ratios, n, evals)
     rows += _independent_rows(p, boot, m, ann_train, val.cat_ids, train.cat_ids, ratios,
                               ('random', best_router(rows)))
@@ -379,7 +419,7 @@ def run_dynamic(config: str, checkpoint: str, teacher_config: str, teacher_check
                 extension_share=float(np.mean([q['comm'].get('tier') == 'edge_extension'
                                                for q in p.edge_val])),
                 bootstrap=bootstrap, corruption=list(corruption) if corruption else None,
-                empty_exit=empty_exit_offloading(p, list(heur), 0.5), gains_val=dict(
+                empty_exit=empty_exit_offloading(p, list(heur) + list(learned), 0.5), gains_val=dict(
                     mean=float(m.gains_val.mean()), positive=float((m.gains_val > 0).mean()),
                     zero=float((m.gains_val == 0).mean())))
 
@@ -442,6 +482,7 @@ def summarize(rows, boot, evals, ev_all) -> dict:
                            met=cloud['mAP'] - half['mAP'] <= TARGET_MAP_DROP_AT_HALF)
         o = dyn['oracle'].get(0.5)
         out['half']['oracle_mAP'] = None if o is None else o['mAP']
+    out['gap_closed_at_half'] = gap_closed(dyn, 0.5)
     inner = [r for r in ratios if 0 < r < 1]
     out['beats_random'] = {str(r): dyn[best][r]['mAP'] - dyn['random'][r]['mAP'] for r in inner}
     out['beats_random_everywhere'] = all(v > 0 for v in out['beats_random'].values())
@@ -462,13 +503,23 @@ def summarize(rows, boot, evals, ev_all) -> dict:
     return out
 
 
+def gap_closed(dyn: dict, ratio: float) -> dict:
+    """router -> (its mAP - random's) / (the oracle's - random's) at ``ratio``: the share of
+    the random-to-oracle gap it closes (1 = the oracle)."""
+    rnd, orc = dyn.get('random', {}).get(ratio), dyn.get('oracle', {}).get(ratio)
+    if rnd is None or orc is None or orc['mAP'] <= rnd['mAP']:
+        return {}
+    return {name: (pts[ratio]['mAP'] - rnd['mAP']) / (orc['mAP'] - rnd['mAP'])
+            for name, pts in dyn.items() if name not in ('random', 'oracle') and ratio in pts}
+
+
 def _f(v, spec):
     return '-' if v is None else format(v, spec)
 
 
 def table(res) -> str:
     rows, s = res['rows'], res['summary']
-    head = (f"{'variant':<19} {'router':<14} {'target':>6} {'offload':>7} {'mAP':>6} "
+    head = (f"{'variant':<19} {'router':<16} {'target':>6} {'offload':>7} {'mAP':>6} "
             f"{'bytes/img':>9} {'edge GF':>8} {'cloud GF':>8} {'missed':>7}  pareto")
     lines = [f"Dynamic edge-cloud inference on {res['num_images']} evaluation images "
              f"(thresholds calibrated on {res['num_calib']}, learned router fitted on "
@@ -479,9 +530,9 @@ def table(res) -> str:
                 if res.get('corruption') else ''),
              head, '-' * len(head)]
     for i, r in enumerate(rows):
-        router = r['router'] if len(r['router']) <= 14 else 'oracle (best)'
+        router = r['router'] if len(r['router']) <= 16 else 'oracle (best)'
         lines.append(
-            f"{r['variant']:<19} {router:<14} {_f(r['target_ratio'], '.2f'):>6} "
+            f"{r['variant']:<19} {router:<16} {_f(r['target_ratio'], '.2f'):>6} "
             f"{r['offload_ratio']:>7.2f} {r['mAP']:>6.2f} {r['bytes_per_image']:>9.0f} "
             f"{r['edge_gflops']:>8.4f} {r['cloud_gflops']:>8.4f} "
             f"{_f(r.get('missed_objects'), '7.1%')}  "
@@ -502,6 +553,10 @@ def table(res) -> str:
                  + ', '.join(f'{k}: {v:+.2f}' for k, v in wins.items()))
     lines.append('  gap to the oracle: ' + ', '.join(f'{k}: {v:.2f}'
                                                      for k, v in s['gap_to_oracle'].items()))
+    if s.get('gap_closed_at_half'):
+        lines.append('share of the random-to-oracle gap closed at offload target 0.5 (goal >= '
+                     '50 %): ' + ', '.join(f'{k}: {100 * v:.0f} %'
+                                          for k, v in s['gap_closed_at_half'].items()))
     c = s.get('cheapest_within_loss')
     if c:
         lines.append(

@@ -53,3 +53,36 @@ def router_features(exits, top_k: int = 16, pool_features: bool = False) -> Tens
     if pool_features:
         parts.append(exits.features.detach().float().mean((2, 3)))
     return torch.cat(parts, -1).float()
+
+
+#: the gain features' score bands of exit detections ([lo, hi) each; the last one holds 1.0)
+#: and the anchor thresholds of the maps' counts (the light edge reads both from the sidecar)
+SCORE_BANDS, ANCHOR_THRESHOLDS = (0.05, 0.1, 0.2, 0.3, 0.5, 1.01), (0.05, 0.1, 0.2)
+
+
+def gain_features(exits) -> Tensor:
+    """(N, 2 + len(ANCHOR_THRESHOLDS) + len(SCORE_BANDS) - 1) float32: what the exit's maps
+    expect against what it reports, so a router can see "nothing found where something usually
+    is": log1p of the maps' soft object count (sum over anchors of the top class score), the best
+    detection score (0 without any), log1p of the anchors at least each anchor threshold, and
+    the detections per score band / COUNT_SCALE. Sums run in float64 (summation order then
+    moves no float32 value)."""
+    c, n = exits.num_classes, exits.cls_scores[0].shape[0]
+    top = torch.cat([s.detach().permute(0, 2, 3, 1).reshape(n, -1, c) for s in exits.cls_scores],
+                    1).double().sigmoid().max(-1).values
+    parts = [torch.log1p(top.sum(1)),
+             torch.tensor([float(r.scores.max()) if len(r.scores) else 0.0
+                           for r in exits.results], dtype=torch.float64, device=top.device)]
+    parts += [torch.log1p((top >= t).sum(1).double()) for t in ANCHOR_THRESHOLDS]
+    for lo, hi in zip(SCORE_BANDS[:-1], SCORE_BANDS[1:]):
+        parts.append(torch.tensor([float(((r.scores >= lo) & (r.scores < hi)).sum())
+                                   for r in exits.results], dtype=torch.float64,
+                                  device=top.device) / COUNT_SCALE)
+    return torch.stack(parts, -1).float()
+
+
+def channel_statistics(features: Tensor) -> Tensor:
+    """(N, 2C) float32: each image's channel means and spatial standard deviations of F_k, the
+    raw input of the learned router's out-of-distribution distance."""
+    f = features.detach().double().flatten(2)
+    return torch.cat([f.mean(-1), f.std(-1, unbiased=False)], -1).float()

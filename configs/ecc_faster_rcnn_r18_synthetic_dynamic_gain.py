@@ -1,0 +1,15 @@
+# The dynamic system with the gain router: the learned router with the exit maps' expected object
+# count and score bands as inputs as well (LearnedRouter(gain_features=True)), ranking the
+# per-image AP gain of offloading instead of regressing it (a ranking is all a threshold needs,
+# and it is not pulled around by the per-image AP noise). Fit it on thousands of held-out images
+# (the generator makes them: tools/make_synthetic_coco.py --num-calib 3400), away from the first
+# 200 that RouterCalibrationHook uses for the threshold:
+#   python tools/train_router.py configs/ecc_faster_rcnn_r18_synthetic_dynamic_gain.py \
+#       work_dirs/demo/dynamic/epoch_12.pth --out work_dirs/demo/dynamic/gain_router.pth \
+#       --skip 400 --num-images 3000 --data-root data/synthetic_coco_routers
+#   python tools/test.py configs/ecc_faster_rcnn_r18_synthetic_dynamic_gain.py \
+#       work_dirs/demo/dynamic/gain_router.pth --data-root data/synthetic_coco_routers
+# It runs on the light edge as well (tools/export_edge_onnx.py exports its bands and weights).
+_base_ = './ecc_faster_rcnn_r18_synthetic_dynamic_learned.py'
+
+model = dict(router=dict(gain_features=True, objective='rank'))
