@@ -14,7 +14,7 @@ Routers: random (the control), score band (DCSB), class-distribution entropy, em
 with the images where the exit finds nothing first), learned (an MLP on the exit's outputs,
 regressing the per-image AP gain of offloading), the gain routers (the same MLP with the exit
 maps' expected object count and score bands as well: 'gain rank' ranks the AP gain, 'gain class'
-classifies "the cloud finds more objects here", 'gain rank+ood' adds F_k's distance from the
+classifies "the cloud finds more objects here", 'gain class+ood' adds F_k's distance from the
 fitting images' statistics), all fitted here on held-out calibration-split images
 (``--num-router-train``: thousands are cheap to generate), and the per-image oracle (offloads the
 images with the largest true gain: an upper reference). Thresholds are calibrated per target ratio on training images that are neither the

@@ -49,7 +49,7 @@ LEARNED_ROUTERS = {
     'learned': dict(),
     'gain rank': dict(gain_features=True, objective='rank'),
     'gain class': dict(gain_features=True, objective='classify'),
-    'gain rank+ood': dict(gain_features=True, ood_features=True, objective='rank'),
+    'gain class+ood': dict(gain_features=True, ood_features=True, objective='classify'),
 }
 
 
@@ -207,8 +207,8 @@ def _collect(model, val, val_idx, train, train_cfg, calib_idx, rtrain_idx, heur,
     edge_val = run_pass(model, val, val_idx, False, 'edge exit')
     cloud_val = run_pass(model, val, val_idx, True, 'cloud')
     print(f'- router fitting: {len(rtrain_idx)} held-out calibration-split images', flush=True)
-    edge_tr = run_pass(model, train, rtrain_idx, False)
-    cloud_tr = run_pass(model, train, rtrain_idx, True)
+    edge_tr = run_pass(model, train, rtrain_idx, False, 'edge exit')
+    cloud_tr = run_pass(model, train, rtrain_idx, True, 'cloud')
     print('- router scores (evaluation, router-fitting and calibration images)', flush=True)
     fit_routers(model, train, calib_idx, heur)
     s_val, f_val = exit_scores(model, val, val_idx, heur, learned)
@@ -342,8 +342,17 @@ def _dynamic_rows(p: _Passes, boot, m: _Matches, routers, ratios, n: int):
     return rows, evals, ev_all
 
 
+def _confident(pred) -> tuple:
+    """(count, score sum) of a result's detections scoring >= MISSED_SCORE_THR."""
+    sc = np.asarray(pred['scores'], dtype=float)
+    sc = sc[sc >= MISSED_SCORE_THR]
+    return float(sc.size), float(sc.sum())
+
+
 def _oracle_rows(p: _Passes, boot, m: _Matches, ratios, n: int, evals: dict) -> List[dict]:
-    """Offload the images the cloud improves most (and: each image's better result)."""
+    """Offload the images the cloud improves most (and: each image's better result); and
+    'oracle-dets', the images where the cloud's own detections find most (a router that could
+    see the cloud's output, but not the ground truth)."""
     rows = []
     order = np.argsort(-m.gains_val, kind='stable')
     for r in ratios:
@@ -352,6 +361,16 @@ def _oracle_rows(p: _Passes, boot, m: _Matches, ratios, n: int, evals: dict) -> 
         fig, ev = _system(off, p.edge_val, p.cloud_val, boot, m.cal, m.raw)
         rows.append(dict(variant='Dynamic', router='oracle', target_ratio=float(r), **fig))
         evals[('oracle', float(r))] = ev
+    # what a router could know from the cloud's own detections (no ground truth): offload the
+    # images where the cloud reports most objects (ties: by the sum of those scores)
+    dets = np.array([_confident(c) for c in p.cloud_val])
+    order = np.lexsort((-dets[:, 1], -dets[:, 0]))
+    for r in ratios:
+        off = np.zeros(n, bool)
+        off[order[:int(round(float(r) * n))]] = True
+        fig, ev = _system(off, p.edge_val, p.cloud_val, boot, m.cal, m.raw)
+        rows.append(dict(variant='Dynamic', router='oracle-dets', target_ratio=float(r), **fig))
+        evals[('oracle-dets', float(r))] = ev
     best_each, _ = _system(m.gains_val > 0, p.edge_val, p.cloud_val, boot, m.cal, m.raw)
     rows.append(dict(variant='Dynamic', router='oracle (better of the two per image)',
                      target_ratio=None, **best_each))
@@ -399,7 +418,7 @@ def run_dynamic(config: str, checkpoint: str, teacher_config: str, teacher_check
     ann_train = calib_cfg['data_root'].rstrip('/') + '/' + calib_cfg['ann_file']
     heur = {k: f() for k, f in HEURISTIC_ROUTERS.items()}
     learned = learned_routers(model)
-    key = dict(version=4, checkpoint=osp.abspath(checkpoint), mtime=osp.getmtime(checkpoint),
+    key = dict(version=5, checkpoint=osp.abspath(checkpoint), mtime=osp.getmtime(checkpoint),
                teacher=osp.abspath(teacher_checkpoint), n=n, num_calib=num_calib,
                num_router_train=num_router_train, jpeg_quality=jpeg_quality, data_root=data_root,
                corruption=list(corruption) if corruption else None)
@@ -579,6 +598,7 @@ def table(res) -> str:
 #: router -> line style in the dynamic plots (others: matplotlib's cycle, a circle)
 ROUTER_STYLE = {'random': dict(ls=':', color='gray', marker='v'),
                 'oracle': dict(ls='--', color='k', marker='*', ms=8),
+                'oracle-dets': dict(ls='--', color='gray', marker='x'),
                 'score band': dict(marker='o'), 'entropy': dict(marker='s'),
                 'learned': dict(marker='D')}
 
