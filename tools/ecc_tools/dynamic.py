@@ -353,24 +353,18 @@ def _oracle_rows(p: _Passes, boot, m: _Matches, ratios, n: int, evals: dict) -> 
     """Offload the images the cloud improves most (and: each image's better result); and
     'oracle-dets', the images where the cloud's own detections find most (a router that could
     see the cloud's output, but not the ground truth)."""
-    rows = []
-    order = np.argsort(-m.gains_val, kind='stable')
-    for r in ratios:
-        off = np.zeros(n, bool)
-        off[order[:int(round(float(r) * n))]] = True
-        fig, ev = _system(off, p.edge_val, p.cloud_val, boot, m.cal, m.raw)
-        rows.append(dict(variant='Dynamic', router='oracle', target_ratio=float(r), **fig))
-        evals[('oracle', float(r))] = ev
-    # what a router could know from the cloud's own detections (no ground truth): offload the
-    # images where the cloud reports most objects (ties: by the sum of those scores)
+    # the second: what a router could know from the cloud's own detections (no ground truth):
+    # the images where the cloud reports most objects (ties: by the sum of those scores)
     dets = np.array([_confident(c) for c in p.cloud_val])
-    order = np.lexsort((-dets[:, 1], -dets[:, 0]))
-    for r in ratios:
-        off = np.zeros(n, bool)
-        off[order[:int(round(float(r) * n))]] = True
-        fig, ev = _system(off, p.edge_val, p.cloud_val, boot, m.cal, m.raw)
-        rows.append(dict(variant='Dynamic', router='oracle-dets', target_ratio=float(r), **fig))
-        evals[('oracle-dets', float(r))] = ev
+    rows = []
+    for name, order in (('oracle', np.argsort(-m.gains_val, kind='stable')),
+                        ('oracle-dets', np.lexsort((-dets[:, 1], -dets[:, 0])))):
+        for r in ratios:
+            off = np.zeros(n, bool)
+            off[order[:int(round(float(r) * n))]] = True
+            fig, ev = _system(off, p.edge_val, p.cloud_val, boot, m.cal, m.raw)
+            rows.append(dict(variant='Dynamic', router=name, target_ratio=float(r), **fig))
+            evals[(name, float(r))] = ev
     best_each, _ = _system(m.gains_val > 0, p.edge_val, p.cloud_val, boot, m.cal, m.raw)
     rows.append(dict(variant='Dynamic', router='oracle (better of the two per image)',
                      target_ratio=None, **best_each))
