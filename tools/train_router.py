@@ -17,6 +17,7 @@ import sys
 
 import ecc_tools  # noqa: F401  (imports ecc_mmdet: registers our components)
 import torch
+from mmengine.config import DictAction
 from mmengine.runner import save_checkpoint
 
 from ecc_mmdet.apis import load_config
@@ -29,7 +30,7 @@ from ecc_tools.dynamic import exit_scores, load_dynamic, offload_targets, router
 def _load(args):
     """(model with a fresh LearnedRouter, calibration split, input checkpoint); ConfigError for
     a checkpoint without trained exits (the router would be fitted for random ones)."""
-    cfg = load_config(args.config, args.data_root)
+    cfg = load_config(args.config, args.data_root, args.cfg_options)
     router_cfg = cfg.model.get('router') or {}
     # the router's settings as the config has them, so the checkpoint loads into it
     router = dict(type='LearnedRouter', threshold=0.0, **{
@@ -37,6 +38,7 @@ def _load(args):
                                    'ood_features', 'objective')
         if k in router_cfg and router_cfg.get('type') == 'LearnedRouter'})
     cfg, model, calib = load_dynamic(args.config, args.checkpoint, args.data_root,
+                                     cfg_options=args.cfg_options,
                                      router=router, train_exits_only=False)
     ckpt = torch.load(args.checkpoint, map_location='cpu', weights_only=False)
     if not any(k.startswith('edge_exit.') for k in ckpt.get('state_dict', ckpt)):
@@ -56,6 +58,9 @@ def main(argv=None):
                    help='calibration-split images left to the threshold calibration')
     p.add_argument('--num-images', type=int, default=200)
     p.add_argument('--data-root')
+    p.add_argument('--cfg-options', nargs='+', action=DictAction,
+                   help='override settings in the config, key=value (e.g. '
+                   'model.router.objective=rank)')
     args = p.parse_args(argv)
     try:
         model, calib, ckpt = _load(args)

@@ -103,6 +103,14 @@ def test_learned_router_and_benchmark(trained, tiny_coco_calib, tmp_path):
     proc = run_tool('train_router', GAIN_CFG, work / 'epoch_1.pth', '--out', gain,
                     '--skip', 8, '--num-images', 8, '--data-root', tiny_coco_calib, check=False)
     assert proc.returncode == 2 and 'nothing to classify' in proc.stderr and not gain.exists()
+    # it fits only on calibration images: a calibration split that is the evaluation split is
+    # refused before any image is read
+    proc = run_tool('train_router', GAIN_CFG, work / 'epoch_1.pth', '--out', gain,
+                    '--skip', 8, '--num-images', 8, '--data-root', tiny_coco_calib,
+                    '--cfg-options', 'model.router.objective=rank',
+                    'custom_hooks.0.dataloader.dataset.ann_file=annotations/instances_val.json',
+                    check=False)
+    assert proc.returncode == 2 and 'which is also' in proc.stderr and not gain.exists()
     out = tmp_path / 'bench' / 'dynamic.json'
     # rate-accuracy rows drawn beside the curves (as docs/results.md passes the demo's)
     ra = tmp_path / 'ra.json'

@@ -88,10 +88,12 @@ def calibrated_if_dynamic(config: str, checkpoint: str, data_root: Optional[str]
 
 
 def load_dynamic(config: str, checkpoint: str, data_root: Optional[str] = None,
-                 with_calibration_split: bool = True, **model_overrides):
+                 with_calibration_split: bool = True, cfg_options: Optional[dict] = None,
+                 **model_overrides):
     """(config, model, calibration dataset or None) of a dynamic config. ``model_overrides``
-    replace whole model keys (None removes one): ``ConfigDict.update`` would merge them."""
-    cfg = load_config(config, data_root)
+    replace whole model keys (None removes one): ``ConfigDict.update`` would merge them;
+    ``cfg_options`` are ``--cfg-options`` overrides, applied first."""
+    cfg = load_config(config, data_root, cfg_options)
     mcfg = copy.deepcopy(cfg.model)
     for k, v in model_overrides.items():
         if v is None:
