@@ -92,7 +92,9 @@ def main(argv=None):
     state.update({f'router.{k}': v for k, v in router.state_dict().items()})
     save_checkpoint(dict(state_dict=state, meta=dict(ckpt.get('meta') or {},
                                                      learned_router=fit)), args.out)
-    print(f'wrote {args.out}; evaluate with --cfg-options model.router.type=LearnedRouter')
+    how = '' if (load_config(args.config).model.get('router') or {}).get(
+        'type') == 'LearnedRouter' else ' --cfg-options model.router.type=LearnedRouter'
+    print(f'wrote {args.out}; evaluate with python tools/test.py {args.config} {args.out}{how}')
     return 0
 
 

@@ -11,7 +11,6 @@ from conftest import REPO, data_options, run_tool
 
 DYNAMIC_CFG = osp.join(REPO, 'configs', 'ecc_faster_rcnn_r18_synthetic_dynamic.py')
 LEARNED_CFG = osp.join(REPO, 'configs', 'ecc_faster_rcnn_r18_synthetic_dynamic_learned.py')
-GAIN_CFG = osp.join(REPO, 'configs', 'ecc_faster_rcnn_r18_synthetic_dynamic_gain.py')
 FAST = ['load_from=None', 'train_dataloader.batch_size=4', 'default_hooks.logger.interval=1',
         'train_cfg.max_epochs=1', 'train_cfg.val_interval=1', 'param_scheduler.0.end=2',
         'custom_hooks.0.num_images=8']
@@ -96,18 +95,20 @@ def test_learned_router_and_benchmark(trained, tiny_coco_calib, tmp_path):
                     *data_options(tiny_coco_calib), '--cfg-options', 'custom_hooks.0.num_images=8',
                     'model.router.hidden=8', check=False)
     assert proc.returncode == 2 and 'does not fit' in proc.stderr and 'router.mlp' in proc.stderr
-    # the gain router takes its settings (features, classification objective) from its config; on
-    # these 8 images the one-epoch exit and cloud find the same (nothing): nothing to learn,
-    # said in one line, and no checkpoint written
+    # the gain router (configs/..._dynamic_gain.py's settings, on this factorized model: its
+    # settings come from the config and --cfg-options); on these 8 images the one-epoch exit and
+    # cloud find the same (nothing): nothing to learn, said in one line, no checkpoint written
     gain = tmp_path / 'gain.pth'
-    proc = run_tool('train_router', GAIN_CFG, work / 'epoch_1.pth', '--out', gain,
-                    '--skip', 8, '--num-images', 8, '--data-root', tiny_coco_calib, check=False)
+    as_gain = ['--cfg-options', 'model.router.gain_features=True',
+               'model.router.objective=classify']
+    proc = run_tool('train_router', LEARNED_CFG, work / 'epoch_1.pth', '--out', gain,
+                    '--skip', 8, '--num-images', 8, '--data-root', tiny_coco_calib, *as_gain,
+                    check=False)
     assert proc.returncode == 2 and 'nothing to classify' in proc.stderr and not gain.exists()
     # it fits only on calibration images: a calibration split that is the evaluation split is
     # refused before any image is read
-    proc = run_tool('train_router', GAIN_CFG, work / 'epoch_1.pth', '--out', gain,
-                    '--skip', 8, '--num-images', 8, '--data-root', tiny_coco_calib,
-                    '--cfg-options', 'model.router.objective=rank',
+    proc = run_tool('train_router', LEARNED_CFG, work / 'epoch_1.pth', '--out', gain,
+                    '--skip', 8, '--num-images', 8, '--data-root', tiny_coco_calib, *as_gain,
                     'custom_hooks.0.dataloader.dataset.ann_file=annotations/instances_val.json',
                     check=False)
     assert proc.returncode == 2 and 'which is also' in proc.stderr and not gain.exists()
