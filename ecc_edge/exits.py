@@ -24,8 +24,8 @@ from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 import numpy as np
 
 __all__ = ['ExitDetections', 'anchors', 'apply_score_map', 'class_entropy', 'decode_exit',
-           'gain_features', 'learned_features', 'learned_score', 'nms', 'random_score', 'router_score',
-           'top_anchor_probs']
+           'gain_features', 'learned_features', 'learned_score', 'nms', 'random_score',
+           'router_score', 'top_anchor_probs']
 
 _F32 = np.float32
 
@@ -195,12 +195,13 @@ def learned_features(spec: Dict, dets: ExitDetections, cls_maps: Sequence[np.nda
                         _F32) / _F32(spec['count_scale'])
     parts = [p.max(-1), class_entropy(p, _F32), counts]
     if spec.get('gain'):
-        parts.append(gain_features(spec['gain'], dets, cls_maps, num_classes))
+        parts.append(gain_features(spec['gain'], spec['count_scale'], dets, cls_maps,
+                                   num_classes))
     return np.concatenate(parts).astype(_F32)
 
 
-def gain_features(gain: Dict, dets: ExitDetections, cls_maps: Sequence[np.ndarray],
-                  num_classes: int) -> np.ndarray:
+def gain_features(gain: Dict, count_scale: float, dets: ExitDetections,
+                  cls_maps: Sequence[np.ndarray], num_classes: int) -> np.ndarray:
     """``routers.features.gain_features`` of one image: log1p of the maps' soft object count,
     the best detection score, log1p of the anchors at least each anchor threshold, detections
     per score band / the scale (sums in float64, as PyTorch)."""
@@ -211,7 +212,7 @@ def gain_features(gain: Dict, dets: ExitDetections, cls_maps: Sequence[np.ndarra
     out += [np.log1p(float((top >= t).sum())) for t in gain['anchor_thresholds']]
     bands = gain['score_bands']
     out += [float(((dets.scores >= _F32(lo)) & (dets.scores < _F32(hi))).sum())
-            / gain['count_scale'] for lo, hi in zip(bands[:-1], bands[1:])]
+            / count_scale for lo, hi in zip(bands[:-1], bands[1:])]
     return np.asarray(out, np.float64).astype(_F32)
 
 

@@ -199,8 +199,7 @@ _ROUTER_PARAMS = {
                           feat_std=Arr(Num(1e-12, 3.4e38), 1, 1 << 16),
                           layers=Arr(Obj(weight=Arr(_FLOATS, 1, 4096), bias=_FLOATS), 1, 8),
                           gain=Opt(Obj(anchor_thresholds=Arr(Num(0.0, 1.0), 0, 64),
-                                       score_bands=Arr(Num(0.0, 2.0), 2, 64),
-                                       count_scale=Num(1e-6, 1e6))))}
+                                       score_bands=Arr(Num(0.0, 2.0), 2, 64))))}
 _TOP = dict(
     format=Str(choices=(SIDECAR_FORMAT, )), version=Int(SIDECAR_VERSION, SIDECAR_VERSION),
     graph_sha256=_HEX64, model_fingerprint=Str(16, hex_len=16), preprocess=_PREPROCESS,

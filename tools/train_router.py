@@ -6,8 +6,8 @@
 
 The router (an MLP on the exit's outputs) learns, per image, the gain of the cloud's detections
 over the exit's: it regresses or ranks the per-image AP gain, or classifies "the cloud finds more
-objects here" (``model.router.objective``). The pairs come from the config's calibration split (held-out images:
-the exit and the cloud overfit their own training images, so gains measured there would be
+objects here" (``model.router.objective``). The pairs come from the config's calibration split
+(held-out images: the exit and the cloud overfit their own training images, so gains measured there would be
 biased), skipping the first ``--skip`` images, which RouterCalibrationHook uses to set the
 threshold. The output is the input checkpoint plus the router's weights; use it with
 ``--cfg-options model.router.type=LearnedRouter`` (the router refuses any other exits).
@@ -28,15 +28,16 @@ from ecc_tools.dynamic import exit_scores, load_dynamic, offload_targets, router
 
 
 def _load(args):
-    """(model with a fresh LearnedRouter, calibration split, input checkpoint); ConfigError for
-    a checkpoint without trained exits (the router would be fitted for random ones)."""
+    """(model with a fresh LearnedRouter, calibration split, input checkpoint, whether the
+    config itself routes with a LearnedRouter); ConfigError for a checkpoint without trained
+    exits (the router would be fitted for random ones)."""
     cfg = load_config(args.config, args.data_root, args.cfg_options)
     router_cfg = cfg.model.get('router') or {}
+    learned = router_cfg.get('type') == 'LearnedRouter'
     # the router's settings as the config has them, so the checkpoint loads into it
     router = dict(type='LearnedRouter', threshold=0.0, **{
         k: router_cfg[k] for k in ('top_k', 'hidden', 'pool_features', 'gain_features',
-                                   'ood_features', 'objective')
-        if k in router_cfg and router_cfg.get('type') == 'LearnedRouter'})
+                                   'ood_features', 'objective') if learned and k in router_cfg})
     cfg, model, calib = load_dynamic(args.config, args.checkpoint, args.data_root,
                                      cfg_options=args.cfg_options,
                                      router=router, train_exits_only=False)
@@ -46,7 +47,7 @@ def _load(args):
                           'would route for untrained exits (and be refused with trained ones). '
                           'Give the checkpoint of the trained dynamic model (tools/train.py on '
                           'the dynamic config)')
-    return model, calib, ckpt
+    return model, calib, ckpt, learned
 
 
 def main(argv=None):
@@ -63,7 +64,7 @@ def main(argv=None):
                    'model.router.objective=rank)')
     args = p.parse_args(argv)
     try:
-        model, calib, ckpt = _load(args)
+        model, calib, ckpt, learned = _load(args)
     except (ConfigError, ValueError) as e:
         print(f'error: {e}', file=sys.stderr)
         return 2
@@ -92,8 +93,7 @@ def main(argv=None):
     state.update({f'router.{k}': v for k, v in router.state_dict().items()})
     save_checkpoint(dict(state_dict=state, meta=dict(ckpt.get('meta') or {},
                                                      learned_router=fit)), args.out)
-    how = '' if (load_config(args.config).model.get('router') or {}).get(
-        'type') == 'LearnedRouter' else ' --cfg-options model.router.type=LearnedRouter'
+    how = '' if learned else ' --cfg-options model.router.type=LearnedRouter'
     print(f'wrote {args.out}; evaluate with python tools/test.py {args.config} {args.out}{how}')
     return 0
 

@@ -165,11 +165,6 @@ def offload_targets(ann_file, edge_pass, cloud_pass, cat_ids) -> Dict[str, np.nd
                 - found_objects(boot, ev_e, MISSED_SCORE_THR))
 
 
-def offload_gains(ann_file, edge_pass, cloud_pass, cat_ids) -> np.ndarray:
-    """Per image: AP of the cloud's result minus AP of the exit's (0 without ground truth)."""
-    return offload_targets(ann_file, edge_pass, cloud_pass, cat_ids)['ap']
-
-
 def router_target(router: LearnedRouter, targets: Dict[str, np.ndarray]) -> torch.Tensor:
     """What a learned router is fitted to: the object-count difference when it classifies
     (\"the cloud finds more objects here\"), the AP gain otherwise."""
@@ -434,7 +429,8 @@ def run_dynamic(config: str, checkpoint: str, teacher_config: str, teacher_check
                 extension_share=float(np.mean([q['comm'].get('tier') == 'edge_extension'
                                                for q in p.edge_val])),
                 bootstrap=bootstrap, corruption=list(corruption) if corruption else None,
-                empty_exit=empty_exit_offloading(p, list(heur) + list(learned), 0.5), gains_val=dict(
+                empty_exit=empty_exit_offloading(p, list(heur) + list(learned), 0.5),
+                gains_val=dict(
                     mean=float(m.gains_val.mean()), positive=float((m.gains_val > 0).mean()),
                     zero=float((m.gains_val == 0).mean())))
 

@@ -58,10 +58,12 @@ def router_features(exits, top_k: int = 16, pool_features: bool = False) -> Tens
 #: the gain features' score bands of exit detections ([lo, hi) each; the last one holds 1.0)
 #: and the anchor thresholds of the maps' counts (the light edge reads both from the sidecar)
 SCORE_BANDS, ANCHOR_THRESHOLDS = (0.05, 0.1, 0.2, 0.3, 0.5, 1.01), (0.05, 0.1, 0.2)
+#: width of :func:`gain_features`: soft count, best score, the anchor counts, the bands
+NUM_GAIN_FEATURES = 2 + len(ANCHOR_THRESHOLDS) + len(SCORE_BANDS) - 1
 
 
 def gain_features(exits) -> Tensor:
-    """(N, 2 + len(ANCHOR_THRESHOLDS) + len(SCORE_BANDS) - 1) float32: what the exit's maps
+    """(N, NUM_GAIN_FEATURES) float32: what the exit's maps
     expect against what it reports, so a router can see "nothing found where something usually
     is": log1p of the maps' soft object count (sum over anchors of the top class score), the best
     detection score (0 without any), log1p of the anchors at least each anchor threshold, and

@@ -11,8 +11,9 @@ router of another model is refused instead of routing by noise.
 
 The light edge runs it in numpy (:mod:`ecc_edge.exits`): its features come from the exit's raw
 class maps and detections the runtime already decodes, and the sidecar carries the MLP's
-float32 weights and the feature standardisation (and the gain features' bands). ``pool_features`` and ``ood_features`` are not
-exported: they read F_k, which is not an output of the edge graph.
+float32 weights and the feature standardisation (and the gain features' bands).
+``pool_features`` and ``ood_features`` are not exported: they read F_k, which is not an output of
+the edge graph.
 """
 import hashlib
 from typing import Dict, Tuple
@@ -24,8 +25,8 @@ from torch import Tensor, nn
 from ...errors import ConfigError
 from ...utils.device import tensor_bytes
 from .base import BaseRouter
-from .features import (ANCHOR_THRESHOLDS, COUNT_SCALE, COUNT_THRESHOLDS, SCORE_BANDS,
-                       channel_statistics, gain_features, router_features)
+from .features import (ANCHOR_THRESHOLDS, COUNT_SCALE, COUNT_THRESHOLDS, NUM_GAIN_FEATURES,
+                       SCORE_BANDS, channel_statistics, gain_features, router_features)
 
 __all__ = ['LearnedRouter', 'exit_fingerprint']
 
@@ -97,8 +98,8 @@ class LearnedRouter(BaseRouter):
         self.pool_features, self.gain_features = bool(pool_features), bool(gain_features)
         self.ood_features = bool(ood_features)
         c = int(feature_channels)
-        dim = 2 * self.top_k + 3 + (c if self.pool_features else 0) + (
-            2 + len(ANCHOR_THRESHOLDS) + len(SCORE_BANDS) - 1 if self.gain_features else 0) + (
+        dim = 2 * self.top_k + len(COUNT_THRESHOLDS) + (c if self.pool_features else 0) + (
+            NUM_GAIN_FEATURES if self.gain_features else 0) + (
             _OOD_INPUTS if self.ood_features else 0)
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(), nn.Linear(hidden, 1))
         # feature standardisation, fitted with the MLP; checkpointed with it
@@ -230,8 +231,8 @@ class LearnedRouter(BaseRouter):
 
         layers = [dict(weight=floats(m.weight), bias=floats(m.bias))
                   for m in self.mlp if isinstance(m, nn.Linear)]
-        gain = dict(anchor_thresholds=list(ANCHOR_THRESHOLDS), score_bands=list(SCORE_BANDS),
-                    count_scale=COUNT_SCALE) if self.gain_features else None
+        gain = dict(anchor_thresholds=list(ANCHOR_THRESHOLDS),
+                    score_bands=list(SCORE_BANDS)) if self.gain_features else None
         return dict(top_k=self.top_k, count_thresholds=list(COUNT_THRESHOLDS),
                     count_scale=COUNT_SCALE, feat_mean=floats(self.feat_mean),
                     feat_std=floats(self.feat_std), layers=layers, gain=gain)
