@@ -212,6 +212,18 @@ def own_predictions_root(config, checkpoint, data_root, root):
     return root
 
 
+def top_half_features(seed=1, n=3, h=24, w=20, channels=8):
+    """Smooth feature maps with content in the top half only: a hyperprior should spend
+    (almost) nothing below."""
+    import torch
+    import torch.nn.functional as F
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(n, channels, h // 4 + 2, w // 4 + 2, generator=g)
+    x = torch.relu(F.interpolate(z, size=(h, w), mode='bilinear', align_corners=False) * 2)
+    x[..., h // 2:, :] = 0
+    return x
+
+
 def fit_neck(neck, x, steps=100, lr=1e-2, seed=1):
     """Adam on MSE + the neck's own losses for a fixed feature map (one optimiser, as the
     detector has); returns the neck in eval mode (coding tables built)."""

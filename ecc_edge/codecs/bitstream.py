@@ -131,6 +131,7 @@ class CodecId(enum.IntEnum):
     VARIABLE_RATE_BOTTLENECK = 5  # one model, several rate points (the point is in the header)
     HYPERPRIOR_BOTTLENECK = 6  # mean-scale hyperprior (side information + Gaussian conditional)
     VARIABLE_RATE_HYPERPRIOR = 7  # the hyperprior with rate points (the point is in the header)
+    CHANNEL_CONTEXT_HYPERPRIOR = 8  # the hyperprior with y coded in channel slices, in order
 
 
 class ImageCodecId(enum.IntEnum):

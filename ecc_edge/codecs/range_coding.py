@@ -24,7 +24,9 @@ Three static-model coders:
   model: symbol ``i`` is coded with table ``indexes[i]`` (the Gaussian conditional of a
   hyperprior, whose indexes both sides derive from the side information). Symbols are grouped
   by table in a stable order both sides compute from the indexes alone, each group is coded
-  like a channel above (escapes included).
+  like a channel above (escapes included). :func:`encode_indexed_sections` /
+  :class:`IndexedSectionDecoder` put several such sections in one stream and decode them one
+  at a time, for models whose later indexes depend on earlier symbols.
 
 * :func:`encode_with_histogram` / :func:`decode_with_histogram` -- training-free n-bit
   quantiser symbols in ``[0, alphabet_size)``. The body starts with the empirical histogram
@@ -58,7 +60,8 @@ from .bitstream import CorruptedBitstreamError, as_bytes
 
 __all__ = [
     'CodingTables', 'encode_with_cdf_tables', 'decode_with_cdf_tables',
-    'encode_with_indexed_tables', 'decode_with_indexed_tables', 'encode_with_histogram',
+    'encode_with_indexed_tables', 'decode_with_indexed_tables', 'encode_indexed_sections',
+    'IndexedSectionDecoder', 'encode_with_histogram',
     'decode_with_histogram', 'MAX_HISTOGRAM_ALPHABET', 'MAX_LATENT_SYMBOL'
 ]
 
@@ -177,6 +180,12 @@ def _escape_chunks(n: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
 def _encode_groups(groups, prep: CodingTables) -> bytes:
     """Range-code ``(table index, int64 symbols)`` groups in order, escapes last."""
     enc = RangeEncoder()
+    _encode_groups_into(enc, groups, prep)
+    return _words_to_bytes(enc.get_compressed())
+
+
+def _encode_groups_into(enc, groups, prep: CodingTables) -> None:
+    """:func:`_encode_groups` onto an open encoder (several sections share one stream)."""
     escaped = []
     for c, sym in groups:
         table = prep.tables[c]
@@ -196,15 +205,22 @@ def _encode_groups(groups, prep: CodingTables) -> bytes:
         if owner.size:
             chunk = (zp1[owner] >> (k * _CHUNK_BITS)) & ((1 << bits) - 1)
             enc.encode(chunk.astype(np.int32), Uniform(), (1 << bits).astype(np.int32))
-    return _words_to_bytes(enc.get_compressed())
 
 
 def _decode_groups(data: bytes, groups, prep: CodingTables) -> list:
     """Inverse of :func:`_encode_groups` for ``(table index, count)`` groups -> int64 arrays."""
     words = _bytes_to_words(data, 'range-coded body')
-    out = []
     try:
         dec = RangeDecoder(words)
+    except Exception as e:
+        raise CorruptedBitstreamError(f'range decoding failed: {e}') from e
+    return _decode_groups_from(dec, groups, prep)
+
+
+def _decode_groups_from(dec, groups, prep: CodingTables) -> list:
+    """:func:`_decode_groups` from an open decoder (the next section of its stream)."""
+    out = []
+    try:
         esc_groups = []
         for g, (c, count) in enumerate(groups):
             support = prep.tables[c].size - 1
@@ -307,23 +323,84 @@ def _index_groups(indexes: np.ndarray):
     return order, list(zip(present.tolist(), counts[present].tolist()))
 
 
-def encode_with_indexed_tables(symbols: np.ndarray, indexes: np.ndarray,
-                               tables: CodingTables,
-                               max_abs: Optional[int] = MAX_LATENT_SYMBOL) -> bytes:
-    """Range-code a 1-D int32 array, symbol i with table ``indexes[i]`` (a conditional entropy
-    model: the decoder must know the same indexes, e.g. from a hyperprior). Lossless for any
-    int32 within ``max_abs``, with the escape scheme of :func:`encode_with_cdf_tables`."""
+def _indexed_parts(symbols: np.ndarray, indexes: np.ndarray, tables: CodingTables,
+                   max_abs: Optional[int]) -> list:
+    """Checked symbols and indexes -> the ``(table, symbols)`` groups in coding order."""
     symbols = _check_int32(symbols, max_abs).reshape(-1)
     indexes = _check_indexes(indexes, symbols.size, len(tables.tables))
     if symbols.size == 0:
-        return b''
+        return []
     order, groups = _index_groups(indexes)
     sorted_sym = symbols[order]
     parts, start = [], 0
     for c, count in groups:
         parts.append((c, sorted_sym[start:start + count]))
         start += count
-    return _encode_groups(parts, tables)
+    return parts
+
+
+def encode_with_indexed_tables(symbols: np.ndarray, indexes: np.ndarray,
+                               tables: CodingTables,
+                               max_abs: Optional[int] = MAX_LATENT_SYMBOL) -> bytes:
+    """Range-code a 1-D int32 array, symbol i with table ``indexes[i]`` (a conditional entropy
+    model: the decoder must know the same indexes, e.g. from a hyperprior). Lossless for any
+    int32 within ``max_abs``, with the escape scheme of :func:`encode_with_cdf_tables`."""
+    parts = _indexed_parts(symbols, indexes, tables, max_abs)
+    return _encode_groups(parts, tables) if parts else b''
+
+
+def encode_indexed_sections(sections: Sequence[Tuple[np.ndarray, np.ndarray]],
+                            tables: CodingTables,
+                            max_abs: Optional[int] = MAX_LATENT_SYMBOL) -> bytes:
+    """Several ``(symbols, indexes)`` sections in ONE range-coded stream, each coded like
+    :func:`encode_with_indexed_tables` (its escapes right after it). A decoder can take the
+    sections one at a time (:class:`IndexedSectionDecoder`), so a section's indexes may depend
+    on the sections decoded before it (a channel-context model), at no per-section cost."""
+    enc = RangeEncoder()
+    for symbols, indexes in sections:
+        parts = _indexed_parts(symbols, indexes, tables, max_abs)
+        if parts:
+            _encode_groups_into(enc, parts, tables)
+    return _words_to_bytes(enc.get_compressed())
+
+
+class IndexedSectionDecoder:
+    """Inverse of :func:`encode_indexed_sections`, one section per :meth:`decode` call.
+
+    Every section is bounded by ``max_abs`` as it comes out, before the caller computes
+    anything from it; :meth:`finish` re-encodes all sections and requires the input bytes
+    (``verify``), so trailing garbage or a non-canonical stream is refused at the end.
+    """
+
+    def __init__(self, data: bytes, tables: CodingTables, verify: bool = True,
+                 max_abs: Optional[int] = MAX_LATENT_SYMBOL):
+        self._data = as_bytes(data, 'the range-coded body')
+        self._tables, self._verify, self._max_abs = tables, verify, max_abs
+        self._sections = []
+        words = _bytes_to_words(self._data, 'range-coded body')
+        try:
+            self._dec = RangeDecoder(words)
+        except Exception as e:
+            raise CorruptedBitstreamError(f'range decoding failed: {e}') from e
+
+    def decode(self, indexes: np.ndarray) -> np.ndarray:
+        """The next section's symbols (1-D int32, one per index)."""
+        indexes = np.asarray(indexes).reshape(-1)
+        indexes = _check_indexes(indexes, indexes.size, len(self._tables.tables))
+        out = np.empty(indexes.size, dtype=np.int64)
+        if indexes.size:
+            order, groups = _index_groups(indexes)
+            out[order] = np.concatenate(_decode_groups_from(self._dec, groups, self._tables))
+        out = _check_decoded(out, self._max_abs)
+        self._sections.append((out, indexes))
+        return out
+
+    def finish(self) -> None:
+        """Refuses a body that is not exactly the encoding of the sections decoded."""
+        if self._verify and encode_indexed_sections(self._sections, self._tables,
+                                                    self._max_abs) != self._data:
+            raise CorruptedBitstreamError(
+                'range-coded body is not a valid encoding of its sections')
 
 
 def decode_with_indexed_tables(data: bytes, indexes: np.ndarray, tables: CodingTables,

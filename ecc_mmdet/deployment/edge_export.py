@@ -138,6 +138,13 @@ def _preprocess_spec(cfg) -> Dict:
 def _codec_spec(model) -> Dict:
     """The codec: id, rate point, and the factorized tables (of y, or of a hyperprior's z)."""
     comp = model.compressor
+    if int(getattr(comp, 'codec_id', 0) or 0) == CodecId.CHANNEL_CONTEXT_HYPERPRIOR:
+        raise ConfigError(
+            f'the light edge runtime does not run the channel-context model '
+            f'({type(comp).__name__}): its slice transforms would run in numpy between the '
+            f'range coder\'s sections and are not ported; deploy it with the PyTorch edge '
+            f'(tools/edge_client.py CONFIG CHECKPOINT), or export a HyperpriorBottleneckNeck '
+            f'student')
     if int(getattr(comp, 'codec_id', 0) or 0) not in _FACTORIZED + _HYPERPRIOR:
         raise ConfigError(f'the light edge runtime codes with the learned bottlenecks '
                           f'(EntropyBottleneckNeck, VariableRateBottleneckNeck) and hyperpriors '

@@ -28,12 +28,13 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ecc_edge.codecs.range_coding import (CodingTables, decode_with_indexed_tables,
+from ecc_edge.codecs.range_coding import (CodingTables, IndexedSectionDecoder,
+                                          decode_with_indexed_tables, encode_indexed_sections,
                                           encode_with_indexed_tables)
 from .factorized import _LowerBound, quantize_pmf
 from ..utils.device import to_numpy
 
-__all__ = ['GaussianConditionalEntropyModel']
+__all__ = ['GaussianConditionalEntropyModel', 'GaussianSectionDecoder']
 
 
 def _std_normal_cdf(x: Tensor) -> Tensor:
@@ -174,15 +175,29 @@ class GaussianConditionalEntropyModel(nn.Module):
             raise ValueError(f'latent {tuple(y.shape)}, indexes {tuple(indexes.shape)} and '
                              f'means {tuple(means.shape)} must have one shape')
 
-    @torch.no_grad()
-    def compress(self, y: Tensor, indexes: Tensor, means: Tensor) -> bytes:
-        """One image's latent (any shape) -> range-coded body of ``round(y - means)``."""
+    def _symbols(self, y: Tensor, indexes: Tensor, means: Tensor):
+        """-> (int32 symbols ``round(y - means)``, indexes) as flat numpy arrays."""
         self._check(y, indexes, means)
         sym = torch.round(y - means)
         if not torch.isfinite(sym).all() or sym.numel() and sym.double().abs().max() >= 2**31:
             raise ValueError('latent has non-finite values or values beyond the int32 range')
-        return encode_with_indexed_tables(to_numpy(sym.reshape(-1).to(torch.int32)),
-                                          to_numpy(indexes.reshape(-1)), self._tables())
+        return to_numpy(sym.reshape(-1).to(torch.int32)), to_numpy(indexes.reshape(-1))
+
+    @torch.no_grad()
+    def compress(self, y: Tensor, indexes: Tensor, means: Tensor) -> bytes:
+        """One image's latent (any shape) -> range-coded body of ``round(y - means)``."""
+        return encode_with_indexed_tables(*self._symbols(y, indexes, means), self._tables())
+
+    @torch.no_grad()
+    def compress_sections(self, sections) -> bytes:
+        """``[(y, indexes, means), ...]`` of one image -> ONE body whose sections a
+        :meth:`section_decoder` reads in order (later indexes may depend on earlier values)."""
+        return encode_indexed_sections([self._symbols(*sec) for sec in sections],
+                                       self._tables())
+
+    def section_decoder(self, body: bytes) -> 'GaussianSectionDecoder':
+        """Reader of a :meth:`compress_sections` body, one section at a time."""
+        return GaussianSectionDecoder(body, self._tables())
 
     @torch.no_grad()
     def decompress(self, body: bytes, indexes: Tensor, means: Tensor) -> Tensor:
@@ -195,3 +210,21 @@ class GaussianConditionalEntropyModel(nn.Module):
     def extra_repr(self) -> str:
         return (f'num_scales={self.num_scales}, scale_min={self.scale_min}, '
                 f'scale_max={self.scale_max}, quantization={self.quantization!r}')
+
+
+class GaussianSectionDecoder:
+    """Decodes a :meth:`GaussianConditionalEntropyModel.compress_sections` body in order:
+    each :meth:`decode` bounds its symbols before returning (a forged body cannot hand huge
+    values to whatever computes the next section's parameters); :meth:`finish` refuses a body
+    that is not exactly the encoding of what was decoded."""
+
+    def __init__(self, body: bytes, tables: CodingTables):
+        self._dec = IndexedSectionDecoder(body, tables)
+
+    def decode(self, indexes: Tensor, means: Tensor) -> Tensor:
+        """The next section -> ``symbols + means`` (shaped, typed and placed like means)."""
+        sym = torch.from_numpy(self._dec.decode(to_numpy(indexes.reshape(-1))))
+        return sym.reshape(means.shape).to(device=means.device, dtype=means.dtype) + means
+
+    def finish(self) -> None:
+        self._dec.finish()

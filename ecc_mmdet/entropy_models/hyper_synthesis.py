@@ -42,13 +42,17 @@ class ExactHyperSynthesis(nn.Module):
     """z_hat (N, Cz, h, w) -> means and log-scales of a (N, C, h * 2**up, w * 2**up) latent.
 
     Layers: ``up_steps`` x (nearest 2x upsampling, 3x3 conv, ReLU), then a 3x3 conv to ``2 * C``
-    (means, log-scales) or ``C`` (log-scales only; means zero).
+    (means, log-scales) or ``C`` (log-scales only; means zero). With ``upsample=False`` the
+    hidden layers keep the input's size: the same exact network at the latent's resolution
+    (the channel-context model's slice transforms).
 
     Args:
         in_channels: channels of z.
         hidden_channels: width of the hidden convs.
         out_channels: latent channels C.
-        up_steps: number of 2x upsamplings (the hyper-encoder's downsampling, 1 or 2).
+        up_steps: number of hidden layers, each after a 2x upsampling (the hyper-encoder's
+            downsampling, 1 or 2).
+        upsample: False keeps every layer at the input's size.
         predict_means: mean-scale (True) or scale-only (False) hyperprior.
         frac_bits: fractional bits F of weights and activations.
         act_max: clamp of activations (and of |z_hat|), bounding the integer sums.
@@ -58,7 +62,8 @@ class ExactHyperSynthesis(nn.Module):
 
     def __init__(self, in_channels: int, hidden_channels: int, out_channels: int,
                  up_steps: int = 1, predict_means: bool = True, frac_bits: int = 8,
-                 act_max: float = 255.0, weight_max: float = 64.0, mean_max: float = 1024.0):
+                 act_max: float = 255.0, weight_max: float = 64.0, mean_max: float = 1024.0,
+                 upsample: bool = True):
         super().__init__()
         if up_steps not in (1, 2):
             raise ValueError(f'up_steps must be 1 or 2, got {up_steps!r}')
@@ -67,6 +72,7 @@ class ExactHyperSynthesis(nn.Module):
         self.out_channels = int(out_channels)
         self.predict_means = bool(predict_means)
         self.up_steps = int(up_steps)
+        self.upsample = bool(upsample)
         self.frac_bits = int(frac_bits)
         self.act_max = float(act_max)
         self.weight_max = float(weight_max)
@@ -105,7 +111,7 @@ class ExactHyperSynthesis(nn.Module):
         for i, conv in enumerate(self._layers()):
             w = _ste_round(torch.clamp(conv.weight, -self.weight_max, self.weight_max) * s) / s
             b = _ste_round(conv.bias * s * s) / (s * s)
-            if i < self.up_steps:
+            if self.upsample and i < self.up_steps:
                 a = F.interpolate(a, scale_factor=2, mode='nearest')
             acc = F.conv2d(a, w, b, padding=1)
             if conv is self.out:
@@ -137,7 +143,7 @@ class ExactHyperSynthesis(nn.Module):
         s = 2.0**self.frac_bits
         a = torch.round(torch.clamp(z_hat.to(torch.float64), -self.act_max, self.act_max) * s)
         for i, (conv, (w, b)) in enumerate(zip(self._layers(), self.integer_layers())):
-            if i < self.up_steps:
+            if self.upsample and i < self.up_steps:
                 a = F.interpolate(a, scale_factor=2, mode='nearest')
             acc = F.conv2d(a, w, b, padding=1)  # integers at scale 2**(2F), exact
             if conv is self.out:
@@ -150,5 +156,5 @@ class ExactHyperSynthesis(nn.Module):
         raise AssertionError('unreachable')
 
     def extra_repr(self) -> str:
-        return (f'up_steps={self.up_steps}, predict_means={self.predict_means}, '
-                f'frac_bits={self.frac_bits}')
+        return (f'up_steps={self.up_steps}, upsample={self.upsample}, '
+                f'predict_means={self.predict_means}, frac_bits={self.frac_bits}')

@@ -20,7 +20,8 @@ COCO = {'ecc_faster_rcnn.py', 'ecc_dino_r50_coco.py', 'ecc_rtmdet_tiny_coco.py',
 def test_the_glob_finds_every_config():
     assert len(CONFIGS) >= 21 and COCO <= set(CONFIGS)
     assert {'ecc_faster_rcnn_r18_synthetic_kd_hp_task.py',
-            'ecc_faster_rcnn_r18_synthetic_kd_vr_hp_task.py'} <= set(CONFIGS)
+            'ecc_faster_rcnn_r18_synthetic_kd_vr_hp_task.py',
+            'ecc_faster_rcnn_r18_synthetic_kd_cc_task.py'} <= set(CONFIGS)
 
 
 def _classes(cfg):

@@ -12,18 +12,13 @@ from ecc_edge.codecs.bitstream import (CodecId, CodecMismatchError, CorruptedBit
 from ecc_mmdet.entropy_models import ExactHyperSynthesis, GaussianConditionalEntropyModel
 from ecc_mmdet.models.compressors import HyperpriorBottleneckNeck
 
-from conftest import fake_batch, fit_neck, split_cfg, tiny_model_cfg
+from conftest import fake_batch, fit_neck, split_cfg, tiny_model_cfg, top_half_features
 
 C = 8
 
 
 def _features(seed=1, n=3, h=24, w=20):
-    """Content in the top half only: a hyperprior should spend (almost) nothing below."""
-    g = torch.Generator().manual_seed(seed)
-    z = torch.randn(n, C, h // 4 + 2, w // 4 + 2, generator=g)
-    x = torch.relu(F.interpolate(z, size=(h, w), mode='bilinear', align_corners=False) * 2)
-    x[..., h // 2:, :] = 0
-    return x
+    return top_half_features(seed, n, h, w, channels=C)
 
 
 def _neck(**kw):

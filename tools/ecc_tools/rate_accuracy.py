@@ -596,6 +596,7 @@ def table(rows, summary, bandwidth) -> str:
 FAMILY_OF_CODEC = {
     'entropy_bottleneck': 'factorized students (EntropyBottleneckNeck)',
     'hyperprior_bottleneck': 'hyperprior students (HyperpriorBottleneckNeck)',
+    'channel_context_hyperprior': 'channel-context hyperprior (ChannelContextHyperpriorNeck)',
     'variable_rate_bottleneck': 'variable-rate factorized (VariableRateBottleneckNeck)',
     'variable_rate_hyperprior': 'variable-rate hyperprior (VariableRateHyperpriorNeck)'}
 #: series kind (input codec, 'features', learned codec, method) -> (colour, marker)
@@ -603,6 +604,7 @@ SERIES_STYLE = {'JPEG': ('tab:blue', 'o'), 'WebP': ('tab:orange', 'D'),
                 'AVIF': ('tab:green', 'P'), 'features': ('0.35', '^'),
                 'entropy_bottleneck': ('tab:red', 's'),
                 'hyperprior_bottleneck': ('tab:purple', 'p'),
+                'channel_context_hyperprior': ('black', 'o'),
                 'variable_rate_bottleneck': ('tab:brown', '*'),
                 'variable_rate_hyperprior': ('tab:pink', 'X'), DYNAMIC: ('tab:olive', 'h')}
 #: for kinds not above, in turn

@@ -2,10 +2,11 @@
 
 Importing this package registers (into ``mmdet.registry.MODELS``, flat names):
 ``EntropyBottleneckNeck``, ``VariableRateBottleneckNeck``, ``HyperpriorBottleneckNeck``,
-``VariableRateHyperpriorNeck``, ``QuantizeNeck``, ``Float16Neck``,
+``VariableRateHyperpriorNeck``, ``ChannelContextHyperpriorNeck``, ``QuantizeNeck``, ``Float16Neck``,
 ``Float32Neck``.
 """
 from .base import BaseFeatureCompressor
+from .channel_context import ChannelContextHyperpriorNeck
 from .entropy_bottleneck import EntropyBottleneckNeck
 from .hyperprior import HyperpriorBottleneckNeck
 from .passthrough import Float16Neck, Float32Neck
@@ -15,5 +16,5 @@ from .variable_rate import VariableRateBottleneckNeck, VariableRateHyperpriorNec
 __all__ = [
     'BaseFeatureCompressor', 'EntropyBottleneckNeck', 'QuantizeNeck', 'Float16Neck',
     'Float32Neck', 'VariableRateBottleneckNeck', 'HyperpriorBottleneckNeck',
-    'VariableRateHyperpriorNeck'
+    'VariableRateHyperpriorNeck', 'ChannelContextHyperpriorNeck'
 ]

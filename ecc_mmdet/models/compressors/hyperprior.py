@@ -105,11 +105,38 @@ class HyperpriorBottleneckNeck(EntropyBottleneckNeck):
         means, log_acc = means[..., :h, :w], log_acc[..., :h, :w]
         return means, self.gaussian.index_from_fixed_point(log_acc, 2 * self.h_s.frac_bits)
 
+    # ---- how y is modelled given z_hat: the override points of a context model (one each for
+    # training, the exact parameters, encoding and decoding)
+    def _exact_code(self, y: Tensor, z_hat: Tensor) -> Tuple[Tensor, Tensor]:
+        """-> (means, scale indexes) of y exactly as both coding sides compute them."""
+        return self._exact_params(z_hat, y.shape[-2:])
+
+    def _train_latent(self, y: Tensor, z_hat: Tensor) -> Tuple[Tensor, Tensor]:
+        """Training proxy -> (y_hat for the decoder, likelihoods of y)."""
+        means, log_scales = self.h_s(z_hat)
+        means = means[..., :y.shape[-2], :y.shape[-1]]
+        log_scales = log_scales[..., :y.shape[-2], :y.shape[-1]]
+        y_hat, y_tilde = self.gaussian.quantize(y, means, True)
+        return y_hat, self.gaussian.likelihood(y_tilde, means, self._scales(log_scales))
+
+    def _scales(self, log_scales: Tensor) -> Tensor:
+        g = self.gaussian
+        return torch.exp(torch.clamp(log_scales, math.log(g.scale_min), math.log(g.scale_max)))
+
+    def _encode_latent(self, y: Tensor, idx: Tensor, means: Tensor) -> bytes:
+        """One image's y (C, h, w) -> its body."""
+        return self.gaussian.compress(y, idx, means)
+
+    def _decode_latent(self, body: bytes, z_hat: Tensor, shape) -> Tensor:
+        """Inverse of :meth:`_encode_latent` given the decoded z_hat -> y_hat (1, C, h, w)."""
+        means, idx = self._exact_params(z_hat, shape[1:])
+        return self.gaussian.decompress(body, idx[0], means[0].to(self.device))[None]
+
     def _coded(self, x: Tensor, point: tuple):
         """The deployed (eval) coding path -> (y_hat, y likelihoods, z likelihoods)."""
         y = self._latent(x, *point)
         z_hat, z_lik = self.hyper_entropy_model(self.h_a(y), training=False)
-        means, idx = self._exact_params(z_hat, y.shape[-2:])
+        means, idx = self._exact_code(y, z_hat)
         y_hat, _ = self.gaussian.quantize(y, means.to(y.dtype), False)
         y_lik = self.gaussian.likelihood(y_hat, means.to(y.dtype), self.gaussian.scales_of(idx))
         return y_hat, y_lik, z_lik
@@ -128,15 +155,8 @@ class HyperpriorBottleneckNeck(EntropyBottleneckNeck):
         else:
             y = self._latent(x, *point)
             z_hat, z_lik = self.hyper_entropy_model(self.h_a(y))
-            means, log_scales = self.h_s(z_hat)
-            means = means[..., :y.shape[-2], :y.shape[-1]]
-            log_scales = log_scales[..., :y.shape[-2], :y.shape[-1]]
-            g = self.gaussian
-            scales = torch.exp(torch.clamp(log_scales, math.log(g.scale_min),
-                                           math.log(g.scale_max)))
-            y_hat, y_tilde = g.quantize(y, means, True)
-            bits = g.bits(g.likelihood(y_tilde, means, scales)) + \
-                self.hyper_entropy_model.bits(z_lik)
+            y_hat, y_lik = self._train_latent(y, z_hat)
+            bits = self.gaussian.bits(y_lik) + self.hyper_entropy_model.bits(z_lik)
         y_hat = self._decoder_input(y_hat, *point)
         if self.training:
             x_hat = self._decode(y_hat, h, w)
@@ -172,11 +192,11 @@ class HyperpriorBottleneckNeck(EntropyBottleneckNeck):
         z = self.h_a(y)
         z_bodies = self.hyper_entropy_model.compress(z)
         z_hat = self.hyper_entropy_model.dequantize_eval(z)  # == what the decoder gets
-        means, idx = self._exact_params(z_hat, y.shape[-2:])
+        means, idx = self._exact_code(y, z_hat)
         latent_shape = tuple(int(d) for d in y.shape[1:])
         out = []
         for i, zb in enumerate(z_bodies):
-            yb = self.gaussian.compress(y[i], idx[i], means[i].to(y.dtype))
+            yb = self._encode_latent(y[i], idx[i], means[i].to(y.dtype))
             out.append((self._PARAMS.pack(h, w, len(zb)), zb + yb, latent_shape))
         return out
 
@@ -191,9 +211,8 @@ class HyperpriorBottleneckNeck(EntropyBottleneckNeck):
                 f'{len(body)}')
         zh, zw = self.hyper_size(*shape[1:])
         z_hat = self.hyper_entropy_model.decompress([body[:z_len]], (zh, zw)).to(self.device)
-        means, idx = self._exact_params(z_hat, shape[1:])
-        y_hat = self.gaussian.decompress(body[z_len:], idx[0], means[0].to(self.device))
-        y_hat = self._decoder_input(y_hat[None].to(z_hat.dtype), *point)
+        y_hat = self._decode_latent(body[z_len:], z_hat, shape)
+        y_hat = self._decoder_input(y_hat.to(z_hat.dtype), *point)
         return self._decode(y_hat, h, w).float()
 
     def edge_modules(self) -> List[nn.Module]:
