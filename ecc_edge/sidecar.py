@@ -30,8 +30,8 @@ MIN_KEY_BYTES = 16
 #: codec ids the runtime codes with (ecc_edge.codecs.bitstream.CodecId): the learned bottlenecks
 #: and hyperpriors
 _CODECS = {1: 'ENTROPY_BOTTLENECK', 5: 'VARIABLE_RATE_BOTTLENECK', 6: 'HYPERPRIOR_BOTTLENECK',
-           7: 'VARIABLE_RATE_HYPERPRIOR'}
-_VARIABLE_RATE, _HYPERPRIOR = (5, 7), (6, 7)
+           7: 'VARIABLE_RATE_HYPERPRIOR', 8: 'CHANNEL_CONTEXT_HYPERPRIOR'}
+_VARIABLE_RATE, _HYPERPRIOR, _CHANNEL_CONTEXT = (5, 7), (6, 7, 8), 8
 _ROUTERS = ('EmptyExitRouter', 'EntropyRouter', 'LearnedRouter', 'RandomRouter',
             'ScoreBandRouter')
 
@@ -181,13 +181,16 @@ _EXIT = Obj(
 _TABLES = dict(offsets=Arr(Int(-2**31, 2**31 - 1), 1, 4096),
                lengths=Arr(Int(2, 2**16 + 1), 1, 4096),
                pmf_table=Arr(Arr(Int(0, 2**32), 2, 2**16 + 1), 1, 4096))
-_HYPERPRIOR_SPEC = Obj(
+_INT_LAYER = Obj(in_channels=Int(1, 4096), out_channels=Int(1, 8192),
+                 weight=Ints(-2**40, 2**40), bias=Ints(-2**52, 2**52))
+_HYPERPRIOR_FIELDS = dict(
     hyper_channels=Int(1, 4096), hyper_downsample=Int(2, 4),
-    synthesis=Obj(layers=Arr(Obj(in_channels=Int(1, 4096), out_channels=Int(1, 8192),
-                                 weight=Ints(-2**40, 2**40), bias=Ints(-2**52, 2**52)), 2, 3),
-                  frac_bits=Int(4, 12), act_max=Num(1.0, 2.0**20),
+    synthesis=Obj(layers=Arr(_INT_LAYER, 2, 3), frac_bits=Int(4, 12), act_max=Num(1.0, 2.0**20),
                   mean_max=Num(1.0, 2.0**20), predict_means=Bool),
     index_thresholds=Ints(-2**52, 2**52, 1, 255), gaussian=Obj(**_TABLES))
+_HYPERPRIOR_SPEC = Obj(**_HYPERPRIOR_FIELDS)
+_CONTEXT_SPEC = Obj(**_HYPERPRIOR_FIELDS, channel_context=Obj(
+    num_slices=Int(2, 16), transforms=Arr(Obj(layers=Arr(_INT_LAYER, 2, 3)), 2, 16)))
 _FLOATS = Arr(Num(-3.4e38, 3.4e38), 1, 1 << 16)  # float32 values
 _ROUTER_PARAMS = {
     'EntropyRouter': dict(top_k=Int(1, 10**6)),
@@ -294,7 +297,26 @@ def _check_hyperprior(h: Dict, latent_channels: int) -> None:
     if 2**(len(layers) - 1) != h['hyper_downsample']:
         _fail(f'{p}.layers', f'has {len(layers)} convs; hyperprior.hyper_downsample '
               f'{h["hyper_downsample"]} needs {h["hyper_downsample"].bit_length()}')
-    width = h['hyper_channels']
+    _check_integer_chain(layers, h['hyper_channels'],
+                         latent_channels * (2 if syn['predict_means'] else 1), syn, p)
+    if syn['mean_max'] * scale >= 2**24:
+        _fail(f'{p}.mean_max', 'times 2**frac_bits must be < 2**24 (float32-exact means)')
+    g, thr = h['gaussian'], h['index_thresholds']
+    if any(b < a for a, b in zip(thr, thr[1:])):
+        _fail('hyperprior.index_thresholds', 'must be non-decreasing')
+    if not len(g['offsets']) == len(g['lengths']) == len(thr) + 1:
+        _fail('hyperprior.gaussian.offsets', f'{len(thr)} index thresholds need '
+              f'{len(thr) + 1} tables, got {len(g["offsets"])} offsets, {len(g["lengths"])} '
+              'lengths')
+    _check_pmf_rows(g, 'hyperprior.gaussian')
+    if 'channel_context' in h:
+        _check_channel_context(h['channel_context'], latent_channels, syn)
+
+
+def _check_integer_chain(layers: List[Dict], width: int, out: int, syn: Dict, p: str) -> None:
+    """Integer conv layers from ``width`` input channels to ``out``: the widths chain, the
+    weights fill them, and no integer sum can reach 2**53."""
+    scale = 2.0**syn['frac_bits']
     for i, l in enumerate(layers):
         if l['in_channels'] != width:
             _fail(f'{p}.layers[{i}].in_channels', f'must be {width}, got {l["in_channels"]}')
@@ -308,19 +330,21 @@ def _check_hyperprior(h: Dict, latent_channels: int) -> None:
             _fail(f'{p}.layers[{i}].weight', 'allows integer sums beyond 2**53 (float64 would '
                   'no longer be exact)')
         width = l['out_channels']
-    if width != latent_channels * (2 if syn['predict_means'] else 1):
-        _fail(f'{p}.layers[{len(layers) - 1}].out_channels', f'is {width}; codec.'
-              f'latent_channels {latent_channels} needs {"2 x " * syn["predict_means"]}that')
-    if syn['mean_max'] * scale >= 2**24:
-        _fail(f'{p}.mean_max', 'times 2**frac_bits must be < 2**24 (float32-exact means)')
-    g, thr = h['gaussian'], h['index_thresholds']
-    if any(b < a for a, b in zip(thr, thr[1:])):
-        _fail('hyperprior.index_thresholds', 'must be non-decreasing')
-    if not len(g['offsets']) == len(g['lengths']) == len(thr) + 1:
-        _fail('hyperprior.gaussian.offsets', f'{len(thr)} index thresholds need '
-              f'{len(thr) + 1} tables, got {len(g["offsets"])} offsets, {len(g["lengths"])} '
-              'lengths')
-    _check_pmf_rows(g, 'hyperprior.gaussian')
+    if width != out:
+        _fail(f'{p}.layers[{len(layers) - 1}].out_channels', f'is {width}, must be {out}')
+
+
+def _check_channel_context(c: Dict, latent_channels: int, syn: Dict) -> None:
+    """One transform per slice; slice i's reads the synthesis' 2C outputs and i slices."""
+    p, n = 'hyperprior.channel_context', c['num_slices']
+    if latent_channels % n or len(c['transforms']) != n:
+        _fail(f'{p}.num_slices', f'{n} must divide codec.latent_channels ({latent_channels}) '
+              f'and count the {len(c["transforms"])} transforms')
+    cs = latent_channels // n
+    for i, t in enumerate(c['transforms']):
+        _check_integer_chain(t['layers'], 2 * latent_channels + i * cs,
+                             cs * (2 if syn['predict_means'] else 1), syn,
+                             f'{p}.transforms[{i}]')
 
 
 def _check_exit(e: Dict, class_names: Optional[List]) -> None:
@@ -371,8 +395,10 @@ def validate_sidecar(side) -> None:
         fields[SIGNATURE_FIELD] = _HEX64
     if any(k in side for k in _DYNAMIC):  # a dynamic model: all four, exit and router set
         fields.update(_DYNAMIC)
-    if isinstance(side.get('codec'), dict) and side['codec'].get('codec_id') in _HYPERPRIOR:
-        fields['hyperprior'] = _HYPERPRIOR_SPEC
+    codec_id = side['codec'].get('codec_id') if isinstance(side.get('codec'), dict) else None
+    if codec_id in _HYPERPRIOR:
+        fields['hyperprior'] = _CONTEXT_SPEC if codec_id == _CHANNEL_CONTEXT else \
+            _HYPERPRIOR_SPEC
     _check_fields(side, fields)
     _check_codec(side['codec'], side.get('hyperprior'))
     if 'hyperprior' in side:

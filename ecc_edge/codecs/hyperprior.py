@@ -13,7 +13,9 @@ Given the latent ``y`` and the side information ``z = h_a(y)`` (both from the ed
    (``GaussianConditionalEntropyModel.index_from_fixed_point``), and y's symbols
    ``round(y - mean)`` are range-coded with the indexed Gaussian tables.
 
-The body is z's bytes then y's; the codec params carry z's length. Nothing here depends on how
+The body is z's bytes then y's; the codec params carry z's length. With a channel context
+(``ChannelContextHyperpriorNeck``), step 3 runs slice by slice (:class:`ChannelContext`) and
+y's slices share one range-coded stream. Nothing here depends on how
 ``y`` and ``z`` were computed: for the same float32 values the bytes equal the PyTorch edge's.
 """
 from __future__ import annotations
@@ -22,9 +24,11 @@ from typing import Dict, List, NamedTuple, Sequence, Tuple
 
 import numpy as np
 
-from .range_coding import CodingTables, encode_with_cdf_tables, encode_with_indexed_tables
+from .range_coding import (CodingTables, encode_indexed_sections, encode_with_cdf_tables,
+                           encode_with_indexed_tables)
 
-__all__ = ['HyperpriorEncoder', 'IntegerHyperSynthesis', 'conv3x3_exact', 'quantise',
+__all__ = ['ChannelContext', 'HyperpriorEncoder', 'IntegerHyperSynthesis', 'conv3x3_exact',
+           'quantise',
            'scale_indexes', 'tables_from_rows']
 
 
@@ -74,15 +78,16 @@ class IntegerHyperSynthesis:
         layers: per conv, dict(weight=flat (O*C*9) integers, bias=(O) integers, in_channels,
             out_channels), the first ``up_steps`` preceded by a nearest 2x upsampling and
             followed by the clamped fixed-point activation, the last one the output conv.
-        frac_bits, act_max, mean_max, predict_means: ``ExactHyperSynthesis``'s.
+        frac_bits, act_max, mean_max, predict_means, upsample: ``ExactHyperSynthesis``'s.
     """
 
     def __init__(self, layers: List[Dict], frac_bits: int, act_max: float, mean_max: float,
-                 predict_means: bool):
+                 predict_means: bool, upsample: bool = True):
         self.layers = [_Layer(np.asarray(l['weight'], np.float64).reshape(
             l['out_channels'], l['in_channels'] * 9), np.asarray(l['bias'], np.float64))
             for l in layers]
         self.up_steps = len(layers) - 1
+        self.upsample = bool(upsample)
         self.scale = 2.0**int(frac_bits)
         self.act_max = float(act_max)
         self.mean_max = float(mean_max)
@@ -92,7 +97,7 @@ class IntegerHyperSynthesis:
         s = self.scale
         a = np.round(np.clip(z_hat.astype(np.float64), -self.act_max, self.act_max) * s)
         for i, layer in enumerate(self.layers):
-            if i < self.up_steps:  # nearest 2x
+            if self.upsample and i < self.up_steps:  # nearest 2x
                 a = a.repeat(2, axis=1).repeat(2, axis=2)
             acc = conv3x3_exact(a, layer.weight, layer.bias)
             if i < self.up_steps:
@@ -108,6 +113,43 @@ def scale_indexes(log_acc: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
     """Scale-table index of each accumulator: the number of integer thresholds <= it
     (``torch.bucketize(..., right=True)``), int64."""
     return np.searchsorted(thresholds, log_acc, side='right').astype(np.int64)
+
+
+class ChannelContext:
+    """``ChannelContextHyperpriorNeck``'s coding of y in numpy: slice ``i``'s means and scale
+    indexes are the hyper-synthesis' corrected by an integer transform of the hyper-synthesis'
+    output and the slices before it (``symbol + mean``, exact in float64), as
+    ``ChannelContextHyperpriorNeck._exact_code`` computes them.
+
+    Args:
+        transforms: per slice, its layers (as :class:`IntegerHyperSynthesis` takes them).
+        frac_bits, act_max, mean_max, predict_means: the hyper-synthesis' (shared).
+    """
+
+    def __init__(self, transforms: List[List[Dict]], frac_bits: int, act_max: float,
+                 mean_max: float, predict_means: bool):
+        self.transforms = [IntegerHyperSynthesis(layers, frac_bits, act_max, mean_max,
+                                                 predict_means, upsample=False)
+                           for layers in transforms]
+        self.scale = 2.0**int(frac_bits)
+        self.mean_max = float(mean_max)
+
+    def sections(self, y: np.ndarray, means: np.ndarray, log_acc: np.ndarray,
+                 thresholds: np.ndarray) -> List[Tuple[np.ndarray, np.ndarray]]:
+        """y (C, h, w) float32 and the hyper-synthesis' means / log accumulators (cropped to
+        y) -> per slice (int32 symbols, scale indexes), in coding order."""
+        cs = y.shape[0] // len(self.transforms)
+        fixed = [means.astype(np.float64), log_acc / self.scale**2]
+        context, out = [], []
+        for i, t in enumerate(self.transforms):
+            d_mean, d_log = t(np.concatenate(fixed + context))
+            sl = slice(i * cs, (i + 1) * cs)
+            m = np.clip(means[sl].astype(np.float64) + d_mean.astype(np.float64),
+                        -self.mean_max, self.mean_max)
+            sym = quantise(y[sl], m.astype(np.float32))
+            out.append((sym, scale_indexes(log_acc[sl] + d_log, thresholds)))
+            context.append(sym.astype(np.float64) + m)
+        return out
 
 
 class HyperpriorEncoder:
@@ -129,6 +171,10 @@ class HyperpriorEncoder:
         self.y_tables = tables_from_rows(g['pmf_table'], g['offsets'], g['lengths'])
         self.z_tables = z_tables
         self.z_medians = np.asarray(z_medians, np.float32).reshape(-1, 1, 1)
+        ctx = spec.get('channel_context')
+        self.context = None if ctx is None else ChannelContext(
+            [t['layers'] for t in ctx['transforms']], syn['frac_bits'], syn['act_max'],
+            syn['mean_max'], syn['predict_means'])
 
     @classmethod
     def from_sidecar(cls, codec: Dict, spec: Dict) -> 'HyperpriorEncoder':
@@ -137,13 +183,18 @@ class HyperpriorEncoder:
         return cls(spec, tables_from_rows(codec['pmf_table'], codec['offsets'], codec['lengths']),
                    np.asarray(codec['medians'], np.float32))
 
-    def params(self, z_sym: np.ndarray, size: Tuple[int, int]) -> Tuple[np.ndarray, np.ndarray]:
-        """z's symbols (Cz, zh, zw) -> (means float32, scale indexes int64) of a (C, h, w)
-        latent."""
-        z_hat = z_sym.astype(np.float32) + self.z_medians
-        means, log_acc = self.synthesis(z_hat)
+    def hyper(self, z_sym: np.ndarray, size: Tuple[int, int]) -> Tuple[np.ndarray, np.ndarray]:
+        """z's symbols (Cz, zh, zw) -> the hyper-synthesis' (means float32, log accumulators)
+        cropped to a (C, h, w) latent."""
+        means, log_acc = self.synthesis(z_sym.astype(np.float32) + self.z_medians)
         h, w = size
-        return means[:, :h, :w], scale_indexes(log_acc[:, :h, :w], self.thresholds)
+        return means[:, :h, :w], log_acc[:, :h, :w]
+
+    def params(self, z_sym: np.ndarray, size: Tuple[int, int]) -> Tuple[np.ndarray, np.ndarray]:
+        """z's symbols -> (means float32, scale indexes int64) of a (C, h, w) latent (without
+        a channel context: those of its first slice depend on y)."""
+        means, log_acc = self.hyper(z_sym, size)
+        return means, scale_indexes(log_acc, self.thresholds)
 
     def compress(self, y: np.ndarray, z: np.ndarray
                  ) -> Tuple[bytes, bytes, np.ndarray, np.ndarray]:
@@ -151,6 +202,11 @@ class HyperpriorEncoder:
         z's symbols)."""
         z_sym = quantise(z, self.z_medians)
         z_body = encode_with_cdf_tables(z_sym.reshape(len(z_sym), -1), self.z_tables, None)
+        if self.context is not None:
+            sections = self.context.sections(y, *self.hyper(z_sym, y.shape[-2:]),
+                                             self.thresholds)
+            y_body = encode_indexed_sections(sections, self.y_tables)
+            return z_body, y_body, np.concatenate([sym for sym, _ in sections]), z_sym
         means, idx = self.params(z_sym, y.shape[-2:])
         y_sym = quantise(y, means)
         y_body = encode_with_indexed_tables(y_sym.reshape(-1), idx.reshape(-1), self.y_tables)

@@ -24,7 +24,8 @@ outputs ``hyper_latent`` (z = h_a(y)), the codec's tables are z's factorized one
 sidecar gains ``hyperprior``: the integer hyper-synthesis (weights and biases exactly as
 ``ExactHyperSynthesis.integer_layers`` gives them), the integer scale-index thresholds and the
 Gaussian tables; the runtime codes like ``HyperpriorBottleneckNeck.compress``
-(:mod:`ecc_edge.codecs.hyperprior`).
+(:mod:`ecc_edge.codecs.hyperprior`). A channel-context hyperprior adds
+``hyperprior.channel_context``: its slice transforms' integer layers.
 
 What the light runtime cannot express yet is refused here with the reason: codecs other than
 the learned bottlenecks and hyperpriors, test pipelines other than load + Resize (+
@@ -60,7 +61,8 @@ __all__ = ['EdgeGraph', 'SIDECAR_FORMAT', 'build_sidecar', 'check_graph', 'expor
 
 _PIPELINE_OK = ('LoadImageFromFile', 'LoadAnnotations', 'PackDetInputs')
 _FACTORIZED = (CodecId.ENTROPY_BOTTLENECK, CodecId.VARIABLE_RATE_BOTTLENECK)
-_HYPERPRIOR = (CodecId.HYPERPRIOR_BOTTLENECK, CodecId.VARIABLE_RATE_HYPERPRIOR)
+_HYPERPRIOR = (CodecId.HYPERPRIOR_BOTTLENECK, CodecId.VARIABLE_RATE_HYPERPRIOR,
+               CodecId.CHANNEL_CONTEXT_HYPERPRIOR)
 
 
 def _is_hyperprior(comp) -> bool:
@@ -138,17 +140,11 @@ def _preprocess_spec(cfg) -> Dict:
 def _codec_spec(model) -> Dict:
     """The codec: id, rate point, and the factorized tables (of y, or of a hyperprior's z)."""
     comp = model.compressor
-    if int(getattr(comp, 'codec_id', 0) or 0) == CodecId.CHANNEL_CONTEXT_HYPERPRIOR:
-        raise ConfigError(
-            f'the light edge runtime does not run the channel-context model '
-            f'({type(comp).__name__}): its slice transforms would run in numpy between the '
-            f'range coder\'s sections and are not ported; deploy it with the PyTorch edge '
-            f'(tools/edge_client.py CONFIG CHECKPOINT), or export a HyperpriorBottleneckNeck '
-            f'student')
     if int(getattr(comp, 'codec_id', 0) or 0) not in _FACTORIZED + _HYPERPRIOR:
         raise ConfigError(f'the light edge runtime codes with the learned bottlenecks '
                           f'(EntropyBottleneckNeck, VariableRateBottleneckNeck) and hyperpriors '
-                          f'(HyperpriorBottleneckNeck, VariableRateHyperpriorNeck), not '
+                          f'(HyperpriorBottleneckNeck, VariableRateHyperpriorNeck, '
+                          f'ChannelContextHyperpriorNeck), not '
                           f'{type(comp).__name__}')
     point = comp._rate_point(False)
     em = comp.hyper_entropy_model if _is_hyperprior(comp) else comp._coder(*point)
@@ -164,14 +160,19 @@ def _codec_spec(model) -> Dict:
                 tables_fingerprint=int(em._tables_fingerprint.item()))
 
 
+def _integer_layers(net) -> List[Dict]:
+    """An ExactHyperSynthesis' convs as the sidecar holds them (integer weights and biases)."""
+    return [dict(in_channels=int(w.shape[1]), out_channels=int(w.shape[0]),
+                 weight=[int(v) for v in w.reshape(-1).tolist()],
+                 bias=[int(v) for v in b.tolist()]) for w, b in net.integer_layers()]
+
+
 def hyperprior_spec(comp) -> Dict:
     """The sidecar's ``hyperprior`` of a hyperprior compressor: the integer hyper-synthesis,
     the integer thresholds of ``index_from_fixed_point`` and the Gaussian tables (rows cut
-    to their support + escape bin)."""
+    to their support + escape bin); a channel-context model adds its slice transforms."""
     hs, g = comp.h_s, comp.gaussian
-    layers = [dict(in_channels=int(w.shape[1]), out_channels=int(w.shape[0]),
-                   weight=[int(v) for v in w.reshape(-1).tolist()],
-                   bias=[int(v) for v in b.tolist()]) for w, b in hs.integer_layers()]
+    layers = _integer_layers(hs)
     thresholds = torch.ceil(g.log_scale_bounds.double() * 2.0**(2 * hs.frac_bits))
     lengths = [int(v) + 1 for v in g._pmf_length.tolist()]
     return dict(hyper_channels=int(comp.hyper_channels),
@@ -182,7 +183,17 @@ def hyperprior_spec(comp) -> Dict:
                 index_thresholds=[int(v) for v in thresholds.tolist()],
                 gaussian=dict(offsets=[int(v) for v in g._offset.tolist()], lengths=lengths,
                               pmf_table=[[int(v) for v in row[:n]] for row, n in
-                                         zip(g._pmf_table.tolist(), lengths)]))
+                                         zip(g._pmf_table.tolist(), lengths)]),
+                **_context_spec(comp))
+
+
+def _context_spec(comp) -> Dict:
+    transforms = getattr(comp, 'slice_transforms', None)
+    if transforms is None:
+        return {}
+    return dict(channel_context=dict(
+        num_slices=len(transforms), transforms=[dict(layers=_integer_layers(t))
+                                                for t in transforms]))
 
 
 def _check_exits(model) -> None:

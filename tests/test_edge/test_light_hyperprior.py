@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import ecc_mmdet  # noqa: F401
+from ecc_edge.codecs.bitstream import CodecId
 
 from conftest import fit_neck
 
@@ -88,18 +89,36 @@ def _encoder(neck):
                                           hyperprior_spec(neck))
 
 
-@pytest.mark.parametrize('kind', ['HyperpriorBottleneckNeck', 'VariableRateHyperpriorNeck'])
+def _context_spread(neck, seed=3):
+    """Slice transforms whose corrections matter (means moved by several units, scales across
+    the table), so that every slice's symbols depend on the ones before."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for t in neck.slice_transforms:
+            for conv in t.convs:
+                conv.weight.copy_(torch.randn(conv.weight.shape, generator=g) * 0.5)
+            t.out.weight.copy_(torch.randn(t.out.weight.shape, generator=g) * 0.05)
+            t.out.bias.copy_(torch.randn(t.out.bias.shape, generator=g))
+    return neck
+
+
+KINDS = {'HyperpriorBottleneckNeck': {}, 'VariableRateHyperpriorNeck': dict(num_rates=3),
+         'ChannelContextHyperpriorNeck': dict(num_slices=3, context_channels=5)}
+
+
+@pytest.mark.parametrize('kind', sorted(KINDS))
 def test_numpy_coding_equals_the_necks_compress(kind):
     """Same float32 y and z -> the same symbols and bytes, for every rate point and sizes
     whose latent is not a multiple of z's stride."""
     import struct
-    extra = dict(num_rates=3) if kind.startswith('Variable') else {}
     g = torch.Generator().manual_seed(2)
     # a few steps only: tables fitted, symbols of y and z still far from all zero
-    neck = fit_neck(_neck(kind, hyper_downsample=4, **extra),
+    neck = fit_neck(_neck(kind, hyper_downsample=4, **KINDS[kind]),
                     torch.relu(torch.randn(2, 8, 24, 20, generator=g) * 20), steps=3)
+    if kind.startswith('Channel'):
+        _context_spread(neck)
     for r in range(getattr(neck, 'num_rates', 1)):
-        if extra:
+        if 'num_rates' in KINDS[kind]:
             neck.set_rate_point(r)
         enc = _encoder(neck)
         for h, w in SIZES:
@@ -190,6 +209,37 @@ def test_light_hyperprior_payloads_equal_the_pytorch_edge(served_model, tmp_path
     means, idx = edge.hyper.params(results[0].side_symbols, results[0].symbols.shape[1:])
     assert np.unique(idx).size > 5 and np.abs(means).max() > 0
     _bad_sidecars_are_refused(edge.sidecar)
+
+
+def test_light_channel_context_payloads_equal_the_pytorch_edge(served_model, tmp_path):
+    """The channel-context model on the light edge: the same payloads image by image (odd
+    sizes), a context that changes the bytes, and a sidecar whose transforms do not chain is
+    refused."""
+    from ecc_edge.sidecar import SidecarError, validate_sidecar
+    cfg, model = _detector(served_model, dict(HYPERPRIOR, type='ChannelContextHyperpriorNeck',
+                                              num_slices=4, context_channels=8))
+    _context_spread(model.compressor)
+    edge = _export(model, cfg, tmp_path, 'context')
+    assert edge.sidecar['codec']['codec_id'] == CodecId.CHANNEL_CONTEXT_HYPERPRIOR
+    results = _same_payloads(edge, model, cfg, _images())
+    assert all(np.abs(r.symbols).max() > 3 for r in results)
+    plain = copy.copy(edge.hyper)
+    plain.context = None  # the same hyperprior without the context: other bytes
+    y = np.asarray(results[0].symbols, np.float32)
+    z = np.asarray(results[0].side_symbols, np.float32) + plain.z_medians
+    assert plain.compress(y, z)[1] != edge.hyper.compress(y, z)[1]
+    ctx = edge.sidecar['hyperprior']['channel_context']
+    for path, value, msg in [(['num_slices'], 3, 'must divide'),
+                             (['transforms', 1, 'layers', 0, 'in_channels'], 33,
+                              r'transforms\[1\]\.layers\[0\]\.in_channels: must be 36')]:
+        bad = copy.deepcopy(edge.sidecar)
+        obj = bad['hyperprior']['channel_context']
+        for k in path[:-1]:
+            obj = obj[k]
+        obj[path[-1]] = value
+        with pytest.raises(SidecarError, match=msg):
+            validate_sidecar(bad)
+    assert ctx['num_slices'] == 4
 
 
 def _bad_sidecars_are_refused(side):

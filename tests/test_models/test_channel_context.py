@@ -1,5 +1,6 @@
 """ChannelContextHyperpriorNeck: y coded in channel slices, each conditioned on the ones before,
-with exact integer parameters and one range-coded stream."""
+with exact integer parameters and one range-coded stream (the light edge's copy:
+tests/test_edge/test_light_hyperprior.py)."""
 import copy
 import functools
 
@@ -176,11 +177,10 @@ def test_config_errors_and_starting_point():
     assert all(float(t.out.weight.abs().sum()) == 0 for t in n.slice_transforms)
 
 
-def test_detector_round_trip_and_light_edge_refusal():
+def test_detector_round_trip_and_light_edge_spec():
     from mmdet.registry import MODELS
 
-    from ecc_mmdet.deployment.edge_export import _codec_spec
-    from ecc_mmdet.errors import ConfigError
+    from ecc_mmdet.deployment.edge_export import hyperprior_spec
     cc = dict(type='ChannelContextHyperpriorNeck', latent_channels=8, hyper_channels=4,
               hyper_downsample=2, num_slices=2, context_channels=4)
     torch.manual_seed(0)
@@ -189,5 +189,6 @@ def test_detector_round_trip_and_light_edge_refusal():
     payloads = model.encode(inputs, samples)
     assert int(payloads[0][6]) == CodecId.CHANNEL_CONTEXT_HYPERPRIOR
     assert model.decode_and_predict(payloads, samples)[0].pred_instances is not None
-    with pytest.raises(ConfigError, match='channel-context'):
-        _codec_spec(model)
+    ctx = hyperprior_spec(model.compressor)['channel_context']  # what the light edge runs
+    assert ctx['num_slices'] == 2 and [t['layers'][0]['in_channels']
+                                       for t in ctx['transforms']] == [16, 20]

@@ -18,6 +18,9 @@ encode_indexed_sections`), so slices cost no lengths and no extra flush. The sli
 model's (its fingerprint covers it); the payload does not state it, so it cannot be forged.
 The decoder bounds every slice's symbols before computing the next slice's parameters, and
 re-encodes the whole stream at the end.
+
+The light edge runs the same coding in numpy (``ecc_edge.codecs.hyperprior.ChannelContext``,
+the slice transforms' integer layers exported in the sidecar): the same bytes.
 """
 from __future__ import annotations
 
