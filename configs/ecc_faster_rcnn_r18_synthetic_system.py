@@ -1,6 +1,7 @@
-# The demo's whole system trained in one run from the teacher: the task-driven hyperprior student
-# (configs/ecc_faster_rcnn_r18_synthetic_kd_hp_task.py) with the edge exit and the calibrated
-# router of configs/ecc_faster_rcnn_r18_synthetic_dynamic_hp.py. The exit reads the detached
+# The demo's whole system trained in one run from the teacher: the task-driven channel-context
+# student (configs/ecc_faster_rcnn_r18_synthetic_kd_cc_task.py: the task-driven hyperprior with
+# y coded in 4 channel slices, the best codec of docs/results.md) with the edge exit and the
+# calibrated router of configs/ecc_faster_rcnn_r18_synthetic_dynamic_hp.py. The exit reads the detached
 # features of the edge stages, which the student's distillation keeps frozen (initialised from
 # the teacher), so it trains alongside both stages and needs no stage of its own. It learns from
 # the labels and from the teacher's confident detections (edge_exit.distill_weight: the
@@ -11,7 +12,10 @@
 #       --cfg-options teacher_checkpoint=work_dirs/demo/baseline/epoch_12.pth
 _base_ = './ecc_faster_rcnn_r18_synthetic_dynamic_hp.py'
 
-model = dict(train_exits_only=False)
+model = dict(
+    train_exits_only=False,
+    compressor=dict(type='ChannelContextHyperpriorNeck', num_slices=4, context_channels=32,
+                    context_layers=2))  # as ..._kd_cc_task.py
 load_from = None  # a fresh start: the KD hook initialises the student from the teacher
 
 max_epochs = 12

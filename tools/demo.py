@@ -85,8 +85,8 @@ class Detector(NamedTuple):
 
 DETECTORS = {
     'faster_rcnn': Detector('configs/faster_rcnn_r18_fpn_synthetic.py',
-                            'configs/ecc_faster_rcnn_r18_synthetic_kd_hp_task.py', 'system',
-                            'task-driven hyperprior KD student', SYSTEM_CFG),
+                            'configs/ecc_faster_rcnn_r18_synthetic_kd_cc_task.py', 'system',
+                            'task-driven channel-context KD student', SYSTEM_CFG),
     'rtmdet': Detector('configs/rtmdet_tiny_synthetic.py',
                        'configs/ecc_rtmdet_tiny_synthetic_kd.py', 'student', 'KD student'),
 }

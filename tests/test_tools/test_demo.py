@@ -105,14 +105,16 @@ def test_demo_system_config_is_the_dynamic_one_on_the_hyperprior_student():
         assert key in ('model', 'load_from') or hp.get(key) == dyn.get(key), key
 
 
-def test_demo_system_config_trains_the_hp_task_student_with_the_dynamic_exit_alongside():
-    """configs/..._system.py = the hp_task student (model, distillation, schedule) + the
+def test_demo_system_config_trains_the_cc_task_student_with_the_dynamic_exit_alongside():
+    """configs/..._system.py = the cc_task student (model, distillation, schedule) + the
     dynamic_hp exit, router and calibration, with the exit trained jointly instead of alone."""
     from mmengine.config import Config
     cfg = lambda name: Config.fromfile(f'{REPO}/configs/{name}.py').to_dict()  # noqa: E731
     system, task, hp = (cfg(f'ecc_faster_rcnn_r18_synthetic_{n}')
-                        for n in ('system', 'kd_hp_task', 'dynamic_hp'))
-    assert system['model'] == dict(hp['model'], train_exits_only=False)
+                        for n in ('system', 'kd_cc_task', 'dynamic_hp'))
+    assert system['model'] == dict(hp['model'], train_exits_only=False,
+                                   compressor=task['model']['compressor'])
+    assert {k: v for k, v in system['model'].items() if k in task['model']} == task['model']
     hooks = {h['type']: h for h in system['custom_hooks']}
     assert hooks.pop('KnowledgeAdaptationHook') == task['custom_hooks'][0]
     assert hooks == {h['type']: h for h in hp['custom_hooks']}
