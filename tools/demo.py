@@ -9,9 +9,9 @@
 2. trains the unsplit teacher (Faster R-CNN R18-FPN), or reuses its checkpoint;
 3. trains the system in one run (configs/ecc_faster_rcnn_r18_synthetic_system.py), or reuses its
    checkpoint: the split student with knowledge adaptation from the teacher
-   (KnowledgeAdaptationHook) and the task-driven hyperprior codec, with the edge exit learning
-   alongside on the frozen edge features; the router is calibrated on the held-out calibration
-   split at the end;
+   (KnowledgeAdaptationHook) and the task-driven channel-context codec, with the edge exit
+   learning alongside on the frozen edge features; the router is calibrated on the held-out
+   calibration split at the end;
 4. evaluates the teacher, cloud-only JPEG / WebP / AVIF at several qualities (at the camera
    resolution and, when the camera images are larger, fitted to the detector's input), 8-bit
    features, the student and the system (exit + router + task-driven codec at its default
@@ -24,15 +24,15 @@
    the images whose detections differ from the in-process evaluation (``--tiny`` fails if any
    does). Then prints one table (with the served row) and saves the plot.
 
-The codec is the single-rate task-driven hyperprior, the best one measured (0.80 KB at 12.3 mAP
-where WebP needs 1.16 KB, docs/results.md). Its variable-rate form would serve every rate from one
+The codec is the single-rate task-driven hyperprior with a channel-context model
+(configs/ecc_faster_rcnn_r18_synthetic_kd_cc_task.py), the best one measured
+(docs/results.md#a-channel-context-model). A variable-rate codec would serve every rate from one
 model, but the rule is to take it only if each of its points holds the single-rate students'
-accuracy within 0.5 mAP: the variable-rate hyperprior's lowest point is 2.8 mAP below them at its
-bytes (docs/benchmarks/rate_accuracy_val500_hyperprior.txt; its task-driven form is not
-measured). The student and its exit can also be trained one after the other
-(configs/ecc_faster_rcnn_r18_synthetic_kd_hp_task.py, then ..._dynamic_hp.py), and the factorized
-student stays in the benchmark tools (configs/ecc_faster_rcnn_r18_synthetic_kd.py,
-configs/ecc_faster_rcnn_r18_synthetic_dynamic.py).
+accuracy within 0.5 mAP, and the task-driven variable-rate hyperprior does not
+(docs/results.md). The student and its exit can also be trained one after the other
+(configs/ecc_faster_rcnn_r18_synthetic_kd_hp_task.py, then ..._dynamic_hp.py, on the plain
+hyperprior), and the factorized student stays in the benchmark tools
+(configs/ecc_faster_rcnn_r18_synthetic_kd.py, configs/ecc_faster_rcnn_r18_synthetic_dynamic.py).
 
 ``--detector rtmdet`` runs stages 1-4 with RTMDet-tiny (CSPNeXt) as teacher and split KD
 (factorized) student instead (no system: its edge exit is configured for the Faster R-CNN

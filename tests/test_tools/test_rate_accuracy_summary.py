@@ -142,3 +142,23 @@ def test_variable_rate_points_against_single_rate_students_of_their_codec():
     assert s['bd_rate_by_codec_vs_input_front']['hyperprior_bottleneck'] is not None
     assert 'variable-rate VR r=1: 2.00 KB at 11.6 mAP vs the single-rate hyperprior_bottleneck ' \
         'students: they reach 12.0 there, +0.4 mAP' in table([TEACHER] + WEBP + single + ok, s, 1.0)
+
+
+def test_bd_rate_between_learned_codecs():
+    """Two codecs' single-rate students: the second at half the bytes for the same mAP is
+    -50 % against the first (and +100 % the other way); a codec with one student is left out."""
+    hp = [dict(_row('learned bottleneck', f'HP beta={b}', kb, m), codec='hyperprior_bottleneck')
+          for b, kb, m in ((0.2, 1.0, 10.0), (0.05, 4.0, 14.0))]
+    cc = [dict(r, setting='CC ' + r['setting'], bytes_per_image=r['bytes_per_image'] / 2,
+               codec='channel_context_hyperprior') for r in hp]
+    one = [dict(_row('learned bottleneck', 'KD', 2.0, 12.0), codec='entropy_bottleneck')]
+    s = summarize([TEACHER] + WEBP + hp + cc + one)
+    pairs = s['bd_rate_between_codecs']
+    assert set(pairs) == {'channel_context_hyperprior vs hyperprior_bottleneck',
+                          'hyperprior_bottleneck vs channel_context_hyperprior'}
+    assert pairs['channel_context_hyperprior vs hyperprior_bottleneck']['bd_rate'] == \
+        pytest.approx(-0.5)
+    assert pairs['hyperprior_bottleneck vs channel_context_hyperprior']['bd_rate'] == \
+        pytest.approx(1.0)
+    assert 'BD-rate channel_context_hyperprior vs hyperprior_bottleneck (single-rate ' \
+        'students): -50.0 %' in table([TEACHER] + WEBP + hp + cc + one, s, 1.0)

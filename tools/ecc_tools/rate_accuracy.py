@@ -256,7 +256,8 @@ def _paired(a, b) -> Optional[List[float]]:
 
 
 def _bd_rate_interval(inputs, learned) -> Optional[List[float]]:
-    """95 % interval of the BD-rate vs the input front, recomputed on every resample."""
+    """95 % interval of the BD-rate of ``learned`` vs the anchor ``inputs`` (the input front,
+    or another codec's students), recomputed on every resample."""
     if not inputs or not learned or any('mAP_samples' not in r for r in inputs + learned):
         return None
     vals = []
@@ -373,6 +374,19 @@ def _bd_rate_figures(rows, inputs, learned) -> dict:
                                    if r['method'] in (LEARNED, VARIABLE))})
 
 
+def _bd_rate_between_codecs(rows) -> dict:
+    """'B vs A': the BD-rate of learned codec B's students against codec A's (the anchor), with
+    its interval, for every pair of codecs with two or more single-rate students each."""
+    by_codec = {}
+    for r in rows:
+        if r['method'] == LEARNED:
+            by_codec.setdefault(codec_of(r), []).append(r)
+    by_codec = {c: rs for c, rs in by_codec.items() if len(rs) > 1}
+    return {f'{b} vs {a}': dict(bd_rate=bd_rate(*_curve(ra), *_curve(rb)),
+                                ci=_bd_rate_interval(ra, rb))
+            for b, rb in by_codec.items() for a, ra in by_codec.items() if a != b}
+
+
 def _variable_rate_figures(rows, inputs, learned) -> dict:
     s = dict(variable_rate_vs_single_rate=_variable_vs_single(rows))
     variable = [r for r in rows if r['method'] == VARIABLE]
@@ -442,6 +456,7 @@ def summarize(rows):
     if inputs and learned:
         s.update(_bd_rate_figures(rows, inputs, learned))
     s.update(_variable_rate_figures(rows, inputs, learned))
+    s['bd_rate_between_codecs'] = _bd_rate_between_codecs(rows)
     s['families'] = _family_summaries(rows)
     if not learned:
         return s
@@ -543,6 +558,11 @@ def _bd_rate_lines(summary) -> List[str]:
         if bd is not None:
             lines.append(f'BD-rate {codec} (all its students and rate points) vs the input-codec '
                          f'front: {100 * bd:+.1f} %')
+    for pair, v in (summary.get('bd_rate_between_codecs') or {}).items():
+        if v['bd_rate'] is not None:
+            ci = f" (95% CI [{100 * v['ci'][0]:+.1f}, {100 * v['ci'][1]:+.1f}] %)" \
+                if v['ci'] else ''
+            lines.append(f"BD-rate {pair} (single-rate students): {100 * v['bd_rate']:+.1f} %{ci}")
     return lines
 
 
