@@ -337,9 +337,10 @@ def _check_integer_chain(layers: List[Dict], width: int, out: int, syn: Dict, p:
 def _check_channel_context(c: Dict, latent_channels: int, syn: Dict) -> None:
     """One transform per slice; slice i's reads the synthesis' 2C outputs and i slices."""
     p, n = 'hyperprior.channel_context', c['num_slices']
-    if latent_channels % n or len(c['transforms']) != n:
-        _fail(f'{p}.num_slices', f'{n} must divide codec.latent_channels ({latent_channels}) '
-              f'and count the {len(c["transforms"])} transforms')
+    if latent_channels % n:
+        _fail(f'{p}.num_slices', f'{n} must divide codec.latent_channels ({latent_channels})')
+    if len(c['transforms']) != n:
+        _fail(f'{p}.transforms', f'has {len(c["transforms"])} transforms; {p}.num_slices is {n}')
     cs = latent_channels // n
     for i, t in enumerate(c['transforms']):
         _check_integer_chain(t['layers'], 2 * latent_channels + i * cs,

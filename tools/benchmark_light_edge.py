@@ -250,7 +250,7 @@ def _torch_symbols(model, inputs):
         return torch.round(y - med).to(torch.int32)[0].numpy()
     z = comp.h_a(y)
     z_hat, _ = comp.hyper_entropy_model(z, training=False)
-    means, _ = comp._exact_params(z_hat, y.shape[-2:])
+    means, _ = comp._exact_code(y, z_hat)  # a channel context's include its corrections
     z_sym = torch.round(z_hat - comp.hyper_entropy_model._medians().view(1, -1, 1, 1))
     return np.concatenate([torch.round(y - means).to(torch.int32)[0].numpy().ravel(),
                            z_sym.to(torch.int32)[0].numpy().ravel()])

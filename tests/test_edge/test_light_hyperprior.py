@@ -221,8 +221,16 @@ def test_light_channel_context_payloads_equal_the_pytorch_edge(served_model, tmp
     _context_spread(model.compressor)
     edge = _export(model, cfg, tmp_path, 'context')
     assert edge.sidecar['codec']['codec_id'] == CodecId.CHANNEL_CONTEXT_HYPERPRIOR
-    results = _same_payloads(edge, model, cfg, _images())
+    images = _images()
+    results = _same_payloads(edge, model, cfg, images)
     assert all(np.abs(r.symbols).max() > 3 for r in results)
+    from benchmark_light_edge import _torch_symbols  # the benchmark's symbol check agrees
+    for img, r in zip(images, results):
+        x, _ = edge.preprocess(img)
+        with torch.no_grad():
+            ref = _torch_symbols(model, torch.from_numpy(x))
+        np.testing.assert_array_equal(ref, np.concatenate([r.symbols.ravel(),
+                                                           r.side_symbols.ravel()]))
     plain = copy.copy(edge.hyper)
     plain.context = None  # the same hyperprior without the context: other bytes
     y = np.asarray(results[0].symbols, np.float32)

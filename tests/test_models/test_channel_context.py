@@ -172,6 +172,8 @@ def test_config_errors_and_starting_point():
         _neck(num_slices=4)
     with pytest.raises(ValueError, match='context_channels'):
         _neck(context_channels=0)
+    with pytest.raises(ValueError, match='context_layers must be 1 or 2, got 3'):
+        _neck(context_layers=3)
     torch.manual_seed(0)
     n = _neck()
     assert all(float(t.out.weight.abs().sum()) == 0 for t in n.slice_transforms)

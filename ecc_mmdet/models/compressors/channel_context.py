@@ -32,13 +32,10 @@ from torch import Tensor, nn
 
 from ecc_edge.codecs.bitstream import CodecId
 from ...entropy_models import ExactHyperSynthesis
+from ...entropy_models.hyper_synthesis import _ste_round
 from .hyperprior import HyperpriorBottleneckNeck
 
 __all__ = ['ChannelContextHyperpriorNeck']
-
-
-def _ste_round(x: Tensor) -> Tensor:
-    return x + (torch.round(x) - x).detach()
 
 
 @MODELS.register_module()
@@ -66,6 +63,8 @@ class ChannelContextHyperpriorNeck(HyperpriorBottleneckNeck):
                 or context_channels < 1:
             raise ValueError(f'{name}: context_channels must be a positive int, '
                              f'got {context_channels!r}')
+        if context_layers not in (1, 2) or isinstance(context_layers, bool):
+            raise ValueError(f'{name}: context_layers must be 1 or 2, got {context_layers!r}')
         self.num_slices = num_slices
         self.slice_channels = c // num_slices
         hs = self.h_s
@@ -87,8 +86,7 @@ class ChannelContextHyperpriorNeck(HyperpriorBottleneckNeck):
     def _train_latent(self, y: Tensor, z_hat: Tensor) -> Tuple[Tensor, Tensor]:
         """Slices in order; each transform sees the previous slices rounded (straight-through)
         around their means, as the decoder will see them."""
-        h, w = y.shape[-2:]
-        means, log_scales = (t[..., :h, :w] for t in self.h_s(z_hat))
+        means, log_scales = self._hyper_train(z_hat, y.shape[-2:])
         g, s = self.gaussian, 2.0**self.h_s.frac_bits
         context, y_hats, liks = [means, log_scales], [], []
         for i, t in enumerate(self.slice_transforms):
@@ -110,6 +108,8 @@ class ChannelContextHyperpriorNeck(HyperpriorBottleneckNeck):
         means, log_acc = hyper
         s2 = 2.0**(2 * self.h_s.frac_bits)
         t = self.slice_transforms[i]
+        # log_acc / s2 is exact (a power of two); t.exact rounds its inputs half to even, as
+        # np.round on the light edge
         inputs = torch.cat([means.double(), log_acc / s2, *context], 1)
         d_mean, d_log = t.exact(inputs)
         sl = self._slice(i)
@@ -117,11 +117,6 @@ class ChannelContextHyperpriorNeck(HyperpriorBottleneckNeck):
         idx = self.gaussian.index_from_fixed_point(log_acc[:, sl] + d_log,
                                                    2 * self.h_s.frac_bits)
         return m, idx
-
-    def _hyper_exact(self, z_hat: Tensor, size) -> Tuple[Tensor, Tensor]:
-        means, log_acc = self.h_s.exact(z_hat)
-        h, w = size
-        return means[..., :h, :w], log_acc[..., :h, :w]
 
     def _exact_code(self, y: Tensor, z_hat: Tensor) -> Tuple[Tensor, Tensor]:
         hyper = self._hyper_exact(z_hat, y.shape[-2:])
@@ -157,4 +152,6 @@ class ChannelContextHyperpriorNeck(HyperpriorBottleneckNeck):
         return super().cloud_modules() + [self.slice_transforms]
 
     def extra_repr(self) -> str:
-        return super().extra_repr() + f', num_slices={self.num_slices}'
+        t = self.slice_transforms[0]
+        return super().extra_repr() + (f', num_slices={self.num_slices}, context_channels='
+                                       f'{t.out.in_channels}, context_layers={t.up_steps}')

@@ -98,12 +98,20 @@ class HyperpriorBottleneckNeck(EntropyBottleneckNeck):
         d = self.hyper_downsample
         return (h + d - 1) // d, (w + d - 1) // d
 
+    def _hyper_exact(self, z_hat: Tensor, size) -> Tuple[Tensor, Tensor]:
+        """z_hat -> h_s's exact (means, log-scale accumulators) cropped to spatial ``size``."""
+        h, w = size
+        return tuple(t[..., :h, :w] for t in self.h_s.exact(z_hat))
+
     def _exact_params(self, z_hat: Tensor, size) -> Tuple[Tensor, Tensor]:
         """z_hat -> (means, scale indexes) of a latent of spatial ``size``, exactly."""
-        means, log_acc = self.h_s.exact(z_hat)
-        h, w = size
-        means, log_acc = means[..., :h, :w], log_acc[..., :h, :w]
+        means, log_acc = self._hyper_exact(z_hat, size)
         return means, self.gaussian.index_from_fixed_point(log_acc, 2 * self.h_s.frac_bits)
+
+    def _hyper_train(self, z_hat: Tensor, size) -> Tuple[Tensor, Tensor]:
+        """h_s's training path (fake-quantised) cropped to spatial ``size``."""
+        h, w = size
+        return tuple(t[..., :h, :w] for t in self.h_s(z_hat))
 
     # ---- how y is modelled given z_hat: the override points of a context model (one each for
     # training, the exact parameters, encoding and decoding)
@@ -113,9 +121,7 @@ class HyperpriorBottleneckNeck(EntropyBottleneckNeck):
 
     def _train_latent(self, y: Tensor, z_hat: Tensor) -> Tuple[Tensor, Tensor]:
         """Training proxy -> (y_hat for the decoder, likelihoods of y)."""
-        means, log_scales = self.h_s(z_hat)
-        means = means[..., :y.shape[-2], :y.shape[-1]]
-        log_scales = log_scales[..., :y.shape[-2], :y.shape[-1]]
+        means, log_scales = self._hyper_train(z_hat, y.shape[-2:])
         y_hat, y_tilde = self.gaussian.quantize(y, means, True)
         return y_hat, self.gaussian.likelihood(y_tilde, means, self._scales(log_scales))
 
