@@ -26,9 +26,9 @@
 
 The codec is the single-rate task-driven hyperprior with a channel-context model
 (configs/ecc_faster_rcnn_r18_synthetic_kd_cc_task.py), the best one measured
-(docs/results.md#a-channel-context-model). A variable-rate codec would serve every rate from one
-model, but the rule is to take it only if each of its points holds the single-rate students'
-accuracy within 0.5 mAP, and the task-driven variable-rate hyperprior does not
+(docs/results.md, "A channel-context model"). A variable-rate codec would serve every rate
+from one model, but the rule is to take it only if each of its points holds the single-rate
+students' accuracy within 0.5 mAP, and the task-driven variable-rate hyperprior does not
 (docs/results.md). The student and its exit can also be trained one after the other
 (configs/ecc_faster_rcnn_r18_synthetic_kd_hp_task.py, then ..._dynamic_hp.py, on the plain
 hyperprior), and the factorized student stays in the benchmark tools
