@@ -137,7 +137,7 @@ class ChannelContext:
     def sections(self, y: np.ndarray, means: np.ndarray, log_acc: np.ndarray,
                  thresholds: np.ndarray) -> List[Tuple[np.ndarray, np.ndarray]]:
         """y (C, h, w) float32 and the hyper-synthesis' means / log accumulators (cropped to
-        y) -> per slice (int32 symbols, scale indexes), in coding order."""
+        y) -> per slice (int32 symbols (C/S, h, w), flat scale indexes), in coding order."""
         cs = y.shape[0] // len(self.transforms)
         fixed = [means.astype(np.float64), log_acc / self.scale**2]
         context, out = [], []
@@ -147,7 +147,7 @@ class ChannelContext:
             m = np.clip(means[sl].astype(np.float64) + d_mean.astype(np.float64),
                         -self.mean_max, self.mean_max)
             sym = quantise(y[sl], m.astype(np.float32))
-            out.append((sym, scale_indexes(log_acc[sl] + d_log, thresholds)))
+            out.append((sym, scale_indexes(log_acc[sl] + d_log, thresholds).reshape(-1)))
             context.append(sym.astype(np.float64) + m)
         return out
 

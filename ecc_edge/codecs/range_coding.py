@@ -327,7 +327,7 @@ def _indexed_parts(symbols: np.ndarray, indexes: np.ndarray, tables: CodingTable
                    max_abs: Optional[int]) -> list:
     """Checked symbols and indexes -> the ``(table, symbols)`` groups in coding order."""
     symbols = _check_int32(symbols, max_abs).reshape(-1)
-    indexes = _check_indexes(np.asarray(indexes).reshape(-1), symbols.size, len(tables.tables))
+    indexes = _check_indexes(indexes, symbols.size, len(tables.tables))
     if symbols.size == 0:
         return []
     order, groups = _index_groups(indexes)

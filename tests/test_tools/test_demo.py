@@ -14,7 +14,8 @@ ROWS = [('teacher', 'original image'), ('cloud-only JPEG', 'q=10'), ('cloud-only
         ('cloud-only JPEG', 'q=60'), ('cloud-only JPEG', 'q=90'), ('cloud-only WebP', 'q=5'),
         ('cloud-only WebP', 'q=30'), ('cloud-only AVIF', 'q=5'), ('cloud-only AVIF', 'q=30'),
         ('8-bit features', 'split_after=0'),
-        ('learned bottleneck', 'task-driven hyperprior KD student (beta=0.05)'), SYSTEM, SERVED]
+        ('learned bottleneck', 'task-driven channel-context KD student (beta=0.05)'), SYSTEM,
+        SERVED]
 
 
 def test_tiny_demo_runs_every_stage_then_reuses_them(tmp_path):
