@@ -319,3 +319,16 @@ def test_hyperprior_with_an_edge_exit(served_model, tmp_path):
     model.router.threshold.fill_(float(scores[2] + scores[3]) / 2)
     results = _same_payloads(_export(model, cfg, tmp_path, 'exit'), model, cfg, images)
     assert sorted(r.tier for r in results) == ['cloud'] * 3 + ['edge_main'] * 3
+
+
+def test_light_edge_runs_a_gdn_encoder(served_model, tmp_path):
+    """GDN in g_a exports to the light edge's graph: the same payloads as the PyTorch edge."""
+    from ecc_mmdet.models.compressors.gdn import GDN
+    cfg, model = _detector(served_model, dict(HYPERPRIOR, gdn=True))
+    gdns = [m for m in model.compressor.g_a if isinstance(m, GDN)]
+    with torch.no_grad():  # a normalisation that matters: strong, uneven cross-channel terms
+        for m in gdns:
+            m.gamma.add_(torch.rand(m.gamma.shape, generator=torch.Generator().manual_seed(1)))
+    edge = _export(model, cfg, tmp_path, 'gdn')
+    results = _same_payloads(edge, model, cfg, _images())
+    assert all(np.abs(r.symbols).max() > 3 for r in results)

@@ -3,11 +3,12 @@
 Importing this package registers (into ``mmdet.registry.MODELS``, flat names):
 ``EntropyBottleneckNeck``, ``VariableRateBottleneckNeck``, ``HyperpriorBottleneckNeck``,
 ``VariableRateHyperpriorNeck``, ``ChannelContextHyperpriorNeck``, ``QuantizeNeck``, ``Float16Neck``,
-``Float32Neck``.
+``Float32Neck``. ``GDN`` is the nonlinearity of ``gdn=True``.
 """
 from .base import BaseFeatureCompressor
 from .channel_context import ChannelContextHyperpriorNeck
 from .entropy_bottleneck import EntropyBottleneckNeck
+from .gdn import GDN
 from .hyperprior import HyperpriorBottleneckNeck
 from .passthrough import Float16Neck, Float32Neck
 from .quantize import QuantizeNeck
@@ -16,5 +17,5 @@ from .variable_rate import VariableRateBottleneckNeck, VariableRateHyperpriorNec
 __all__ = [
     'BaseFeatureCompressor', 'EntropyBottleneckNeck', 'QuantizeNeck', 'Float16Neck',
     'Float32Neck', 'VariableRateBottleneckNeck', 'HyperpriorBottleneckNeck',
-    'VariableRateHyperpriorNeck', 'ChannelContextHyperpriorNeck'
+    'VariableRateHyperpriorNeck', 'ChannelContextHyperpriorNeck', 'GDN'
 ]

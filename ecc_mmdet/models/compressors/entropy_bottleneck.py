@@ -48,6 +48,7 @@ from torch import Tensor, nn
 from ecc_edge.codecs.bitstream import CodecId, CorruptedBitstreamError, as_bytes
 from ...entropy_models import FactorizedEntropyModel
 from .base import MAX_DECODED_ELEMENTS, BaseFeatureCompressor, CompressedImage
+from .gdn import GDN
 
 __all__ = ['EntropyBottleneckNeck']
 
@@ -72,6 +73,8 @@ class EntropyBottleneckNeck(BaseFeatureCompressor):
         entropy_model: extra kwargs of :class:`FactorizedEntropyModel` (filters, init_scale,
             tail_mass, ...); default ``dict(filters=(3, 3, 3))``.
         act_cfg: activation between convs (mmcv config).
+        gdn: GDN between g_a's convs and IGDN between g_s's instead of ``act_cfg`` (the
+            image codecs' nonlinearity, :mod:`.gdn`).
         init_cfg: mmengine init config (default: PyTorch's default initialisation).
     """
 
@@ -82,7 +85,7 @@ class EntropyBottleneckNeck(BaseFeatureCompressor):
                  hidden_channels: Optional[int] = None, downsample: int = 2, beta: float = 0.01,
                  rate_unit: str = 'bpp', feature_stride: int = 4, quantization: str = 'noise',
                  entropy_model: Optional[dict] = None,
-                 act_cfg: Optional[dict] = None, init_cfg=None):
+                 act_cfg: Optional[dict] = None, gdn: bool = False, init_cfg=None):
         super().__init__(in_channels, init_cfg=init_cfg)
         if downsample not in (1, 2):
             raise ValueError('EntropyBottleneckNeck: downsample must be 1 or 2, '
@@ -113,17 +116,22 @@ class EntropyBottleneckNeck(BaseFeatureCompressor):
         self.feature_stride = int(feature_stride)
         self.quantization = quantization
         act_cfg = act_cfg or dict(type='LeakyReLU', negative_slope=0.1)
+        self.gdn = bool(gdn)
 
         c, h, z = self.in_channels, self.hidden_channels, self.latent_channels
+
+        def act(inverse: bool) -> nn.Module:
+            return GDN(h, inverse=inverse) if self.gdn else build_activation_layer(act_cfg)
+
         self.g_a = nn.Sequential(
-            nn.Conv2d(c, h, 3, stride=self.downsample, padding=1), build_activation_layer(act_cfg),
-            nn.Conv2d(h, h, 3, padding=1), build_activation_layer(act_cfg),
+            nn.Conv2d(c, h, 3, stride=self.downsample, padding=1), act(False),
+            nn.Conv2d(h, h, 3, padding=1), act(False),
             nn.Conv2d(h, z, 3, padding=1))
         up = (nn.ConvTranspose2d(h, h, 4, stride=2, padding=1) if self.downsample == 2 else
               nn.Conv2d(h, h, 3, padding=1))
         self.g_s = nn.Sequential(
-            nn.Conv2d(z, h, 3, padding=1), build_activation_layer(act_cfg),
-            up, build_activation_layer(act_cfg),
+            nn.Conv2d(z, h, 3, padding=1), act(True),
+            up, act(True),
             nn.Conv2d(h, c, 3, padding=1))
         self.entropy_model_cfg = em_cfg  # validated; subclasses build more models from it
         self.entropy_model = FactorizedEntropyModel(z, **em_cfg)
@@ -273,4 +281,5 @@ class EntropyBottleneckNeck(BaseFeatureCompressor):
 
     def extra_repr(self) -> str:
         return (f'in_channels={self.in_channels}, latent_channels={self.latent_channels}, '
-                f'downsample={self.downsample}, beta={self.beta}, rate_unit={self.rate_unit!r}')
+                f'downsample={self.downsample}, beta={self.beta}, rate_unit={self.rate_unit!r}, '
+                f'gdn={self.gdn}')
