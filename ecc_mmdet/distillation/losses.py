@@ -8,10 +8,10 @@ from typing import Optional, Sequence
 import torch
 import torch.nn.functional as F
 from mmdet.registry import MODELS
-from mmdet.structures.bbox import get_box_tensor
 from torch import Tensor, nn
 
 from ..errors import ConfigError
+from ..structures.box_masks import object_mask
 
 __all__ = ['softmax_kd', 'sigmoid_kd', 'ResponseKDLoss', 'FeatureKDLoss']
 
@@ -102,18 +102,7 @@ class FeatureKDLoss(nn.Module):
         bg = self.background_weight
         if bg >= 1.0:
             return None
-        n, _, h, w = shape
-        sy, sx = input_hw[0] / h, input_hw[1] / w
-        weights = torch.full((n, 1, h, w), bg)
-        for k, sample in enumerate(batch_data_samples):
-            gt = sample.get('gt_instances', None)
-            if gt is None or 'bboxes' not in gt or len(gt) == 0:
-                continue
-            for x1, y1, x2, y2 in get_box_tensor(gt.bboxes).detach().cpu().tolist():
-                c0, c1 = max(0, int(x1 // sx)), min(w, int(-(-x2 // sx)))
-                r0, r1 = max(0, int(y1 // sy)), min(h, int(-(-y2 // sy)))
-                weights[k, :, r0:r1, c0:c1] = 1.0
-        return weights
+        return bg + (1.0 - bg) * object_mask(batch_data_samples, shape, input_hw)
 
     def forward(self, student_feat: Tensor, teacher_feat: Tensor, batch_data_samples,
                 input_hw: Sequence[int]) -> Tensor:

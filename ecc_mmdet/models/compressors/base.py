@@ -130,11 +130,14 @@ class BaseFeatureCompressor(BaseModule):
 
     # ------------------------------------------------------------------ interface
     @abstractmethod
-    def forward(self, x: Tensor, num_pixels=None) -> Tuple[Tensor, Dict[str, Tensor]]:
+    def forward(self, x: Tensor, num_pixels=None,
+                object_mask: Optional[Tensor] = None) -> Tuple[Tensor, Dict[str, Tensor]]:
         """(N, C, H, W) -> (x_hat of the same shape, dict of weighted losses).
 
         ``num_pixels``: pixels of the (padded) input image, used by necks with a rate term in
-        bits per pixel; ignored by the others.
+        bits per pixel; ignored by the others. ``object_mask`` (N, 1, H, W): 1 where a
+        ground-truth box lies (training only), for necks whose rate term weighs objects apart;
+        ignored by the others.
         """
 
     @abstractmethod

@@ -41,6 +41,7 @@ import struct
 from typing import Dict, List, Optional, Tuple
 
 import torch
+import torch.nn.functional as F
 from mmcv.cnn import build_activation_layer
 from mmdet.registry import MODELS
 from torch import Tensor, nn
@@ -75,6 +76,9 @@ class EntropyBottleneckNeck(BaseFeatureCompressor):
         act_cfg: activation between convs (mmcv config).
         gdn: GDN between g_a's convs and IGDN between g_s's instead of ``act_cfg`` (the
             image codecs' nonlinearity, :mod:`.gdn`).
+        object_rate_weight: in (0, 1]; in training, the bits of latent elements inside
+            ground-truth boxes count at this weight in the rate term (a region-aware rate: bits
+            are cheaper where the detector needs them). 1 (default): every bit counts alike.
         init_cfg: mmengine init config (default: PyTorch's default initialisation).
     """
 
@@ -85,7 +89,8 @@ class EntropyBottleneckNeck(BaseFeatureCompressor):
                  hidden_channels: Optional[int] = None, downsample: int = 2, beta: float = 0.01,
                  rate_unit: str = 'bpp', feature_stride: int = 4, quantization: str = 'noise',
                  entropy_model: Optional[dict] = None,
-                 act_cfg: Optional[dict] = None, gdn: bool = False, init_cfg=None):
+                 act_cfg: Optional[dict] = None, gdn: bool = False,
+                 object_rate_weight: float = 1.0, init_cfg=None):
         super().__init__(in_channels, init_cfg=init_cfg)
         if downsample not in (1, 2):
             raise ValueError('EntropyBottleneckNeck: downsample must be 1 or 2, '
@@ -102,6 +107,11 @@ class EntropyBottleneckNeck(BaseFeatureCompressor):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f'EntropyBottleneckNeck: {name} must be a positive int, '
                                  f'got {value!r}')
+        w = object_rate_weight
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 < w <= 1:
+            raise ValueError('EntropyBottleneckNeck: object_rate_weight must be in (0, 1], '
+                             f'got {object_rate_weight!r}')
+        self.object_rate_weight = float(object_rate_weight)
         em_cfg = dict(filters=(3, 3, 3))
         em_cfg.update(entropy_model or {})
         if em_cfg.setdefault('quantization', quantization) != quantization:
@@ -144,6 +154,16 @@ class EntropyBottleneckNeck(BaseFeatureCompressor):
 
     def _decode(self, y_hat: Tensor, h: int, w: int) -> Tensor:
         return self.g_s(y_hat)[..., :h, :w]
+
+    def _latent_bits(self, coder, likelihoods: Tensor, object_mask: Optional[Tensor]) -> Tensor:
+        """Bits of y per image (N,); with an ``object_mask`` (N, 1, H, W) of the feature map and
+        ``object_rate_weight`` < 1, each element's bits are weighted by 1 - (1 - w) * the share
+        of its latent cell that objects cover."""
+        if object_mask is None or self.object_rate_weight == 1.0:
+            return coder.bits(likelihoods)
+        share = F.adaptive_avg_pool2d(object_mask.to(likelihoods), likelihoods.shape[-2:])
+        weights = 1.0 - (1.0 - self.object_rate_weight) * share
+        return (-torch.log2(likelihoods) * weights).flatten(1).sum(1)
 
     def _rate(self, bits: Tensor, x: Tensor, num_pixels) -> Tensor:
         """bits (N,) -> rate per image in ``rate_unit``."""
@@ -188,7 +208,8 @@ class EntropyBottleneckNeck(BaseFeatureCompressor):
         return self.beta
 
     # --------------------------------------------------------------- interface
-    def forward(self, x: Tensor, num_pixels=None) -> Tuple[Tensor, Dict[str, Tensor]]:
+    def forward(self, x: Tensor, num_pixels=None,
+                object_mask: Optional[Tensor] = None) -> Tuple[Tensor, Dict[str, Tensor]]:
         """-> (x_hat, dict(loss_rate=beta * rate))."""
         self._check_input(x)
         h, w = x.shape[-2:]
@@ -200,7 +221,7 @@ class EntropyBottleneckNeck(BaseFeatureCompressor):
             x_hat = self._decode(y_hat, h, w)
         else:  # batch 1 per image, exactly as decompress runs
             x_hat = torch.cat([self._decode(y_hat[i:i + 1], h, w) for i in range(x.shape[0])])
-        rate = self._rate(coder.bits(likelihoods), x, num_pixels)
+        rate = self._rate(self._latent_bits(coder, likelihoods, object_mask), x, num_pixels)
         losses = dict(loss_rate=self._rate_weight_of(*point) * rate.mean())
         return x_hat, losses
 
@@ -282,4 +303,4 @@ class EntropyBottleneckNeck(BaseFeatureCompressor):
     def extra_repr(self) -> str:
         return (f'in_channels={self.in_channels}, latent_channels={self.latent_channels}, '
                 f'downsample={self.downsample}, beta={self.beta}, rate_unit={self.rate_unit!r}, '
-                f'gdn={self.gdn}')
+                f'gdn={self.gdn}, object_rate_weight={self.object_rate_weight}')

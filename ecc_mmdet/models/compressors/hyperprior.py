@@ -148,7 +148,8 @@ class HyperpriorBottleneckNeck(EntropyBottleneckNeck):
         return y_hat, y_lik, z_lik
 
     # --------------------------------------------------------------- interface
-    def forward(self, x: Tensor, num_pixels=None) -> Tuple[Tensor, Dict[str, Tensor]]:
+    def forward(self, x: Tensor, num_pixels=None,
+                object_mask: Optional[Tensor] = None) -> Tuple[Tensor, Dict[str, Tensor]]:
         """-> (x_hat, dict(loss_rate=beta * rate)). The coding path (rounding, exact indexes,
         table scales) runs when the entropy models are in eval mode: at test time and in the
         fine-tune stage, where they are frozen as deployed."""
@@ -157,12 +158,12 @@ class HyperpriorBottleneckNeck(EntropyBottleneckNeck):
         point = self._rate_point(self.training)
         if not self.gaussian.training:
             y_hat, y_lik, z_lik = self._coded(x, point)
-            bits = self.gaussian.bits(y_lik) + self.hyper_entropy_model.bits(z_lik)
         else:
             y = self._latent(x, *point)
             z_hat, z_lik = self.hyper_entropy_model(self.h_a(y))
             y_hat, y_lik = self._train_latent(y, z_hat)
-            bits = self.gaussian.bits(y_lik) + self.hyper_entropy_model.bits(z_lik)
+        bits = (self._latent_bits(self.gaussian, y_lik, object_mask)
+                + self.hyper_entropy_model.bits(z_lik))
         y_hat = self._decoder_input(y_hat, *point)
         if self.training:
             x_hat = self._decode(y_hat, h, w)
@@ -213,8 +214,8 @@ class HyperpriorBottleneckNeck(EntropyBottleneckNeck):
                                                         rate_point)
         if z_len > len(body):
             raise CorruptedBitstreamError(
-                f"{type(self).__name__}: codec_params declare {z_len} bytes of z's body, the body has "
-                f'{len(body)}')
+                f"{type(self).__name__}: codec_params declare {z_len} bytes of z's body, the body "
+                f'has {len(body)}')
         zh, zw = self.hyper_size(*shape[1:])
         z_hat = self.hyper_entropy_model.decompress([body[:z_len]], (zh, zw)).to(self.device)
         y_hat = self._decode_latent(body[z_len:], z_hat, shape)

@@ -38,7 +38,8 @@ class _RawFloatNeck(BaseFeatureCompressor):
             x = x.clamp(-self._clamp, self._clamp)
         return x.to(getattr(torch, np.dtype(self._np_dtype).name)).float()
 
-    def forward(self, x: Tensor, num_pixels=None) -> Tuple[Tensor, Dict[str, Tensor]]:
+    def forward(self, x: Tensor, num_pixels=None,
+                object_mask: Optional[Tensor] = None) -> Tuple[Tensor, Dict[str, Tensor]]:
         self._check_input(x)
         return self._to_wire(x), {}
 

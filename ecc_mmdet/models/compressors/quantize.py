@@ -113,7 +113,8 @@ class QuantizeNeck(BaseFeatureCompressor):
         return _quantize(x.detach(), lo, hi, self.n_bits), lo, hi
 
     # --------------------------------------------------------------- interface
-    def forward(self, x: Tensor, num_pixels=None) -> Tuple[Tensor, Dict[str, Tensor]]:
+    def forward(self, x: Tensor, num_pixels=None,
+                object_mask: Optional[Tensor] = None) -> Tuple[Tensor, Dict[str, Tensor]]:
         self._check_input(x)
         q, lo, hi = self._quantize_batch(x)
         x_hat = _dequantize(q, lo, hi, self.n_bits)

@@ -19,6 +19,7 @@ from ecc_edge.codecs.bitstream import Payload
 from ...deployment import sides
 from ...deployment.pipeline import run_cloud, run_deployment, run_edge
 from ...errors import ConfigError
+from ...structures import object_mask
 from ...utils.modules import count_parameters
 from ..exits import ExitOutput
 from ..split import BackboneSplitter
@@ -127,11 +128,17 @@ class EdgeCloudDetectorMixin:
         return self._distiller[0]
 
     # ---- differentiable path (training, tensor mode, FLOP counting of the whole graph) ----
-    def _split_forward(self, batch_inputs: Tensor) -> dict:
-        """edge -> compressor (differentiable) -> cloud -> neck, with what the losses read."""
+    def _split_forward(self, batch_inputs: Tensor, batch_data_samples=None) -> dict:
+        """edge -> compressor (differentiable) -> cloud -> neck, with what the losses read.
+        With training samples, a compressor whose rate term weighs objects apart
+        (``object_rate_weight`` < 1) also gets where their objects are."""
         f = self.splitter.forward_edge(batch_inputs)
+        mask = None
+        if batch_data_samples is not None \
+                and getattr(self.compressor, 'object_rate_weight', 1.0) != 1.0:
+            mask = object_mask(batch_data_samples, f.shape, batch_inputs.shape[-2:]).to(f)
         f_hat, losses = self.compressor(f, num_pixels=batch_inputs.shape[-2] *
-                                        batch_inputs.shape[-1])
+                                        batch_inputs.shape[-1], object_mask=mask)
         outs = self.splitter.forward_cloud(f_hat)
         return dict(edge_feats=f, compressor_losses=losses, backbone_outs=outs,
                     neck_outs=self.neck(outs) if self.with_neck else outs)
@@ -150,7 +157,7 @@ class EdgeCloudDetectorMixin:
         ``compressor_losses``), the exits' on detached F_k. Nothing is kept between calls."""
         if self.train_exits_only:
             return self.tiers.exit_only_losses(batch_inputs, batch_data_samples)
-        inter = self._split_forward(batch_inputs)
+        inter = self._split_forward(batch_inputs, batch_data_samples)
         losses = self.loss_from_features(inter['neck_outs'], batch_data_samples)
         losses.update(inter['compressor_losses'])
         if self.distiller is not None:
