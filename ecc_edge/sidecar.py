@@ -301,6 +301,9 @@ def _check_hyperprior(h: Dict, latent_channels: int) -> None:
                          latent_channels * (2 if syn['predict_means'] else 1), syn, p)
     if syn['mean_max'] * scale >= 2**24:
         _fail(f'{p}.mean_max', 'times 2**frac_bits must be < 2**24 (float32-exact means)')
+    if not float(syn['act_max'] * scale).is_integer():
+        _fail(f'{p}.act_max', 'times 2**frac_bits must be an integer (the activations are '
+              'clamped to it and must stay integers)')
     g, thr = h['gaussian'], h['index_thresholds']
     if any(b < a for a, b in zip(thr, thr[1:])):
         _fail('hyperprior.index_thresholds', 'must be non-decreasing')

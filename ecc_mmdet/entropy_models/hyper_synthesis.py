@@ -79,12 +79,16 @@ class ExactHyperSynthesis(nn.Module):
         self.mean_max = float(mean_max)
         if mean_max * 2**frac_bits >= 2**24:
             raise ValueError('ExactHyperSynthesis: mean_max * 2**frac_bits must be < 2**24')
+        if not float(act_max * 2**frac_bits).is_integer() or act_max <= 0:
+            raise ValueError('ExactHyperSynthesis: act_max * 2**frac_bits must be a positive '
+                             'integer (the clamped activations must stay integers)')
         widths = [in_channels] + [hidden_channels] * up_steps
         self.convs = nn.ModuleList(nn.Conv2d(widths[i], widths[i + 1], 3, padding=1)
                                    for i in range(up_steps))
         self.out = nn.Conv2d(hidden_channels, out_channels * (2 if predict_means else 1), 3,
                              padding=1)
-        # the largest integer sum: (3*3*Cin) * a_max*2**F * w_max*2**F + bias, must be < 2**53
+        # the largest integer sum: (3*3*Cin) * a_max*2**F * w_max*2**F + bias, must be < 2**53;
+        # the bias is clamped to the products' bound (integer_layers), hence the factor 2
         worst = 9 * max(widths + [hidden_channels]) * (act_max * 2**frac_bits) * \
             (weight_max * 2**frac_bits) * 2
         if worst >= 2**52:
@@ -132,9 +136,15 @@ class ExactHyperSynthesis(nn.Module):
 
     def _integer_layers(self) -> List[Tuple[Tensor, Tensor]]:
         s = 2.0**self.frac_bits
-        return [(torch.round(torch.clamp(conv.weight.to(torch.float64), -self.weight_max,
-                                         self.weight_max) * s),
-                 torch.round(conv.bias.to(torch.float64) * s * s)) for conv in self._layers()]
+        out = []
+        for conv in self._layers():
+            # |bias| up to the largest sum of the products, so the total stays below 2**53
+            b_max = 9 * conv.in_channels * self.act_max * self.weight_max
+            out.append((torch.round(torch.clamp(conv.weight.to(torch.float64), -self.weight_max,
+                                                self.weight_max) * s),
+                        torch.round(torch.clamp(conv.bias.to(torch.float64), -b_max, b_max)
+                                    * s * s)))
+        return out
 
     @torch.no_grad()
     def exact(self, z_hat: Tensor) -> Tuple[Tensor, Tensor]:

@@ -277,6 +277,8 @@ def _bad_sidecars_are_refused(side):
          rf'^{syn}\[0\]\.weight\[0\]: must be an integer'),
         (edit(['hyperprior', 'synthesis', 'layers', 1, 'in_channels'], 3),
          rf'^{syn}\[1\]\.in_channels: must be'),
+        (edit(['hyperprior', 'synthesis', 'act_max'], 255.3),
+         r'^hyperprior\.synthesis\.act_max: times 2\*\*frac_bits must be an integer'),
         (edit(['hyperprior', 'index_thresholds'], thr[::-1]), 'must be non-decreasing'),
         (edit(['hyperprior', 'gaussian', 'offsets'], side['hyperprior']['gaussian']['offsets'][1:]),
          'index thresholds need'),

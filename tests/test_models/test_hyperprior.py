@@ -101,6 +101,15 @@ def test_hyper_synthesis_is_exact_in_any_summation_order():
     m3, a3 = hs.exact(torch.full((1, 5, 2, 2), 3e9))
     assert torch.isfinite(m3).all() and m3.abs().max() <= hs.mean_max
     assert a3.abs().max() < 2**52
+    # a runaway bias is clamped to the products' bound: the sums stay exact
+    with torch.no_grad():
+        hs.out.bias[0] = 1e30
+    (_, b), = [layer for layer in hs.integer_layers()[-1:]]
+    assert b[0] == 9 * 7 * hs.act_max * hs.weight_max * 2**16 and b[1:].abs().max() < 2**30
+    _, a4 = hs.exact(torch.full((1, 5, 2, 2), 3e9))
+    assert a4.abs().max() < 2**53
+    with pytest.raises(ValueError, match=r'act_max \* 2\*\*frac_bits must be a positive'):
+        ExactHyperSynthesis(5, 7, 3, act_max=255.001)
 
 
 def test_gaussian_tables_and_indexes():
