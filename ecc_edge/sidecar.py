@@ -30,8 +30,9 @@ MIN_KEY_BYTES = 16
 #: codec ids the runtime codes with (ecc_edge.codecs.bitstream.CodecId): the learned bottlenecks
 #: and hyperpriors
 _CODECS = {1: 'ENTROPY_BOTTLENECK', 5: 'VARIABLE_RATE_BOTTLENECK', 6: 'HYPERPRIOR_BOTTLENECK',
-           7: 'VARIABLE_RATE_HYPERPRIOR', 8: 'CHANNEL_CONTEXT_HYPERPRIOR'}
-_VARIABLE_RATE, _HYPERPRIOR, _CHANNEL_CONTEXT = (5, 7), (6, 7, 8), 8
+           7: 'VARIABLE_RATE_HYPERPRIOR', 8: 'CHANNEL_CONTEXT_HYPERPRIOR',
+           9: 'VARIABLE_RATE_CHANNEL_CONTEXT'}
+_VARIABLE_RATE, _HYPERPRIOR, _CHANNEL_CONTEXT = (5, 7, 9), (6, 7, 8, 9), (8, 9)
 _ROUTERS = ('EmptyExitRouter', 'EntropyRouter', 'LearnedRouter', 'RandomRouter',
             'ScoreBandRouter')
 
@@ -401,7 +402,7 @@ def validate_sidecar(side) -> None:
         fields.update(_DYNAMIC)
     codec_id = side['codec'].get('codec_id') if isinstance(side.get('codec'), dict) else None
     if codec_id in _HYPERPRIOR:
-        fields['hyperprior'] = _CONTEXT_SPEC if codec_id == _CHANNEL_CONTEXT else \
+        fields['hyperprior'] = _CONTEXT_SPEC if codec_id in _CHANNEL_CONTEXT else \
             _HYPERPRIOR_SPEC
     _check_fields(side, fields)
     _check_codec(side['codec'], side.get('hyperprior'))

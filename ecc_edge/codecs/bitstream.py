@@ -132,6 +132,7 @@ class CodecId(enum.IntEnum):
     HYPERPRIOR_BOTTLENECK = 6  # mean-scale hyperprior (side information + Gaussian conditional)
     VARIABLE_RATE_HYPERPRIOR = 7  # the hyperprior with rate points (the point is in the header)
     CHANNEL_CONTEXT_HYPERPRIOR = 8  # the hyperprior with y coded in channel slices, in order
+    VARIABLE_RATE_CHANNEL_CONTEXT = 9  # the channel-context hyperprior with rate points
 
 
 class ImageCodecId(enum.IntEnum):

@@ -62,7 +62,7 @@ __all__ = ['EdgeGraph', 'SIDECAR_FORMAT', 'build_sidecar', 'check_graph', 'expor
 _PIPELINE_OK = ('LoadImageFromFile', 'LoadAnnotations', 'PackDetInputs')
 _FACTORIZED = (CodecId.ENTROPY_BOTTLENECK, CodecId.VARIABLE_RATE_BOTTLENECK)
 _HYPERPRIOR = (CodecId.HYPERPRIOR_BOTTLENECK, CodecId.VARIABLE_RATE_HYPERPRIOR,
-               CodecId.CHANNEL_CONTEXT_HYPERPRIOR)
+               CodecId.CHANNEL_CONTEXT_HYPERPRIOR, CodecId.VARIABLE_RATE_CHANNEL_CONTEXT)
 
 
 def _is_hyperprior(comp) -> bool:
@@ -144,7 +144,7 @@ def _codec_spec(model) -> Dict:
         raise ConfigError(f'the light edge runtime codes with the learned bottlenecks '
                           f'(EntropyBottleneckNeck, VariableRateBottleneckNeck) and hyperpriors '
                           f'(HyperpriorBottleneckNeck, VariableRateHyperpriorNeck, '
-                          f'ChannelContextHyperpriorNeck), not '
+                          f'ChannelContextHyperpriorNeck, VariableRateChannelContextNeck), not '
                           f'{type(comp).__name__}')
     point = comp._rate_point(False)
     em = comp.hyper_entropy_model if _is_hyperprior(comp) else comp._coder(*point)

@@ -288,10 +288,13 @@ def _bad_sidecars_are_refused(side):
             validate_sidecar(bad)
 
 
-def test_every_rate_point_of_the_variable_rate_hyperprior(served_model, tmp_path):
+@pytest.mark.parametrize('kind', ['VariableRateHyperpriorNeck', 'VariableRateChannelContextNeck'])
+def test_every_rate_point_of_the_variable_rate_hyperprior(served_model, tmp_path, kind):
     from ecc_edge.codecs import unpack
-    cfg, model = _detector(served_model, dict(HYPERPRIOR, type='VariableRateHyperpriorNeck',
-                                              num_rates=3))
+    extra = dict(num_slices=4, context_channels=8) if 'Context' in kind else {}
+    cfg, model = _detector(served_model, dict(HYPERPRIOR, type=kind, num_rates=3, **extra))
+    if extra:
+        _context_spread(model.compressor)
     sizes = []
     for r in range(3):
         model.compressor.set_rate_point(r)

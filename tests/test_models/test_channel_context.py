@@ -194,3 +194,31 @@ def test_detector_round_trip_and_light_edge_spec():
     ctx = hyperprior_spec(model.compressor)['channel_context']  # what the light edge runs
     assert ctx['num_slices'] == 2 and [t['layers'][0]['in_channels']
                                        for t in ctx['transforms']] == [16, 20]
+
+
+def test_variable_rate_context_codes_every_point_exactly():
+    """The rate points on the context model: each point's payload decodes bit-exactly (batch ==
+    single image), fewer bytes at lower points, and the header's point is what decodes."""
+    from ecc_edge.codecs.bitstream import RatePointError
+    from ecc_mmdet.models.compressors import VariableRateChannelContextNeck
+    torch.manual_seed(0)
+    neck = VariableRateChannelContextNeck(
+        C, latent_channels=6, hyper_channels=4, hyper_downsample=2, beta=0.002,
+        rate_unit='bits_per_element', num_slices=3, context_channels=8, num_rates=3)
+    assert neck.codec_id == CodecId.VARIABLE_RATE_CHANNEL_CONTEXT
+    x = _features()
+    neck = fit_neck(neck, x, steps=150, lr=2e-2)
+    sizes = []
+    for r in range(3):
+        neck.set_rate_point(r)
+        items = neck.compress(x)
+        with torch.no_grad():
+            x_hat, _ = neck(x)
+        assert torch.equal(torch.cat([neck.decompress(*it, r) for it in items]), x_hat)
+        assert [neck.compress(x[i:i + 1])[0] for i in range(3)] == items
+        sizes.append(sum(len(b) for _, b, _ in items))
+        other = neck.decompress(*items[0], (r + 1) % 3)  # another point: other symbols' meaning
+        assert not torch.equal(other, x_hat[:1])
+    assert sizes[0] < sizes[1] < sizes[2], sizes
+    with pytest.raises(RatePointError, match='rate point 3'):
+        neck.decompress(*items[0], 3)

@@ -38,7 +38,8 @@ TARGET_EDGE_FLOPS = 0.15
 TARGET_VARIABLE_RATE_GAP = 0.5  # each rate point within this many mAP of single-rate students
 #: the single-rate codec each variable-rate codec is compared with
 SINGLE_RATE_OF = {'variable_rate_bottleneck': 'entropy_bottleneck',
-                  'variable_rate_hyperprior': 'hyperprior_bottleneck'}
+                  'variable_rate_hyperprior': 'hyperprior_bottleneck',
+                  'variable_rate_channel_context': 'channel_context_hyperprior'}
 
 
 def row(method, setting, metrics, bandwidth):
@@ -618,7 +619,9 @@ FAMILY_OF_CODEC = {
     'hyperprior_bottleneck': 'hyperprior students (HyperpriorBottleneckNeck)',
     'channel_context_hyperprior': 'channel-context hyperprior (ChannelContextHyperpriorNeck)',
     'variable_rate_bottleneck': 'variable-rate factorized (VariableRateBottleneckNeck)',
-    'variable_rate_hyperprior': 'variable-rate hyperprior (VariableRateHyperpriorNeck)'}
+    'variable_rate_hyperprior': 'variable-rate hyperprior (VariableRateHyperpriorNeck)',
+    'variable_rate_channel_context': 'variable-rate channel context '
+                                     '(VariableRateChannelContextNeck)'}
 #: series kind (input codec, 'features', learned codec, method) -> (colour, marker)
 SERIES_STYLE = {'JPEG': ('tab:blue', 'o'), 'WebP': ('tab:orange', 'D'),
                 'AVIF': ('tab:green', 'P'), 'features': ('0.35', '^'),
@@ -626,7 +629,8 @@ SERIES_STYLE = {'JPEG': ('tab:blue', 'o'), 'WebP': ('tab:orange', 'D'),
                 'hyperprior_bottleneck': ('tab:purple', 'p'),
                 'channel_context_hyperprior': ('black', 'o'),
                 'variable_rate_bottleneck': ('tab:brown', '*'),
-                'variable_rate_hyperprior': ('tab:pink', 'X'), DYNAMIC: ('tab:olive', 'h')}
+                'variable_rate_hyperprior': ('tab:pink', 'X'),
+                'variable_rate_channel_context': ('0.55', 'X'), DYNAMIC: ('tab:olive', 'h')}
 #: for kinds not above, in turn
 OTHER_STYLES = (('tab:cyan', 'v'), ('darkgoldenrod', '<'), ('teal', '>'), ('navy', 'd'),
                 ('tab:gray', 'H'))

@@ -2,7 +2,8 @@
 
 Importing this package registers (into ``mmdet.registry.MODELS``, flat names):
 ``EntropyBottleneckNeck``, ``VariableRateBottleneckNeck``, ``HyperpriorBottleneckNeck``,
-``VariableRateHyperpriorNeck``, ``ChannelContextHyperpriorNeck``, ``QuantizeNeck``, ``Float16Neck``,
+``VariableRateHyperpriorNeck``, ``ChannelContextHyperpriorNeck``,
+``VariableRateChannelContextNeck``, ``QuantizeNeck``, ``Float16Neck``,
 ``Float32Neck``. ``GDN`` is the nonlinearity of ``gdn=True``.
 """
 from .base import BaseFeatureCompressor
@@ -12,10 +13,12 @@ from .gdn import GDN
 from .hyperprior import HyperpriorBottleneckNeck
 from .passthrough import Float16Neck, Float32Neck
 from .quantize import QuantizeNeck
-from .variable_rate import VariableRateBottleneckNeck, VariableRateHyperpriorNeck
+from .variable_rate import (VariableRateBottleneckNeck, VariableRateChannelContextNeck,
+                            VariableRateHyperpriorNeck)
 
 __all__ = [
     'BaseFeatureCompressor', 'EntropyBottleneckNeck', 'QuantizeNeck', 'Float16Neck',
     'Float32Neck', 'VariableRateBottleneckNeck', 'HyperpriorBottleneckNeck',
-    'VariableRateHyperpriorNeck', 'ChannelContextHyperpriorNeck', 'GDN'
+    'VariableRateHyperpriorNeck', 'ChannelContextHyperpriorNeck', 'VariableRateChannelContextNeck',
+    'GDN'
 ]

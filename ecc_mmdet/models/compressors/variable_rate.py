@@ -8,9 +8,9 @@ Each rate point has its own factorized entropy model (a few hundred parameters p
 its coding tables fit its own latent statistics. Training samples a rate point per iteration and
 weights the rate term with that point's ``beta``.
 
-Two necks share the mechanism (:class:`RatePoints`): :class:`VariableRateBottleneckNeck` (a
-factorized entropy model per point) and :class:`VariableRateHyperpriorNeck` (one hyperprior for
-all points). Payload parts of one image are those of the underlying bottleneck; the rate point
+Three necks share the mechanism (:class:`RatePoints`): :class:`VariableRateBottleneckNeck` (a
+factorized entropy model per point), :class:`VariableRateHyperpriorNeck` (one hyperprior for
+all points) and :class:`VariableRateChannelContextNeck` (the same with the channel context). Payload parts of one image are those of the underlying bottleneck; the rate point
 travels in the payload header (``header_rate_point``). A payload whose rate point this model does
 not have is refused (``RatePointError``, a ``CorruptedBitstreamError``) before any decoding.
 """
@@ -25,10 +25,13 @@ from torch import Tensor, nn
 
 from ecc_edge.codecs.bitstream import CodecId, RatePointError
 from ...entropy_models import FactorizedEntropyModel
+from .channel_context import ChannelContextHyperpriorNeck
 from .entropy_bottleneck import EntropyBottleneckNeck
 from .hyperprior import HyperpriorBottleneckNeck
 
-__all__ = ['RatePoints', 'VariableRateBottleneckNeck', 'VariableRateHyperpriorNeck']
+__all__ = ['RatePoints', 'VariableRateBottleneckNeck', 'VariableRateHyperpriorNeck',
+           'VariableRateChannelContextNeck']
+
 
 class _Gains(nn.Module):
     """Per-rate-point, per-channel positive gains, stored as logs. A module (not bare
@@ -176,3 +179,14 @@ class VariableRateHyperpriorNeck(RatePoints, HyperpriorBottleneckNeck):
 
     codec_id = CodecId.VARIABLE_RATE_HYPERPRIOR
     codec_name = 'variable_rate_hyperprior'
+
+
+@MODELS.register_module()
+class VariableRateChannelContextNeck(RatePoints, ChannelContextHyperpriorNeck):
+    """The channel-context hyperprior with rate points: the gains scale y before it is cut
+    into slices, so the slices, their exact parameters and the one coded stream are the
+    context model's at every point. Arguments: :class:`RatePoints`' and
+    :class:`ChannelContextHyperpriorNeck`'s."""
+
+    codec_id = CodecId.VARIABLE_RATE_CHANNEL_CONTEXT
+    codec_name = 'variable_rate_channel_context'
