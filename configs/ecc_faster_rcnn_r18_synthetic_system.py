@@ -1,6 +1,7 @@
 # The demo's whole system trained in one run from the teacher: the task-driven channel-context
-# student (configs/ecc_faster_rcnn_r18_synthetic_kd_cc_task.py: the task-driven hyperprior with
-# y coded in 4 channel slices, the best codec of docs/results.md) with the edge exit and the
+# student with GDN (configs/ecc_faster_rcnn_r18_synthetic_kd_cc_task_gdn.py: the task-driven
+# hyperprior with y coded in 4 channel slices and GDN / IGDN in the encoder and decoder, the
+# best codec of docs/results.md) with the edge exit and the
 # calibrated router of configs/ecc_faster_rcnn_r18_synthetic_dynamic_hp.py. The exit reads the detached
 # features of the edge stages, which the student's distillation keeps frozen (initialised from
 # the teacher), so it trains alongside both stages and needs no stage of its own. It learns from
@@ -15,7 +16,7 @@ _base_ = './ecc_faster_rcnn_r18_synthetic_dynamic_hp.py'
 model = dict(
     train_exits_only=False,
     compressor=dict(type='ChannelContextHyperpriorNeck', num_slices=4, context_channels=32,
-                    context_layers=2))  # as ..._kd_cc_task.py
+                    context_layers=2, gdn=True))  # as ..._kd_cc_task_gdn.py
 load_from = None  # a fresh start: the KD hook initialises the student from the teacher
 
 max_epochs = 12

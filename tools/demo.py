@@ -9,7 +9,7 @@
 2. trains the unsplit teacher (Faster R-CNN R18-FPN), or reuses its checkpoint;
 3. trains the system in one run (configs/ecc_faster_rcnn_r18_synthetic_system.py), or reuses its
    checkpoint: the split student with knowledge adaptation from the teacher
-   (KnowledgeAdaptationHook) and the task-driven channel-context codec, with the edge exit
+   (KnowledgeAdaptationHook) and the task-driven channel-context codec with GDN, with the edge exit
    learning alongside on the frozen edge features; the router is calibrated on the held-out
    calibration split at the end;
 4. evaluates the teacher, cloud-only JPEG / WebP / AVIF at several qualities (at the camera
@@ -24,9 +24,9 @@
    the images whose detections differ from the in-process evaluation (``--tiny`` fails if any
    does). Then prints one table (with the served row) and saves the plot.
 
-The codec is the single-rate task-driven hyperprior with a channel-context model
-(configs/ecc_faster_rcnn_r18_synthetic_kd_cc_task.py), the best one measured
-(docs/results.md, "A channel-context model"). A variable-rate codec would serve every rate
+The codec is the single-rate task-driven hyperprior with a channel-context model and GDN
+(configs/ecc_faster_rcnn_r18_synthetic_kd_cc_task_gdn.py), the best one measured
+(docs/results.md, "Training variants"). A variable-rate codec would serve every rate
 from one model, but the rule is to take it only if each of its points holds the single-rate
 students' accuracy within 0.5 mAP, and the task-driven variable-rate hyperprior does not
 (docs/results.md). The student and its exit can also be trained one after the other
@@ -85,8 +85,8 @@ class Detector(NamedTuple):
 
 DETECTORS = {
     'faster_rcnn': Detector('configs/faster_rcnn_r18_fpn_synthetic.py',
-                            'configs/ecc_faster_rcnn_r18_synthetic_kd_cc_task.py', 'system',
-                            'task-driven channel-context KD student', SYSTEM_CFG),
+                            'configs/ecc_faster_rcnn_r18_synthetic_kd_cc_task_gdn.py', 'system',
+                            'task-driven channel-context GDN KD student', SYSTEM_CFG),
     'rtmdet': Detector('configs/rtmdet_tiny_synthetic.py',
                        'configs/ecc_rtmdet_tiny_synthetic_kd.py', 'student', 'KD student'),
 }

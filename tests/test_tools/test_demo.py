@@ -14,7 +14,7 @@ ROWS = [('teacher', 'original image'), ('cloud-only JPEG', 'q=10'), ('cloud-only
         ('cloud-only JPEG', 'q=60'), ('cloud-only JPEG', 'q=90'), ('cloud-only WebP', 'q=5'),
         ('cloud-only WebP', 'q=30'), ('cloud-only AVIF', 'q=5'), ('cloud-only AVIF', 'q=30'),
         ('8-bit features', 'split_after=0'),
-        ('learned bottleneck', 'task-driven channel-context KD student (beta=0.05)'), SYSTEM,
+        ('learned bottleneck', 'task-driven channel-context GDN KD student (beta=0.05)'), SYSTEM,
         SERVED]
 
 
@@ -107,12 +107,12 @@ def test_demo_system_config_is_the_dynamic_one_on_the_hyperprior_student():
 
 
 def test_demo_system_config_trains_the_cc_task_student_with_the_dynamic_exit_alongside():
-    """configs/..._system.py = the cc_task student (model, distillation, schedule) + the
+    """configs/..._system.py = the cc_task_gdn student (model, distillation, schedule) + the
     dynamic_hp exit, router and calibration, with the exit trained jointly instead of alone."""
     from mmengine.config import Config
     cfg = lambda name: Config.fromfile(f'{REPO}/configs/{name}.py').to_dict()  # noqa: E731
     system, task, hp = (cfg(f'ecc_faster_rcnn_r18_synthetic_{n}')
-                        for n in ('system', 'kd_cc_task', 'dynamic_hp'))
+                        for n in ('system', 'kd_cc_task_gdn', 'dynamic_hp'))
     assert system['model'] == dict(hp['model'], train_exits_only=False,
                                    compressor=task['model']['compressor'])
     assert {k: v for k, v in system['model'].items() if k in task['model']} == task['model']
