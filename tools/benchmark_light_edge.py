@@ -152,10 +152,9 @@ def _latency(args, cfg, model, light, paths, dynamic: bool) -> dict:
     """ms per image of each edge over ``paths``, one list entry per repeat."""
     from ecc_mmdet.serving.client import EdgeRunner
     print('[light] latency, single thread', flush=True)
-    runner = EdgeRunner(args.config if not args.data_root else cfg, args.checkpoint)
-    if dynamic:  # the calibration the export used (EdgeRunner builds an uncalibrated model)
-        runner.model.router.threshold.fill_(float(model.router.threshold))
-        runner.model.score_maps = model.score_maps
+    # the model the export used (a dynamic one is calibrated: EdgeRunner would refuse the
+    # checkpoint alone, whose router has no threshold yet)
+    runner = EdgeRunner(cfg, None, model=model)
     lat = {'light': [], 'pytorch': []}
     for _ in range(args.repeats):
         for k, fn in (('light', lambda p: light.process(p)),
@@ -177,9 +176,10 @@ def _peak_memory(args, graph, sidecar, paths, dynamic: bool) -> dict:
         pytorch=peak_memory_kb(
             f'sys.path.insert(0, {osp.join(repo, "tools")!r})\nimport ecc_tools\n'
             f'import torch; torch.set_num_threads(1)\n'
-            f'from ecc_mmdet.serving.client import EdgeRunner\n'
-            f'r = EdgeRunner({args.config!r}, {args.checkpoint!r})' + (_CALIBRATE.format(
-                sidecar=sidecar) if dynamic else ''), 'r.process(p, 0)', paths, repo))
+            f'from ecc_mmdet.serving.client import EdgeRunner\n' + (_CALIBRATED.format(
+                config=args.config, checkpoint=args.checkpoint, sidecar=sidecar) if dynamic else
+                f'r = EdgeRunner({args.config!r}, {args.checkpoint!r})'),
+            'r.process(p, 0)', paths, repo))
 
 
 _EQUIVALENCE_KEYS = ('agree', 'total', 'equal_payloads', 'equal_inputs', 'paths', 'bytes_light',
@@ -227,13 +227,19 @@ def run(args):
 
 
 # the fresh PyTorch edge of the memory probe gets the exported calibration (threshold, maps)
-_CALIBRATE = """
+# a dynamic model with the export's calibration (EdgeRunner refuses an uncalibrated router)
+_CALIBRATED = """
+import json
+from ecc_mmdet.apis import build_detector, load_config
 from ecc_mmdet.evaluation.score_calibration import ScoreMap
+cfg = load_config({config!r})
+model = build_detector(cfg.model, {checkpoint!r})
 side = json.load(open({sidecar!r}))
-r.model.router.threshold.fill_(float(side['router']['threshold']))
+model.router.threshold.fill_(float(side['router']['threshold']))
 maps = side['score_maps']
-r.model.score_maps = None if maps is None else {{k: ScoreMap(v['x'], v['y'])
-                                                for k, v in maps.items()}}"""
+model.score_maps = None if maps is None else {{k: ScoreMap(v['x'], v['y'])
+                                              for k, v in maps.items()}}
+r = EdgeRunner(cfg, None, model=model)"""
 
 
 def _torch_symbols(model, inputs):
