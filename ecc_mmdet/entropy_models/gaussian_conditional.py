@@ -89,6 +89,7 @@ class GaussianConditionalEntropyModel(nn.Module):
         self.register_buffer('_pmf_length', torch.from_numpy(length))
         self.register_buffer('_offset', torch.from_numpy(offset))
         self._tables_cache = None
+        self._thresholds_cache = None
 
     def _build_tables(self, scales: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Integer frequencies of the zero-mean discretised Gaussian of each scale level."""
@@ -136,9 +137,18 @@ class GaussianConditionalEntropyModel(nn.Module):
         ``ceil(bound * 2**frac_bits)`` are integers too, so the comparison is exact: the same
         index on every machine for the same ``acc``.
         """
-        thresholds = torch.ceil(self.log_scale_bounds * 2.0**frac_bits).to(torch.float64)
-        return torch.bucketize(acc.to(torch.float64).contiguous(), thresholds.to(acc.device),
-                              right=True)
+        return torch.bucketize(acc.to(torch.float64).contiguous(),
+                               self._thresholds(frac_bits, acc.device), right=True)
+
+    def _thresholds(self, frac_bits: int, device) -> Tensor:
+        """``ceil(bounds * 2**frac_bits)`` on ``device``, kept while the bounds are unchanged
+        (they are a buffer: a loaded state dict may replace them)."""
+        b = self.log_scale_bounds
+        key = (frac_bits, str(device), b.data_ptr(), b._version)
+        if self._thresholds_cache is None or self._thresholds_cache[0] != key:
+            t = torch.ceil(b * 2.0**frac_bits).to(device=device, dtype=torch.float64)
+            self._thresholds_cache = (key, t)
+        return self._thresholds_cache[1]
 
     @staticmethod
     def bits(likelihoods: Tensor) -> Tensor:
@@ -158,7 +168,7 @@ class GaussianConditionalEntropyModel(nn.Module):
     def __getstate__(self):
         """Copies and pickles leave out the cached range-coder models (native objects)."""
         state = dict(self.__dict__)
-        state['_tables_cache'] = None
+        state['_tables_cache'] = state['_thresholds_cache'] = None
         return state
 
     def _tables(self) -> CodingTables:

@@ -14,7 +14,9 @@ evaluated in integer arithmetic at coding time:
   (the input ``z_hat`` to ``+-a_max``);
 * every convolution's products and sums are integers below 2**53, so computing them in float64
   is exact in *any* summation order and on any IEEE-754 device; rescaling is a division by a
-  power of two and a floor, also exact.
+  power of two and a floor, also exact. On a CPU the convolutions run in float32 wherever the
+  weights and the activations at hand keep every sum below 2**24, splitting the activations into
+  digits where needed (:mod:`ecc_edge.codecs.exact_float32`): the same integers, faster.
 
 Outputs are the means on a ``2**-F`` grid and the log-scale as an exact integer accumulator that
 :meth:`GaussianConditionalEntropyModel.index_from_fixed_point` turns into a table index with
@@ -23,19 +25,62 @@ integer thresholds. Training runs the same arithmetic in float32 with straight-t
 """
 from __future__ import annotations
 
-from typing import List, Tuple
+from typing import List, NamedTuple, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ecc_edge.codecs.exact_float32 import digit_plan
 from ..utils.derived import DerivedCache
 
-__all__ = ['ExactHyperSynthesis']
+__all__ = ['ExactHyperSynthesis', 'exact_conv3x3']
 
 
 def _ste_round(x: Tensor) -> Tensor:
     return x + (torch.round(x) - x).detach()
+
+
+class _IntegerConv(NamedTuple):
+    weight: Tensor  # float64 integers round(clamp(w) * 2**F)
+    bias: Tensor  # float64 integers round(b * 2**(2F))
+    weight32: Tensor  # the same weights in float32 (exact: |w| * 2**F < 2**24)
+    row_l1: float  # max over output channels of sum |weight|: bounds every partial sum
+
+
+def _float32_is_ieee() -> bool:
+    """False when the user let torch trade float32 precision for speed (TF32 / bf16 matmuls or
+    convolutions): then float32 sums are no longer exact and the float64 path runs."""
+    mk = torch.backends.mkldnn
+    knobs = (getattr(torch.backends, 'fp32_precision', 'none'),
+             getattr(mk, 'fp32_precision', 'none'),
+             getattr(getattr(mk, 'conv', None), 'fp32_precision', 'none'))
+    return torch.get_float32_matmul_precision() == 'highest' and \
+        all(k in ('none', 'ieee') for k in knobs)
+
+
+def exact_conv3x3(a: Tensor, layer: _IntegerConv) -> Tensor:
+    """``conv2d(a, weight, bias, padding=1)`` of float64 integers, exactly. On a CPU in float32,
+    on base-2**d digits of ``a`` where one pass would exceed 2**24 (the digits' results are
+    recombined in float64, exact); on other devices (TF32 convolutions) in float64."""
+    plan = None
+    if a.device.type == 'cpu' and a.numel() and _float32_is_ieee():
+        plan = digit_plan(layer.row_l1, float(a.abs().max()))
+    if plan is None:
+        return F.conv2d(a, layer.weight, layer.bias, padding=1)
+    d, num = plan
+    base, rest, digits = 2.0**d, a, []
+    for _ in range(num - 1):  # low digits in [0, base), the last one signed
+        high = torch.floor(rest / base)
+        digits.append(rest - high * base)
+        rest = high
+    digits.append(rest)
+    out = F.conv2d(torch.cat(digits).float(), layer.weight32, None, padding=1).double()
+    parts = out.split(a.shape[0])
+    acc = parts[-1]
+    for part in reversed(parts[:-1]):  # Horner: every intermediate is an exact integer
+        acc = acc * base + part
+    return acc + layer.bias.view(1, -1, 1, 1)
 
 
 class ExactHyperSynthesis(nn.Module):
@@ -129,21 +174,27 @@ class ExactHyperSynthesis(nn.Module):
     @torch.no_grad()
     def integer_layers(self) -> List[Tuple[Tensor, Tensor]]:
         """(weight, bias) of every conv as the integer path uses them, float64 integers:
-        ``round(clamp(w) * 2**F)`` and ``round(b * 2**(2F))`` (what the light edge exports).
-        Derived once per weight values (both coding sides call this for every image)."""
-        params = [p for conv in self._layers() for p in (conv.weight, conv.bias)]
-        return self._integer_cache.get(params, self._integer_layers)
+        ``round(clamp(w) * 2**F)`` and ``round(b * 2**(2F))`` (what the light edge exports)."""
+        return [(layer.weight, layer.bias) for layer in self._integer_convs()]
 
-    def _integer_layers(self) -> List[Tuple[Tensor, Tensor]]:
+    def _integer_convs(self) -> List[_IntegerConv]:
+        """The integer layers, derived once per weight values (both coding sides run the
+        network for every image)."""
+        params = [p for conv in self._layers() for p in (conv.weight, conv.bias)]
+        return self._integer_cache.get(params, self._derive_integer_convs)
+
+    @torch.no_grad()
+    def _derive_integer_convs(self) -> List[_IntegerConv]:
         s = 2.0**self.frac_bits
         out = []
         for conv in self._layers():
             # |bias| up to the largest sum of the products, so the total stays below 2**53
             b_max = 9 * conv.in_channels * self.act_max * self.weight_max
-            out.append((torch.round(torch.clamp(conv.weight.to(torch.float64), -self.weight_max,
-                                                self.weight_max) * s),
-                        torch.round(torch.clamp(conv.bias.to(torch.float64), -b_max, b_max)
-                                    * s * s)))
+            w = torch.round(torch.clamp(conv.weight.to(torch.float64), -self.weight_max,
+                                        self.weight_max) * s)
+            b = torch.round(torch.clamp(conv.bias.to(torch.float64), -b_max, b_max) * s * s)
+            out.append(_IntegerConv(w, b, w.float(),
+                                    float(w.abs().flatten(1).sum(1).max()) if w.numel() else 0.))
         return out
 
     @torch.no_grad()
@@ -152,17 +203,18 @@ class ExactHyperSynthesis(nn.Module):
         integers at scale 2**(2F)). Bit-identical on any device and for any batch split."""
         s = 2.0**self.frac_bits
         a = torch.round(torch.clamp(z_hat.to(torch.float64), -self.act_max, self.act_max) * s)
-        for i, (conv, (w, b)) in enumerate(zip(self._layers(), self.integer_layers())):
+        for i, (conv, layer) in enumerate(zip(self._layers(), self._integer_convs())):
             if self.upsample and i < self.up_steps:
                 a = F.interpolate(a, scale_factor=2, mode='nearest')
-            acc = F.conv2d(a, w, b, padding=1)  # integers at scale 2**(2F), exact
+            acc = exact_conv3x3(a, layer)  # integers at scale 2**(2F), exact
             if conv is self.out:
                 means, log_acc = self._split(acc)
                 # exact: a dyadic rational with |numerator| < 2**24 (float32-exact)
                 means = torch.clamp(torch.floor(means / s + 0.5) / s, -self.mean_max,
                                     self.mean_max)
                 return means.float(), log_acc
-            a = torch.clamp(torch.floor(acc / s + 0.5), 0, self.act_max * s)
+            a = acc.div_(s).add_(0.5).floor_().clamp_(0, self.act_max * s)  # in place: fewer
+            # allocations on the small maps the coding runs on
         raise AssertionError('unreachable')
 
     def extra_repr(self) -> str:

@@ -102,24 +102,29 @@ class ChannelContextHyperpriorNeck(HyperpriorBottleneckNeck):
         return torch.cat(y_hats, 1), torch.cat(liks, 1)
 
     # -------------------------------------------------------------------- coding
+    def _hyper_inputs(self, z_hat: Tensor, size) -> Tuple[Tensor, Tensor, Tensor]:
+        """h_s's exact output -> (means float64, log accumulators, the slice transforms' common
+        inputs: means and log-scales on the 2**-F grid), computed once per image."""
+        means, log_acc = self._hyper_exact(z_hat, size)
+        means = means.double()
+        # log_acc / 2**(2F) is exact (a power of two); the transforms round their inputs half
+        # to even, as np.round on the light edge
+        return means, log_acc, torch.cat([means, log_acc / 2.0**(2 * self.h_s.frac_bits)], 1)
+
     def _slice_params(self, i: int, hyper, context: List[Tensor]) -> Tuple[Tensor, Tensor]:
-        """Slice ``i``'s exact (means float64 on the 2**-F grid, scale indexes) from h_s's exact
-        output ``hyper = (means, log accumulators)`` and the float64 y_hat of slices < i."""
-        means, log_acc = hyper
-        s2 = 2.0**(2 * self.h_s.frac_bits)
+        """Slice ``i``'s exact (means float64 on the 2**-F grid, scale indexes) from
+        :meth:`_hyper_inputs` and the float64 y_hat of slices < i."""
+        means, log_acc, common = hyper
         t = self.slice_transforms[i]
-        # log_acc / s2 is exact (a power of two); t.exact rounds its inputs half to even, as
-        # np.round on the light edge
-        inputs = torch.cat([means.double(), log_acc / s2, *context], 1)
-        d_mean, d_log = t.exact(inputs)
+        d_mean, d_log = t.exact(torch.cat([common, *context], 1) if context else common)
         sl = self._slice(i)
-        m = torch.clamp(means[:, sl].double() + d_mean.double(), -t.mean_max, t.mean_max)
+        m = torch.clamp(means[:, sl] + d_mean.double(), -t.mean_max, t.mean_max)
         idx = self.gaussian.index_from_fixed_point(log_acc[:, sl] + d_log,
                                                    2 * self.h_s.frac_bits)
         return m, idx
 
     def _exact_code(self, y: Tensor, z_hat: Tensor) -> Tuple[Tensor, Tensor]:
-        hyper = self._hyper_exact(z_hat, y.shape[-2:])
+        hyper = self._hyper_inputs(z_hat, y.shape[-2:])
         context, means, idx = [], [], []
         for i in range(self.num_slices):
             m, k = self._slice_params(i, hyper, context)
@@ -136,7 +141,7 @@ class ChannelContextHyperpriorNeck(HyperpriorBottleneckNeck):
         return self.gaussian.compress_sections(sections)
 
     def _decode_latent(self, body: bytes, z_hat: Tensor, shape) -> Tensor:
-        hyper = self._hyper_exact(z_hat, shape[1:])
+        hyper = self._hyper_inputs(z_hat, shape[1:])
         decoder = self.gaussian.section_decoder(body)
         context = []
         for i in range(self.num_slices):
