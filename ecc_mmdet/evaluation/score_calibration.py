@@ -78,5 +78,21 @@ class ScoreMap:
         s = np.asarray(scores, float)
         return np.interp(s, self.x, self.y) + 1e-6 * s
 
+    def inverse(self, mapped) -> np.ndarray:
+        """The raw scores that map to ``mapped`` (the map is strictly increasing)."""
+        v = np.asarray(mapped, float)
+        knots = self.y + 1e-6 * self.x  # the map at its knots; outside them it is y + 1e-6 x
+        return np.where(v < knots[0], (v - self.y[0]) * 1e6,
+                        np.where(v > knots[-1], (v - self.y[-1]) * 1e6,
+                                 np.interp(v, knots, self.x)))
+
+    def window(self, mapped, raw_tol: float) -> Tuple[np.ndarray, np.ndarray]:
+        """(lowest, highest) mapped scores of raw scores within ``raw_tol`` of those that gave
+        ``mapped``. The isotonic fit has a knot at every calibration score, so between two close
+        knots the map is steep: a raw difference of 1e-6 between two runtimes can move a mapped
+        score by 1e-3. Comparing mapped scores of two runtimes needs this window."""
+        raw = self.inverse(mapped)
+        return self(raw - raw_tol), self(raw + raw_tol)
+
     def to_dict(self) -> dict:
         return dict(x=self.x.tolist(), y=self.y.tolist())
