@@ -8,8 +8,7 @@ Given the latent ``y`` and the side information ``z = h_a(y)`` (both from the ed
 2. the integer hyper-synthesis (:class:`IntegerHyperSynthesis`, ``ExactHyperSynthesis.exact``)
    turns ``z_hat`` into means on the ``2**-F`` grid and log-scale accumulators: integer weights,
    fixed-point activations, every product and sum an integer below 2**53, so float64 gives the
-   exact result in any summation order (numpy's matmul here, torch's conv2d there); float32
-   matmuls give it too where the sums stay below 2**24 (:mod:`.exact_float32`), and run them;
+   exact result in any summation order (numpy's matmul here, torch's conv2d there);
 3. the accumulators become scale-table indexes by integer thresholds
    (``GaussianConditionalEntropyModel.index_from_fixed_point``), and y's symbols
    ``round(y - mean)`` are range-coded with the indexed Gaussian tables.
@@ -21,11 +20,10 @@ y's slices share one range-coded stream. Nothing here depends on how
 """
 from __future__ import annotations
 
-from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Dict, List, NamedTuple, Sequence, Tuple
 
 import numpy as np
 
-from .exact_float32 import digit_plan
 from .range_coding import (CodingTables, encode_indexed_sections, encode_with_cdf_tables,
                            encode_with_indexed_tables)
 
@@ -53,54 +51,22 @@ def tables_from_rows(pmf_rows: Sequence[Sequence[int]], offsets: Sequence[int],
     return CodingTables(pmf, np.asarray(offsets), np.asarray(lengths))
 
 
-def _columns(a: np.ndarray) -> np.ndarray:
-    """(C, H, W) -> the im2col matrix (C * 9, H * W) of a 3x3 window with zero padding 1, rows
-    in (c, ky, kx) order."""
-    c, h, w = a.shape
-    padded = np.pad(a, ((0, 0), (1, 1), (1, 1)))
-    cols = np.lib.stride_tricks.sliding_window_view(padded, (3, 3), axis=(1, 2))
-    return cols.transpose(0, 3, 4, 1, 2).reshape(c * 9, h * w)
-
-
-def conv3x3_exact(a: np.ndarray, weight: np.ndarray, bias: np.ndarray,
-                  weight32: Optional[np.ndarray] = None,
-                  row_l1: Optional[float] = None) -> np.ndarray:
+def conv3x3_exact(a: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> np.ndarray:
     """3x3 convolution, stride 1, zero padding 1, of integer-valued float64 arrays: ``a``
     (C, H, W), ``weight`` (O, C * 9) in (c, ky, kx) order, ``bias`` (O,) -> (O, H, W).
 
     An im2col matmul: exact whatever order BLAS sums in, as long as every partial sum is an
-    integer below 2**53 (``ExactHyperSynthesis`` checks its bounds at construction). Given
-    ``weight32`` (the weights in float32), the matmul runs in float32 on digits of ``a`` small
-    enough for every sum to stay below 2**24 (:func:`.exact_float32.digit_plan`; ``row_l1``:
-    the largest L1 norm of a row of ``weight``, computed when not given): the same integers,
-    faster."""
-    h, w = a.shape[1:]
-    plan = None
-    if weight32 is not None and a.size:
-        if row_l1 is None:
-            row_l1 = float(np.abs(weight).sum(1).max(initial=0))
-        plan = digit_plan(row_l1, float(np.abs(a).max()))
-    if plan is None:
-        return (weight @ _columns(a) + bias[:, None]).reshape(-1, h, w)
-    d, num = plan
-    base, rest, acc = 2.0**d, a, None
-    digits = []
-    for _ in range(num - 1):  # low digits in [0, base), the last one signed
-        high = np.floor(rest / base)
-        digits.append(rest - high * base)
-        rest = high
-    digits.append(rest)
-    for digit in reversed(digits):  # Horner in float64: every intermediate an exact integer
-        part = (weight32 @ _columns(digit.astype(np.float32))).astype(np.float64)
-        acc = part if acc is None else acc * base + part
-    return (acc + bias[:, None]).reshape(-1, h, w)
+    integer below 2**53 (``ExactHyperSynthesis`` checks its bounds at construction)."""
+    c, h, w = a.shape
+    padded = np.pad(a, ((0, 0), (1, 1), (1, 1)))
+    cols = np.lib.stride_tricks.sliding_window_view(padded, (3, 3), axis=(1, 2))
+    cols = cols.transpose(0, 3, 4, 1, 2).reshape(c * 9, h * w)  # (C*9, H*W), (c, ky, kx) rows
+    return (weight @ cols + bias[:, None]).reshape(-1, h, w)
 
 
 class _Layer(NamedTuple):
     weight: np.ndarray  # (O, C * 9) float64 integers: round(clamp(w) * 2**F)
     bias: np.ndarray  # (O,) float64 integers: round(b * 2**(2F))
-    weight32: Optional[np.ndarray]  # the same weights in float32 (None: not exact there)
-    row_l1: float  # the largest L1 norm of a row of weight: bounds every partial sum
 
 
 class IntegerHyperSynthesis:
@@ -117,14 +83,9 @@ class IntegerHyperSynthesis:
 
     def __init__(self, layers: List[Dict], frac_bits: int, act_max: float, mean_max: float,
                  predict_means: bool, upsample: bool = True):
-        weights = [np.asarray(l['weight'], np.float64).reshape(l['out_channels'],
-                                                                l['in_channels'] * 9)
-                   for l in layers]
-        # float32 holds the weights exactly only below 2**24 (the sidecar allows more)
-        self.layers = [_Layer(w, np.asarray(l['bias'], np.float64),
-                              w.astype(np.float32) if np.abs(w).max(initial=0) < 2**24 else None,
-                              float(np.abs(w).sum(1).max(initial=0)))
-                       for w, l in zip(weights, layers)]
+        self.layers = [_Layer(np.asarray(l['weight'], np.float64).reshape(
+            l['out_channels'], l['in_channels'] * 9), np.asarray(l['bias'], np.float64))
+            for l in layers]
         self.up_steps = len(layers) - 1
         self.upsample = bool(upsample)
         self.scale = 2.0**int(frac_bits)
@@ -138,7 +99,7 @@ class IntegerHyperSynthesis:
         for i, layer in enumerate(self.layers):
             if self.upsample and i < self.up_steps:  # nearest 2x
                 a = a.repeat(2, axis=1).repeat(2, axis=2)
-            acc = conv3x3_exact(a, *layer)
+            acc = conv3x3_exact(a, layer.weight, layer.bias)
             if i < self.up_steps:
                 a = np.clip(np.floor(acc / s + 0.5), 0, self.act_max * s)
         if not self.predict_means:

@@ -16,7 +16,7 @@ evaluated in integer arithmetic at coding time:
   is exact in *any* summation order and on any IEEE-754 device; rescaling is a division by a
   power of two and a floor, also exact. On a CPU the convolutions run in float32 wherever the
   weights and the activations at hand keep every sum below 2**24, splitting the activations into
-  digits where needed (:mod:`ecc_edge.codecs.exact_float32`): the same integers, faster.
+  digits where needed (:mod:`.exact_float32`): the same integers, faster.
 
 Outputs are the means on a ``2**-F`` grid and the log-scale as an exact integer accumulator that
 :meth:`GaussianConditionalEntropyModel.index_from_fixed_point` turns into a table index with
@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ecc_edge.codecs.exact_float32 import digit_plan
+from .exact_float32 import digit_plan
 from ..utils.derived import DerivedCache
 
 __all__ = ['ExactHyperSynthesis', 'exact_conv3x3']
