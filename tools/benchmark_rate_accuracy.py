@@ -19,6 +19,7 @@ In one run, on one dataset (default: the config's synthetic validation set), it 
   first scaled down to the detector's input size (a no-op for images already that small),
 - n-bit features: QuantizeNeck at the students' split point, teacher weights, no training,
 - learned bottleneck students (given with --student, or trained here with --train-betas),
+- systems (--system): a student with its edge exit and calibrated router, as `make demo`'s,
 - other detector families (--family): their own teacher, on the original images and sent with
   WebP, and their KD student, so students of different detectors compare at the same bytes,
 and writes JSON rows (method, setting, bytes/image, bbox mAP, edge GFLOPs, latency), a table, a
@@ -49,6 +50,11 @@ def parse_args(argv=None):
     p.add_argument('--variable-rate-student', nargs=3, action='append', default=[],
                    metavar=('NAME', 'CONFIG', 'CKPT'),
                    help='a student with a VariableRateBottleneckNeck: a row per rate point')
+    p.add_argument('--system', nargs=3, action='append', default=[],
+                   metavar=('NAME', 'CONFIG', 'CKPT'),
+                   help='a trained system (student + edge exit + router, e.g. '
+                        'configs/ecc_faster_rcnn_r18_synthetic_system.py): the images its '
+                        'router keeps finish on the edge and send nothing')
     p.add_argument('--family', nargs=5, action='append', default=[],
                    metavar=('NAME', 'TEACHER_CFG', 'TEACHER_CKPT', 'STUDENT_CFG', 'STUDENT_CKPT'),
                    help='another detector family: its teacher (original images and WebP) and '
@@ -126,6 +132,7 @@ def main(argv=None):
                              args.fit_to_input, args.quantize_bits, args.split_after,
                              args.data_root, args.num_images, args.bandwidth, args.bootstrap,
                              [tuple(s) for s in args.variable_rate_student],
+                             dynamic_students=[tuple(s) for s in args.system],
                              families=[tuple(f) for f in args.family],
                              family_codecs={'webp': args.family_webp_qualities})
     if args.merge:

@@ -242,7 +242,7 @@ class LightRunner:
         out = []
         for box, score, label in zip(boxes.tolist(), dets.scores.tolist(), dets.labels.tolist()):
             name = names[label] if names and label < len(names) else str(label)
-            out.append(dict(bbox=[round(v, 3) for v in box], score=round(float(score), 6),
+            out.append(dict(bbox=[round(v, 3) for v in box], score=round(float(score), 9),
                             label=int(label), class_name=name))
         return dict(detections=out, image_size=[int(h), int(w)])
 

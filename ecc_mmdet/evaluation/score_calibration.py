@@ -12,7 +12,9 @@ from typing import Tuple
 import numpy as np
 from pycocotools.cocoeval import COCOeval
 
-__all__ = ['ScoreMap', 'true_positive_pairs']
+from ecc_edge.exits import SCORE_TIE_WEIGHT
+
+__all__ = ['SCORE_TIE_WEIGHT', 'ScoreMap', 'true_positive_pairs']
 
 
 def true_positive_pairs(ev: COCOeval) -> Tuple[np.ndarray, np.ndarray]:
@@ -48,8 +50,10 @@ def _isotonic(y: np.ndarray, w: np.ndarray) -> np.ndarray:
 class ScoreMap:
     """Increasing map score -> P(true positive), fitted by isotonic regression.
 
-    A tiny multiple of the raw score is added so the map is strictly increasing: detections keep
-    their order inside the tier (its AP is unchanged) even on the fit's plateaus.
+    The fit is blended with the raw score (``SCORE_TIE_WEIGHT``, 1e-3) so the map is strictly
+    increasing: detections keep their order inside the tier (its AP is unchanged) even on the
+    fit's plateaus, after float32 storage and the served JSON's rounding too. The light edge
+    applies the same formula (``ecc_edge.exits.apply_score_map``).
     """
 
     def __init__(self, knots_x: np.ndarray, knots_y: np.ndarray):
@@ -76,14 +80,15 @@ class ScoreMap:
 
     def __call__(self, scores) -> np.ndarray:
         s = np.asarray(scores, float)
-        return np.interp(s, self.x, self.y) + 1e-6 * s
+        w = SCORE_TIE_WEIGHT
+        return (1.0 - w) * np.interp(s, self.x, self.y) + w * s
 
     def inverse(self, mapped) -> np.ndarray:
         """The raw scores that map to ``mapped`` (the map is strictly increasing)."""
-        v = np.asarray(mapped, float)
-        knots = self.y + 1e-6 * self.x  # the map at its knots; outside them it is y + 1e-6 x
-        return np.where(v < knots[0], (v - self.y[0]) * 1e6,
-                        np.where(v > knots[-1], (v - self.y[-1]) * 1e6,
+        v, w = np.asarray(mapped, float), SCORE_TIE_WEIGHT
+        knots = self(self.x)  # linear between knots; outside them (1 - w) * y_end + w * s
+        return np.where(v < knots[0], (v - (1.0 - w) * self.y[0]) / w,
+                        np.where(v > knots[-1], (v - (1.0 - w) * self.y[-1]) / w,
                                  np.interp(v, knots, self.x)))
 
     def window(self, mapped, raw_tol: float) -> Tuple[np.ndarray, np.ndarray]:

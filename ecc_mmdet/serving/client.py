@@ -51,7 +51,7 @@ def detections_to_json(result, class_names: Optional[Sequence[str]] = None) -> D
     dets = []
     for box, score, label in zip(boxes.tolist(), inst.scores.tolist(), inst.labels.tolist()):
         name = class_names[label] if class_names and label < len(class_names) else str(label)
-        dets.append(dict(bbox=[round(v, 3) for v in box], score=round(float(score), 6),
+        dets.append(dict(bbox=[round(v, 3) for v in box], score=round(float(score), 9),
                          label=int(label), class_name=name))
     return dict(detections=dets, image_size=[int(h), int(w)])
 

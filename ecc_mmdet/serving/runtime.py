@@ -128,7 +128,7 @@ class CloudRuntime:
                                      torch.as_tensor(labels).tolist()):
             name = (self.class_names[label] if self.class_names and label < len(self.class_names)
                     else str(label))
-            dets.append(dict(bbox=[round(v, 3) for v in box], score=round(float(score), 6),
+            dets.append(dict(bbox=[round(v, 3) for v in box], score=round(float(score), 9),
                              label=int(label), class_name=name))
         return dets
 

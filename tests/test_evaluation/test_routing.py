@@ -114,4 +114,19 @@ def test_score_map_is_increasing_and_fits_precision():
     out = m(grid)
     assert np.all(np.diff(out) > 0)  # strictly increasing: a tier's own ranking is kept
     assert np.abs(out[10:-10] - grid[10:-10]**2).max() < 0.12  # identity would be 0.25 off
-    assert np.allclose(ScoreMap.fit([0.5], [1])(grid), grid * (1 + 1e-6))  # too few: identity
+    assert np.allclose(ScoreMap.fit([0.5], [1])(grid), grid)  # too few: identity
+
+
+def test_score_map_keeps_the_order_on_a_plateau_in_float32_and_as_served():
+    """On the isotonic fit's plateaus only the raw score's share orders detections; that order
+    must survive float32 storage and the served JSON's 9-decimal rounding, or COCO ranks the
+    ties in image order (a blend of 1e-6 tied most of a plateau)."""
+    from ecc_edge.exits import apply_score_map
+    from ecc_mmdet.evaluation.score_calibration import ScoreMap
+    m = ScoreMap(np.array([0.0, 0.05, 0.9, 1.0]), np.array([0.0, 0.3, 0.3, 1.0]))  # a plateau
+    raw = np.arange(0.1, 0.8, 1e-4)
+    stored = m(raw).astype(np.float32)
+    assert np.all(np.diff(stored) > 0)
+    assert np.all(np.diff([round(float(v), 9) for v in stored]) > 0)
+    assert np.array_equal(apply_score_map(m.to_dict(), raw.astype(np.float32)),
+                          m(raw.astype(np.float32)).astype(np.float32))  # the light edge's

@@ -97,13 +97,14 @@ def test_served_scores_compare_through_the_tiers_calibration_map():
     """An isotonic map is steep between close knots: there another runtime's 1e-6 in the raw
     score moves the mapped one by far more than 1e-4. The comparison maps the raw tolerance
     through the tier's map instead, and stays strict where the map is flat."""
-    from ecc_mmdet.evaluation.score_calibration import ScoreMap
+    from ecc_mmdet.evaluation.score_calibration import SCORE_TIE_WEIGHT, ScoreMap
     from ecc_tools.e2e import same_detections
     steep = ScoreMap(np.array([0.0, 0.5, 0.50001, 1.0]), np.array([0.0, 0.2, 0.6, 0.9]))
     raw = np.array([0.0, 0.3, 0.500004, 0.7, 2.0, -1.0])
     assert np.allclose(steep.inverse(steep(raw)), raw, atol=1e-9)
     low, high = steep.window(steep(0.500004), 1e-6)
-    assert np.isclose(high - low, 2e-6 * 0.4 / 1e-5, rtol=1e-3)  # the slope times the tolerance
+    slope = (1 - SCORE_TIE_WEIGHT) * 0.4 / 1e-5 + SCORE_TIE_WEIGHT
+    assert np.isclose(high - low, 2e-6 * slope, rtol=1e-6)  # the slope times the tolerance
     ref = dict(bboxes=[[1.0, 2.0, 10.0, 20.0]], scores=[float(steep(0.500004))], labels=[3])
     moved = dict(ref, scores=[float(steep(0.500005))])  # 1e-6 raw: 4e-2 mapped
     assert not same_detections(ref, moved)

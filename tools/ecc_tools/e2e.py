@@ -22,7 +22,7 @@ import numpy as np
 from . import REPO
 from .workflow import run_logged
 
-# The served JSON rounds boxes to 1e-3 px and scores to 1e-6; beyond that, another runtime's
+# The served JSON rounds boxes to 1e-3 px and scores to 1e-9; beyond that, another runtime's
 # float arithmetic (ONNX Runtime on the edge, one thread and batch 1 in the server) moves a
 # calibrated score by up to ~3e-5 and a box by ~5e-4 px (measured on the demo's 100 images).
 BOX_ATOL, SCORE_ATOL = 2e-3, 1e-4
@@ -75,7 +75,7 @@ def as_served(preds: List[dict]) -> Dict[int, dict]:
         out[int(p['img_id'])] = dict(
             bboxes=[[x1, y1, x1 + round(x2 - x1, 3), y1 + round(y2 - y1, 3)]
                     for x1, y1, x2, y2 in boxes],
-            scores=[round(float(v), 6) for v in np.asarray(p['scores']).tolist()],
+            scores=[round(float(v), 9) for v in np.asarray(p['scores']).tolist()],
             labels=np.asarray(p['labels']).tolist())
     return out
 
