@@ -24,8 +24,8 @@ from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
-__all__ = ['SCORE_TIE_WEIGHT', 'ExitDetections', 'anchors', 'apply_score_map', 'class_entropy', 'decode_exit',
-           'gain_features', 'learned_features', 'learned_score', 'nms', 'random_score',
+__all__ = ['SCORE_TIE_WEIGHT', 'ExitDetections', 'anchors', 'apply_score_map', 'calibrated',
+           'class_entropy', 'decode_exit', 'gain_features', 'learned_features', 'learned_score', 'nms', 'random_score',
            'router_score', 'top_anchor_probs']
 
 _F32 = np.float32
@@ -277,10 +277,15 @@ def offload(spec: Dict, score: float) -> bool:
     return float(score) > t
 
 
+def calibrated(x: np.ndarray, y: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """The score map with knots ``x`` -> ``y`` in float64: the isotonic fit blended with the
+    raw score (``SCORE_TIE_WEIGHT``). ``ScoreMap.__call__`` and the light edge both use it."""
+    s = np.asarray(scores, np.float64)
+    iso = np.interp(s, np.asarray(x, np.float64), np.asarray(y, np.float64))
+    return (1.0 - SCORE_TIE_WEIGHT) * iso + SCORE_TIE_WEIGHT * s
+
+
 def apply_score_map(score_map: Dict, scores: np.ndarray) -> np.ndarray:
     """``ScoreMap.__call__`` in float64, cast back to the scores' float32."""
-    s = np.asarray(scores, np.float64)
-    iso = np.interp(s, np.asarray(score_map['x'], np.float64),
-                    np.asarray(score_map['y'], np.float64))
-    out = (1.0 - SCORE_TIE_WEIGHT) * iso + SCORE_TIE_WEIGHT * s
+    out = calibrated(score_map['x'], score_map['y'], scores)
     return out.astype(np.asarray(scores).dtype)

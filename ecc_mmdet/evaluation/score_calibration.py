@@ -12,7 +12,7 @@ from typing import Tuple
 import numpy as np
 from pycocotools.cocoeval import COCOeval
 
-from ecc_edge.exits import SCORE_TIE_WEIGHT
+from ecc_edge.exits import SCORE_TIE_WEIGHT, calibrated
 
 __all__ = ['SCORE_TIE_WEIGHT', 'ScoreMap', 'true_positive_pairs']
 
@@ -79,9 +79,7 @@ class ScoreMap:
         return cls(ux, fitted)
 
     def __call__(self, scores) -> np.ndarray:
-        s = np.asarray(scores, float)
-        w = SCORE_TIE_WEIGHT
-        return (1.0 - w) * np.interp(s, self.x, self.y) + w * s
+        return calibrated(self.x, self.y, scores)
 
     def inverse(self, mapped) -> np.ndarray:
         """The raw scores that map to ``mapped`` (the map is strictly increasing)."""
