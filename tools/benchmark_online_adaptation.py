@@ -5,6 +5,7 @@
         [--severities 3 5] [--methods none norm_stats tent cema upload_all random] \
         [--num-images 200] [--seeds 0 1] [--continual] [--data-root DIR] \
         [--cfg-options test_cfg.cloud.steps=4 ...] [--through-server] \
+        [--teacher LABEL TEACHER_CONFIG TEACHER_CHECKPOINT ...] \
         [--out work_dirs/benchmarks/online.json]
 
 CONFIG selects ``OnlineAdaptationLoop`` (e.g. configs/ecc_faster_rcnn_r18_synthetic_cema.py);
@@ -14,7 +15,9 @@ order seed) and method: online mAP of the edge exit and of the whole dynamic sys
 ratio, uplink (adaptation images + inference payloads) and downlink bytes per image, and the
 router's offload ratio in the first and last quarter of the stream. A clean stream without
 adaptation is the reference of "mAP lost to the shift". ``--continual`` adds CEMA and no
-adaptation over the severity-3 streams one after another without reset.
+adaptation over the severity-3 streams one after another without reset. ``--teacher LABEL CONFIG
+CHECKPOINT`` (repeatable) runs the methods that use a teacher (cema, upload_all, random) once
+more with that cloud teacher, as the rows ``cema@LABEL`` etc., on the same streams.
 
 ``--through-server`` runs the cloud side of every stream through a real server: it starts
 ``tools/serve_cloud.py --adapt`` on 127.0.0.1 (a free port, a fresh token file in a temporary
@@ -38,6 +41,8 @@ from ecc_tools.cli import write_report
 DEFAULT_CORRUPTIONS = ('gaussian_noise', 'shot_noise', 'defocus_blur', 'motion_blur', 'fog',
                        'contrast')
 METHOD_ORDER = ('none', 'norm_stats', 'tent', 'cema', 'upload_all', 'random')
+#: the methods whose cloud labels uploads with a teacher (``--teacher`` runs them again)
+TEACHER_METHODS = ('cema', 'upload_all', 'random')
 FIELDS = ('edge_mAP', 'system_mAP', 'upload_ratio', 'uplink_adapt_bytes_per_image',
           'uplink_infer_bytes_per_image', 'downlink_bytes_per_image', 'downlink_per_update_ratio',
           'offload_ratio', 'offload_ratio_first_quarter', 'offload_ratio_last_quarter',
@@ -61,6 +66,10 @@ def parse_args(argv=None):
     p.add_argument('--through-server', action='store_true',
                    help='adapt through tools/serve_cloud.py --adapt on 127.0.0.1 (started and '
                    'stopped here) instead of in this process')
+    p.add_argument('--teacher', nargs=3, action='append', default=[],
+                   metavar=('LABEL', 'CONFIG', 'CHECKPOINT'),
+                   help='another cloud teacher: the methods that use one (cema, upload_all, '
+                   'random) run again with it, as rows METHOD@LABEL')
     p.add_argument('--out', default='work_dirs/benchmarks/online_adaptation.json')
     p.add_argument('--from-json', nargs='+',
                    help='re-render the summary, table and plot of saved runs (their JSON; several '
@@ -93,8 +102,41 @@ def _paired(rows, a, b, severity, corruptions, seeds):
 
 
 def _spread(diffs):
-    return dict(mean=_mean(diffs), sd=statistics.stdev(diffs), min=min(diffs), max=max(diffs),
-                n=len(diffs))
+    """Mean, sd, range and the 95 % t-interval of the mean of paired per-stream differences
+    (the streams, corruption x order seed, are the units: each is one online run)."""
+    from scipy.stats import t
+    mean, sd = _mean(diffs), statistics.stdev(diffs)
+    half = float(t.ppf(0.975, len(diffs) - 1)) * sd / len(diffs) ** 0.5
+    return dict(mean=mean, sd=sd, min=min(diffs), max=max(diffs), n=len(diffs),
+                ci95=[float(mean - half), float(mean + half)])
+
+
+def _variant(base: str, label) -> str:
+    """A method's row name with another teacher (``cema@robust``)."""
+    return base if label is None else f'{base}@{label}'
+
+
+def target_ratio(loop) -> float:
+    """The upload ratio CEMA's selector holds (its band's width with the budget on), or None."""
+    sel = dict(loop.get('selector') or {})
+    band, budget = sel.get('band'), sel.get('budget', True)
+    if sel.get('type', 'EntropySelector') != 'EntropySelector' or band is None or budget in (
+            None, False):
+        return None
+    return float(band[1]) - float(band[0])
+
+
+def _labels(methods):
+    """The teacher labels among row names: None (the config's teacher) first."""
+    out = [None] + sorted({m.split('@', 1)[1] for m in methods if '@' in m})
+    return out
+
+
+def method_order(methods):
+    """Row names in table order: METHOD_ORDER, each teacher method followed by its variants."""
+    present = set(methods)
+    return [_variant(m, lab) for m in METHOD_ORDER for lab in _labels(present)
+            if _variant(m, lab) in present]
 
 
 def _by_severity(rows, methods, severities, corruptions, seeds) -> dict:
@@ -133,41 +175,68 @@ def _add_gains(out, rows, clean_map, corruptions, seeds) -> None:
                 agg['edge_gain_vs_none'] = _spread(diffs)
 
 
-def _cema_targets(s3, rows, clean_off, corruptions, seeds) -> dict:
-    """The issue's targets on CEMA at severity 3 (``s3``: method -> averages)."""
-    cema = s3['cema']
-    targets = dict(recovery_ge_50pct_at_s3=dict(
+def _budget_target(rows, cema, target_ratio) -> dict:
+    """Every stream's upload ratio within 5 points of the selector's target."""
+    ups = {f"{r['stream']} seed {r['seed']}": r['upload_ratio'] for r in rows
+           if r['mode'] == 'reset' and r['method'] == cema}
+    worst = max(ups, key=lambda k: abs(ups[k] - target_ratio))
+    return dict(target=target_ratio, worst_stream=worst, worst_ratio=ups[worst],
+                met=abs(ups[worst] - target_ratio) <= 0.05)
+
+
+def _cema_targets(out, rows, clean_off, corruptions, seeds, label=None,
+                  target_ratio=None) -> dict:
+    """The targets on CEMA (with the teacher ``label``) at severity 3 and 5 (``out``: severity
+    -> method -> averages); keys carry ``@label`` for another teacher."""
+    cema_name, s3 = _variant('cema', label), out.get('3', {})
+    cema, key = s3[cema_name], (lambda k: k if label is None else f'{k}@{label}')
+    targets = {key('recovery_ge_50pct_at_s3'): dict(
         value=cema.get('recovery'), upload_ratio=cema['upload_ratio'],
         met=bool(cema.get('recovery') is not None and cema['recovery'] >= 0.5
-                 and cema['upload_ratio'] <= 0.3)))
-    others = {m: s3[m]['edge_mAP'] for m in ('random', 'norm_stats', 'tent') if m in s3}
+                 and cema['upload_ratio'] <= 0.3))}
+    others = {m: s3[m]['edge_mAP'] for m in (_variant('random', label), 'norm_stats', 'tent')
+              if m in s3}
     # paired over the same streams: CEMA minus each, mean and sd over corruptions x seeds
     paired = {m: _spread(d) for m in others
-              if len(d := _paired(rows, 'cema', m, 3, corruptions, seeds)) > 1}
-    targets['beats_random_and_edge_only_at_s3'] = dict(
+              if len(d := _paired(rows, cema_name, m, 3, corruptions, seeds)) > 1}
+    targets[key('beats_random_and_edge_only_at_s3')] = dict(
         cema=cema['edge_mAP'], others=others,
         cema_minus=({m: f"{v['mean']:+.2f} +- {v['sd']:.2f}" for m, v in paired.items()}),
         met=bool(others) and all(cema['edge_mAP'] > v for v in others.values()),
         beyond_noise=bool(paired) and all(v['mean'] > v['sd'] for v in paired.values()))
+    for sev in out:  # CEMA - BN statistics: the paired 95 % interval above 0
+        d = _paired(rows, cema_name, 'norm_stats', int(sev), corruptions, seeds)
+        if len(d) > 1:
+            sp = _spread(d)
+            targets[key(f'minus_norm_stats_ci_above_0_at_s{sev}')] = dict(
+                mean=sp['mean'], ci95=f"[{sp['ci95'][0]:+.2f}, {sp['ci95'][1]:+.2f}]",
+                streams=sp['n'], met=sp['ci95'][0] > 0)
     if 'none' in s3 and clean_off is not None:
         before = abs(s3['none']['offload_ratio_last_quarter'] - clean_off)
         after = abs(cema['offload_ratio_last_quarter'] - clean_off)
-        targets['offload_ratio_back_toward_clean_at_s3'] = dict(
+        targets[key('offload_ratio_back_toward_clean_at_s3')] = dict(
             clean=clean_off, none_last_quarter=s3['none']['offload_ratio_last_quarter'],
             cema_last_quarter=cema['offload_ratio_last_quarter'], met=after < before)
+    if target_ratio is not None:
+        targets[key('upload_ratio_within_5pts_every_stream')] = _budget_target(
+            rows, cema_name, target_ratio)
     return targets
 
 
-def summarize(rows, clean, methods, severities, corruptions):
-    """Averages over corruptions (per seed, then mean and range over seeds) and the targets."""
+def summarize(rows, clean, methods, severities, corruptions, target_ratio=None):
+    """Averages over corruptions (per seed, then mean and range over seeds) and the targets;
+    ``target_ratio``: the CEMA selector's upload budget."""
     seeds = sorted({r['seed'] for r in rows if r['mode'] == 'reset'})
     out = _by_severity(rows, methods, severities, corruptions, seeds)
     clean_map = _mean([c['edge_mAP'] for c in clean])
     clean_off = _mean([c['offload_ratio'] for c in clean])
     clean_sys = _mean([c['system_mAP'] for c in clean])
     _add_gains(out, rows, clean_map, corruptions, seeds)
-    s3 = out.get('3', {})
-    targets = _cema_targets(s3, rows, clean_off, corruptions, seeds) if 'cema' in s3 else {}
+    targets = {}
+    for label in _labels(methods):
+        if _variant('cema', label) in out.get('3', {}):
+            targets.update(_cema_targets(out, rows, clean_off, corruptions, seeds, label,
+                                         target_ratio))
     ratios = [r['downlink_per_update_ratio'] for r in rows if r['num_updates']]
     if ratios:
         targets['downlink_per_update_le_1pct'] = dict(value=max(ratios), met=max(ratios) <= 0.01)
@@ -241,11 +310,13 @@ def plot(res, path, title=None) -> None:
                                   sharey=True)
     for ax, sev in zip(axes[0], sevs):
         for m, a in s['by_severity'][sev].items():
-            marker, color = METHOD_STYLE.get(m, ('o', None))
+            marker, color = METHOD_STYLE.get(m.split('@')[0], ('o', None))
+            face = 'none' if '@' in m else color  # another teacher: an open marker
             lo, hi = a.get('edge_mAP_range') or (a['edge_mAP'], a['edge_mAP'])
             ax.errorbar(100 * a['upload_ratio'], a['edge_mAP'], capsize=3, color=color,
                         yerr=[[max(0.0, a['edge_mAP'] - lo)], [max(0.0, hi - a['edge_mAP'])]],
                         marker=marker, ms=11 if marker == '*' else 7, ls='none', alpha=0.85,
+                        mfc=face,
                         label=f"{m}: {a['edge_mAP']:.1f} mAP, {100 * a['upload_ratio']:.0f} %")
         ax.axhline(s['clean_edge_mAP'], ls='--', c='k', lw=0.8,
                    label=f"clean, no adaptation: {s['clean_edge_mAP']:.1f} mAP")
@@ -275,9 +346,9 @@ def _merged(args) -> dict:
     res = dict(runs[0], rows=[r for run in runs for r in run['rows']],
                clean=[c for run in runs for c in run['clean']],
                seeds=sorted({s for run in runs for s in run['seeds']}))
-    methods = [m for m in METHOD_ORDER if any(r['method'] == m for r in res['rows'])]
+    methods = method_order({r['method'] for r in res['rows']})
     res['summary'] = summarize(res['rows'], res['clean'], methods, res['severities'],
-                               res['corruptions'])
+                               res['corruptions'], target_ratio(res['loop']))
     return res
 
 
@@ -308,9 +379,9 @@ def _runner(args):
 def _run_loop(runner, base_loop, num_images, method, streams, seed, reset=True, **extra):
     """One method over ``streams`` -> the loop's per-stream results."""
     loop = copy.deepcopy(base_loop)
-    loop.update(method=method, corruptions=streams, order_seed=seed, reset=reset,
-                num_images=num_images, out_file=None, log_interval=0, **extra)
-    if method != 'cema':
+    loop.update(method=method.split('@')[0], corruptions=streams, order_seed=seed,
+                reset=reset, num_images=num_images, out_file=None, log_interval=0, **extra)
+    if not method.startswith('cema'):
         loop.pop('selector', None)
     runner._test_loop = loop
     runner.test()
@@ -326,19 +397,20 @@ def _seed_rows(args, run, seed, streams, order):
     print(f'- seed {seed} clean: edge mAP {clean[-1]["edge_mAP"]:.1f}', flush=True)
     cema = {}
     for m in order:
-        if m == 'random':
-            if not cema:
+        if m.split('@')[0] == 'random':
+            ref = m.replace('random', 'cema', 1)
+            if ref not in cema:
                 raise SystemExit('error: the random control uploads at CEMA\'s ratio: '
                                  'include cema in --methods')
             res = []
             for st in streams:
-                res += run('random', [st], seed, random_ratio=cema[f'{st[0]}@{st[1]}'])
+                res += run(m, [st], seed, random_ratio=cema[ref][f'{st[0]}@{st[1]}'])
         else:
             res = run(m, streams, seed)
         for r in res:
-            rows.append(dict(r, seed=seed, mode='reset'))
-            if m == 'cema':
-                cema[r['stream']] = r['upload_ratio']
+            rows.append(dict(r, seed=seed, mode='reset', method=m))
+            if m.split('@')[0] == 'cema':
+                cema.setdefault(m, {})[r['stream']] = r['upload_ratio']
         print(f'- seed {seed} {m}: edge mAP ' + ', '.join(
             f"{r['stream']} {r['edge_mAP']:.1f}" for r in res), flush=True)
     if args.continual and 3 in args.severities:
@@ -378,6 +450,13 @@ def main(argv=None):
         return _report(_merged(args), args.out)
     if not args.config or not args.checkpoint:
         raise SystemExit('error: give CONFIG and CHECKPOINT (or --from-json J)')
+    if args.teacher and args.through_server:
+        raise SystemExit('error: --teacher runs in process; the server labels with its own '
+                         'teacher (serve_cloud.py --adapt-teacher-config): run one of them')
+    if len({t[0] for t in args.teacher}) < len(args.teacher) or any(
+            '@' in t[0] or not t[0] for t in args.teacher):
+        raise SystemExit(f'error: --teacher labels must be distinct and free of "@": '
+                         f'{[t[0] for t in args.teacher]}')
     runner, base_loop = _runner(args)
     with _cloud(args, runner) as remote:
         res = _run_all(args, runner, base_loop, remote)
@@ -386,15 +465,22 @@ def main(argv=None):
 
 def _run_all(args, runner, base_loop, remote) -> dict:
     """Every method on every stream and seed -> the results (rows, clean rows, summary)."""
+    teachers = {label: (cfg, ckpt) for label, cfg, ckpt in args.teacher}
+
     def run(method, streams, seed, reset=True, **extra):
         if remote is not None:  # the methods without a cloud ignore it
             extra['remote'] = remote
+        if '@' in method:
+            cfg, ckpt = teachers[method.split('@', 1)[1]]
+            extra.update(teacher_config=cfg, teacher_checkpoint=ckpt)
         return _run_loop(runner, base_loop, args.num_images, method, streams, seed, reset,
                          **extra)
 
     streams = [(c, s) for s in args.severities for c in args.corruptions]
     rows, clean = [], []
-    order = [m for m in METHOD_ORDER if m in args.methods]
+    order = method_order([m for m in args.methods if m in METHOD_ORDER] + [
+        _variant(m, label) for label, _, _ in args.teacher for m in TEACHER_METHODS
+        if m in args.methods])
     for seed in args.seeds:
         seed_rows, seed_clean = _seed_rows(args, run, seed, streams, order)
         rows += seed_rows
@@ -402,7 +488,9 @@ def _run_all(args, runner, base_loop, remote) -> dict:
     res = dict(config=args.config, checkpoint=args.checkpoint, num_images=args.num_images,
                seeds=args.seeds, corruptions=args.corruptions, severities=args.severities,
                loop=base_loop, clean=clean, rows=rows,
-               summary=summarize(rows, clean, order, args.severities, args.corruptions))
+               teachers={label: dict(config=c, checkpoint=k) for label, c, k in args.teacher},
+               summary=summarize(rows, clean, order, args.severities, args.corruptions,
+                                 target_ratio(base_loop)))
     if remote is not None:
         res['through_server'] = True
     return res

@@ -325,3 +325,15 @@ def test_loop_without_teacher_or_with_bad_settings_fails_clearly(loop_files, tmp
             LOOPS.build(cfg, default_args=dict(runner=runner,
                                                dataloader=runner.cfg.test_dataloader,
                                                evaluator=None))
+
+
+def test_system_cema_config_has_the_cema_settings_on_the_demo_system():
+    """configs/..._system_cema.py repeats the CEMA config's loop settings on the demo's system
+    model: they must not drift apart."""
+    from mmengine.config import Config
+    cema = Config.fromfile(CEMA_CFG)
+    system = Config.fromfile(osp.join(REPO, 'configs', 'ecc_faster_rcnn_r18_synthetic_system.py'))
+    both = Config.fromfile(osp.join(REPO, 'configs',
+                                    'ecc_faster_rcnn_r18_synthetic_system_cema.py'))
+    assert both.test_cfg.to_dict() == cema.test_cfg.to_dict()
+    assert both.model == system.model

@@ -45,3 +45,37 @@ def test_recovery_gains_and_targets_have_known_values():
     assert not s3['targets']['beats_random_and_edge_only_at_s3']['met']
     text = table(dict(summary=s3, rows=rows, num_images=100, seeds=[0]))
     assert 'recovery_ge_50pct_at_s3: missed' in text and 'cema' in text
+
+
+def test_another_teacher_gets_its_own_targets_and_the_budget_is_checked_per_stream():
+    """``cema@robust`` rows (``--teacher robust ...``) are averaged and targeted on their own,
+    against their own random control; CEMA minus BN statistics gets a t-interval over streams;
+    one stream 6 points off the budget misses the budget target."""
+    from benchmark_online_adaptation import method_order, target_ratio
+    clean = [dict(edge_mAP=10.0, system_mAP=12.0, offload_ratio=0.5)]
+    cs = ('fog', 'noise', 'blur')
+    rows = ([_row('none', c, 3.0) for c in cs] + [_row('norm_stats', c, 5.0) for c in cs]
+            + [_row('cema', c, e, 0.3) for c, e in zip(cs, (5.0, 5.5, 4.5))]
+            + [_row('random', c, 5.0, 0.3) for c in cs]
+            + [_row('cema@robust', c, e, u) for c, e, u in zip(cs, (7, 8, 6), (.3, .36, .3))]
+            + [_row('random@robust', c, 5.0, 0.3) for c in cs])
+    methods = method_order({r['method'] for r in rows})
+    assert methods == ['none', 'norm_stats', 'cema', 'cema@robust', 'random', 'random@robust']
+    ratio = target_ratio(dict(selector=dict(type='EntropySelector', band=(0.5, 0.8))))
+    assert ratio == pytest.approx(0.3)
+    assert target_ratio(dict(selector=dict(band=(0.5, 0.8), budget=False))) is None
+    s = summarize(rows, clean, methods, [3], list(cs), ratio)
+    assert s['by_severity']['3']['cema@robust']['edge_mAP'] == pytest.approx(7.0)
+    t = s['targets']
+    # CEMA - BN statistics: 0, +0.5, -0.5 -> mean 0, the interval straddles 0
+    assert t['minus_norm_stats_ci_above_0_at_s3']['mean'] == pytest.approx(0.0)
+    assert not t['minus_norm_stats_ci_above_0_at_s3']['met']
+    # with the robust teacher: +2, +3, +1 -> mean 2, sd 1, t(0.975, 2) = 4.303 -> [-0.48, 4.48]
+    rob = t['minus_norm_stats_ci_above_0_at_s3@robust']
+    assert rob['mean'] == pytest.approx(2.0) and rob['ci95'] == '[-0.48, +4.48]'
+    assert t['beats_random_and_edge_only_at_s3@robust']['others'] == {
+        'random@robust': 5.0, 'norm_stats': 5.0}
+    assert t['upload_ratio_within_5pts_every_stream']['met']
+    off = t['upload_ratio_within_5pts_every_stream@robust']
+    assert not off['met'] and off['worst_stream'] == 'noise@3 seed 0'
+    assert off['worst_ratio'] == pytest.approx(0.36)

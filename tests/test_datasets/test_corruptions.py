@@ -162,19 +162,27 @@ def test_random_corruption_trains_only_on_corruptions_no_benchmark_evaluates():
         RandomCorruption(severities=(0, 6))
 
 
-def test_robust_teacher_config_augments_only_with_held_out_corruptions():
-    """configs/faster_rcnn_r34_fpn_synthetic_robust.py: a deeper, wider teacher whose training
-    images go through RandomCorruption with its default (held-out) corruptions; its test
-    pipeline is clean."""
+@pytest.mark.parametrize('name', ['faster_rcnn_r34_fpn_synthetic_robust.py',
+                                  'faster_rcnn_r18_fpn_synthetic_robust_ft.py'])
+def test_robust_teacher_config_augments_only_with_held_out_corruptions(name):
+    """The robust teachers (a deeper, wider one from scratch; the demo's teacher fine-tuned):
+    their training images go through RandomCorruption with its default (held-out) corruptions,
+    none of those the benchmarks evaluate; their test pipelines are clean."""
     from mmengine.config import Config
     from mmdet.registry import TRANSFORMS
     from conftest import REPO
-    cfg = Config.fromfile(f'{REPO}/configs/faster_rcnn_r34_fpn_synthetic_robust.py')
+    from ecc_mmdet.datasets.transforms.corruptions import BENCHMARK_CORRUPTIONS
+    cfg = Config.fromfile(f'{REPO}/configs/{name}')
     train = cfg.train_dataloader.dataset.pipeline
     steps = [t['type'] for t in train]
     assert steps[:2] == ['LoadImageFromFile', 'RandomCorruption']
     aug = TRANSFORMS.build(train[1])
     from ecc_mmdet.datasets.transforms.corruptions import EXTRA_CORRUPTIONS
     assert aug.corruptions == EXTRA_CORRUPTIONS
+    assert not set(aug.corruptions) & set(BENCHMARK_CORRUPTIONS)
     assert 'RandomCorruption' not in [t['type'] for t in cfg.test_dataloader.dataset.pipeline]
-    assert cfg.model.backbone.depth == 34 and cfg.model.neck.out_channels == 96
+    if 'r34' in name:
+        assert cfg.model.backbone.depth == 34 and cfg.model.neck.out_channels == 96
+    else:  # same architecture as the teacher it starts from
+        base = Config.fromfile(f'{REPO}/configs/faster_rcnn_r18_fpn_synthetic.py')
+        assert cfg.model == base.model and cfg.load_from.endswith('baseline/epoch_12.pth')

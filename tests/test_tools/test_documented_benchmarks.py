@@ -122,9 +122,19 @@ def test_online_adaptation_commands_of_the_docs(tiny_coco_calib, tmp_path):
     seed0, seed1 = tmp_path / 'seed0.json', tmp_path / 'seed1.json'
     run_tool('benchmark_online_adaptation', CEMA_CFG, student, '--continual', '--out', seed0,
              *tiny)
+    # --teacher: the same teacher under another label gives the same rows
     run_tool('benchmark_online_adaptation', CEMA_CFG, student, '--seeds', '1', '--methods',
-             'none', 'norm_stats', 'cema', 'upload_all', '--out', seed1, *tiny)
+             'none', 'norm_stats', 'cema', 'upload_all', '--out', seed1,
+             '--teacher', 'again', TEACHER_CFG, teacher, *tiny)
     res0, res1 = json.load(open(seed0)), json.load(open(seed1))
+    again = {r['method']: r for r in res1['rows'] if '@' in r['method']}
+    assert sorted(again) == ['cema@again', 'upload_all@again']
+    for m, r in again.items():
+        twin = next(x for x in res1['rows'] if x['method'] == m.split('@')[0])
+        assert {k: r[k] for k in ('edge_mAP', 'upload_ratio', 'num_updates')} == {
+            k: twin[k] for k in ('edge_mAP', 'upload_ratio', 'num_updates')}
+    res1['rows'] = [r for r in res1['rows'] if '@' not in r['method']]
+    json.dump(res1, open(seed1, 'w'))
     every = ['none', 'norm_stats', 'tent', 'cema', 'upload_all', 'random']
     assert [(r['method'], r['mode'], r['stream'], r['seed']) for r in res0['rows']] == [
         (m, 'reset', 'fog@3', 0) for m in every] + [
