@@ -253,13 +253,14 @@ def table(res) -> str:
     lines = [f"clean stream, no adaptation: edge mAP {s['clean_edge_mAP']:.1f}, system mAP "
              f"{s['clean_system_mAP']:.1f}, offload ratio {s['clean_offload_ratio']:.2f} "
              f"({res['num_images']} images, seeds {res['seeds']})", '']
-    head = (f"{'stream':<24}{'method':<12}{'edge':>6}{'sys':>6}{'upl%':>6}{'upKB':>7}"
+    w = max([12] + [len(r['method']) + 2 for r in res['rows']])  # the method column
+    head = (f"{'stream':<24}{'method':<{w}}{'edge':>6}{'sys':>6}{'upl%':>6}{'upKB':>7}"
             f"{'infKB':>7}{'downB':>7}{'off q1':>7}{'off q4':>7}")
     lines.append(head)
     for r in res['rows']:
         lines.append(
             f"{r['stream'] + ('' if r['mode'] == 'reset' else ' cont'):<24}"
-            f"{r['method']:<12}{r['edge_mAP']:6.1f}{r['system_mAP']:6.1f}"
+            f"{r['method']:<{w}}{r['edge_mAP']:6.1f}{r['system_mAP']:6.1f}"
             f"{100 * r['upload_ratio']:6.1f}{r['uplink_adapt_bytes_per_image'] / 1000:7.2f}"
             f"{r['uplink_infer_bytes_per_image'] / 1000:7.2f}"
             f"{r['downlink_bytes_per_image']:7.0f}{r['offload_ratio_first_quarter']:7.2f}"
@@ -269,7 +270,7 @@ def table(res) -> str:
               'of edge mAP vs no adaptation over corruptions x seeds, mean +- sd; tchr@up / '
               'edge@up = mAP of the teacher\'s pseudo labels / of the edge on the uploaded '
               'images)']
-    lines.append(f"{'sev':<5}{'method':<12}{'edge':>6}{'range':>13}{'sys':>6}{'recov':>7}"
+    lines.append(f"{'sev':<5}{'method':<{w}}{'edge':>6}{'range':>13}{'sys':>6}{'recov':>7}"
                  f"{'gain':>14}{'upl%':>6}{'upKB':>7}{'downB':>7}{'off q4':>7}{'tchr@up':>8}"
                  f"{'edge@up':>8}")
     for sev, per in s['by_severity'].items():
@@ -278,7 +279,7 @@ def table(res) -> str:
             gain = f"{g['mean']:+6.1f}+-{g['sd']:4.1f}" if g else f"{'-':>13}"
             rng = f"[{a['edge_mAP_range'][0]:.1f},{a['edge_mAP_range'][1]:.1f}]"
             rec = None if a.get('recovery') is None else 100 * a['recovery']
-            lines.append(f"{sev:<5}{m:<12}{a['edge_mAP']:6.1f}{rng:>13}{a['system_mAP']:6.1f}"
+            lines.append(f"{sev:<5}{m:<{w}}{a['edge_mAP']:6.1f}{rng:>13}{a['system_mAP']:6.1f}"
                          f"{_f(rec, '.0f', 6)}%"
                          f"{gain:>14}{100 * a['upload_ratio']:6.1f}"
                          f"{a['uplink_adapt_bytes_per_image'] / 1000:7.2f}"

@@ -163,10 +163,11 @@ def test_random_corruption_trains_only_on_corruptions_no_benchmark_evaluates():
 
 
 @pytest.mark.parametrize('name', ['faster_rcnn_r34_fpn_synthetic_robust.py',
-                                  'faster_rcnn_r18_fpn_synthetic_robust_ft.py'])
+                                  'faster_rcnn_r18_fpn_synthetic_robust_ft.py',
+                                  'ecc_faster_rcnn_r18_synthetic_system_robust.py'])
 def test_robust_teacher_config_augments_only_with_held_out_corruptions(name):
-    """The robust teachers (a deeper, wider one from scratch; the demo's teacher fine-tuned):
-    their training images go through RandomCorruption with its default (held-out) corruptions,
+    """The robust teachers (a deeper, wider one from scratch; the demo's teacher fine-tuned) and
+    the system distilled from one: their training images go through RandomCorruption with its default (held-out) corruptions,
     none of those the benchmarks evaluate; their test pipelines are clean."""
     from mmengine.config import Config
     from mmdet.registry import TRANSFORMS
@@ -183,6 +184,10 @@ def test_robust_teacher_config_augments_only_with_held_out_corruptions(name):
     assert 'RandomCorruption' not in [t['type'] for t in cfg.test_dataloader.dataset.pipeline]
     if 'r34' in name:
         assert cfg.model.backbone.depth == 34 and cfg.model.neck.out_channels == 96
+    elif 'system' in name:  # the demo's system, distilled from the robust fine-tune
+        base = Config.fromfile(f'{REPO}/configs/ecc_faster_rcnn_r18_synthetic_system.py')
+        assert cfg.model == base.model
+        assert cfg.teacher_config.endswith('faster_rcnn_r18_fpn_synthetic_robust_ft.py')
     else:  # same architecture as the teacher it starts from
         base = Config.fromfile(f'{REPO}/configs/faster_rcnn_r18_fpn_synthetic.py')
         assert cfg.model == base.model and cfg.load_from.endswith('baseline/epoch_12.pth')
