@@ -148,6 +148,7 @@ def test_learned_router_and_benchmark(trained, tiny_coco_calib, tmp_path):
     # the evaluation images corrupted (the routers still calibrated on clean held-out images)
     fog = tmp_path / 'bench' / 'fog.json'
     run_tool('benchmark_dynamic', '--checkpoint', work / 'epoch_1.pth',
+             '--teacher-config', osp.join(REPO, 'configs', 'faster_rcnn_r18_fpn_synthetic.py'),
              '--teacher-checkpoint', work / 'epoch_1.pth', '--data-root', tiny_coco_calib,
              '--num-router-train', 8, '--num-calib', 8, '--ratios', 0, 1, '--bootstrap', 2,
              '--corruption', 'fog', 3, '--out', fog)
@@ -155,3 +156,17 @@ def test_learned_router_and_benchmark(trained, tiny_coco_calib, tmp_path):
     assert res_fog['corruption'] == ['fog', '3'] and res.get('corruption') is None
     assert 'corrupted: fog severity 3' in open(str(fog).replace('.json', '.txt')).read()
     assert res_fog['empty_exit']['of'] == res_fog['num_images'] == res['num_images']
+
+
+def test_independent_teacher_sees_the_corrupted_evaluation_images():
+    """benchmark_dynamic --corruption: the Independent row's teacher gets the camera image
+    corrupted like the evaluation images, then JPEG-coded (not the clean image)."""
+    from ecc_tools.dynamic import independent_pipeline
+    pipeline = [dict(type='LoadImageFromFile'), dict(type='Resize', scale=(64, 64)),
+                dict(type='PackDetInputs')]
+    steps = [s['type'] for s in independent_pipeline(pipeline, 50, ('fog', 3))]
+    assert steps == ['LoadImageFromFile', 'CorruptImage', 'CompressImage', 'Resize',
+                     'PackDetInputs']
+    corrupt = independent_pipeline(pipeline, 50, ('fog', 3))[1]
+    assert (corrupt['corruption'], corrupt['severity']) == ('fog', 3)
+    assert 'CorruptImage' not in [s['type'] for s in independent_pipeline(pipeline, 50)]

@@ -196,8 +196,16 @@ def _system(offload, edge_pass, cloud_pass, boot, evs, raw_evs=None, edge_encode
                 missed_objects=missed_objects(raw, MISSED_SCORE_THR)), ev
 
 
+def independent_pipeline(pipeline, jpeg_quality: int, corruption=None) -> list:
+    """The Independent teacher's evaluation pipeline: the camera image, corrupted as the
+    evaluation images are (``corruption``: (name, severity)), then coded as JPEG."""
+    steps = add_image_codec_baseline(pipeline, 'jpeg', jpeg_quality)
+    return add_corruption(steps, corruption[0], int(corruption[1])) if corruption else steps
+
+
 def _collect(model, val, val_idx, train, train_cfg, calib_idx, rtrain_idx, heur, learned, n,
-             teacher_config, teacher_checkpoint, data_root, jpeg_quality, ann_val):
+             teacher_config, teacher_checkpoint, data_root, jpeg_quality, ann_val,
+             corruption=None):
     """Everything that runs a model: both passes on the evaluation and router-fitting images,
     router inputs on all three sets, and the teacher on JPEG images (Independent)."""
     print(f'- evaluation split: {n} images, exits only / all through the bitstream', flush=True)
@@ -214,8 +222,8 @@ def _collect(model, val, val_idx, train, train_cfg, calib_idx, rtrain_idx, heur,
     print(f'- Independent: the teacher on JPEG q={jpeg_quality} images', flush=True)
     tcfg = load_config(teacher_config, data_root)
     teacher = build_detector(tcfg.model, teacher_checkpoint, partial='split')
-    jpeg_ds = build_test_dataset(tcfg, add_image_codec_baseline(
-        tcfg.test_dataloader.dataset.pipeline, 'jpeg', jpeg_quality))
+    jpeg_ds = build_test_dataset(tcfg, independent_pipeline(
+        tcfg.test_dataloader.dataset.pipeline, jpeg_quality, corruption))
     jpeg_val, jpeg_tr = [], []
     evaluate_detector(teacher, jpeg_ds, ann_file=ann_val, num_images=n, progress=False,
                       predictions_out=jpeg_val)
@@ -409,13 +417,13 @@ def run_dynamic(config: str, checkpoint: str, teacher_config: str, teacher_check
     ann_train = calib_cfg['data_root'].rstrip('/') + '/' + calib_cfg['ann_file']
     heur = {k: f() for k, f in HEURISTIC_ROUTERS.items()}
     learned = learned_routers(model)
-    key = dict(version=5, checkpoint=osp.abspath(checkpoint), mtime=osp.getmtime(checkpoint),
+    key = dict(version=6, checkpoint=osp.abspath(checkpoint), mtime=osp.getmtime(checkpoint),
                teacher=osp.abspath(teacher_checkpoint), n=n, num_calib=num_calib,
                num_router_train=num_router_train, jpeg_quality=jpeg_quality, data_root=data_root,
                corruption=list(corruption) if corruption else None)
     p = _cached_passes(cache, key, lambda: _collect(
         model, val, list(range(n)), train, calib_cfg, calib_idx, rtrain_idx, heur, learned, n,
-        teacher_config, teacher_checkpoint, data_root, jpeg_quality, ann_val))
+        teacher_config, teacher_checkpoint, data_root, jpeg_quality, ann_val, corruption))
     boot = ImageBootstrap(ann_val, [q['img_id'] for q in p.edge_val], max(bootstrap, 1))
     m = _matches(boot, p, ann_train, val.cat_ids, train.cat_ids)
     fit = _fit_learned_routers(model, p, learned, m.targets_tr)
