@@ -163,3 +163,54 @@ def test_empty_exit_router_puts_images_where_the_exit_found_nothing_first():
                                                                     dtype=torch.float64))
     with pytest.raises(ConfigError, match='fixed threshold'):
         EmptyExitRouter(threshold=1.0)
+
+
+def test_shift_router_sends_images_with_shifted_features_first():
+    """ShiftRouter = EmptyExitRouter + 1 where F_k's channel statistics lie beyond the
+    ood_quantile of the calibration images' distances: images whose features are darker and
+    flatter (as under fog) go to the cloud first although the exit still finds something; the
+    light edge refuses it with the reason."""
+    from mmengine.structures import InstanceData
+    from ecc_mmdet.models.exits import ExitOutput
+    from ecc_mmdet.models.routers import ShiftRouter
+    g = torch.Generator().manual_seed(0)
+
+    def exits(n, scale, shift):
+        dets = [InstanceData(scores=torch.tensor([0.8]), bboxes=torch.zeros(1, 4),
+                             labels=torch.zeros(1, dtype=torch.long)) for _ in range(n)]
+        feats = torch.randn(n, 4, 8, 8, generator=g) * scale + shift
+        return ExitOutput(results=dets, cls_scores=[torch.randn(n, 6, 4, 4, generator=g)],
+                          features=feats, samples=[], num_classes=6)
+
+    clean, foggy = exits(40, 1.0, 0.0), exits(5, 0.2, 2.0)
+    router = ShiftRouter(top_k=5, target_offload_ratio=0.5)
+    with pytest.raises(RuntimeError, match='not fitted'):
+        router.scores(clean)
+    fitted = router.fit_calibration(router.calibration_parts(clean))
+    entropy = EntropyRouter(top_k=5, threshold=0.5)
+    flagged = fitted - entropy.scores(clean)
+    assert set(flagged.round().tolist()) == {0.0, 1.0}  # the clean tail above the 0.9 quantile
+    assert int(flagged.round().sum()) == 4  # 40 images: 4 beyond the 0.9 quantile
+    router.calibrate(fitted)
+    shifted = router.scores(foggy) - entropy.scores(foggy)
+    assert torch.allclose(shifted, torch.ones(5, dtype=torch.float64))
+    assert router.decide(foggy).all()
+    with pytest.raises(ConfigError, match='channel statistics of F_k'):
+        router.light_edge_spec()
+    # an empty exit on the most typical calibration image's features: only the empty-exit
+    # term flags it
+    typical = int(router._distance(router.calibration_parts(clean)).argmin())
+    calm = ExitOutput(results=[clean.results[typical][:0]], cls_scores=[
+        c[typical:typical + 1] for c in clean.cls_scores],
+        features=clean.features[typical:typical + 1], samples=[], num_classes=6)
+    router.empty_below = 0.5
+    assert float(router.scores(calm) - entropy.scores(calm)) == pytest.approx(1.0)
+    no_empty = ShiftRouter(top_k=5, flag_empty=False, target_offload_ratio=0.5)
+    no_empty.fit_calibration(no_empty.calibration_parts(clean))
+    assert float(no_empty.scores(calm) - entropy.scores(calm)) == pytest.approx(0.0)
+    assert torch.allclose(no_empty.scores(foggy) - entropy.scores(foggy),
+                          torch.ones(5, dtype=torch.float64))
+    with pytest.raises(ConfigError, match='ood_quantile'):
+        ShiftRouter(ood_quantile=1.0, target_offload_ratio=0.5)
+    with pytest.raises(ConfigError, match='target_offload_ratio'):
+        ShiftRouter(threshold=1.0)

@@ -27,8 +27,8 @@ from ecc_mmdet.evaluation.bootstrap import ImageBootstrap
 from ecc_mmdet.utils import ConfigError
 from ecc_mmdet.evaluation.routing import compose, found_objects, missed_objects, per_image_ap
 from ecc_mmdet.models.routers import (BaseRouter, EmptyExitRouter, EntropyRouter, LearnedRouter,
-                                      RandomRouter,
-                                      ScoreBandRouter, exit_fingerprint, threshold_for_ratio)
+                                      RandomRouter, ScoreBandRouter, ShiftRouter,
+                                      exit_fingerprint, threshold_for_ratio)
 
 #: the targets of the dynamic-inference issue
 TARGET_MAP_DROP_AT_HALF = 1.0   # at 50 % finished on the edge, mAP >= all-cloud - 1.0
@@ -40,6 +40,8 @@ HEURISTIC_ROUTERS = {
     'score band': lambda: ScoreBandRouter(low=0.2, high=0.6, threshold=0.0),
     'entropy': lambda: EntropyRouter(top_k=10, threshold=0.5),
     'empty exit': lambda: EmptyExitRouter(top_k=10, target_offload_ratio=0.5),
+    'shift': lambda: ShiftRouter(top_k=10, target_offload_ratio=0.5),
+    'shift, no empty': lambda: ShiftRouter(top_k=10, flag_empty=False, target_offload_ratio=0.5),
 }
 #: the learned routers fitted on the held-out images: LearnedRouter arguments. 'learned'
 #: regresses the per-image AP gain from the exit's outputs; the gain routers add the maps'

@@ -1,5 +1,6 @@
-"""Rule-based routers: the random control, DCSB's score band, class-distribution entropy, and
-entropy that also counts an empty exit as uncertain."""
+"""Rule-based routers: the random control, DCSB's score band, class-distribution entropy,
+entropy that also counts an empty exit as uncertain, and one that also counts edge features
+unlike the calibration images' (a distribution shift) as uncertain."""
 import hashlib
 from typing import Dict, Optional, Tuple
 
@@ -9,9 +10,9 @@ from torch import Tensor
 
 from ...errors import ConfigError
 from .base import BaseRouter
-from .features import top_k_entropy
+from .features import channel_statistics, top_k_entropy
 
-__all__ = ['RandomRouter', 'ScoreBandRouter', 'EntropyRouter', 'EmptyExitRouter']
+__all__ = ['RandomRouter', 'ScoreBandRouter', 'EntropyRouter', 'EmptyExitRouter', 'ShiftRouter']
 
 
 @MODELS.register_module()
@@ -146,3 +147,61 @@ class EmptyExitRouter(EntropyRouter):
             raise ConfigError('EmptyExitRouter: calibrate the router before exporting it '
                               '(empty_below is fitted on the calibration images)')
         return dict(top_k=self.top_k, empty_below=self.empty_below)
+
+
+@MODELS.register_module()
+class ShiftRouter(EmptyExitRouter):
+    """:class:`EmptyExitRouter` that also sends first the images whose edge features lie out of
+    the calibration images' distribution: an image scores 1 + its entropy when the exit found
+    nothing *or* when the mean squared z-score of F_k's channel means and deviations (against
+    the calibration images) exceeds their ``ood_quantile`` quantile. Under fog, low contrast or
+    blur the exit can still fire weakly while the features have plainly left the training
+    distribution; a cloud that is more robust than the exit should see those images.
+
+    Everything is fitted on the (clean) calibration images with the threshold, so a share of
+    about ``1 - ood_quantile`` of in-distribution images is flagged as well. ``flag_empty=False``
+    leaves the empty-exit term out (entropy + the out-of-distribution term only).
+    """
+
+    light_edge_refusal = ('its out-of-distribution term reads the channel statistics of F_k, '
+                          'which the edge graph does not output')
+
+    def __init__(self, top_k: int = 10, ood_quantile: float = 0.9, flag_empty: bool = True,
+                 **kwargs):
+        if not 0.0 < float(ood_quantile) < 1.0:
+            raise ConfigError(f'ShiftRouter.ood_quantile must be in (0, 1), got {ood_quantile}')
+        if kwargs.get('target_offload_ratio') is None:
+            raise ConfigError('ShiftRouter fits the feature statistics on the calibration images '
+                              'with its threshold: give target_offload_ratio')
+        super().__init__(top_k=top_k, **kwargs)
+        self.ood_quantile, self.flag_empty = float(ood_quantile), bool(flag_empty)
+        self.stats_mean = self.stats_std = self.ood_above = None
+
+    def calibration_parts(self, exits) -> Tensor:
+        """(N, 2 + 2C) float64: entropy, best exit score, F_k's channel means and deviations."""
+        stats = channel_statistics(exits.features).double().cpu()
+        return torch.cat([super().calibration_parts(exits), stats], 1)
+
+    def _distance(self, parts: Tensor) -> Tensor:
+        return ((parts[:, 2:] - self.stats_mean) / self.stats_std).square().mean(1)
+
+    def fit_calibration(self, parts: Tensor) -> Tensor:
+        """The feature statistics, ``ood_above`` and ``empty_below`` from the calibration images
+        -> their scores."""
+        self.stats_mean = parts[:, 2:].mean(0)
+        self.stats_std = parts[:, 2:].std(0).clamp_min(1e-6)
+        self.ood_above = float(torch.quantile(self._distance(parts), self.ood_quantile))
+        return super().fit_calibration(parts)
+
+    def _combine(self, parts: Tensor) -> Tensor:
+        flagged = self._distance(parts) > self.ood_above
+        if self.flag_empty:
+            flagged |= parts[:, 1] < self.empty_below
+        return parts[:, 0] + flagged.double()
+
+    def scores(self, exits) -> Tensor:
+        if self.ood_above is None:
+            raise RuntimeError('ShiftRouter: the feature statistics are not fitted yet; calibrate '
+                               'the router on a calibration split (RouterCalibrationHook, or '
+                               'ecc_mmdet.deployment.calibration.calibrate_router)')
+        return super().scores(exits)
