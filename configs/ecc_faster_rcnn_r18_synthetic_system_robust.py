@@ -13,12 +13,4 @@ _base_ = './ecc_faster_rcnn_r18_synthetic_system.py'
 teacher_config = '{{fileDirname}}/faster_rcnn_r18_fpn_synthetic_robust_ft.py'
 teacher_checkpoint = 'work_dirs/robust_ft_teacher/epoch_12.pth'
 
-train_pipeline = [
-    dict(type='LoadImageFromFile', backend_args={{_base_.backend_args}}),
-    dict(type='RandomCorruption', prob=0.5),  # default: the held-out corruptions, severity 1-5
-    dict(type='LoadAnnotations', with_bbox=True),
-    dict(type='Resize', scale={{_base_.image_size}}, keep_ratio=True),
-    dict(type='RandomFlip', prob=0.5),
-    dict(type='PackDetInputs'),
-]
-train_dataloader = dict(dataset=dict(pipeline=train_pipeline))
+train_dataloader = dict(dataset=dict(pipeline={{_base_.corrupted_train_pipeline}}))

@@ -12,15 +12,7 @@ _base_ = './faster_rcnn_r18_fpn_synthetic.py'
 
 load_from = 'work_dirs/demo/baseline/epoch_12.pth'  # the clean teacher it starts from
 
-train_pipeline = [
-    dict(type='LoadImageFromFile', backend_args={{_base_.backend_args}}),
-    dict(type='RandomCorruption', prob=0.5),  # default: the held-out corruptions, severity 1-5
-    dict(type='LoadAnnotations', with_bbox=True),
-    dict(type='Resize', scale={{_base_.image_size}}, keep_ratio=True),
-    dict(type='RandomFlip', prob=0.5),
-    dict(type='PackDetInputs'),
-]
-train_dataloader = dict(dataset=dict(pipeline=train_pipeline))
+train_dataloader = dict(dataset=dict(pipeline={{_base_.corrupted_train_pipeline}}))
 
 # a fine-tune: a short warm-up to half the from-scratch rate, then cosine decay
 param_scheduler = [

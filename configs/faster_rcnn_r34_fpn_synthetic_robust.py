@@ -18,12 +18,4 @@ model = dict(
     rpn_head=dict(in_channels=wide, feat_channels=wide),
     roi_head=dict(bbox_roi_extractor=dict(out_channels=wide), bbox_head=dict(in_channels=wide)))
 
-train_pipeline = [
-    dict(type='LoadImageFromFile', backend_args={{_base_.backend_args}}),
-    dict(type='RandomCorruption', prob=0.5),  # default: the held-out corruptions, severity 1-5
-    dict(type='LoadAnnotations', with_bbox=True),
-    dict(type='Resize', scale={{_base_.image_size}}, keep_ratio=True),
-    dict(type='RandomFlip', prob=0.5),
-    dict(type='PackDetInputs'),
-]
-train_dataloader = dict(dataset=dict(pipeline=train_pipeline))
+train_dataloader = dict(dataset=dict(pipeline={{_base_.corrupted_train_pipeline}}))

@@ -328,8 +328,8 @@ def test_loop_without_teacher_or_with_bad_settings_fails_clearly(loop_files, tmp
 
 
 def test_system_cema_config_has_the_cema_settings_on_the_demo_system():
-    """configs/..._system_cema.py repeats the CEMA config's loop settings on the demo's system
-    model: they must not drift apart."""
+    """configs/..._system_cema.py has the CEMA config's loop settings (one base,
+    configs/_base_/adaptation/cema.py) on the demo's system model."""
     from mmengine.config import Config
     cema = Config.fromfile(CEMA_CFG)
     system = Config.fromfile(osp.join(REPO, 'configs', 'ecc_faster_rcnn_r18_synthetic_system.py'))

@@ -14,6 +14,17 @@ train_pipeline = [
     dict(type='RandomFlip', prob=0.5),
     dict(type='PackDetInputs'),
 ]
+# the robust teachers' and system's training images: half of them get one of the four held-out
+# ImageNet-C corruptions (RandomCorruption's default) at severity 1-5; the corruptions the
+# benchmarks evaluate are refused by the transform
+corrupted_train_pipeline = [
+    dict(type='LoadImageFromFile', backend_args=backend_args),
+    dict(type='RandomCorruption', prob=0.5),
+    dict(type='LoadAnnotations', with_bbox=True),
+    dict(type='Resize', scale=image_size, keep_ratio=True),
+    dict(type='RandomFlip', prob=0.5),
+    dict(type='PackDetInputs'),
+]
 test_pipeline = [
     dict(type='LoadImageFromFile', backend_args=backend_args),
     dict(type='Resize', scale=image_size, keep_ratio=True),
