@@ -13,7 +13,7 @@ import ecc_tools  # noqa: F401  (imports ecc_mmdet: registers our components)
 from ecc_tools.cli import (add_common_args, base_cfg, build_runner, check_runner_checkpoint,
                            main_guard, parse)
 
-from ecc_mmdet.utils import ConfigError, check_config
+from ecc_mmdet.utils import ConfigError, check_config, finish_distributed
 
 
 def parse_args(argv=None):
@@ -51,6 +51,7 @@ def main(argv=None):
         from mmdet.evaluation import DumpDetResults
         runner.test_evaluator.metrics.append(DumpDetResults(out_file_path=args.out))
     runner.test()
+    finish_distributed()
     return 0
 
 

@@ -17,7 +17,7 @@ import ecc_tools  # noqa: F401  (imports ecc_mmdet: registers our components)
 from ecc_tools.cli import (add_common_args, base_cfg, build_runner, check_runner_checkpoint,
                            main_guard, parse)
 
-from ecc_mmdet.utils import ConfigError, check_config
+from ecc_mmdet.utils import ConfigError, check_config, finish_distributed
 
 
 def parse_args(argv=None):
@@ -64,6 +64,7 @@ def main(argv=None):
     runner = build_runner(build_cfg, args)
     check_runner_checkpoint(runner, training=True, partial=args.allow_partial_checkpoint)
     runner.train()
+    finish_distributed()
     return 0
 
 

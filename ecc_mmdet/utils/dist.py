@@ -52,3 +52,15 @@ def setup_cpu_distributed(cfg) -> bool:
     wrapper.setdefault('device_ids', None)  # CPU modules take no device ids
     cfg.model_wrapper_cfg = wrapper
     return True
+
+
+def finish_distributed() -> None:
+    """Let every rank finish, then close the process group.
+
+    A process that exits with the gloo group still open can abort in its destructor
+    ("terminate called without an active exception", SIGABRT) after its work is done; the
+    launcher then reports the whole job as failed.
+    """
+    if torch_dist.is_available() and torch_dist.is_initialized():
+        torch_dist.barrier()
+        torch_dist.destroy_process_group()
