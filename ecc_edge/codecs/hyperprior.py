@@ -8,7 +8,9 @@ Given the latent ``y`` and the side information ``z = h_a(y)`` (both from the ed
 2. the integer hyper-synthesis (:class:`IntegerHyperSynthesis`, ``ExactHyperSynthesis.exact``)
    turns ``z_hat`` into means on the ``2**-F`` grid and log-scale accumulators: integer weights,
    fixed-point activations, every product and sum an integer below 2**53, so float64 gives the
-   exact result in any summation order (numpy's matmul here, torch's conv2d there);
+   exact result in any summation order (numpy's matmul here, torch's conv2d there); a layer
+   whose products' sums for the activations at hand stay within 2**24 multiplies in float32,
+   exact as well and twice as fast;
 3. the accumulators become scale-table indexes by integer thresholds
    (``GaussianConditionalEntropyModel.index_from_fixed_point``), and y's symbols
    ``round(y - mean)`` are range-coded with the indexed Gaussian tables.
@@ -20,7 +22,7 @@ y's slices share one range-coded stream. Nothing here depends on how
 """
 from __future__ import annotations
 
-from typing import Dict, List, NamedTuple, Sequence, Tuple
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -51,22 +53,56 @@ def tables_from_rows(pmf_rows: Sequence[Sequence[int]], offsets: Sequence[int],
     return CodingTables(pmf, np.asarray(offsets), np.asarray(lengths))
 
 
-def conv3x3_exact(a: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> np.ndarray:
-    """3x3 convolution, stride 1, zero padding 1, of integer-valued float64 arrays: ``a``
-    (C, H, W), ``weight`` (O, C * 9) in (c, ky, kx) order, ``bias`` (O,) -> (O, H, W).
+#: float32 holds every integer up to 2**24: a matmul whose partial sums stay within it is exact
+#: in float32, whatever order BLAS sums in
+FLOAT32_EXACT = 2**24
+
+
+def conv3x3_exact(a: np.ndarray, weight: np.ndarray, bias: Optional[np.ndarray]) -> np.ndarray:
+    """3x3 convolution, stride 1, zero padding 1, of integer-valued arrays: ``a`` (C, H, W),
+    ``weight`` (O, C * 9) in (c, ky, kx) order, ``bias`` (O,) or None -> (O, H, W), in ``a``'s
+    dtype.
 
     An im2col matmul: exact whatever order BLAS sums in, as long as every partial sum is an
-    integer below 2**53 (``ExactHyperSynthesis`` checks its bounds at construction)."""
+    integer the dtype holds (below 2**53 in float64, ``ExactHyperSynthesis`` checks its bounds
+    at construction; within :data:`FLOAT32_EXACT` in float32, checked per call by the
+    layers)."""
     c, h, w = a.shape
-    padded = np.pad(a, ((0, 0), (1, 1), (1, 1)))
-    cols = np.lib.stride_tricks.sliding_window_view(padded, (3, 3), axis=(1, 2))
-    cols = cols.transpose(0, 3, 4, 1, 2).reshape(c * 9, h * w)  # (C*9, H*W), (c, ky, kx) rows
-    return (weight @ cols + bias[:, None]).reshape(-1, h, w)
+    padded = np.zeros((c, h + 2, w + 2), a.dtype)
+    padded[:, 1:-1, 1:-1] = a
+    cols = np.empty((c, 3, 3, h, w), a.dtype)  # (c, ky, kx) rows, filled tap by tap
+    for ky in range(3):
+        for kx in range(3):
+            cols[:, ky, kx] = padded[:, ky:ky + h, kx:kx + w]
+    out = weight @ cols.reshape(c * 9, h * w)
+    if bias is not None:
+        out += bias[:, None]
+    return out.reshape(-1, h, w)
 
 
 class _Layer(NamedTuple):
     weight: np.ndarray  # (O, C * 9) float64 integers: round(clamp(w) * 2**F)
     bias: np.ndarray  # (O,) float64 integers: round(b * 2**(2F))
+    weight32: np.ndarray  # the same weights in float32, used where FLOAT32_EXACT holds
+    row_l1: float  # max over outputs of sum |weight|: bounds every partial sum
+
+    @classmethod
+    def of(cls, spec: Dict) -> '_Layer':
+        w = np.asarray(spec['weight'], np.float64).reshape(spec['out_channels'],
+                                                           spec['in_channels'] * 9)
+        b = np.asarray(spec['bias'], np.float64)
+        return cls(w, b, w.astype(np.float32), float(np.abs(w).sum(1).max()) if w.size else 0.)
+
+    def __call__(self, a: np.ndarray) -> np.ndarray:
+        """The exact convolution of float64 integer activations ``a`` -> float64 integers:
+        the products summed in float32 when every partial sum stays within FLOAT32_EXACT
+        (the bias added in float64), otherwise all in float64."""
+        a_max = float(np.abs(a).max()) if a.size else 0.0
+        if self.row_l1 * a_max <= FLOAT32_EXACT:
+            out = conv3x3_exact(a.astype(np.float32), self.weight32, None).astype(np.float64)
+            out += self.bias[:, None, None]
+            return out
+        return conv3x3_exact(a, self.weight, self.bias)
 
 
 class IntegerHyperSynthesis:
@@ -83,9 +119,7 @@ class IntegerHyperSynthesis:
 
     def __init__(self, layers: List[Dict], frac_bits: int, act_max: float, mean_max: float,
                  predict_means: bool, upsample: bool = True):
-        self.layers = [_Layer(np.asarray(l['weight'], np.float64).reshape(
-            l['out_channels'], l['in_channels'] * 9), np.asarray(l['bias'], np.float64))
-            for l in layers]
+        self.layers = [_Layer.of(spec) for spec in layers]
         self.up_steps = len(layers) - 1
         self.upsample = bool(upsample)
         self.scale = 2.0**int(frac_bits)
@@ -99,7 +133,7 @@ class IntegerHyperSynthesis:
         for i, layer in enumerate(self.layers):
             if self.upsample and i < self.up_steps:  # nearest 2x
                 a = a.repeat(2, axis=1).repeat(2, axis=2)
-            acc = conv3x3_exact(a, layer.weight, layer.bias)
+            acc = layer(a)
             if i < self.up_steps:
                 a = np.clip(np.floor(acc / s + 0.5), 0, self.act_max * s)
         if not self.predict_means:

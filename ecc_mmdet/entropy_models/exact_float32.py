@@ -13,10 +13,10 @@ in float64 (``sum_p conv(digit_p) * 2**(d p)``: integers below 2**53, exact). Ei
 result is the float64 one bit for bit, so each side of a link chooses its plan on its own.
 
 Measured (``tools/benchmark_codec.py``): the channel-context model's exact parameters are ~17 %
-faster on one thread; with two threads
-float64 convolutions parallelise as well and the gain vanishes. The light edge's numpy path keeps
-float64: there the float32 conversions and the extra reductions cost more than the faster matmul
-(20 % slower, measured), so it is not used.
+faster on one thread; with two threads float64 convolutions parallelise as well and the gain
+vanishes. The light edge (``ecc_edge.codecs.hyperprior``) makes the same choice per layer in
+numpy, without digits: the products are summed in float32 where one pass is exact, the bias
+added in float64, and otherwise the layer runs in float64.
 """
 from __future__ import annotations
 

@@ -250,6 +250,21 @@ def test_light_channel_context_payloads_equal_the_pytorch_edge(served_model, tmp
     assert ctx['num_slices'] == 4
 
 
+def test_light_context_with_a_stride_4_gdn_encoder_equals_the_pytorch_edge(served_model,
+                                                                        tmp_path):
+    """downsample=4 (two stride-2 convs in g_a, in the exported graph) with GDN: the light
+    edge's payloads equal PyTorch's on odd sizes, whose latents are ceil(feature / 4)."""
+    cfg, model = _detector(served_model, dict(HYPERPRIOR, type='ChannelContextHyperpriorNeck',
+                                              num_slices=2, context_channels=8, downsample=4,
+                                              gdn=True, hyper_downsample=2))
+    _context_spread(model.compressor)
+    edge = _export(model, cfg, tmp_path, 'stride4')
+    assert edge.sidecar['codec']['downsample'] == 4
+    results = _same_payloads(edge, model, cfg, _images())
+    assert {r.symbols.shape[1:] for r in results} == {(4, 6), (8, 6), (3, 5)}
+    assert all(np.abs(r.symbols).max() > 3 for r in results)
+
+
 def _bad_sidecars_are_refused(side):
     """A hyperprior sidecar whose synthesis would not be exact, or that does not chain, is
     refused naming the field."""

@@ -73,6 +73,38 @@ def test_large_sums_round_in_one_float32_pass_but_not_in_digits():
                        F.conv2d(a_signed, w, b, padding=1))
 
 
+def test_light_edge_layer_sums_in_float32_only_where_one_pass_is_exact(monkeypatch):
+    """The light edge's layer: float32 products at and below the bound (row L1 x max |a| =
+    2**24, the largest sum float32 holds), float64 beyond it; the same integers as float64 on
+    inputs that round in one float32 pass."""
+    from ecc_edge.codecs import hyperprior as light
+    calls = []
+    conv = light.conv3x3_exact
+    monkeypatch.setattr(light, 'conv3x3_exact', lambda a, w, b: calls.append(a.dtype) or
+                        conv(a, w, b))
+    w = np.zeros((2, 4, 3, 3))
+    w[0] = 1.0  # row L1 36
+    w[1, 0] = -3.0  # row L1 27
+    b = np.array([2.0**30 + 1, -7.0])  # beyond float32's integers: added in float64
+    layer = light._Layer.of(dict(weight=w.ravel(), bias=b, in_channels=4, out_channels=2))
+    assert layer.row_l1 == 36.0
+    a_max = 2.0**24 / 36  # not an integer: the largest integer below it
+    for top, dtype in [(np.floor(a_max), np.float32), (np.floor(a_max) + 1, np.float64)]:
+        a = np.full((4, 3, 5), top)
+        a[1, 1, 2] -= 1  # one sum below the others
+        calls.clear()
+        got = layer(a)
+        assert calls == [dtype]
+        ref = F.conv2d(torch.from_numpy(a)[None], torch.from_numpy(w),
+                       torch.from_numpy(b), padding=1)[0].numpy()
+        assert got.dtype == np.float64 and np.array_equal(got, ref)
+    big = np.full((4, 3, 5), 2.0**22 + 1)  # one float32 pass would round these sums
+    naive = conv(big.astype(np.float32), w.reshape(2, -1).astype(np.float32), None)
+    ref = conv(big, w.reshape(2, -1), None)
+    assert not np.array_equal(naive.astype(np.float64), ref)
+    assert np.array_equal(layer(big) - b[:, None, None], ref)
+
+
 def test_reduced_float32_precision_falls_back_to_float64():
     """A user who allows TF32/bf16 float32 matmuls gets the float64 path (still exact)."""
     previous = torch.get_float32_matmul_precision()

@@ -422,7 +422,7 @@ def test_bottleneck_edge_cloud_modules_and_config_errors():
     everything = {id(p) for p in neck.parameters()}
     listed = {id(p) for m in neck.edge_modules() + neck.cloud_modules() for p in m.parameters()}
     assert listed == everything
-    for bad in (dict(downsample=4), dict(rate_unit='bps'), dict(quantization='round'),
+    for bad in (dict(downsample=3), dict(rate_unit='bps'), dict(quantization='round'),
                 dict(latent_channels=0), dict(quantization='ste',
                                               entropy_model=dict(quantization='noise'))):
         with pytest.raises(ValueError):

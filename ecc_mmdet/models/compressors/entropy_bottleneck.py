@@ -1,12 +1,12 @@
 """Learned entropy bottleneck at the split point (Entropic Student / Ballé et al. 2018 style).
 
-Edge: ``y = g_a(F)`` (three 3x3 convs, the first with stride ``downsample``), ``y_hat =
+Edge: ``y = g_a(F)`` (three 3x3 convs, of stride ``downsample`` together), ``y_hat =
 round(y - median) + median`` per channel, range-coded with the
 :class:`~ecc_mmdet.entropy_models.FactorizedEntropyModel`'s integer tables. Cloud: the same
-entropy model decodes ``y_hat``, ``F_hat = g_s(y_hat)`` (3x3 conv, 2x transposed conv when
-``downsample == 2``, 3x3 conv back to ``in_channels``) cropped to the original (H, W) -- a
-stride-2 encoder maps H to ceil(H / 2), the decoder back to 2 * ceil(H / 2) >= H, so odd sizes
-need the crop, and the decoder must know (H, W).
+entropy model decodes ``y_hat``, ``F_hat = g_s(y_hat)`` (3x3 conv, one 2x transposed conv per
+factor 2 of ``downsample``, 3x3 conv back to ``in_channels``) cropped to the original (H, W) --
+a stride-2 encoder maps H to ceil(H / 2), the decoder back to 2 * ceil(H / 2) >= H, so odd
+sizes need the crop, and the decoder must know (H, W).
 
 Payload parts of one image:
 
@@ -64,7 +64,8 @@ class EntropyBottleneckNeck(BaseFeatureCompressor):
         latent_channels: channels of the coded latent.
         hidden_channels: width of the hidden convs of g_a and g_s (default: latent_channels,
             which keeps the edge encoder at a few % of a detector's FLOPs).
-        downsample: stride of the encoder, 1 or 2.
+        downsample: stride of the encoder, 1, 2 or 4 (4: two stride-2 convs in g_a and two
+            2x transposed convs in g_s; a quarter of the positions of stride 2).
         beta: weight of the rate term.
         rate_unit: 'bpp', 'bits_per_element' or 'bits' (see the module docstring).
         feature_stride: stride of the split feature map w.r.t. the input image; only used to
@@ -92,8 +93,8 @@ class EntropyBottleneckNeck(BaseFeatureCompressor):
                  act_cfg: Optional[dict] = None, gdn: bool = False,
                  object_rate_weight: float = 1.0, init_cfg=None):
         super().__init__(in_channels, init_cfg=init_cfg)
-        if downsample not in (1, 2):
-            raise ValueError('EntropyBottleneckNeck: downsample must be 1 or 2, '
+        if downsample not in (1, 2, 4) or isinstance(downsample, bool):
+            raise ValueError('EntropyBottleneckNeck: downsample must be 1, 2 or 4, '
                              f'got {downsample!r}')
         if rate_unit not in _RATE_UNITS:
             raise ValueError(f'EntropyBottleneckNeck: rate_unit must be one of {_RATE_UNITS}, '
@@ -133,15 +134,21 @@ class EntropyBottleneckNeck(BaseFeatureCompressor):
         def act(inverse: bool) -> nn.Module:
             return GDN(h, inverse=inverse) if self.gdn else build_activation_layer(act_cfg)
 
+        s1, s2 = min(self.downsample, 2), self.downsample // min(self.downsample, 2)
         self.g_a = nn.Sequential(
-            nn.Conv2d(c, h, 3, stride=self.downsample, padding=1), act(False),
-            nn.Conv2d(h, h, 3, padding=1), act(False),
+            nn.Conv2d(c, h, 3, stride=s1, padding=1), act(False),
+            nn.Conv2d(h, h, 3, stride=s2, padding=1), act(False),
             nn.Conv2d(h, z, 3, padding=1))
-        up = (nn.ConvTranspose2d(h, h, 4, stride=2, padding=1) if self.downsample == 2 else
-              nn.Conv2d(h, h, 3, padding=1))
+
+        # built before g_s's first conv, as always: strides 1 and 2 keep their initialisation
+        # and their layer indexes (checkpoints); stride 4 upsamples twice
+        if self.downsample == 1:
+            ups = [nn.Conv2d(h, h, 3, padding=1), act(True)]
+        else:
+            ups = [m for _ in range(s1 * s2 // 2)
+                   for m in (nn.ConvTranspose2d(h, h, 4, stride=2, padding=1), act(True))]
         self.g_s = nn.Sequential(
-            nn.Conv2d(z, h, 3, padding=1), act(True),
-            up, act(True),
+            nn.Conv2d(z, h, 3, padding=1), act(True), *ups,
             nn.Conv2d(h, c, 3, padding=1))
         self.entropy_model_cfg = em_cfg  # validated; subclasses build more models from it
         self.entropy_model = FactorizedEntropyModel(z, **em_cfg)
