@@ -51,7 +51,8 @@ def pack_params(seq: int, tensors: Dict[str, np.ndarray], fingerprint: bytes = N
     code = 1 if half else 0
     for name, value in tensors.items():
         raw = name.encode('utf-8')
-        arr = np.ascontiguousarray(np.asarray(value, dtype=_DTYPES[code]))
+        # (np.ascontiguousarray would turn a 0-d tensor, e.g. a scale, into shape (1,))
+        arr = np.array(value, dtype=_DTYPES[code], order='C', copy=True)
         if not 0 < len(raw) <= MAX_NAME_BYTES or arr.ndim > MAX_NDIM:
             raise ValueError(f'{name!r}: names of 1..{MAX_NAME_BYTES} bytes and at most '
                              f'{MAX_NDIM} dims')

@@ -113,6 +113,16 @@ def test_hostile_sizes_are_refused_before_allocation():
         pack_params(1, {'a.weight': np.array([np.inf], np.float32)})
 
 
+def test_every_shape_survives_the_wire_zero_dims_and_strided_included():
+    """A 0-d tensor (a head's learned scale) stays 0-d, a transposed view keeps its values."""
+    tensors = {'head.scale': np.float32(1.5), 'w.t': np.arange(6, dtype=np.float32)
+               .reshape(2, 3).T, 'empty': np.zeros((0, 3), np.float32)}
+    for half in (False, True):
+        got = unpack_params(pack_params(3, tensors, half=half)).tensors
+        for name, value in tensors.items():
+            assert got[name].shape == np.shape(value) and np.array_equal(got[name], value)
+
+
 def test_updates_keep_the_identity_of_full_and_side_builds(edge_and_cloud):
     edge, cloud = edge_and_cloud
     side = edge.build_edge()
