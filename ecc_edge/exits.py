@@ -9,6 +9,7 @@ float32, what the PyTorch edge computes after the graph:
   factor, rescale to the original image, ``min_bbox_size``, mmcv's class-aware ``batched_nms``
   (coordinate-offset trick + mmcv's CPU nms), ``max_per_img``);
 * :func:`router_score`: the ``scores`` of ``EntropyRouter``, ``EmptyExitRouter``,
+  ``ShiftRouter`` (its statistics of F_k are a graph output),
   ``ScoreBandRouter``, ``RandomRouter`` (SHA-256 of the seed and the image id) and
   ``LearnedRouter`` (its features in float32 as ``routers.features.router_features`` and
   ``gain_features`` compute them, then its MLP);
@@ -244,16 +245,31 @@ def random_score(seed: int, img_id) -> float:
     return int.from_bytes(digest[:8], 'little') / 2.0**64
 
 
+def shift_flag(spec: Dict, dets: ExitDetections, feature_stats: np.ndarray) -> bool:
+    """``ShiftRouter``'s flag: F_k's channel statistics (the graph's ``feature_stats``) farther
+    from the calibration images' than ``ood_above`` (mean squared z-score, float64), or, with
+    ``flag_empty``, no exit detection scoring ``empty_below``."""
+    z = (np.asarray(feature_stats, np.float64).reshape(-1) - np.asarray(spec['stats_mean'])) \
+        / np.asarray(spec['stats_std'])
+    best = float(dets.scores.max()) if dets.scores.size else 0.0  # compared in float64
+    empty = best < spec['empty_below']
+    return bool(np.square(z).mean() > spec['ood_above']) or (spec['flag_empty'] and empty)
+
+
 def router_score(spec: Dict, dets: ExitDetections, cls_maps: Sequence[np.ndarray],
-                 num_classes: int, img_id=None) -> float:
+                 num_classes: int, img_id=None, feature_stats=None) -> float:
     """The router's score of one image (higher: needs the cloud more); ``img_id`` is the key of
-    the random router's draw."""
+    the random router's draw, ``feature_stats`` the graph's output of that name (ShiftRouter)."""
     kind = spec['kind']
-    if kind in ('EntropyRouter', 'EmptyExitRouter'):
+    if kind in ('EntropyRouter', 'EmptyExitRouter', 'ShiftRouter'):
         p = top_anchor_probs(cls_maps, num_classes, spec['top_k'])
         score = float(np.clip(class_entropy(p).mean(-1), 0, 1))
         if kind == 'EmptyExitRouter' and not (dets.scores >= spec['empty_below']).any():
             score += 1.0  # nothing found: before every image where something was
+        if kind == 'ShiftRouter':
+            if feature_stats is None:
+                raise ValueError('the ShiftRouter reads the graph\'s feature_stats output')
+            score += float(shift_flag(spec, dets, feature_stats))
         return score
     if kind == 'ScoreBandRouter':
         low, high = spec['low'], spec['high']

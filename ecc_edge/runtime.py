@@ -229,7 +229,7 @@ class LightEdge:
         dets, cls_maps = decode_exit(outputs, self.exit, meta.img_shape, meta.scale_factor)
         try:
             score = router_score(self.router, dets, cls_maps, self.exit['cls_out_channels'],
-                                 img_id)
+                                 img_id, outputs.get('feature_stats'))
         except ValueError as e:
             raise EdgeRuntimeError(str(e)) from None
         return dets, score, offload(self.router, score)

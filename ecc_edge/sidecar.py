@@ -34,7 +34,9 @@ _CODECS = {1: 'ENTROPY_BOTTLENECK', 5: 'VARIABLE_RATE_BOTTLENECK', 6: 'HYPERPRIO
            9: 'VARIABLE_RATE_CHANNEL_CONTEXT'}
 _VARIABLE_RATE, _HYPERPRIOR, _CHANNEL_CONTEXT = (5, 7, 9), (6, 7, 8, 9), (8, 9)
 _ROUTERS = ('EmptyExitRouter', 'EntropyRouter', 'LearnedRouter', 'RandomRouter',
-            'ScoreBandRouter')
+            'ScoreBandRouter', 'ShiftRouter')
+#: routers whose score also reads F_k's channel statistics (the graph's ``feature_stats``)
+_STATS_ROUTERS = ('ShiftRouter', )
 
 Check = Callable[[object, str], None]
 
@@ -198,6 +200,9 @@ _ROUTER_PARAMS = {
     'EmptyExitRouter': dict(top_k=Int(1, 10**6), empty_below=Num(0.0, 1.0)),
     'ScoreBandRouter': dict(low=Num(0.0, 1.0), high=Num(0.0, 1.0)),
     'RandomRouter': dict(seed=Int(-2**63, 2**63 - 1)),
+    'ShiftRouter': dict(top_k=Int(1, 10**6), empty_below=Num(0.0, 1.0), flag_empty=Bool,
+                        stats_mean=_FLOATS, stats_std=Arr(Num(1e-12, 3.4e38), 1, 1 << 16),
+                        ood_above=Num(0.0, 3.4e38)),
     'LearnedRouter': dict(top_k=Int(1, 4096), count_thresholds=Arr(Num(0.0, 1.0), 0, 64),
                           count_scale=Num(1e-6, 1e6), feat_mean=_FLOATS,
                           feat_std=Arr(Num(1e-12, 3.4e38), 1, 1 << 16),
@@ -229,6 +234,9 @@ def _check_router(router) -> None:
         _fail('router.low', f'must be below router.high ({router["low"]} >= {router["high"]})')
     if router['kind'] == 'LearnedRouter':
         _check_mlp(router)
+    if router['kind'] == 'ShiftRouter' and len(router['stats_mean']) != len(router['stats_std']):
+        _fail('router.stats_std', f'has {len(router["stats_std"])} entries, router.stats_mean '
+              f'{len(router["stats_mean"])}')
 
 
 def _check_mlp(r: Dict) -> None:
@@ -424,7 +432,8 @@ def expected_outputs(side: Dict) -> List[str]:
         return latents
     n_lv = len(side['exit']['anchors']['strides'])
     parts = ['cls', 'bbox'] + (['ctr'] if side['exit']['score_factors'] else [])
-    return latents + [f'{p}_{i}' for p in parts for i in range(n_lv)]
+    stats = ['feature_stats'] if side['router']['kind'] in _STATS_ROUTERS else []
+    return latents + [f'{p}_{i}' for p in parts for i in range(n_lv)] + stats
 
 
 def _channels(shape) -> Optional[int]:
@@ -450,7 +459,14 @@ def check_graph_io(side: Dict, inputs: Sequence[Tuple[str, list]],
     if c is not None and c != side['hyperprior']['hyper_channels']:
         _fail('hyperprior.hyper_channels', f'is {side["hyperprior"]["hyper_channels"]}, the '
               f'graph\'s hyper_latent has {c} channels')
+    if 'feature_stats' in want:
+        n = shapes['feature_stats'][-1]
+        if isinstance(n, int) and n != len(side['router']['stats_mean']):
+            _fail('router.stats_mean', f'has {len(side["router"]["stats_mean"])} entries, the '
+                  f'graph\'s feature_stats {n}')
     for name in want[1 + ('hyperprior' in side):]:
+        if name == 'feature_stats':
+            continue
         e, part = side['exit'], name.split('_')[0]
         c = _channels(shapes[name])
         per_anchor = dict(cls=e['cls_out_channels'], bbox=4, ctr=1)[part]
@@ -468,6 +484,8 @@ def _output_field(side: Dict, got: List[str]) -> str:
         return 'exit'
     if any(n.startswith('ctr_') for n in got) != side['exit']['score_factors']:
         return 'exit.score_factors'
+    if ('feature_stats' in got) != (side['router']['kind'] in _STATS_ROUTERS):
+        return 'router.kind'
     return 'exit.anchors.strides'
 
 

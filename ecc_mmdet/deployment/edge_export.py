@@ -54,6 +54,7 @@ from ecc_edge.sidecar import (SIDECAR_FORMAT, SIDECAR_VERSION, sidecar_digest, s
                               validate_sidecar)
 
 from ..errors import ConfigError
+from ..models.routers.features import channel_statistics
 from .fingerprint import model_fingerprint
 
 __all__ = ['EdgeGraph', 'SIDECAR_FORMAT', 'build_sidecar', 'check_graph', 'export_edge_onnx',
@@ -81,6 +82,7 @@ class EdgeGraph(nn.Module):
         self.with_exit = getattr(model, 'edge_exit', None) is not None and \
             getattr(model, 'router', None) is not None
         self.hyper = _is_hyperprior(model.compressor)
+        self.stats = self.with_exit and model.router.needs_feature_stats
 
     def forward(self, x):
         f = self.model.splitter.forward_edge(x)
@@ -89,7 +91,8 @@ class EdgeGraph(nn.Module):
         if not self.with_exit:
             return latents if self.hyper else latent
         outs = self.model.edge_exit(f)  # (cls_scores, bbox_preds[, centernesses]) per level
-        return latents + tuple(t for part in outs for t in part)
+        stats = (channel_statistics(f), ) if self.stats else ()  # the router reads F_k too
+        return latents + tuple(t for part in outs for t in part) + stats
 
     def output_names(self) -> List[str]:
         latents = ['latent', 'hyper_latent'] if self.hyper else ['latent']
@@ -97,7 +100,8 @@ class EdgeGraph(nn.Module):
             return latents
         n_lv = len(self.model.edge_exit.head.prior_generator.strides)
         parts = ['cls', 'bbox'] + (['ctr'] if _has_score_factors(self.model.edge_exit) else [])
-        return latents + [f'{p}_{i}' for p in parts for i in range(n_lv)]
+        return latents + [f'{p}_{i}' for p in parts for i in range(n_lv)] + \
+            (['feature_stats'] if self.stats else [])
 
 
 def _has_score_factors(edge_exit) -> bool:
@@ -315,7 +319,7 @@ def export_edge_onnx(model, cfg, out_dir: str, class_names=None, opset: int = 17
     x = torch.zeros(1, 3, *probe_size)
     names = graph.output_names()
     axes = {'input': {2: 'height', 3: 'width'}}
-    axes.update({n: {2: f'{n}_h', 3: f'{n}_w'} for n in names})
+    axes.update({n: {2: f'{n}_h', 3: f'{n}_w'} for n in names if n != 'feature_stats'})
     try:
         with torch.no_grad():
             torch.onnx.export(graph, (x, ), onnx_path, dynamo=False, input_names=['input'],

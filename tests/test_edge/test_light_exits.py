@@ -160,6 +160,28 @@ def test_empty_exit_router_matches_the_pytorch_edge(served_model, tmp_path):
     assert min(scores) < 1.0 <= max(scores)
 
 
+def test_shift_router_reads_the_graphs_feature_statistics(served_model, tmp_path):
+    """ShiftRouter on the light edge: F_k's channel statistics come out of the graph
+    (``feature_stats``), and its out-of-distribution flag (fitted on these images at their
+    median distance) and empty-exit flag route every image as the PyTorch edge does."""
+    from ecc_mmdet.apis import iter_batches
+    cfg, model = _build(served_model, dict(type='ShiftRouter', top_k=10, ood_quantile=0.5,
+                                           target_offload_ratio=0.5))
+    datasets = _datasets(cfg)
+    with torch.no_grad():
+        parts = torch.cat([model.router.calibration_parts(model.run_exits(
+            model.edge_features(x), s)) for ds in datasets
+            for x, s in iter_batches(model, ds, batch_size=1)])
+    model.router.calibrate(model.router.fit_calibration(parts))
+    flagged = model.router._distance(parts) > model.router.ood_above
+    assert 0 < int(flagged.sum()) < len(flagged)
+    edge = _compare(model, cfg, datasets, tmp_path)
+    assert edge.output_names[-1] == 'feature_stats'
+    assert edge.sidecar['router']['ood_above'] == model.router.ood_above
+    scores = [float(edge.process(p, i).router_score) for p, i, *_ in _reference(model, datasets)]
+    assert min(scores) < 1.0 <= max(scores)  # both kinds of image, as scored by PyTorch
+
+
 def test_score_band_router_with_a_score_map_matches_the_pytorch_edge(served_model, tmp_path):
     from ecc_mmdet.evaluation.score_calibration import ScoreMap
     cfg, model = _build(served_model, dict(type='ScoreBandRouter', low=0.2, high=0.6,

@@ -168,8 +168,8 @@ def test_empty_exit_router_puts_images_where_the_exit_found_nothing_first():
 def test_shift_router_sends_images_with_shifted_features_first():
     """ShiftRouter = EmptyExitRouter + 1 where F_k's channel statistics lie beyond the
     ood_quantile of the calibration images' distances: images whose features are darker and
-    flatter (as under fog) go to the cloud first although the exit still finds something; the
-    light edge refuses it with the reason."""
+    flatter (as under fog) go to the cloud first although the exit still finds something; its
+    light edge entry holds the fitted statistics."""
     from mmengine.structures import InstanceData
     from ecc_mmdet.models.exits import ExitOutput
     from ecc_mmdet.models.routers import ShiftRouter
@@ -195,8 +195,11 @@ def test_shift_router_sends_images_with_shifted_features_first():
     shifted = router.scores(foggy) - entropy.scores(foggy)
     assert torch.allclose(shifted, torch.ones(5, dtype=torch.float64))
     assert router.decide(foggy).all()
-    with pytest.raises(ConfigError, match='channel statistics of F_k'):
-        router.light_edge_spec()
+    spec = router.light_edge_spec()  # what the light edge scores with
+    assert spec['kind'] == 'ShiftRouter' and spec['ood_above'] == router.ood_above
+    assert len(spec['stats_mean']) == len(spec['stats_std']) == 8  # 4 channels: means, stds
+    with pytest.raises(ConfigError, match='calibrate the router before exporting'):
+        ShiftRouter(top_k=5, threshold=None, target_offload_ratio=0.5).light_edge_params()
     # an empty exit on the most typical calibration image's features: only the empty-exit
     # term flags it
     typical = int(router._distance(router.calibration_parts(clean)).argmin())

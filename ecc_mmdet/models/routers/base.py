@@ -60,6 +60,8 @@ class BaseRouter(nn.Module, metaclass=ABCMeta):
     #: why the light edge runtime (:mod:`ecc_edge.exits`) cannot run this router; a router it
     #: runs defines ``light_edge_params`` in its own class instead
     light_edge_refusal = 'it is not ported to the runtime'
+    #: True when the light edge's graph must output F_k's channel statistics for the score
+    needs_feature_stats = False
 
     def __init__(self, threshold: Optional[float] = None,
                  target_offload_ratio: Optional[float] = None, ratio_precision: float = 0.05):

@@ -163,8 +163,8 @@ class ShiftRouter(EmptyExitRouter):
     leaves the empty-exit term out (entropy + the out-of-distribution term only).
     """
 
-    light_edge_refusal = ('its out-of-distribution term reads the channel statistics of F_k, '
-                          'which the edge graph does not output')
+    #: the edge graph outputs F_k's channel statistics for it (``feature_stats``)
+    needs_feature_stats = True
 
     def __init__(self, top_k: int = 10, ood_quantile: float = 0.9, flag_empty: bool = True,
                  **kwargs):
@@ -205,3 +205,12 @@ class ShiftRouter(EmptyExitRouter):
                                'the router on a calibration split (RouterCalibrationHook, or '
                                'ecc_mmdet.deployment.calibration.calibrate_router)')
         return super().scores(exits)
+
+    def light_edge_params(self) -> Dict:
+        if self.ood_above is None or self.empty_below is None:
+            raise ConfigError('ShiftRouter: calibrate the router before exporting it (the '
+                              'feature statistics, ood_above and empty_below are fitted on the '
+                              'calibration images)')
+        return dict(top_k=self.top_k, empty_below=self.empty_below, flag_empty=self.flag_empty,
+                    stats_mean=[float(v) for v in self.stats_mean],
+                    stats_std=[float(v) for v in self.stats_std], ood_above=self.ood_above)
