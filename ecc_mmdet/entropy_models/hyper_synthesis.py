@@ -59,19 +59,6 @@ def _float32_is_ieee() -> bool:
         all(k in ('none', 'ieee') for k in knobs)
 
 
-#: from this many positions on, oneDNN's direct convolution beats torch's own im2col one, which
-#: torch picks for a single small image (measured on the slice transforms' 16x16 maps: 2x)
-_ONEDNN_MIN_POSITIONS = 144
-
-
-def _conv3x3_float32(a: Tensor, weight: Tensor) -> Tensor:
-    """``conv2d(a, weight, padding=1)`` in float32 (exact for the callers' integer bounds:
-    oneDNN and torch both sum directly, whatever the order)."""
-    if a.shape[-2] * a.shape[-1] >= _ONEDNN_MIN_POSITIONS and torch.backends.mkldnn.is_available():
-        return torch.ops.aten.mkldnn_convolution(a, weight, None, [1, 1], [1, 1], [1, 1], 1)
-    return F.conv2d(a, weight, None, padding=1)
-
-
 def exact_conv3x3(a: Tensor, layer: _IntegerConv) -> Tensor:
     """``conv2d(a, weight, bias, padding=1)`` of float64 integers, exactly. On a CPU in float32,
     on base-2**d digits of ``a`` where one pass would exceed 2**24 (the digits' results are
@@ -83,7 +70,7 @@ def exact_conv3x3(a: Tensor, layer: _IntegerConv) -> Tensor:
         return F.conv2d(a, layer.weight, layer.bias, padding=1)
     d, num = plan
     if num == 1:  # the common case: one float32 pass
-        return _conv3x3_float32(a.float(), layer.weight32).double().add_(
+        return F.conv2d(a.float(), layer.weight32, None, padding=1).double().add_(
             layer.bias.view(1, -1, 1, 1))
     base, rest, digits = 2.0**d, a, []
     for _ in range(num - 1):  # low digits in [0, base), the last one signed
@@ -91,7 +78,7 @@ def exact_conv3x3(a: Tensor, layer: _IntegerConv) -> Tensor:
         digits.append(rest - high * base)
         rest = high
     digits.append(rest)
-    out = _conv3x3_float32(torch.cat(digits).float(), layer.weight32).double()
+    out = F.conv2d(torch.cat(digits).float(), layer.weight32, None, padding=1).double()
     parts = out.split(a.shape[0])
     acc = parts[-1]
     for part in reversed(parts[:-1]):  # Horner: every intermediate is an exact integer
