@@ -54,7 +54,6 @@ from ecc_edge.sidecar import (SIDECAR_FORMAT, SIDECAR_VERSION, sidecar_digest, s
                               validate_sidecar)
 
 from ..errors import ConfigError
-from ..models.routers.features import channel_statistics
 from .fingerprint import model_fingerprint
 
 __all__ = ['EdgeGraph', 'SIDECAR_FORMAT', 'build_sidecar', 'check_graph', 'export_edge_onnx',
@@ -91,7 +90,7 @@ class EdgeGraph(nn.Module):
         if not self.with_exit:
             return latents if self.hyper else latent
         outs = self.model.edge_exit(f)  # (cls_scores, bbox_preds[, centernesses]) per level
-        stats = (channel_statistics(f), ) if self.stats else ()  # the router reads F_k too
+        stats = (self.model.router.feature_stats(f), ) if self.stats else ()  # it reads F_k
         return latents + tuple(t for part in outs for t in part) + stats
 
     def output_names(self) -> List[str]:

@@ -61,6 +61,7 @@ class BaseRouter(nn.Module, metaclass=ABCMeta):
     #: runs defines ``light_edge_params`` in its own class instead
     light_edge_refusal = 'it is not ported to the runtime'
     #: True when the light edge's graph must output F_k's channel statistics for the score
+    #: (the router's ``feature_stats(features)``)
     needs_feature_stats = False
 
     def __init__(self, threshold: Optional[float] = None,

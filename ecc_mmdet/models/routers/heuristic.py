@@ -182,6 +182,11 @@ class ShiftRouter(EmptyExitRouter):
         stats = channel_statistics(exits.features).double().cpu()
         return torch.cat([super().calibration_parts(exits), stats], 1)
 
+    @staticmethod
+    def feature_stats(features: Tensor) -> Tensor:
+        """(N, 2C): F_k's channel statistics, which the light edge's graph outputs for it."""
+        return channel_statistics(features)
+
     def _distance(self, parts: Tensor) -> Tensor:
         return ((parts[:, 2:] - self.stats_mean) / self.stats_std).square().mean(1)
 
