@@ -245,15 +245,21 @@ def random_score(seed: int, img_id) -> float:
     return int.from_bytes(digest[:8], 'little') / 2.0**64
 
 
+def exit_empty(dets: ExitDetections, empty_below: float) -> bool:
+    """``EmptyExitRouter``'s "nothing found": the best exit score (0 without any) below
+    ``empty_below``, compared in float64 as PyTorch compares it."""
+    best = float(dets.scores.max()) if dets.scores.size else 0.0
+    return best < empty_below
+
+
 def shift_flag(spec: Dict, dets: ExitDetections, feature_stats: np.ndarray) -> bool:
     """``ShiftRouter``'s flag: F_k's channel statistics (the graph's ``feature_stats``) farther
     from the calibration images' than ``ood_above`` (mean squared z-score, float64), or, with
-    ``flag_empty``, no exit detection scoring ``empty_below``."""
+    ``flag_empty``, an empty exit."""
     z = (np.asarray(feature_stats, np.float64).reshape(-1) - np.asarray(spec['stats_mean'])) \
         / np.asarray(spec['stats_std'])
-    best = float(dets.scores.max()) if dets.scores.size else 0.0  # compared in float64
-    empty = best < spec['empty_below']
-    return bool(np.square(z).mean() > spec['ood_above']) or (spec['flag_empty'] and empty)
+    return bool(np.square(z).mean() > spec['ood_above']) or \
+        (spec['flag_empty'] and exit_empty(dets, spec['empty_below']))
 
 
 def router_score(spec: Dict, dets: ExitDetections, cls_maps: Sequence[np.ndarray],
@@ -264,7 +270,7 @@ def router_score(spec: Dict, dets: ExitDetections, cls_maps: Sequence[np.ndarray
     if kind in ('EntropyRouter', 'EmptyExitRouter', 'ShiftRouter'):
         p = top_anchor_probs(cls_maps, num_classes, spec['top_k'])
         score = float(np.clip(class_entropy(p).mean(-1), 0, 1))
-        if kind == 'EmptyExitRouter' and not (dets.scores >= spec['empty_below']).any():
+        if kind == 'EmptyExitRouter' and exit_empty(dets, spec['empty_below']):
             score += 1.0  # nothing found: before every image where something was
         if kind == 'ShiftRouter':
             if feature_stats is None:

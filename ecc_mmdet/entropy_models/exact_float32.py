@@ -23,9 +23,9 @@ from __future__ import annotations
 import math
 from typing import Optional, Tuple
 
-__all__ = ['FLOAT32_EXACT', 'digit_plan']
+from ecc_edge.codecs.hyperprior import FLOAT32_EXACT  # one bound for both sides
 
-FLOAT32_EXACT = 2**24
+__all__ = ['FLOAT32_EXACT', 'digit_plan']
 
 
 def digit_plan(weight_l1: float, act_abs_max: float) -> Optional[Tuple[int, int]]:

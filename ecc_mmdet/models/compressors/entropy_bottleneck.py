@@ -134,18 +134,18 @@ class EntropyBottleneckNeck(BaseFeatureCompressor):
         def act(inverse: bool) -> nn.Module:
             return GDN(h, inverse=inverse) if self.gdn else build_activation_layer(act_cfg)
 
-        s1, s2 = min(self.downsample, 2), self.downsample // min(self.downsample, 2)
+        halvings = self.downsample.bit_length() - 1  # 0, 1 or 2 stride-2 steps
         self.g_a = nn.Sequential(
-            nn.Conv2d(c, h, 3, stride=s1, padding=1), act(False),
-            nn.Conv2d(h, h, 3, stride=s2, padding=1), act(False),
+            nn.Conv2d(c, h, 3, stride=2 if halvings >= 1 else 1, padding=1), act(False),
+            nn.Conv2d(h, h, 3, stride=2 if halvings >= 2 else 1, padding=1), act(False),
             nn.Conv2d(h, z, 3, padding=1))
 
         # built before g_s's first conv, as always: strides 1 and 2 keep their initialisation
         # and their layer indexes (checkpoints); stride 4 upsamples twice
-        if self.downsample == 1:
+        if halvings == 0:
             ups = [nn.Conv2d(h, h, 3, padding=1), act(True)]
         else:
-            ups = [m for _ in range(s1 * s2 // 2)
+            ups = [m for _ in range(halvings)
                    for m in (nn.ConvTranspose2d(h, h, 4, stride=2, padding=1), act(True))]
         self.g_s = nn.Sequential(
             nn.Conv2d(z, h, 3, padding=1), act(True), *ups,

@@ -179,7 +179,7 @@ class ShiftRouter(EmptyExitRouter):
 
     def calibration_parts(self, exits) -> Tensor:
         """(N, 2 + 2C) float64: entropy, best exit score, F_k's channel means and deviations."""
-        stats = channel_statistics(exits.features).double().cpu()
+        stats = self.feature_stats(exits.features).double().cpu()
         return torch.cat([super().calibration_parts(exits), stats], 1)
 
     @staticmethod
